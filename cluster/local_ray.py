@@ -1,0 +1,85 @@
+"""Ray for the local stack: join ``ray.address`` / ``RAY_ADDRESS``, or start a local head.
+
+A local head binds its dashboard and job server to 127.0.0.1 only. It lives as long as the
+process that started it (``streamrec up``), which ends it on shutdown.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+__all__ = ["RayHandle", "start_or_connect", "ray_processes", "shutdown"]
+
+NAMESPACE = "streamrec"
+
+
+@dataclass(frozen=True)
+class RayHandle:
+    gcs_address: str
+    dashboard_url: str | None
+    started_here: bool
+    pids: tuple[int, ...] = ()
+    """Processes of a head started here (gcs, raylet, dashboard...), for a last check on shutdown."""
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["pids"] = list(self.pids)
+        return d
+
+
+def ray_processes() -> tuple[int, ...]:
+    """Pids of the Ray node processes this driver started (empty when it joined a cluster)."""
+    try:
+        from ray._private import worker
+
+        node = worker._global_node
+        pids = []
+        for infos in node.all_processes.values():
+            for info in infos:
+                pids.append(info.process.pid)
+        return tuple(pids)
+    except Exception:
+        return ()
+
+
+def start_or_connect(ray_settings, *, dashboard_port: int | None = None) -> RayHandle:
+    import ray
+
+    address = ray_settings.address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        ctx = ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
+        started = False
+    else:
+        port = ray_settings.dashboard_port if dashboard_port is None else dashboard_port
+        if port == 0:
+            from cluster.broker import free_port
+
+            port = free_port()
+        kwargs = {}
+        if ray_settings.object_store_memory_mb:
+            kwargs["object_store_memory"] = ray_settings.object_store_memory_mb * 1024 * 1024
+        ctx = ray.init(
+            namespace=NAMESPACE,
+            num_cpus=ray_settings.num_cpus,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            dashboard_port=port,
+            _node_ip_address="127.0.0.1",
+            log_to_driver=False,
+            **kwargs,
+        )
+        started = True
+    dash = getattr(ctx, "dashboard_url", None) or None
+    if dash and not dash.startswith("http"):
+        dash = f"http://{dash}"
+    gcs = ray.get_runtime_context().gcs_address
+    return RayHandle(gcs_address=gcs, dashboard_url=dash, started_here=started,
+                     pids=ray_processes() if started else ())
+
+
+def shutdown() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

