@@ -27,7 +27,7 @@ __all__ = ["app", "main"]
 app = typer.Typer(help="streamrec: a streaming recommender on Ray that learns while it serves.",
                   no_args_is_help=True, add_completion=False)
 console = Console(stderr=False)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="Ray Serve config with streamrec's args "
                          "(default: $STREAMREC_CONFIG, ./ray_config.yaml, or the bundled one).")

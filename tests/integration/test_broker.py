@@ -1,0 +1,124 @@
+"""The embedded broker over real TCP: produce, group consume, commit, resume, kcat, clean stop."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+import uuid
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from cluster.broker import (
+    BrokerError,
+    connect_or_start,
+    list_topics,
+    start_embedded_broker,
+    stop_broker,
+    wait_for_kafka,
+)
+from streamrec.config import settings_from_args
+from streamrec.runstate import pid_alive
+
+
+def _produce(bootstrap, topic, values, key=b"k"):
+    p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2)
+    for v in values:
+        p.send(topic, key=key, value=v)
+    p.flush(10)
+    p.close()
+
+
+def _consume_group(bootstrap, topic, group, want, timeout=30.0, commit=True):
+    c = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
+                      enable_auto_commit=False, session_timeout_ms=10_000)
+    got = []
+    deadline = time.monotonic() + timeout
+    while len(got) < want and time.monotonic() < deadline:
+        for recs in c.poll(200, max_records=want - len(got)).values():
+            got.extend(r.value for r in recs)
+    if commit:
+        c.commit()
+    c.close()
+    return got
+
+
+def test_group_consumer_reads_commits_and_a_restart_resumes_after_the_commit(broker, topic):
+    values = [f"v{i}".encode() for i in range(40)]
+    _produce(broker.bootstrap, topic, values)
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    first = _consume_group(broker.bootstrap, topic, group, 15)
+    assert first == values[:15]
+    rest = _consume_group(broker.bootstrap, topic, group, 25)
+    assert rest == values[15:]  # resumed exactly after the committed offset
+    m = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=group, enable_auto_commit=False)
+    assert m.committed(TopicPartition(topic, rest and 0 or 0)) is not None
+    m.close()
+
+
+def test_uncommitted_records_are_redelivered(broker, topic):
+    _produce(broker.bootstrap, topic, [b"a", b"b", b"c"])
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    assert _consume_group(broker.bootstrap, topic, group, 3, commit=False) == [b"a", b"b", b"c"]
+    assert _consume_group(broker.bootstrap, topic, group, 3) == [b"a", b"b", b"c"]
+
+
+def test_an_independent_client_reads_what_kafka_python_wrote(broker, topic, independent_client):
+    values = [{"n": i, "who": "kafka-python"} for i in range(5)]
+    _produce(broker.bootstrap, topic, [json.dumps(v).encode() for v in values])
+    got = independent_client.read(topic, partitions=3)
+    assert sorted(got, key=lambda v: v["n"]) == values
+
+
+def test_kafka_python_reads_what_an_independent_client_wrote(broker, topic, independent_client):
+    independent_client.write(topic, [("u1", {"n": 1}), ("u2", {"n": 2})])
+    c = KafkaConsumer(topic, bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest",
+                      consumer_timeout_ms=5_000)
+    got = sorted((json.loads(r.value) for r in c), key=lambda v: v["n"])
+    c.close()
+    assert got == [{"n": 1}, {"n": 2}]
+
+
+def test_start_and_stop_leave_no_process(tmp_path):
+    h = start_embedded_broker(log_dir=tmp_path)
+    assert pid_alive(h.pid)
+    assert isinstance(list_topics(h.bootstrap), list)
+    stop_broker(h)
+    assert not pid_alive(h.pid)
+
+
+def test_connect_or_start_creates_the_topics_and_external_mode_starts_nothing(broker):
+    s = settings_from_args({"kafka": {"bootstrap_servers": broker.bootstrap, "partitions": 2,
+                                      "topics": {"impressions": "x.imp", "feedback": "x.fb", "dlq": "x.dlq"}}}, env={})
+    h = connect_or_start(s.kafka)
+    assert h.embedded is False and h.pid is None
+    assert {"x.imp", "x.fb", "x.dlq"} <= set(list_topics(broker.bootstrap))
+    stop_broker(h)  # external: a no-op
+    assert list_topics(broker.bootstrap)
+
+
+def test_port_busy_is_a_clear_error():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(BrokerError, match=f"port 127.0.0.1:{port} is busy"):
+            start_embedded_broker(port=port)
+
+
+def test_unreachable_external_kafka_names_the_address_within_the_timeout():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: connections are refused
+        t0 = time.monotonic()
+        with pytest.raises(BrokerError, match=f"Kafka at 127.0.0.1:{port} is unreachable"):
+            wait_for_kafka(f"127.0.0.1:{port}", timeout_s=2)
+        assert time.monotonic() - t0 < 15
+
+
+def test_missing_binary_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("STREAMREC_TANSU_BIN", str(tmp_path / "nope"))
+    with pytest.raises(BrokerError, match="Tansu broker binary not found at"):
+        start_embedded_broker()

@@ -1,0 +1,94 @@
+"""The CLI in a subprocess: --help, then up -> status -> down leaves no process behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from streamrec.runstate import pid_alive
+
+ROOT = Path(__file__).resolve().parents[2]
+STREAMREC = [sys.executable, "-m", "streamrec.cli"]
+
+
+def _cli(*args, **kw):
+    return subprocess.run([*STREAMREC, *args], capture_output=True, text=True, cwd=ROOT, timeout=120, **kw)
+
+
+def test_help_everywhere():
+    for cmd in ([], ["up"], ["down"], ["status"], ["config"]):
+        out = _cli(*cmd, "--help")
+        assert out.returncode == 0, out.stderr
+        assert "Usage" in out.stdout
+
+
+def test_config_command_reports_bad_values_with_the_key(tmp_path):
+    raw = yaml.safe_load((ROOT / "ray_config.yaml").read_text())
+    raw["applications"][0]["args"]["policy"]["slate_size"] = 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    out = _cli("config", "--config", str(bad))
+    assert out.returncode == 2
+    assert "applications[0].args.policy.slate_size: Input should be greater than or equal to 1" in out.stderr
+
+
+def _small_config(tmp_path) -> Path:
+    raw = yaml.safe_load((ROOT / "ray_config.yaml").read_text())
+    args = raw["applications"][0]["args"]
+    args["ray"] = {"dashboard_port": 0, "num_cpus": 2, "object_store_memory_mb": 200}
+    p = tmp_path / "ray_config.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    return p
+
+
+def test_up_status_down_leaves_no_process(tmp_path):
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "STREAMREC_RUN_DIR": str(run_dir)}
+    env.pop("RAY_ADDRESS", None)
+    env.pop("STREAMREC_KAFKA_BOOTSTRAP", None)
+    up = subprocess.Popen([*STREAMREC, "up", "--config", str(_small_config(tmp_path))], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 150
+        info = {}
+        while time.monotonic() < deadline:
+            out = _cli("status", "--json", env=env)
+            info = json.loads(out.stdout) if out.stdout.strip().startswith("{") else {}
+            if info.get("phase") == "running":
+                break
+            assert up.poll() is None, up.stdout.read()
+            time.sleep(1)
+        assert info.get("phase") == "running", info
+        assert info["running"] and info["pid"] == up.pid
+        assert info["kafka"]["embedded"] and info["kafka"]["reachable"]
+        assert info["kafka"]["topics"] == {"streamrec.impressions": True, "streamrec.feedback": True,
+                                           "streamrec.dlq": True}
+        assert info["ray"]["started_here"] and info["ray"]["dashboard_url"].startswith("http://127.0.0.1:")
+        table = _cli("status", env=env)
+        assert table.returncode == 0 and "streamrec.impressions" in table.stdout
+
+        state = json.loads((run_dir / "state.json").read_text())
+        pids = [up.pid, state["broker"]["pid"], *state["ray"]["pids"]]
+        assert all(pid_alive(p) for p in pids[:2])
+
+        down = _cli("down", env=env)
+        assert down.returncode == 0, down.stderr
+        up.wait(timeout=60)
+        deadline = time.monotonic() + 20
+        while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert [p for p in pids if pid_alive(p)] == []
+        assert not (run_dir / "state.json").exists()
+        after = _cli("status", "--json", env=env)
+        assert after.returncode == 3 and json.loads(after.stdout)["running"] is False
+    finally:
+        if up.poll() is None:
+            up.send_signal(signal.SIGTERM)
+            up.wait(timeout=60)
