@@ -1,0 +1,232 @@
+"""StreamIngest: Ray actors in one consumer group turning the click stream into training samples.
+
+One actor's loop, top to bottom (a background thread, so ``metrics``/``stop`` stay callable)::
+
+    poll impressions + feedback  ->  decode (bad bytes -> streamrec.dlq with headers)
+      -> RewardJoiner (window, late, orphans)  ->  due samples -> SampleBuffer.put (wait for ack)
+      -> commit the offsets the joiner says are safe (after the DLQ writes are acknowledged)
+
+Offsets are committed only after a hand-off is acknowledged, so a crash replays what was not
+handed off; the SampleBuffer drops the replayed ``event_id``s already accepted. A full buffer
+pauses the partitions while the loop keeps polling, so the consumer stays in its group.
+On partition revoke, the actor commits what is safe and forgets the revoked partitions' state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+import ray
+
+from streamrec.eventbus import KafkaEventSink, KafkaEventSource
+from streamrec.events import DecodeError, Feedback, Impression, dead_letter_headers, decode
+from streamrec.join import RewardJoiner
+
+__all__ = ["StreamIngest", "IngestGroup"]
+
+log = logging.getLogger(__name__)
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+@ray.remote(num_cpus=0.25, max_restarts=-1, max_concurrency=4)
+class StreamIngest:
+    def __init__(self, *, bootstrap: str, impressions_topic: str, feedback_topic: str, dlq_topic: str,
+                 group_id: str, buffer, profile_store=None, reward_window_s: float = 30.0,
+                 max_event_bytes: int = 1_000_000, max_poll_records: int = 2_000,
+                 session_timeout_ms: int = 10_000, max_poll_interval_ms: int = 300_000,
+                 commit_interval_s: float = 0.5, name: str = "ingest"):
+        self.name = name
+        self.topics = {impressions_topic: "impression", feedback_topic: "feedback"}
+        self.dlq_topic = dlq_topic
+        self.buffer = buffer
+        self.profile_store = profile_store
+        self.max_event_bytes = max_event_bytes
+        self.commit_interval_s = commit_interval_s
+        self.joiner = RewardJoiner(reward_window_s)
+        self.counts = {"records": 0, "impressions": 0, "feedback": 0, "dlq": 0, "handoffs": 0,
+                       "handoff_waits": 0, "commits": 0, "rebalances": 0}
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._started = time.monotonic()
+        self._rss_start = _rss_bytes()
+        self._lag: dict[str, int] = {}
+        self._error: str | None = None
+        self._profile_refs: list = []
+        self.dlq = KafkaEventSink(bootstrap, client_id=f"{name}-dlq", linger_ms=0)
+        self.source = KafkaEventSource(
+            bootstrap, list(self.topics), group_id, on_revoke=self._on_revoke,
+            session_timeout_ms=session_timeout_ms, max_poll_interval_ms=max_poll_interval_ms,
+            max_poll_records=max_poll_records, client_id=name,
+        )
+        self._thread = threading.Thread(target=self._run, name=f"{name}-loop", daemon=True)
+        self._thread.start()
+
+    # -- the loop -----------------------------------------------------------------------------
+    def _run(self) -> None:
+        last_commit = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                records = self.source.poll(timeout_ms=100)
+                if records:
+                    self._process(records)
+                token, samples = self.joiner.due()
+                if samples:
+                    self._handoff(token, samples)
+                now = time.monotonic()
+                if now - last_commit >= self.commit_interval_s:
+                    self._commit()
+                    self._lag = self.source.lag()
+                    last_commit = now
+            self._commit()
+        except Exception as e:
+            self._error = f"{type(e).__name__}: {e}"
+            log.exception("ingest loop failed; exiting so Ray restarts this actor")
+        finally:
+            try:
+                self.source.close()
+            finally:
+                self.dlq.close(5)
+        if self._error is not None:
+            os._exit(1)  # crash-restart: a fresh consumer replays from the last commit
+
+    def _process(self, records) -> None:
+        profile_events = []
+        with self._lock:
+            self.counts["records"] += len(records)
+        for r in records:
+            src = (r.topic, r.partition, r.offset)
+            kind = self.topics.get(r.topic)
+            ev = decode(r.value, max_bytes=self.max_event_bytes, expect=kind)
+            if isinstance(ev, DecodeError):
+                self.dlq.send(self.dlq_topic, r.key, r.value or b"",
+                              headers=dead_letter_headers(ev, r.topic, r.partition, r.offset))
+                self.joiner.skip(src)
+                self.counts["dlq"] += 1
+            elif isinstance(ev, Impression):
+                self.joiner.add_impression(ev, src)
+                self.counts["impressions"] += 1
+            else:
+                assert isinstance(ev, Feedback)
+                self.joiner.add_feedback(ev, src)
+                self.counts["feedback"] += 1
+                profile_events.append((ev.user_id, ev.item_id, ev.ts))
+        if profile_events and self.profile_store is not None:
+            # bounded fire-and-forget: at most two batches in flight
+            if len(self._profile_refs) >= 2:
+                ray.wait(self._profile_refs, num_returns=1, timeout=5)
+                self._profile_refs = [r for r in self._profile_refs if not _ready(r)]
+            self._profile_refs.append(self.profile_store.record.remote(profile_events))
+
+    def _handoff(self, token, samples) -> None:
+        paused = False
+        while not self._stop.is_set():
+            try:
+                res = ray.get(self.buffer.put.remote(samples), timeout=30)
+            except ray.exceptions.GetTimeoutError:
+                res = {"full": True}
+            if not res["full"]:
+                self.joiner.ack(token)
+                self.counts["handoffs"] += 1
+                break
+            # backpressure: stop fetching, keep polling so the group keeps us
+            self.counts["handoff_waits"] += 1
+            if not paused:
+                self.source.pause()
+                paused = True
+            self.source.poll(timeout_ms=200)
+        if paused:
+            self.source.resume()
+
+    def _commit(self) -> None:
+        offsets = self.joiner.commit_offsets()
+        if not offsets:
+            return
+        if not self.dlq.flush(30):  # dead letters must be safe before their offsets are committed
+            return
+        self.source.commit(offsets)
+        self.counts["commits"] += 1
+
+    def _on_revoke(self, revoked: set[tuple[str, int]]) -> None:
+        self.counts["rebalances"] += 1
+        try:
+            self._commit()
+        except Exception as e:  # the group moved on; the new owner replays from the last commit
+            log.warning("commit on revoke failed: %s", e)
+        self.joiner.drop_partitions(revoked)
+
+    # -- control ------------------------------------------------------------------------------
+    def stop(self, timeout_s: float = 30.0) -> dict:
+        """Commit what is safe, leave the group, end the loop (pending impressions replay elsewhere)."""
+        self._stop.set()
+        self._thread.join(timeout_s)
+        return self.metrics()
+
+    def metrics(self) -> dict[str, Any]:
+        s = self.joiner.stats
+        elapsed = max(time.monotonic() - self._started, 1e-9)
+        return {
+            "name": self.name,
+            **self.counts,
+            "events_per_s": self.counts["records"] / elapsed,
+            "samples": s.samples, "joined": s.joined, "late": s.late, "orphans": s.orphans,
+            "off_slate": s.off_slate, "duplicates": s.duplicates, "join_hit_rate": s.join_hit_rate,
+            "pending": self.joiner.pending, "join_state": self.joiner.state_size,
+            "lag": dict(self._lag), "dlq_sink": self.dlq.metrics(),
+            "rss_bytes": _rss_bytes(), "rss_start_bytes": self._rss_start,
+            "alive": self._thread.is_alive(), "error": self._error,
+        }
+
+
+def _ready(ref) -> bool:
+    ready, _ = ray.wait([ref], timeout=0)
+    return bool(ready)
+
+
+class IngestGroup:
+    """Driver-side handle on N StreamIngest actors in one consumer group; ``scale`` changes N."""
+
+    def __init__(self, *, bootstrap: str, kafka_settings, ingest_settings, buffer, profile_store=None,
+                 name_prefix: str = "streamrec-ingest"):
+        self.kwargs = dict(
+            bootstrap=bootstrap, impressions_topic=kafka_settings.topics.impressions,
+            feedback_topic=kafka_settings.topics.feedback, dlq_topic=kafka_settings.topics.dlq,
+            group_id=ingest_settings.group_id, buffer=buffer, profile_store=profile_store,
+            reward_window_s=ingest_settings.reward_window_s, max_event_bytes=kafka_settings.max_event_bytes,
+            max_poll_records=ingest_settings.max_poll_records, session_timeout_ms=ingest_settings.session_timeout_ms,
+            max_poll_interval_ms=ingest_settings.max_poll_interval_ms,
+        )
+        self.name_prefix = name_prefix
+        self.actors: list = []
+        self._n = 0
+
+    def scale(self, n: int) -> int:
+        if n < 0:
+            raise ValueError(f"ingest parallelism must be >= 0, got {n}")
+        while len(self.actors) < n:
+            name = f"{self.name_prefix}-{self._n}"
+            self._n += 1
+            self.actors.append(StreamIngest.options(name=name).remote(name=name, **self.kwargs))
+        while len(self.actors) > n:
+            a = self.actors.pop()
+            try:
+                ray.get(a.stop.remote(), timeout=60)
+            finally:
+                ray.kill(a, no_restart=True)
+        return len(self.actors)
+
+    def metrics(self) -> list[dict]:
+        return ray.get([a.metrics.remote() for a in self.actors], timeout=30)
+
+    def stop(self) -> None:
+        self.scale(0)

@@ -1,0 +1,320 @@
+"""The one I/O boundary to Kafka: :class:`EventSink` (produce) and :class:`EventSource` (consume).
+
+Everything above these two classes (ingest, join, serving) sees plain records and never imports
+kafka-python, so it is testable without a broker. kafka-python is imported lazily.
+
+``KafkaEventSink.send`` never blocks the caller: events go to a bounded in-process queue that a
+background thread hands to the producer (``acks=all``, retries, delivery callbacks). When the
+broker is unreachable the queue fills up to its bound, then further events are dropped and
+counted, and the request that produced them is served on time all the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Protocol, Sequence
+
+__all__ = [
+    "EventSink",
+    "KafkaEventSink",
+    "SinkStats",
+    "Record",
+    "KafkaEventSource",
+    "reset_group_offsets",
+    "group_lag",
+]
+
+log = logging.getLogger(__name__)
+
+
+class EventSink(Protocol):
+    def send(self, topic: str, key: str | bytes | None, value: bytes,
+             headers: Sequence[tuple[str, bytes]] | None = None) -> bool: ...
+
+    def flush(self, timeout_s: float = 10.0) -> bool: ...
+
+    def close(self, timeout_s: float = 10.0) -> None: ...
+
+
+@dataclass
+class SinkStats:
+    queued: int = 0
+    delivered: int = 0
+    failed: int = 0
+    """Given to the producer but not acknowledged after its retries."""
+    dropped: int = 0
+    """Refused because the buffer was full (broker unreachable or too slow)."""
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+def _key_bytes(key: str | bytes | None) -> bytes | None:
+    if key is None or isinstance(key, bytes):
+        return key
+    return key.encode()
+
+
+class KafkaEventSink:
+    """Non-blocking, bounded, at-least-once producer (``acks=all``, retries, idempotent if asked)."""
+
+    def __init__(self, bootstrap: str, *, buffer_events: int = 10_000, idempotent: bool = False,
+                 client_id: str = "streamrec-sink", request_timeout_ms: int = 10_000,
+                 linger_ms: int = 5, max_request_size: int = 16 * 1024 * 1024, producer_factory: Callable[[], Any] | None = None):
+        self.bootstrap = bootstrap
+        self.stats = SinkStats()
+        self._q: queue.Queue = queue.Queue(maxsize=buffer_events)
+        self._lock = threading.Lock()
+        self._inflight = 0
+        self._stop = threading.Event()
+        self._producer = None
+        self._config = dict(
+            bootstrap_servers=bootstrap.split(","), client_id=client_id, acks="all", retries=5,
+            linger_ms=linger_ms, request_timeout_ms=request_timeout_ms,
+            delivery_timeout_ms=max(30_000, request_timeout_ms + linger_ms + 1),
+            max_block_ms=5_000, enable_idempotence=idempotent, max_request_size=max_request_size,
+        )
+        self._factory = producer_factory or self._make_producer
+        self._thread = threading.Thread(target=self._run, name="event-sink", daemon=True)
+        self._thread.start()
+
+    def _make_producer(self):
+        from kafka import KafkaProducer
+
+        return KafkaProducer(**self._config)
+
+    # -- caller side: never blocks ------------------------------------------------------------
+    def send(self, topic: str, key: str | bytes | None, value: bytes,
+             headers: Sequence[tuple[str, bytes]] | None = None) -> bool:
+        """Queue one event; False (and counted as dropped) when the buffer is full."""
+        try:
+            self._q.put_nowait((topic, _key_bytes(key), value, list(headers) if headers else None))
+        except queue.Full:
+            with self._lock:
+                self.stats.dropped += 1
+            return False
+        with self._lock:
+            self.stats.queued += 1
+        return True
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until everything queued so far is acknowledged or failed; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                idle = self._q.empty() and self._inflight == 0
+            if idle:
+                return True
+            time.sleep(0.005)
+        return False
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self.flush(timeout_s)
+        self._stop.set()
+        self._thread.join(timeout_s)
+        if self._producer is not None:
+            try:
+                self._producer.close(timeout=timeout_s)
+            except Exception:
+                pass
+
+    def metrics(self) -> dict[str, int]:
+        with self._lock:
+            d = self.stats.as_dict()
+            d["buffered"] = self._q.qsize() + self._inflight
+        return d
+
+    # -- background: the only place that may wait on Kafka -----------------------------------
+    def _done(self, ok: bool):
+        def cb(_):
+            with self._lock:
+                self._inflight -= 1
+                if ok:
+                    self.stats.delivered += 1
+                else:
+                    self.stats.failed += 1
+        return cb
+
+    def _run(self) -> None:
+        backoff = 0.2
+        while not self._stop.is_set():
+            if self._producer is None:
+                try:
+                    self._producer = self._factory()
+                    backoff = 0.2
+                except Exception as e:  # broker unreachable: keep events queued, try again
+                    log.warning("event sink: cannot reach Kafka at %s (%s); retrying", self.bootstrap, e)
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+            try:
+                item = self._q.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            topic, key, value, headers = item
+            with self._lock:
+                self._inflight += 1
+            try:
+                fut = self._producer.send(topic, key=key, value=value, headers=headers)
+                fut.add_callback(self._done(True))
+                fut.add_errback(self._done(False))
+            except Exception as e:  # metadata timeout etc.: counted as failed
+                log.warning("event sink: send to %s failed: %s", topic, e)
+                self._done(False)(e)
+
+
+@dataclass(frozen=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int = 0
+    headers: tuple[tuple[str, bytes], ...] = field(default_factory=tuple)
+
+
+class KafkaEventSource:
+    """A group consumer with manual commits, pause/resume, and a hook on partition revoke."""
+
+    def __init__(self, bootstrap: str, topics: Sequence[str], group_id: str, *,
+                 on_revoke: Callable[[set[tuple[str, int]]], None] | None = None,
+                 on_assign: Callable[[set[tuple[str, int]]], None] | None = None,
+                 session_timeout_ms: int = 10_000, max_poll_interval_ms: int = 300_000,
+                 max_poll_records: int = 2_000, client_id: str = "streamrec-ingest",
+                 auto_offset_reset: str = "earliest"):
+        from kafka import KafkaConsumer
+        from kafka.consumer.subscription_state import ConsumerRebalanceListener
+
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap.split(","), group_id=group_id, client_id=client_id,
+            enable_auto_commit=False, auto_offset_reset=auto_offset_reset,
+            session_timeout_ms=session_timeout_ms, heartbeat_interval_ms=max(1_000, session_timeout_ms // 4),
+            max_poll_interval_ms=max_poll_interval_ms, max_poll_records=max_poll_records,
+            fetch_max_wait_ms=100,
+        )
+        outer = self
+
+        class _Listener(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked):
+                if on_revoke:
+                    on_revoke({(tp.topic, tp.partition) for tp in revoked})
+
+            def on_partitions_assigned(self, assigned):
+                if on_assign:
+                    on_assign({(tp.topic, tp.partition) for tp in assigned})
+
+        self._consumer.subscribe(topics=list(topics), listener=_Listener())
+        self._paused = False
+        self._outer = outer
+
+    def poll(self, timeout_ms: int = 100, max_records: int | None = None) -> list[Record]:
+        batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        out = []
+        for tp, recs in batches.items():
+            for r in recs:
+                out.append(Record(tp.topic, tp.partition, r.offset, r.key, r.value, r.timestamp,
+                                  tuple(r.headers or ())))
+        return out
+
+    def commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        """Commit the given next-offsets (only for partitions this consumer still owns)."""
+        from kafka import TopicPartition
+        from kafka.structs import OffsetAndMetadata
+
+        owned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+        payload = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
+                   for (t, p), o in offsets.items() if (t, p) in owned}
+        if payload:
+            self._consumer.commit(payload)
+
+    def pause(self) -> None:
+        if not self._paused:
+            self._consumer.pause(*self._consumer.assignment())
+            self._paused = True
+
+    def resume(self) -> None:
+        if self._paused:
+            self._consumer.resume(*self._consumer.paused())
+            self._paused = False
+
+    def assignment(self) -> set[tuple[str, int]]:
+        return {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+
+    def lag(self) -> dict[str, int]:
+        """Per ``topic/partition``: the high watermark from the last fetch minus our position."""
+        out = {}
+        for tp in self._consumer.assignment():
+            hw = self._consumer.highwater(tp)
+            if hw is None:
+                continue
+            try:
+                pos = self._consumer.position(tp, timeout_ms=100) or 0
+            except Exception:
+                continue
+            out[f"{tp.topic}/{tp.partition}"] = max(0, hw - pos)
+        return out
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)
+
+
+def _admin_consumer(bootstrap: str, group_id: str):
+    from kafka import KafkaConsumer
+
+    return KafkaConsumer(bootstrap_servers=bootstrap.split(","), group_id=group_id, enable_auto_commit=False)
+
+
+def reset_group_offsets(bootstrap: str, group_id: str, topics: Iterable[str], *,
+                        to_timestamp_ms: int | None = None, to_offsets: dict[tuple[str, int], int] | None = None,
+                        to_earliest: bool = False) -> dict[tuple[str, int], int]:
+    """Replay: point a (stopped) consumer group at a timestamp, explicit offsets, or the start.
+
+    The next ingest that joins the group re-reads from there and rebuilds its state
+    (samples already trained are dropped downstream by ``event_id``).
+    """
+    from kafka import TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    c = _admin_consumer(bootstrap, group_id)
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in sorted(c.partitions_for_topic(t) or ())]
+        target: dict[tuple[str, int], int] = {}
+        if to_offsets is not None:
+            target = dict(to_offsets)
+        elif to_timestamp_ms is not None:
+            found = c.offsets_for_times({tp: to_timestamp_ms for tp in tps})
+            ends = c.end_offsets(tps)
+            for tp in tps:
+                hit = found.get(tp)
+                target[(tp.topic, tp.partition)] = hit.offset if hit is not None else ends[tp]
+        elif to_earliest:
+            target = {(tp.topic, tp.partition): o for tp, o in c.beginning_offsets(tps).items()}
+        else:
+            raise ValueError("give to_timestamp_ms, to_offsets or to_earliest")
+        c.assign(tps)
+        c.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in target.items()})
+        return target
+    finally:
+        c.close(autocommit=False)
+
+
+def group_lag(bootstrap: str, group_id: str, topics: Iterable[str]) -> dict[str, int]:
+    """Committed-offset lag per ``topic/partition`` of a group, as seen from outside it.
+
+    Uses the broker's end offsets (ListOffsets); note the embedded Tansu 0.6 reports the base
+    offset of the last batch there, so this underestimates while producers batch.
+    """
+    from kafka import TopicPartition
+
+    c = _admin_consumer(bootstrap, group_id)
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in sorted(c.partitions_for_topic(t) or ())]
+        ends = c.end_offsets(tps)
+        return {f"{tp.topic}/{tp.partition}": max(0, ends[tp] - (c.committed(tp) or 0)) for tp in tps}
+    finally:
+        c.close(autocommit=False)

@@ -1,0 +1,242 @@
+"""Event contracts on Kafka: versioned JSON, decoded into typed records or a typed error.
+
+=========================  =============================  =====================================
+topic                      record                         ``schema`` field
+=========================  =============================  =====================================
+``streamrec.impressions``  :class:`Impression`            ``streamrec.impression.v1``
+``streamrec.feedback``     :class:`Feedback`              ``streamrec.feedback.v1``
+(trainer input)            :class:`TrainingSample`        ``streamrec.sample.v1``
+``streamrec.dlq``          original bytes + headers       (see :func:`dead_letter_headers`)
+=========================  =============================  =====================================
+
+Keys are the ``user_id`` (UTF-8), so one user's impressions and feedback share a partition
+number and one ingest actor sees both. :func:`decode` never raises: anything that is not a
+valid event comes back as a :class:`DecodeError` naming what was wrong, ready for the DLQ.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Union
+
+__all__ = [
+    "IMPRESSION_SCHEMA",
+    "FEEDBACK_SCHEMA",
+    "SAMPLE_SCHEMA",
+    "Impression",
+    "Feedback",
+    "TrainingSample",
+    "DecodeError",
+    "decode",
+    "encode",
+    "dead_letter_headers",
+    "FEEDBACK_TYPES",
+]
+
+IMPRESSION_SCHEMA = "streamrec.impression.v1"
+FEEDBACK_SCHEMA = "streamrec.feedback.v1"
+SAMPLE_SCHEMA = "streamrec.sample.v1"
+FEEDBACK_TYPES = ("click", "purchase", "like", "dislike", "dwell", "skip")
+MAX_SLATE = 100
+MAX_ID_CHARS = 256
+
+
+@dataclass(frozen=True)
+class Impression:
+    """One served slate: what the policy showed, and with what probability."""
+
+    event_id: str
+    ts: float
+    """Unix seconds at serving time."""
+    user_id: str
+    items: tuple[str, ...]
+    """Shown item ids, best position first (K)."""
+    propensities: tuple[float, ...]
+    """(K,) probability of each shown item at its position under the serving policy, in (0, 1]."""
+    policy_version: str
+    context: dict[str, Any] = field(default_factory=dict)
+    """Typed request context and free text."""
+    features: dict[str, Any] = field(default_factory=dict)
+    """What the trainer needs to rebuild the serving-time policy input (candidate ids, profile...)."""
+    schema: str = IMPRESSION_SCHEMA
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """A user's reaction to one served item, joined to its impression by ``event_id``."""
+
+    event_id: str
+    ts: float
+    user_id: str
+    item_id: str
+    type: str = "click"
+    value: float = 1.0
+    schema: str = FEEDBACK_SCHEMA
+
+
+@dataclass(frozen=True)
+class TrainingSample:
+    """An impression whose reward window closed, with the feedback it got (reward 0 if none)."""
+
+    event_id: str
+    ts: float
+    user_id: str
+    items: tuple[str, ...]
+    propensities: tuple[float, ...]
+    policy_version: str
+    rewards: tuple[float, ...]
+    """(K,) summed feedback value at each position."""
+    context: dict[str, Any] = field(default_factory=dict)
+    features: dict[str, Any] = field(default_factory=dict)
+    feedback_types: tuple[str, ...] = ()
+    """The types of the joined feedback, in arrival order."""
+    source: tuple[str, int, int] | None = None
+    """(topic, partition, offset) of the impression."""
+    schema: str = SAMPLE_SCHEMA
+
+    @property
+    def clicked(self) -> bool:
+        return any(r > 0 for r in self.rewards)
+
+
+@dataclass(frozen=True)
+class DecodeError:
+    """Why bytes are not a valid event; ``reason`` is what the DLQ header says."""
+
+    reason: str
+    kind: str = "invalid"
+    """``too_large``, ``not_json``, ``unknown_schema`` or ``invalid``."""
+
+
+Event = Union[Impression, Feedback]
+_KINDS = {IMPRESSION_SCHEMA: "impression", FEEDBACK_SCHEMA: "feedback"}
+
+
+def encode(event: Impression | Feedback | TrainingSample) -> bytes:
+    """Compact JSON bytes with the ``schema`` field."""
+    d = asdict(event)
+    return json.dumps(d, separators=(",", ":"), allow_nan=False).encode()
+
+
+class _Invalid(Exception):
+    pass
+
+
+def _str(d: dict, key: str, *, max_chars: int = MAX_ID_CHARS) -> str:
+    if key not in d:
+        raise _Invalid(f"missing field '{key}'")
+    v = d[key]
+    if not isinstance(v, str):
+        raise _Invalid(f"field '{key}' must be a string, got {type(v).__name__}")
+    if not v or len(v) > max_chars:
+        raise _Invalid(f"field '{key}' must be 1-{max_chars} characters")
+    return v
+
+
+def _num(d: dict, key: str, default: float | None = None) -> float:
+    if key not in d:
+        if default is not None:
+            return default
+        raise _Invalid(f"missing field '{key}'")
+    v = d[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise _Invalid(f"field '{key}' must be a number, got {type(v).__name__}")
+    v = float(v)
+    if not math.isfinite(v):
+        raise _Invalid(f"field '{key}' must be finite, got {v}")
+    return v
+
+
+def _obj(d: dict, key: str) -> dict:
+    v = d.get(key, {})
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise _Invalid(f"field '{key}' must be an object, got {type(v).__name__}")
+    return v
+
+
+def _impression(d: dict) -> Impression:
+    items = d.get("items")
+    if not isinstance(items, list) or not items:
+        raise _Invalid("missing field 'items'" if items is None else "field 'items' must be a non-empty list")
+    if len(items) > MAX_SLATE:
+        raise _Invalid(f"field 'items' has {len(items)} entries, at most {MAX_SLATE}")
+    if not all(isinstance(i, str) and 0 < len(i) <= MAX_ID_CHARS for i in items):
+        raise _Invalid("field 'items' must hold item id strings")
+    if len(set(items)) != len(items):
+        raise _Invalid("field 'items' repeats an item")
+    props = d.get("propensities")
+    if not isinstance(props, list):
+        raise _Invalid("missing field 'propensities'" if props is None else "field 'propensities' must be a list")
+    if len(props) != len(items):
+        raise _Invalid(f"field 'propensities' has {len(props)} entries for {len(items)} items")
+    out = []
+    for p in props:
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or not 0 < p <= 1:
+            raise _Invalid(f"field 'propensities' must hold probabilities in (0, 1], got {p!r}")
+        out.append(float(p))
+    version = d.get("policy_version")
+    if isinstance(version, int) and not isinstance(version, bool):
+        version = str(version)
+    if not isinstance(version, str) or not version:
+        raise _Invalid("missing field 'policy_version'" if version is None else "field 'policy_version' must be a string")
+    return Impression(
+        event_id=_str(d, "event_id"), ts=_num(d, "ts"), user_id=_str(d, "user_id"), items=tuple(items),
+        propensities=tuple(out), policy_version=version, context=_obj(d, "context"), features=_obj(d, "features"),
+    )
+
+
+def _feedback(d: dict) -> Feedback:
+    ftype = _str(d, "type") if "type" in d else "click"
+    if ftype not in FEEDBACK_TYPES:
+        raise _Invalid(f"field 'type' must be one of {', '.join(FEEDBACK_TYPES)}, got {ftype!r}")
+    return Feedback(event_id=_str(d, "event_id"), ts=_num(d, "ts"), user_id=_str(d, "user_id"),
+                    item_id=_str(d, "item_id"), type=ftype, value=_num(d, "value", 1.0))
+
+
+def decode(raw: bytes | None, *, max_bytes: int = 1_000_000,
+           expect: Literal["impression", "feedback", None] = None) -> Event | DecodeError:
+    """Bytes -> Impression | Feedback, or DecodeError; never raises."""
+    if raw is None:
+        return DecodeError("empty payload (tombstone)", "invalid")
+    try:
+        n = len(raw)
+    except TypeError:
+        return DecodeError(f"payload must be bytes, got {type(raw).__name__}", "invalid")
+    if n > max_bytes:
+        return DecodeError(f"payload of {n} bytes exceeds the {max_bytes}-byte limit", "too_large")
+    try:
+        d = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        return DecodeError(f"not JSON: {str(e)[:200]}", "not_json")
+    if not isinstance(d, dict):
+        return DecodeError(f"expected a JSON object, got {type(d).__name__}", "invalid")
+    schema = d.get("schema")
+    kind = _KINDS.get(schema) if isinstance(schema, str) else None
+    if kind is None:
+        known = ", ".join(_KINDS)
+        return DecodeError(f"unknown schema {schema!r} (known: {known})", "unknown_schema")
+    if expect is not None and kind != expect:
+        return DecodeError(f"a {kind} event on the {expect} topic", "invalid")
+    try:
+        return _impression(d) if kind == "impression" else _feedback(d)
+    except _Invalid as e:
+        return DecodeError(str(e), "invalid")
+    except Exception as e:  # defensive: nothing a producer sends may crash the loop
+        return DecodeError(f"{type(e).__name__}: {e}", "invalid")
+
+
+def dead_letter_headers(error: DecodeError | str, topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
+    """Kafka headers of a dead letter: the reason and where the original bytes came from."""
+    reason = error.reason if isinstance(error, DecodeError) else str(error)
+    kind = error.kind if isinstance(error, DecodeError) else "invalid"
+    return [
+        ("streamrec.error", reason.encode()[:1000]),
+        ("streamrec.error_kind", kind.encode()),
+        ("streamrec.source_topic", topic.encode()),
+        ("streamrec.source_partition", str(partition).encode()),
+        ("streamrec.source_offset", str(offset).encode()),
+    ]

@@ -1,0 +1,100 @@
+"""User profiles: bounded recent histories and the pooled profile vector.
+
+:func:`pool_profile` is the one function serving and training use to turn a user's recent items
+into a vector, so the two never drift apart. :class:`HistoryBook` is the pure state behind the
+ProfileStore actor (no Ray, no I/O besides explicit snapshot/restore).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import OrderedDict, deque
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["pool_profile", "HistoryBook"]
+
+
+def pool_profile(item_vectors: np.ndarray, ages_s: Sequence[float] | np.ndarray, half_life_s: float) -> np.ndarray:
+    """Recency-weighted mean of item vectors, L2-normalised.
+
+    item_vectors: (n, d) float; ages_s: (n,) seconds since each interaction (>= 0);
+    returns (d,) float32 — all zeros when n == 0 (the cold-start profile).
+    """
+    v = np.asarray(item_vectors, dtype=np.float32)
+    if v.ndim != 2:
+        raise ValueError(f"item_vectors must be (n, d), got shape {v.shape}")
+    ages = np.asarray(ages_s, dtype=np.float64)
+    if ages.shape != (v.shape[0],):
+        raise ValueError(f"ages_s must be ({v.shape[0]},), got shape {ages.shape}")
+    if half_life_s <= 0:
+        raise ValueError(f"half_life_s must be > 0, got {half_life_s}")
+    if v.shape[0] == 0:
+        return np.zeros(v.shape[1], dtype=np.float32)
+    w = np.power(0.5, np.clip(ages, 0, None) / half_life_s).astype(np.float32)
+    pooled = (w[:, None] * v).sum(0) / max(float(w.sum()), 1e-12)
+    norm = float(np.linalg.norm(pooled))
+    return (pooled / norm if norm > 0 else pooled).astype(np.float32)
+
+
+class HistoryBook:
+    """Per-user recent interactions (item id, unix ts), newest last, at most ``history_length`` each.
+
+    Users are kept in LRU order up to ``max_users`` so memory stays bounded.
+    """
+
+    def __init__(self, history_length: int = 50, max_users: int = 1_000_000):
+        self.history_length = history_length
+        self.max_users = max_users
+        self._h: OrderedDict[str, deque[tuple[str, float]]] = OrderedDict()
+
+    def record(self, events: Iterable[tuple[str, str, float]]) -> int:
+        n = 0
+        for user, item, ts in events:
+            d = self._h.get(user)
+            if d is None:
+                d = self._h[user] = deque(maxlen=self.history_length)
+                if len(self._h) > self.max_users:
+                    self._h.popitem(last=False)
+            else:
+                self._h.move_to_end(user)
+            d.append((item, float(ts)))
+            n += 1
+        return n
+
+    def history(self, user: str) -> list[tuple[str, float]]:
+        return list(self._h.get(user, ()))
+
+    def __len__(self) -> int:
+        return len(self._h)
+
+    def profile(self, user: str, item_index: Mapping[str, int], item_vectors: np.ndarray, now: float,
+                half_life_s: float) -> np.ndarray:
+        """(d,) pooled vector of the user's known items (zeros for an unknown user)."""
+        hist = [(item_index[i], ts) for i, ts in self.history(user) if i in item_index]
+        rows = np.asarray([r for r, _ in hist], dtype=np.int64)
+        ages = np.asarray([now - ts for _, ts in hist], dtype=np.float64)
+        return pool_profile(item_vectors[rows] if len(rows) else item_vectors[:0], ages, half_life_s)
+
+    def snapshot(self, path: str | Path) -> Path:
+        """Write all histories as JSON (atomically)."""
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        data = {"history_length": self.history_length, "users": {u: list(map(list, d)) for u, d in self._h.items()}}
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".profiles.")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, p)
+        return p
+
+    @classmethod
+    def restore(cls, path: str | Path, history_length: int | None = None, max_users: int = 1_000_000) -> "HistoryBook":
+        data = json.loads(Path(path).read_text())
+        book = cls(history_length or int(data["history_length"]), max_users)
+        for user, items in data["users"].items():
+            book.record((user, i, ts) for i, ts in items)
+        return book

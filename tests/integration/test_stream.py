@@ -1,0 +1,199 @@
+"""The click stream over a real broker: exactly-once samples through crashes and rescaling, DLQ."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import ray
+from kafka import KafkaConsumer
+
+from actors.ingest import IngestGroup
+from actors.profile_store import ProfileStore
+from actors.sample_buffer import SampleBuffer
+from tests.integration.stream_helpers import create_topics, drain, make_events, produce, stream_settings
+
+pytestmark = pytest.mark.integration
+
+
+def _group(broker, s, buffer, profile_store=None):
+    return IngestGroup(bootstrap=broker.bootstrap, kafka_settings=s.kafka, ingest_settings=s.ingest,
+                       buffer=buffer, profile_store=profile_store, name_prefix=f"ing-{s.ingest.group_id}")
+
+
+def test_10k_events_with_a_killed_ingest_actor_give_each_sample_exactly_once(broker, ray_session):
+    s = stream_settings(window_s=2.0)
+    create_topics(broker.bootstrap, s)
+    buffer = SampleBuffer.remote(capacity=100_000)
+    group = _group(broker, s, buffer)
+    group.scale(2)
+    try:
+        imps, fbs = make_events(10_000)
+        produce(broker.bootstrap, s.kafka.topics.impressions, imps[:5_000])
+        produce(broker.bootstrap, s.kafka.topics.feedback, [f for f in fbs if int(f.event_id[1:]) < 5_000])
+        time.sleep(4)
+        ray.kill(group.actors[0], no_restart=False)  # crash mid-stream; Ray restarts it
+        produce(broker.bootstrap, s.kafka.topics.impressions, imps[5_000:])
+        produce(broker.bootstrap, s.kafka.topics.feedback, [f for f in fbs if int(f.event_id[1:]) >= 5_000])
+        got = drain(buffer, 10_000, timeout_s=180)
+        time.sleep(3)  # anything extra would show up now
+        got += ray.get(buffer.take.remote())
+        ids = [x.event_id for x in got]
+        assert len(ids) == 10_000 and set(ids) == {i.event_id for i in imps}  # none lost, none twice
+        clicked = {f.event_id for f in fbs}
+        for x in got:
+            assert x.rewards == ((0.0, 1.0, 0.0, 0.0, 0.0) if x.event_id in clicked else (0.0,) * 5)
+        m = ray.get(buffer.metrics.remote())
+        assert m["accepted"] == 10_000
+    finally:
+        group.stop()
+
+
+def test_poison_events_go_to_the_dlq_with_their_reason_and_the_stream_goes_on(broker, ray_session):
+    s = stream_settings(window_s=1.0)
+    create_topics(broker.bootstrap, s)
+    buffer = SampleBuffer.remote()
+    group = _group(broker, s, buffer)
+    group.scale(1)
+    imps, _ = make_events(20)
+    good = json.loads(json.dumps({"x": 1}))
+    base = json.loads(__import__("streamrec.events", fromlist=["encode"]).encode(imps[0]))
+    poison = {
+        "not JSON": b"{oops",
+        "missing field 'user_id'": json.dumps({k: v for k, v in base.items() if k != "user_id"}).encode(),
+        "field 'ts' must be a number, got str": json.dumps({**base, "ts": "yesterday"}).encode(),
+        "unknown schema 'streamrec.impression.v7'": json.dumps({**base, "schema": "streamrec.impression.v7"}).encode(),
+        "bytes exceeds the": b"{" + b" " * 2_000_000 + b"}",
+    }
+    fb_poison = b'{"schema":"streamrec.feedback.v1","event_id":"e1","ts":1,"user_id":"u1","item_id":"i1","value":NaN}'
+    try:
+        records = []
+        for i, imp in enumerate(imps):
+            records.append((imp.user_id.encode(), __import__("streamrec.events", fromlist=["encode"]).encode(imp)))
+            if i < len(poison):
+                records.append((b"u-bad", list(poison.values())[i]))
+        produce(broker.bootstrap, s.kafka.topics.impressions, records, raw=True)
+        produce(broker.bootstrap, s.kafka.topics.feedback, [(b"u1", fb_poison)], raw=True)
+        got = drain(buffer, 20, timeout_s=60)
+        assert sorted(x.event_id for x in got) == sorted(i.event_id for i in imps)
+        c = KafkaConsumer(s.kafka.topics.dlq, bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest",
+                          consumer_timeout_ms=5_000, max_partition_fetch_bytes=4_000_000, fetch_max_bytes=8_000_000)
+        dead = list(c)
+        c.close()
+        reasons = [dict(r.headers)["streamrec.error"].decode() for r in dead]
+        assert len(dead) == len(poison) + 1
+        for expected in poison:
+            assert any(expected in r for r in reasons), (expected, reasons)
+        assert any("field 'value' must be finite" in r for r in reasons)
+        nan_letter = next(r for r in dead if b"NaN" in r.value)
+        h = dict(nan_letter.headers)
+        assert h["streamrec.source_topic"].decode() == s.kafka.topics.feedback
+        assert h["streamrec.source_partition"] is not None and h["streamrec.source_offset"] == b"0"
+        assert nan_letter.value == fb_poison  # the original bytes
+        assert sum(m["dlq"] for m in group.metrics()) == len(poison) + 1
+    finally:
+        group.stop()
+
+
+def test_scaling_ingest_1_3_1_mid_stream_loses_nothing(broker, ray_session):
+    s = stream_settings(window_s=1.0)
+    create_topics(broker.bootstrap, s)
+    buffer = SampleBuffer.remote()
+    group = _group(broker, s, buffer)
+    imps, fbs = make_events(3_000, prefix="s")
+    try:
+        group.scale(1)
+        produce(broker.bootstrap, s.kafka.topics.impressions, imps[:1_000])
+        time.sleep(2)
+        group.scale(3)
+        produce(broker.bootstrap, s.kafka.topics.impressions, imps[1_000:2_000])
+        time.sleep(2)
+        group.scale(1)
+        produce(broker.bootstrap, s.kafka.topics.impressions, imps[2_000:])
+        got = drain(buffer, 3_000, timeout_s=180)
+        time.sleep(2)
+        got += ray.get(buffer.take.remote())
+        ids = [x.event_id for x in got]
+        assert len(ids) == 3_000 and set(ids) == {i.event_id for i in imps}
+    finally:
+        group.stop()
+
+
+def test_feedback_after_the_window_is_counted_not_trained(broker, ray_session):
+    s = stream_settings(window_s=1.0)
+    create_topics(broker.bootstrap, s)
+    buffer = SampleBuffer.remote()
+    group = _group(broker, s, buffer)
+    group.scale(1)
+    imps, fbs = make_events(10, click_every=1, prefix="late")
+    try:
+        produce(broker.bootstrap, s.kafka.topics.impressions, imps)
+        got = drain(buffer, 10, timeout_s=60)
+        assert all(x.rewards == (0.0,) * 5 for x in got)
+        produce(broker.bootstrap, s.kafka.topics.feedback, fbs)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and sum(m["late"] for m in group.metrics()) < 10:
+            time.sleep(0.5)
+        assert sum(m["late"] for m in group.metrics()) == 10
+        assert ray.get(buffer.take.remote()) == []
+    finally:
+        group.stop()
+
+
+def test_events_written_by_an_independent_client_are_consumed(broker, ray_session, independent_client):
+    s = stream_settings(window_s=1.0, partitions=1)
+    create_topics(broker.bootstrap, s)
+    buffer = SampleBuffer.remote()
+    group = _group(broker, s, buffer)
+    group.scale(1)
+    imps, fbs = make_events(5, click_every=1, prefix="k")
+    try:
+        from dataclasses import asdict
+        independent_client.write(s.kafka.topics.impressions, [(i.user_id, asdict(i)) for i in imps])
+        independent_client.write(s.kafka.topics.feedback, [(f.user_id, asdict(f)) for f in fbs])
+        got = drain(buffer, 5, timeout_s=60)
+        assert sorted(x.event_id for x in got) == sorted(i.event_id for i in imps)
+        assert all(x.rewards[1] == 1.0 for x in got)
+    finally:
+        group.stop()
+
+
+def test_profile_store_is_fed_live_and_survives_restart(broker, ray_session, tmp_path):
+    import numpy as np
+
+    s = stream_settings(window_s=1.0)
+    create_topics(broker.bootstrap, s)
+    buffer = SampleBuffer.remote()
+    snap = tmp_path / "profiles.json"
+    store = ProfileStore.remote(history_length=3, snapshot_path=str(snap), snapshot_every_s=3600)
+    ids = [f"i{k}" for k in range(97)]
+    vecs = np.eye(97, dtype=np.float32)
+    ray.get(store.set_item_vectors.remote(ids, vecs))
+    group = _group(broker, s, buffer, profile_store=store)
+    group.scale(1)
+    imps, fbs = make_events(30, click_every=1, users=2, prefix="p")
+    try:
+        produce(broker.bootstrap, s.kafka.topics.impressions, imps)
+        produce(broker.bootstrap, s.kafka.topics.feedback, fbs)
+        drain(buffer, 30, timeout_s=60)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and ray.get(store.metrics.remote())["events"] < 30:
+            time.sleep(0.3)
+        hist = ray.get(store.histories.remote(["u0", "u1", "nobody"]))
+        assert [len(h) for h in hist] == [3, 3, 0]  # bounded history
+        prof = ray.get(store.profiles.remote(["u0", "nobody"]))
+        assert prof.shape == (2, 97) and np.isclose(np.linalg.norm(prof[0]), 1.0) and not prof[1].any()
+        ray.get(store.snapshot.remote())
+        ray.kill(store, no_restart=False)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                restored = ray.get(store.histories.remote(["u0"]), timeout=10)
+                break
+            except ray.exceptions.RayActorError:
+                assert time.monotonic() < deadline
+                time.sleep(0.5)
+        assert restored == hist[:1]
+    finally:
+        group.stop()
