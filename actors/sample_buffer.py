@@ -7,6 +7,7 @@ are dropped here, so no sample is trained twice. The memory of seen ids is bound
 
 from __future__ import annotations
 
+import pickle
 import time
 from collections import OrderedDict, deque
 from typing import Sequence
@@ -29,8 +30,13 @@ class SampleBuffer:
         self.duplicates = 0
         self.refused_full = 0
 
-    def put(self, samples: Sequence[TrainingSample]) -> dict:
-        """Accept a batch whole, or refuse it whole when it does not fit (``full``)."""
+    def put(self, samples: Sequence[TrainingSample] | bytes) -> dict:
+        """Accept a batch whole, or refuse it whole when it does not fit (``full``).
+
+        ``samples``: a list, or that list pickled by a trusted streamrec actor (the ingest hot path).
+        """
+        if isinstance(samples, (bytes, bytearray)):
+            samples = pickle.loads(samples)
         now = time.monotonic()
         self._forget(now)
         fresh = [s for s in samples if s.event_id not in self._seen]

@@ -15,8 +15,8 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, NamedTuple, Protocol, Sequence
 
 __all__ = [
     "EventSink",
@@ -167,15 +167,16 @@ class KafkaEventSink:
                 self._done(False)(e)
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
+    """One consumed Kafka record (a tuple: cheap to build on the hot path)."""
+
     topic: str
     partition: int
     offset: int
     key: bytes | None
     value: bytes | None
     timestamp_ms: int = 0
-    headers: tuple[tuple[str, bytes], ...] = field(default_factory=tuple)
+    headers: tuple = ()
 
 
 class KafkaEventSource:
@@ -195,7 +196,7 @@ class KafkaEventSource:
             enable_auto_commit=False, auto_offset_reset=auto_offset_reset,
             session_timeout_ms=session_timeout_ms, heartbeat_interval_ms=max(1_000, session_timeout_ms // 4),
             max_poll_interval_ms=max_poll_interval_ms, max_poll_records=max_poll_records,
-            fetch_max_wait_ms=100,
+            fetch_max_wait_ms=100, max_partition_fetch_bytes=4 * 1024 * 1024,
         )
         outer = self
 
@@ -216,9 +217,8 @@ class KafkaEventSource:
         batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
         out = []
         for tp, recs in batches.items():
-            for r in recs:
-                out.append(Record(tp.topic, tp.partition, r.offset, r.key, r.value, r.timestamp,
-                                  tuple(r.headers or ())))
+            topic, part = tp.topic, tp.partition
+            out.extend(Record(topic, part, r.offset, r.key, r.value, r.timestamp, r.headers or ()) for r in recs)
         return out
 
     def commit(self, offsets: dict[tuple[str, int], int]) -> None:
@@ -244,6 +244,23 @@ class KafkaEventSource:
 
     def assignment(self) -> set[tuple[str, int]]:
         return {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+
+    def progress(self) -> tuple[set[tuple[str, int]], set[tuple[str, int]]]:
+        """(owned partitions, those caught up: position at the high watermark of the last fetch)."""
+        owned, done = set(), set()
+        for tp in self._consumer.assignment():
+            key = (tp.topic, tp.partition)
+            owned.add(key)
+            hw = self._consumer.highwater(tp)
+            if hw is None:
+                continue
+            try:
+                pos = self._consumer.position(tp, timeout_ms=0)
+            except Exception:
+                continue
+            if pos is not None and pos >= hw:
+                done.add(key)
+        return owned, done
 
     def lag(self) -> dict[str, int]:
         """Per ``topic/partition``: the high watermark from the last fetch minus our position."""

@@ -3,9 +3,12 @@
 Pure logic, no Kafka: the ingest actor feeds it decoded records with their (topic, partition,
 offset) and the clock, and asks which samples are due and which offsets may be committed.
 
-* An impression waits ``window_s`` (processing time) for its feedback, then becomes a sample
-  (reward 0 when none came). Feedback may arrive before its impression (two topics); it waits
-  the same window, then counts as an orphan.
+* Windows are in event time: an impression becomes a sample (reward 0 when no feedback came)
+  once the *watermark* passes ``impression.ts + window_s``. The ingest actor's watermark is the
+  wall clock while it is caught up, and the oldest partition's newest event time while it is
+  behind, so a replay or a backlog joins exactly as the live stream did (:class:`Watermark`).
+  Feedback may arrive before its impression (two topics); it waits the same window, then
+  counts as an orphan.
 * Feedback for an impression already turned into a sample is *late*: counted, not trained.
 * A record's offset stays *in flight* until what it contributed to was handed off and acknowledged
   (:meth:`ack`). :meth:`commit_offsets` gives, per partition, the lowest in-flight offset (or one
@@ -19,13 +22,15 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections import OrderedDict, defaultdict
+import itertools
+import math
+from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable, Hashable
+from typing import Hashable, Iterable
 
 from streamrec.events import Feedback, Impression, TrainingSample
 
-__all__ = ["RewardJoiner", "JoinStats", "TopicPartition"]
+__all__ = ["RewardJoiner", "JoinStats", "TopicPartition", "Watermark"]
 
 TopicPartition = tuple[str, int]
 Source = tuple[str, int, int]  # topic, partition, offset
@@ -70,7 +75,6 @@ class _InFlight:
 class _Pending:
     imp: Impression
     source: Source
-    due: float
     rewards: list[float]
     types: list[str] = field(default_factory=list)
     sources: list[Source] = field(default_factory=list)
@@ -98,18 +102,49 @@ class JoinStats:
         return self.joined / done if done else 0.0
 
 
+class Watermark:
+    """Event-time progress of one consumer over the partitions it owns.
+
+    ``value`` is the wall clock when every owned partition is caught up; otherwise the smallest
+    newest-event-time among partitions that are behind (a partition never read holds it at -inf).
+    """
+
+    def __init__(self) -> None:
+        self.max_ts: dict[TopicPartition, float] = {}
+
+    def observe(self, tp: TopicPartition, ts: float) -> None:
+        if ts > self.max_ts.get(tp, -math.inf):
+            self.max_ts[tp] = ts
+
+    def value(self, now: float, owned: Iterable[TopicPartition], caught_up: Iterable[TopicPartition]) -> float:
+        done = set(caught_up)
+        wm = now
+        for tp in owned:
+            if tp not in done:
+                wm = min(wm, self.max_ts.get(tp, -math.inf))
+        return wm
+
+    def forget(self, tps: Iterable[TopicPartition]) -> None:
+        for tp in tps:
+            self.max_ts.pop(tp, None)
+
+
 class RewardJoiner:
-    def __init__(self, window_s: float, *, retention_s: float | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(self, window_s: float, *, retention_s: float | None = None):
+        """``retention_s``: how long (event time) after its window an id is remembered, so that
+        feedback for it counts as late and a redelivery as a duplicate (default max(4 windows, 60 s))."""
         if window_s <= 0:
             raise ValueError(f"window_s must be > 0, got {window_s}")
         self.window_s = float(window_s)
-        self.retention_s = float(retention_s if retention_s is not None else 2 * window_s)
-        self.clock = clock
+        self.retention_s = float(retention_s if retention_s is not None else max(4 * window_s, 60.0))
         self.stats = JoinStats()
-        self._pending: OrderedDict[str, _Pending] = OrderedDict()  # insertion order == due order
-        self._early: OrderedDict[str, list[tuple[Feedback, Source, float]]] = OrderedDict()
-        self._emitted: OrderedDict[str, float] = OrderedDict()  # event_id -> forget time
+        self._seq = itertools.count()
+        self._pending: dict[str, _Pending] = {}
+        self._pending_heap: list[tuple[float, int, str]] = []  # (close at, seq, event_id)
+        self._early: dict[str, list[tuple[Feedback, Source]]] = {}
+        self._early_heap: list[tuple[float, int, str, Source]] = []
+        self._emitted: dict[str, float] = {}  # event_id -> forget at (event time)
+        self._emitted_heap: list[tuple[float, str]] = []
         self._inflight: dict[TopicPartition, _InFlight] = defaultdict(_InFlight)
         self._unacked: dict[Hashable, list[Source]] = {}
         self._next_token = 0
@@ -122,11 +157,11 @@ class RewardJoiner:
             self.stats.duplicates += 1
             self._inflight[tp].seen(source[2])
             return
-        now = self.clock()
         self._inflight[tp].add(source[2])
-        p = _Pending(imp, source, now + self.window_s, [0.0] * len(imp.items), sources=[source])
+        p = _Pending(imp, source, [0.0] * len(imp.items), sources=[source])
         self._pending[imp.event_id] = p
-        for fb, fsrc, _ in self._early.pop(imp.event_id, ()):  # feedback that came first
+        heapq.heappush(self._pending_heap, (imp.ts + self.window_s, next(self._seq), imp.event_id))
+        for fb, fsrc in self._early.pop(imp.event_id, ()):  # feedback that came first
             self._attach(p, fb, fsrc, already_inflight=True)
 
     def add_feedback(self, fb: Feedback, source: Source) -> None:
@@ -140,7 +175,8 @@ class RewardJoiner:
             self._inflight[tp].seen(source[2])
         else:
             self._inflight[tp].add(source[2])
-            self._early.setdefault(fb.event_id, []).append((fb, source, self.clock() + self.window_s))
+            self._early.setdefault(fb.event_id, []).append((fb, source))
+            heapq.heappush(self._early_heap, (fb.ts + self.window_s, next(self._seq), fb.event_id, source))
 
     def skip(self, source: Source) -> None:
         """A record that needs no join (dead-lettered, already handled): just advance past it."""
@@ -160,16 +196,16 @@ class RewardJoiner:
         p.types.append(fb.type)
 
     # -- output ------------------------------------------------------------------------------
-    def due(self, *, flush: bool = False) -> tuple[Hashable | None, list[TrainingSample]]:
-        """Samples whose window closed (all of them with ``flush``), and a token for :meth:`ack`."""
-        now = self.clock()
+    def due(self, watermark: float, *, flush: bool = False) -> tuple[Hashable | None, list[TrainingSample]]:
+        """Samples whose window closed at ``watermark`` (all with ``flush``), and a token for :meth:`ack`."""
         out: list[TrainingSample] = []
         sources: list[Source] = []
-        while self._pending:
-            eid, p = next(iter(self._pending.items()))
-            if not flush and p.due > now:
-                break
-            del self._pending[eid]
+        heap = self._pending_heap
+        while heap and (flush or heap[0][0] <= watermark):
+            close_at, _, eid = heapq.heappop(heap)
+            p = self._pending.pop(eid, None)
+            if p is None or p.imp.ts + self.window_s != close_at:
+                continue  # dropped with its partition
             imp = p.imp
             out.append(TrainingSample(
                 event_id=eid, ts=imp.ts, user_id=imp.user_id, items=imp.items, propensities=imp.propensities,
@@ -177,8 +213,10 @@ class RewardJoiner:
                 features=imp.features, feedback_types=tuple(p.types), source=p.source,
             ))
             sources.extend(p.sources)
-            self._emitted[eid] = now + self.retention_s
-        self._expire(now, flush)
+            forget_at = close_at + self.retention_s
+            self._emitted[eid] = forget_at
+            heapq.heappush(self._emitted_heap, (forget_at, eid))
+        self._expire(watermark, flush)
         if not out:
             return None, out
         self.stats.samples += len(out)
@@ -192,25 +230,33 @@ class RewardJoiner:
         for topic, part, off in self._unacked.pop(token, ()):
             self._inflight[(topic, part)].release(off)
 
-    def _expire(self, now: float, flush: bool) -> None:
-        while self._early:
-            eid, items = next(iter(self._early.items()))
-            if not flush and items[0][2] > now:
-                break
-            del self._early[eid]
-            for _, src, _ in items:
-                self.stats.orphans += 1
-                self._inflight[(src[0], src[1])].release(src[2])
-        while self._emitted:
-            eid, forget_at = next(iter(self._emitted.items()))
-            if forget_at > now:
-                break
-            del self._emitted[eid]
+    def _expire(self, watermark: float, flush: bool) -> None:
+        heap = self._early_heap
+        while heap and (flush or heap[0][0] <= watermark):
+            _, _, eid, src = heapq.heappop(heap)
+            items = self._early.get(eid)
+            if not items or src not in [s for _, s in items]:
+                continue  # joined meanwhile, or dropped with its partition
+            self._early[eid] = [x for x in items if x[1] != src]
+            if not self._early[eid]:
+                del self._early[eid]
+            self.stats.orphans += 1
+            self._inflight[(src[0], src[1])].release(src[2])
+        eheap = self._emitted_heap
+        while eheap and eheap[0][0] <= watermark:
+            forget_at, eid = heapq.heappop(eheap)
+            if self._emitted.get(eid) == forget_at:
+                del self._emitted[eid]
 
     # -- offsets and rebalancing -------------------------------------------------------------
     def commit_offsets(self) -> dict[TopicPartition, int]:
         """Per partition, the offset to commit (the next record a restarted consumer should read)."""
-        return {tp: f.commit_offset() for tp, f in self._inflight.items() if f.commit_offset() >= 0}
+        out = {}
+        for tp, f in self._inflight.items():
+            o = f.commit_offset()
+            if o >= 0:
+                out[tp] = o
+        return out
 
     def drop_partitions(self, tps: set[TopicPartition]) -> None:
         """Forget state fed by partitions this consumer lost (their new owner replays them)."""

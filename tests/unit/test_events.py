@@ -88,7 +88,7 @@ finite = st.floats(allow_nan=False, allow_infinity=False, min_value=-1e12, max_v
 @settings(max_examples=200, deadline=None)
 @given(eid=ids, ts=finite, uid=ids, items=st.lists(ids, min_size=1, max_size=10, unique=True),
        p=st.floats(min_value=1e-9, max_value=1.0), ver=ids,
-       ctx=st.dictionaries(st.text(max_size=5), st.one_of(st.integers(), st.text(max_size=10), st.booleans())))
+       ctx=st.dictionaries(st.text(max_size=5), st.one_of(st.integers(min_value=-2**63, max_value=2**63 - 1), st.text(max_size=10), st.booleans())))
 def test_property_impression_round_trip(eid, ts, uid, items, p, ver, ctx):
     i = Impression(event_id=eid, ts=ts, user_id=uid, items=tuple(items), propensities=tuple([p] * len(items)),
                    policy_version=ver, context=ctx)
