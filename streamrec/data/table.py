@@ -38,7 +38,10 @@ def join_text(table: pa.Table, text_columns: Sequence[str], where: str) -> pa.Ar
     missing = [c for c in text_columns if c not in table.column_names]
     if missing:
         raise CatalogError(f"{where}: missing column {missing[0]!r} (have: {', '.join(table.column_names)})")
-    parts = [pc.cast(table.column(c), pa.string()) for c in text_columns]
+    parts = []
+    for c in text_columns:
+        col = pc.cast(table.column(c), pa.string())
+        parts.append(pc.if_else(pc.equal(pc.utf8_trim_whitespace(col), ""), pa.scalar(None, pa.string()), col))
     if len(parts) == 1:
         return parts[0].combine_chunks()
     return pc.binary_join_element_wise(*parts, ". ", null_handling="skip").combine_chunks()

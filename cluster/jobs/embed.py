@@ -1,0 +1,276 @@
+"""Embedding job on Ray Data: catalog text -> vectors, streamed block by block.
+
+    streamrec embed [--config ray_config.yaml] [--full]
+    ray job submit --working-dir . -- python -m cluster.jobs.embed --config ray_config.yaml
+
+Pipeline (every stage streams; the catalog is never held whole)::
+
+    read catalog -> content hash -> [incremental: keep unchanged rows of the live run]
+      -> tokenize (CPU tasks) -> encode (actor pool: one per GPU, else CPU actors)
+      -> Parquet (id, vector, content_hash, model_id) + manifest (switched atomically at the end)
+
+A run that dies half way leaves the previous manifest, and so the previous vectors, live; run
+it again and it embeds what is still missing or changed (see README "Embedding job").
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from streamrec.data.catalog import content_hash
+from streamrec.vectors import read_manifest, write_manifest
+
+__all__ = ["run_embedding_job", "main", "EncodeBatch", "tokenize_batch"]
+
+_TOKENIZERS: dict[tuple[str, int], Any] = {}
+
+
+def _tokenizer(model: str, max_length: int):
+    key = (model, max_length)
+    if key not in _TOKENIZERS:  # one load per worker process, reused across blocks
+        from transformers import AutoTokenizer
+
+        from streamrec.encoder import resolve_model
+
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        _TOKENIZERS[key] = AutoTokenizer.from_pretrained(resolve_model(model))
+    return _TOKENIZERS[key]
+
+
+def hash_batch(batch: pa.Table, id_column: str) -> pa.Table:
+    texts = batch.column("text").to_pylist()
+    return pa.table({id_column: batch.column(id_column), "text": batch.column("text"),
+                     "content_hash": [content_hash(t) for t in texts]})
+
+
+def keep_changed(batch: pa.Table, id_column: str, previous_ref) -> pa.Table:
+    """Rows whose id is new or whose content hash changed since the live run."""
+    import pyarrow.compute as pc
+    import ray
+
+    prev: dict[str, str] = ray.get(previous_ref) if not isinstance(previous_ref, dict) else previous_ref
+    ids = batch.column(id_column).to_pylist()
+    hashes = batch.column("content_hash").to_pylist()
+    mask = pa.array([prev.get(i) != h for i, h in zip(ids, hashes)])
+    return pc.filter(batch, mask)
+
+
+def keep_ids(batch: pa.Table, id_column: str, ids_ref) -> pa.Table:
+    import pyarrow.compute as pc
+    import ray
+
+    keep = ray.get(ids_ref) if not isinstance(ids_ref, (set, frozenset)) else ids_ref
+    mask = pa.array([i in keep for i in batch.column(id_column).to_pylist()])
+    return pc.filter(batch, mask)
+
+
+def tokenize_batch(batch: pa.Table, model: str, max_length: int, id_column: str) -> pa.Table:
+    """Text -> ragged int32 token ids (CPU task)."""
+    tok = _tokenizer(model, max_length)
+    enc = tok(batch.column("text").to_pylist(), truncation=True, max_length=max_length, padding=False,
+              return_attention_mask=False, return_token_type_ids=False)
+    return pa.table({id_column: batch.column(id_column), "content_hash": batch.column("content_hash"),
+                     "token_ids": pa.array(enc["input_ids"], type=pa.list_(pa.int32()))})
+
+
+class EncodeBatch:
+    """An encoder actor: token ids -> unit vectors (GPU bf16 when it has one, else CPU)."""
+
+    def __init__(self, model: str, max_length: int, device: str, quantize_int8: bool, id_column: str,
+                 num_threads: int | None = None, encode_batch_size: int = 256):
+        from streamrec.encoder import TextEncoder
+
+        self.enc = TextEncoder(model, max_length=max_length, device=device, quantize_int8=quantize_int8,
+                               batch_size=encode_batch_size, num_threads=num_threads)
+        self.id_column = id_column
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        tokens = batch.column("token_ids").combine_chunks()
+        offsets = tokens.offsets.to_numpy()
+        flat = tokens.values.to_numpy(zero_copy_only=False)
+        ragged = [flat[offsets[i]:offsets[i + 1]] for i in range(len(tokens))]
+        vecs = self.enc.encode_tokens(ragged)  # (B, d)
+        d = vecs.shape[1]
+        vector = pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1), type=pa.float32()), d)
+        return pa.table({self.id_column: batch.column(self.id_column), "vector": vector,
+                         "content_hash": batch.column("content_hash"),
+                         "model_id": pa.array([self.enc.model_id] * len(batch), type=pa.string())})
+
+
+def _synthetic_block(batch: dict, seed: int) -> pa.Table:
+    from streamrec.data.synthetic import synthetic_items
+
+    ids = batch["id"]
+    t = synthetic_items(int(ids[0]), int(ids[-1]) + 1, seed)
+    return t.select(["item_id", "text"])
+
+
+def _source_datasets(settings) -> dict[str, tuple[Any, str]]:
+    """kind -> (Ray Dataset with id + text columns, id column)."""
+    import ray.data
+
+    c = settings.catalog
+    out: dict[str, tuple[Any, str]] = {}
+    if c.source == "synthetic":
+        from streamrec.data.synthetic import synthetic_users
+
+        blocks = max(1, c.num_items // 5_000)
+        out["items"] = (ray.data.range(c.num_items, override_num_blocks=blocks)
+                        .map_batches(_synthetic_block, fn_kwargs={"seed": c.seed}, batch_size=5_000,
+                                     batch_format="numpy"), "item_id")
+        users = synthetic_users(c.num_users, c.seed).select(["user_id", "text"])
+        out["users"] = (ray.data.from_arrow(users), "user_id")
+    elif c.source == "movielens":
+        from streamrec.data.movielens import load_movielens
+
+        cat = load_movielens(c.path)
+        out["items"] = (ray.data.from_arrow(cat.items.select(["item_id", "text"])), "item_id")
+        if cat.users is not None and "text" in cat.users.column_names:
+            out["users"] = (ray.data.from_arrow(cat.users.select(["user_id", "text"])), "user_id")
+    else:
+        from streamrec.data.table import load_table_catalog
+
+        p = Path(c.path)
+        if p.suffix.lower() in (".parquet", ".pq") or p.is_dir():
+            from streamrec.data.table import join_text
+
+            cols = [c.id_column, *c.text_columns]
+
+            def to_text(batch: pa.Table) -> pa.Table:
+                return pa.table({"item_id": batch.column(c.id_column).cast(pa.string()),
+                                 "text": join_text(batch, c.text_columns, str(p))})
+
+            ds = ray.data.read_parquet(str(p), columns=cols).map_batches(to_text, batch_format="pyarrow")
+        else:  # CSV: validated in full (ids unique, text present) before any work
+            ds = ray.data.from_arrow(load_table_catalog(p, id_column=c.id_column,
+                                                        text_columns=c.text_columns).items.select(["item_id", "text"]))
+        out["items"] = (ds, "item_id")
+    return out
+
+
+def _pool(settings, num_encoders: int | None) -> tuple[dict[str, Any], str]:
+    import ray
+
+    from ray.data import ActorPoolStrategy
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    device = settings.encoder.device
+    n = num_encoders or settings.embedding.num_encoders
+    if device != "cpu" and gpus > 0:  # one actor per GPU; a fixed n, else autoscale 1..GPUs
+        pool = ActorPoolStrategy(size=n) if n else ActorPoolStrategy(min_size=1, max_size=gpus)
+        return {"compute": pool, "num_gpus": 1, "batch_size": 4_096}, "cuda"
+    if device == "cuda":
+        raise RuntimeError("encoder.device is 'cuda' but the Ray cluster has no GPU")
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    per_actor = 2 if cpus >= 4 else 1
+    pool = ActorPoolStrategy(size=n) if n else ActorPoolStrategy(min_size=1, max_size=max(1, cpus // max(per_actor, 2)))
+    return {"compute": pool, "num_cpus": per_actor, "batch_size": 1_024}, "cpu"
+
+
+def run_embedding_job(settings, *, output_dir: str | None = None, full: bool = False,
+                      num_encoders: int | None = None, kinds: tuple[str, ...] = ("items", "users")) -> dict:
+    """Embed the configured catalog (incrementally unless ``full``); returns the new manifest."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=False)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = True
+    out_dir = Path(output_dir or settings.embedding.output_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    enc = settings.encoder
+    pool, device = _pool(settings, num_encoders)
+    from streamrec.encoder import TextEncoder
+
+    model_id = TextEncoder(enc.model, max_length=enc.max_length, device="cpu",
+                           quantize_int8=enc.quantize_int8 and device == "cpu").model_id
+    live = None if full else read_manifest(out_dir)
+    run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    manifest: dict[str, Any] = {"run_id": run_id, "model_id": model_id, "created": time.time(),
+                                "catalog": settings.catalog.model_dump(mode="json"), "device": device,
+                                "outputs": {}}
+    t0 = time.perf_counter()
+    for kind, (ds, id_col) in _source_datasets(settings).items():
+        if kind not in kinds:
+            continue
+        hashed = ds.map_batches(hash_batch, fn_kwargs={"id_column": id_col}, batch_format="pyarrow")
+        prev = (live or {}).get("outputs", {}).get(kind)
+        kept_ds, kept_ids = None, set()
+        if prev and live.get("model_id") == model_id:
+            import pyarrow.parquet as pq
+
+            old = pq.read_table(out_dir / prev["dir"], columns=[id_col, "content_hash"])
+            previous = dict(zip(old.column(id_col).to_pylist(), old.column("content_hash").to_pylist()))
+            prev_ref = ray.put(previous)
+            todo = hashed.map_batches(keep_changed, fn_kwargs={"id_column": id_col, "previous_ref": prev_ref},
+                                      batch_format="pyarrow")
+            current = pa.concat_tables(ray.get(hashed.select_columns([id_col, "content_hash"]).to_arrow_refs()))
+            kept_ids = {i for i, h in zip(current.column(id_col).to_pylist(), current.column("content_hash").to_pylist())
+                        if previous.get(i) == h}
+            kept_ds = ray.data.read_parquet(str(out_dir / prev["dir"])).map_batches(
+                keep_ids, fn_kwargs={"id_column": id_col, "ids_ref": ray.put(kept_ids)}, batch_format="pyarrow")
+        else:
+            todo = hashed
+        tokens = todo.map_batches(tokenize_batch, batch_size=1_024, batch_format="pyarrow", num_cpus=1,
+                                  fn_kwargs={"model": enc.model, "max_length": enc.max_length, "id_column": id_col})
+        vectors = tokens.map_batches(
+            EncodeBatch, batch_format="pyarrow",
+            fn_constructor_kwargs={"model": enc.model, "max_length": enc.max_length, "device": device,
+                                   "quantize_int8": enc.quantize_int8, "id_column": id_col,
+                                   "num_threads": pool.get("num_cpus"), "encode_batch_size": 256 if device == "cpu" else 1_024},
+            **pool)
+        out = vectors.union(kept_ds) if kept_ds is not None else vectors
+        target = out_dir / f"{kind}-{run_id}"
+        out.write_parquet(str(target))
+        import pyarrow.parquet as pq
+
+        total = sum(pq.read_metadata(f).num_rows for f in target.glob("*.parquet"))
+        manifest["outputs"][kind] = {"dir": target.name, "id_column": id_col, "count": total,
+                                     "embedded": total - len(kept_ids), "kept": len(kept_ids)}
+    manifest["seconds"] = time.perf_counter() - t0
+    old_manifest = read_manifest(out_dir)
+    write_manifest(out_dir, manifest)
+    for kind, o in (old_manifest or {}).get("outputs", {}).items():  # the previous run is no longer live
+        if o["dir"] != manifest["outputs"].get(kind, {}).get("dir"):
+            shutil.rmtree(out_dir / o["dir"], ignore_errors=True)
+    live_dirs = {o["dir"] for o in manifest["outputs"].values()}
+    for stale in out_dir.glob("*-2*"):  # half-written output of runs that died
+        if stale.is_dir() and stale.name not in live_dirs:
+            shutil.rmtree(stale, ignore_errors=True)
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    import json
+
+    from streamrec.config import ConfigError, default_config_path, load_settings
+
+    ap = argparse.ArgumentParser(prog="python -m cluster.jobs.embed", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=None, help="ray_config.yaml (streamrec args inside)")
+    ap.add_argument("--output", default=None, help="output directory (default: embedding.output_dir)")
+    ap.add_argument("--full", action="store_true", help="re-embed everything, not only new or changed items")
+    ap.add_argument("--num-encoders", type=int, default=None, help="encoder actors (default: one per GPU, or CPUs/2)")
+    args = ap.parse_args(argv)
+    try:
+        settings = load_settings(args.config or default_config_path())
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    manifest = run_embedding_job(settings, output_dir=args.output, full=args.full, num_encoders=args.num_encoders)
+    print(json.dumps(manifest["outputs"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
