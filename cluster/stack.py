@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -32,6 +33,9 @@ class LocalStack:
     dashboard_port: int | None = None
     broker: BrokerHandle | None = None
     ray: Any = None
+    ingest: Any = None
+    samples: Any = None
+    profiles: Any = None
     _stops: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
 
     def start(self, progress: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
@@ -53,10 +57,48 @@ class LocalStack:
             self.ray = local_ray.start_or_connect(self.settings.ray, dashboard_port=self.dashboard_port)
             self._stops.append(("ray", local_ray.shutdown))
             self.run_dir.update(ray=self.ray.to_dict())
+
+            progress("embeddings")
+            self._start_embeddings()
+            progress("stream ingest")
+            self._start_stream()
         except Exception:
             self.stop()
             raise
         return self.run_dir.update(phase="running", ready=time.time())
+
+    def _start_embeddings(self) -> None:
+        """Embed the catalog (incremental: a restart with an unchanged catalog re-embeds nothing)."""
+        from cluster.jobs.embed import run_embedding_job
+
+        manifest = run_embedding_job(self.settings)
+        self.run_dir.update(embeddings={"dir": str(Path(self.settings.embedding.output_dir).resolve()),
+                                        "model_id": manifest["model_id"],
+                                        **{k: {"count": v["count"], "embedded": v["embedded"]}
+                                           for k, v in manifest["outputs"].items()}})
+
+    def _start_stream(self) -> None:
+        """ProfileStore, the trainer's SampleBuffer, and the StreamIngest consumer group."""
+        import ray
+
+        from actors.ingest import IngestGroup
+        from actors.profile_store import ProfileStore
+        from actors.sample_buffer import SampleBuffer
+        from streamrec.vectors import load_vectors
+
+        p, i = self.settings.profile, self.settings.ingest
+        self.profiles = ProfileStore.options(name="streamrec-profiles", get_if_exists=True).remote(
+            history_length=p.history_length, half_life_s=p.half_life_s,
+            snapshot_path=str(Path(p.snapshot_dir).resolve() / "profiles.json"), snapshot_every_s=p.snapshot_every_s)
+        ids, vectors, _ = load_vectors(self.settings.embedding.output_dir)
+        ray.get(self.profiles.set_item_vectors.remote(list(ids), vectors))
+        self.samples = SampleBuffer.options(name="streamrec-samples", get_if_exists=True).remote(
+            capacity=i.sample_buffer_capacity, dedup_retention_s=max(600.0, 4 * i.reward_window_s))
+        self.ingest = IngestGroup(bootstrap=self.broker.bootstrap, kafka_settings=self.settings.kafka,
+                                  ingest_settings=i, buffer=self.samples, profile_store=self.profiles)
+        self.ingest.scale(i.parallelism)
+        self._stops.append(("ingest", self.ingest.stop))
+        self._stops.append(("profiles", lambda: ray.get(self.profiles.snapshot.remote(), timeout=30)))
 
     def _topic_names(self) -> list[str]:
         t = self.settings.kafka.topics
@@ -72,6 +114,22 @@ class LocalStack:
                 snap["ray_nodes"] = sum(1 for n in ray.nodes() if n.get("Alive"))
                 snap["ray_resources"] = {k: v for k, v in ray.cluster_resources().items()
                                          if not k.startswith("node:") and "memory" not in k}
+            if self.ingest is not None:
+                ms = self.ingest.metrics()
+                lag: dict[str, int] = {}
+                for m in ms:
+                    lag.update(m["lag"])
+                snap["ingest"] = {
+                    "actors": len(ms), "events_per_s": sum(m["events_per_s"] for m in ms),
+                    "records": sum(m["records"] for m in ms), "samples": sum(m["samples"] for m in ms),
+                    "dlq": sum(m["dlq"] for m in ms), "late": sum(m["late"] for m in ms),
+                    "orphans": sum(m["orphans"] for m in ms),
+                    "join_hit_rate": (sum(m["joined"] for m in ms) /
+                                      max(1, sum(m["joined"] + m["late"] + m["orphans"] for m in ms))),
+                    "lag": lag, "errors": [m["error"] for m in ms if m["error"]],
+                }
+                snap["samples"] = ray.get(self.samples.metrics.remote(), timeout=10)
+                snap["profiles"] = ray.get(self.profiles.metrics.remote(), timeout=10)
         except Exception as e:  # a snapshot never takes the stack down
             snap["error"] = f"{type(e).__name__}: {e}"
         self.run_dir.update(snapshot=snap)

@@ -111,6 +111,25 @@ def status(run_dir: Optional[Path] = RunDirOpt,
 
 
 @app.command()
+def embed(config: Optional[Path] = ConfigOpt,
+          full: bool = typer.Option(False, "--full", help="Re-embed everything, not only new or changed items."),
+          output: Optional[Path] = typer.Option(None, help="Output directory (default: embedding.output_dir)."),
+          num_encoders: Optional[int] = typer.Option(None, help="Encoder actors (default: one per GPU, or CPUs/2).")) -> None:
+    """Embed the configured catalog with Ray Data (joins RAY_ADDRESS, else a local Ray)."""
+    from cluster.jobs.embed import run_embedding_job
+
+    _, settings = _load(config)
+    manifest = run_embedding_job(settings, output_dir=str(output) if output else None, full=full,
+                                 num_encoders=num_encoders)
+    t = Table(title=f"embeddings ({manifest['model_id']}, {manifest['seconds']:.1f}s)")
+    for col in ("kind", "count", "embedded", "kept", "dir"):
+        t.add_column(col)
+    for kind, o in manifest["outputs"].items():
+        t.add_row(kind, str(o["count"]), str(o["embedded"]), str(o["kept"]), o["dir"])
+    console.print(t)
+
+
+@app.command()
 def config(config: Optional[Path] = ConfigOpt) -> None:
     """Validate a config file and print the effective settings (secrets masked)."""
     path, settings = _load(config)
@@ -132,6 +151,10 @@ def _where_table(state: dict[str, Any]) -> Table:
         t.add_row("ray", r["gcs_address"], "local head (this process)" if r["started_here"] else "joined cluster")
         if r.get("dashboard_url"):
             t.add_row("ray dashboard / jobs", r["dashboard_url"], "ray job submit --address " + r["dashboard_url"])
+    e = state.get("embeddings")
+    if e:
+        t.add_row("embeddings", e["dir"], e["model_id"])
+    t.add_row("stream ingest", "Ray actors streamrec-ingest-*", "consumer group of the impressions + feedback topics")
     return t
 
 
@@ -158,6 +181,24 @@ def _status_table(info: dict[str, Any]) -> Table:
         t.add_row("ray", "[green]up[/green]", details)
         if r.get("dashboard_url"):
             t.add_row("  dashboard", "", r["dashboard_url"])
+    e = info.get("embeddings")
+    if e:
+        counts = ", ".join(f"{k} {v['count']}" for k, v in e.items() if isinstance(v, dict))
+        t.add_row("embeddings", "[green]ready[/green]", f"{counts} ({e['model_id']})")
+    snap = info.get("snapshot") or {}
+    ing = snap.get("ingest")
+    if ing:
+        state = "[green]consuming[/green]" if not ing["errors"] else f"[red]{ing['errors'][0]}[/red]"
+        t.add_row("ingest", state, f"{ing['actors']} actor(s), {ing['events_per_s']:.0f} events/s, "
+                  f"{ing['samples']} samples, join hit {ing['join_hit_rate']:.0%}, dlq {ing['dlq']}, late {ing['late']}")
+        lag = ing.get("lag") or {}
+        if lag:
+            t.add_row("  consumer lag", str(sum(lag.values())), ", ".join(f"{k}={v}" for k, v in sorted(lag.items())))
+    if snap.get("samples"):
+        t.add_row("trainer input", "", f"{snap['samples']['buffered']} samples buffered, "
+                  f"{snap['samples']['duplicates']} duplicates dropped")
+    if snap.get("profiles"):
+        t.add_row("profiles", "", f"{snap['profiles']['users']} users, {snap['profiles']['events']} feedback events")
     return t
 
 

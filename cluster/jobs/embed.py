@@ -87,8 +87,10 @@ class EncodeBatch:
     """An encoder actor: token ids -> unit vectors (GPU bf16 when it has one, else CPU)."""
 
     def __init__(self, model: str, max_length: int, device: str, quantize_int8: bool, id_column: str,
-                 num_threads: int | None = None, encode_batch_size: int = 256):
+                 num_threads: int | None = None, encode_batch_size: int = 256, stats_path: str | None = None):
         from streamrec.encoder import TextEncoder
+
+        self.stats_path = stats_path
 
         self.enc = TextEncoder(model, max_length=max_length, device=device, quantize_int8=quantize_int8,
                                batch_size=encode_batch_size, num_threads=num_threads)
@@ -99,7 +101,11 @@ class EncodeBatch:
         offsets = tokens.offsets.to_numpy()
         flat = tokens.values.to_numpy(zero_copy_only=False)
         ragged = [flat[offsets[i]:offsets[i + 1]] for i in range(len(tokens))]
+        t0 = time.time()
         vecs = self.enc.encode_tokens(ragged)  # (B, d)
+        if self.stats_path:  # per-batch timings, for the steady-state rate (bench/embed.py)
+            with open(self.stats_path, "a") as f:
+                f.write(f'{{"t0": {t0}, "t1": {time.time()}, "n": {len(ragged)}}}\n')
         d = vecs.shape[1]
         vector = pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1), type=pa.float32()), d)
         return pa.table({self.id_column: batch.column(self.id_column), "vector": vector,
@@ -171,14 +177,36 @@ def _pool(settings, num_encoders: int | None) -> tuple[dict[str, Any], str]:
         return {"compute": pool, "num_gpus": 1, "batch_size": 4_096}, "cuda"
     if device == "cuda":
         raise RuntimeError("encoder.device is 'cuda' but the Ray cluster has no GPU")
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    per_actor = 2 if cpus >= 4 else 1
-    pool = ActorPoolStrategy(size=n) if n else ActorPoolStrategy(min_size=1, max_size=max(1, cpus // max(per_actor, 2)))
-    return {"compute": pool, "num_cpus": per_actor, "batch_size": 1_024}, "cpu"
+    # CPU: torch scales well to ~8 intra-op threads, so one actor per 8 cores, each using its
+    # share of the cores; it reserves one core less than it uses so tokenize tasks (10-20x
+    # cheaper than encoding) still get scheduled beside it.
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    most = max(1, cpus // 8)
+    size = n or most
+    threads = max(1, cpus // size)
+    pool = ActorPoolStrategy(size=n) if n else ActorPoolStrategy(min_size=1, max_size=most)
+    return {"compute": pool, "num_cpus": max(1, threads - 1), "batch_size": 1_024,
+            "_threads": threads}, "cpu"
+
+
+def steady_rate(stats_path: str | Path) -> float | None:
+    """Vectors/s between the end of the first encoded batch and the end of the last one."""
+    import json
+
+    try:
+        rows = [json.loads(line) for line in Path(stats_path).read_text().splitlines() if line.strip()]
+    except FileNotFoundError:
+        return None
+    if len(rows) < 2:
+        return None
+    rows.sort(key=lambda r: r["t1"])
+    span = rows[-1]["t1"] - rows[0]["t1"]
+    return sum(r["n"] for r in rows[1:]) / span if span > 0 else None
 
 
 def run_embedding_job(settings, *, output_dir: str | None = None, full: bool = False,
-                      num_encoders: int | None = None, kinds: tuple[str, ...] = ("items", "users")) -> dict:
+                      num_encoders: int | None = None, kinds: tuple[str, ...] = ("items", "users"),
+                      record_stats: bool = False) -> dict:
     """Embed the configured catalog (incrementally unless ``full``); returns the new manifest."""
     import ray
 
@@ -190,10 +218,10 @@ def run_embedding_job(settings, *, output_dir: str | None = None, full: bool = F
     out_dir.mkdir(parents=True, exist_ok=True)
     enc = settings.encoder
     pool, device = _pool(settings, num_encoders)
-    from streamrec.encoder import TextEncoder
+    threads = pool.pop("_threads", None)
+    from streamrec.encoder import model_id as encoder_model_id
 
-    model_id = TextEncoder(enc.model, max_length=enc.max_length, device="cpu",
-                           quantize_int8=enc.quantize_int8 and device == "cpu").model_id
+    model_id = encoder_model_id(enc.model, enc.max_length, enc.quantize_int8 and device == "cpu")
     live = None if full else read_manifest(out_dir)
     run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     manifest: dict[str, Any] = {"run_id": run_id, "model_id": model_id, "created": time.time(),
@@ -227,7 +255,8 @@ def run_embedding_job(settings, *, output_dir: str | None = None, full: bool = F
             EncodeBatch, batch_format="pyarrow",
             fn_constructor_kwargs={"model": enc.model, "max_length": enc.max_length, "device": device,
                                    "quantize_int8": enc.quantize_int8, "id_column": id_col,
-                                   "num_threads": pool.get("num_cpus"), "encode_batch_size": 256 if device == "cpu" else 1_024},
+                                   "num_threads": threads, "encode_batch_size": 256 if device == "cpu" else 1_024,
+                                   "stats_path": str(out_dir / f".encode-{run_id}-{kind}.jsonl") if record_stats else None},
             **pool)
         out = vectors.union(kept_ds) if kept_ds is not None else vectors
         target = out_dir / f"{kind}-{run_id}"
@@ -237,6 +266,8 @@ def run_embedding_job(settings, *, output_dir: str | None = None, full: bool = F
         total = sum(pq.read_metadata(f).num_rows for f in target.glob("*.parquet"))
         manifest["outputs"][kind] = {"dir": target.name, "id_column": id_col, "count": total,
                                      "embedded": total - len(kept_ids), "kept": len(kept_ids)}
+        if record_stats:
+            manifest["outputs"][kind]["steady_per_s"] = steady_rate(out_dir / f".encode-{run_id}-{kind}.jsonl")
     manifest["seconds"] = time.perf_counter() - t0
     old_manifest = read_manifest(out_dir)
     write_manifest(out_dir, manifest)

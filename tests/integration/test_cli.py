@@ -43,6 +43,9 @@ def _small_config(tmp_path) -> Path:
     raw = yaml.safe_load((ROOT / "ray_config.yaml").read_text())
     args = raw["applications"][0]["args"]
     args["ray"] = {"dashboard_port": 0, "num_cpus": 2, "object_store_memory_mb": 200}
+    args["catalog"] = {"source": "synthetic", "num_items": 40, "num_users": 10}
+    args["embedding"] = {"output_dir": str(tmp_path / "emb")}
+    args["profile"] = {"snapshot_dir": str(tmp_path / "profiles")}
     p = tmp_path / "ray_config.yaml"
     p.write_text(yaml.safe_dump(raw))
     return p
@@ -71,8 +74,14 @@ def test_up_status_down_leaves_no_process(tmp_path):
         assert info["kafka"]["topics"] == {"streamrec.impressions": True, "streamrec.feedback": True,
                                            "streamrec.dlq": True}
         assert info["ray"]["started_here"] and info["ray"]["dashboard_url"].startswith("http://127.0.0.1:")
+        assert info["embeddings"]["items"]["count"] == 40
+        deadline = time.monotonic() + 30
+        while "ingest" not in (info.get("snapshot") or {}) and time.monotonic() < deadline:
+            time.sleep(1)
+            info = json.loads(_cli("status", "--json", env=env).stdout)
+        assert info["snapshot"]["ingest"]["actors"] == 1 and info["snapshot"]["ingest"]["errors"] == []
         table = _cli("status", env=env)
-        assert table.returncode == 0 and "streamrec.impressions" in table.stdout
+        assert table.returncode == 0 and "streamrec.impressions" in table.stdout and "ingest" in table.stdout
 
         state = json.loads((run_dir / "state.json").read_text())
         pids = [up.pid, state["broker"]["pid"], *state["ray"]["pids"]]

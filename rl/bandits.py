@@ -1,0 +1,154 @@
+"""Slate bandits as small numpy dataclasses with no I/O (baselines and cold-start fallbacks).
+
+Each policy scores N candidates from their (N, d) features, and picks a slate of K. Linear
+policies learn per (feature, reward) pair with exact rank-one (Sherman-Morrison) updates of the
+inverse design matrix, so an update costs O(d^2) and never inverts.
+
+    pol = LinUCB(dim=16, alpha=1.0)
+    slate, probs = pol.select(X, k=5, rng)     # (K,) indices, (K,) per-position probabilities
+    pol.update(X[slate[0]], reward=1.0)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rl.slate import greedy_slate
+
+__all__ = ["RandomPolicy", "PopularityPolicy", "EpsilonGreedy", "LinUCB", "LinearThompson", "sherman_morrison"]
+
+
+def sherman_morrison(a_inv: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """(A + x x^T)^-1 from A^-1 in O(d^2)."""
+    ax = a_inv @ x
+    return a_inv - np.outer(ax, ax) / (1.0 + x @ ax)
+
+
+def _features(x: np.ndarray, dim: int) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] != dim:
+        raise ValueError(f"features must be (N, {dim}), got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("features contain NaN or infinity")
+    return x
+
+
+def _reward(r: float) -> float:
+    r = float(r)
+    if not np.isfinite(r):
+        raise ValueError(f"reward must be finite, got {r}")
+    return r
+
+
+def _uniform_slate_probs(n: int, k: int) -> np.ndarray:
+    return 1.0 / (n - np.arange(k))
+
+
+@dataclass
+class RandomPolicy:
+    """Uniform slates: position j has probability 1/(N - j)."""
+
+    def select(self, x: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        n = len(x)
+        if not 1 <= k <= n:
+            raise ValueError(f"slate size k must be in [1, {n}], got {k}")
+        return rng.permutation(n)[:k], _uniform_slate_probs(n, k)
+
+
+@dataclass
+class PopularityPolicy:
+    """Rank by (smoothed) past click-through counts per item id."""
+
+    prior: float = 1.0
+    clicks: dict = field(default_factory=dict)
+    shows: dict = field(default_factory=dict)
+
+    def scores(self, item_ids) -> np.ndarray:
+        return np.array([(self.clicks.get(i, 0.0) + self.prior * 0.1) / (self.shows.get(i, 0.0) + self.prior)
+                         for i in item_ids])
+
+    def select(self, item_ids, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return greedy_slate(self.scores(item_ids), k), np.ones(k)
+
+    def update(self, item_id, reward: float) -> None:
+        self.shows[item_id] = self.shows.get(item_id, 0.0) + 1
+        self.clicks[item_id] = self.clicks.get(item_id, 0.0) + _reward(reward)
+
+
+@dataclass
+class _Linear:
+    dim: int
+    reg: float = 1.0
+    a_inv: np.ndarray = field(init=False)
+    b: np.ndarray = field(init=False)
+    n: int = field(default=0, init=False)
+
+    def __post_init__(self):
+        if self.dim < 1:
+            raise ValueError(f"dim must be >= 1, got {self.dim}")
+        if self.reg <= 0:
+            raise ValueError(f"reg must be > 0, got {self.reg}")
+        self.a_inv = np.eye(self.dim) / self.reg
+        self.b = np.zeros(self.dim)
+
+    @property
+    def theta(self) -> np.ndarray:
+        """(d,) ridge estimate A^-1 b."""
+        return self.a_inv @ self.b
+
+    def update(self, x: np.ndarray, reward: float) -> None:
+        x = _features(np.atleast_2d(x), self.dim)[0]
+        self.a_inv = sherman_morrison(self.a_inv, x)
+        self.b = self.b + _reward(reward) * x
+        self.n += 1
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Tensors to publish (safetensors): the inverse design matrix and b."""
+        return {"a_inv": self.a_inv.copy(), "b": self.b.copy()}
+
+
+@dataclass
+class EpsilonGreedy(_Linear):
+    """Greedy on the ridge estimate; with probability epsilon a uniform slate instead."""
+
+    epsilon: float = 0.1
+
+    def select(self, x: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        x = _features(x, self.dim)
+        n = len(x)
+        greedy = greedy_slate(x @ self.theta, k)
+        slate = rng.permutation(n)[:k] if rng.random() < self.epsilon else greedy
+        # exact propensity of this slate = eps * P_uniform(slate) + (1 - eps) * [slate == greedy]
+        uniform = _uniform_slate_probs(n, k)
+        is_greedy = np.cumprod(slate == greedy).astype(float)  # position j matches greedy so far
+        return slate, self.epsilon * uniform + (1 - self.epsilon) * is_greedy
+
+
+@dataclass
+class LinUCB(_Linear):
+    """Score = x.theta + alpha * sqrt(x^T A^-1 x); deterministic top-k."""
+
+    alpha: float = 1.0
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        x = _features(x, self.dim)
+        width = np.sqrt(np.einsum("nd,de,ne->n", x, self.a_inv, x))
+        return x @ self.theta + self.alpha * width
+
+    def select(self, x: np.ndarray, k: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return greedy_slate(self.scores(x), k), np.ones(k)
+
+
+@dataclass
+class LinearThompson(_Linear):
+    """Sample theta ~ N(A^-1 b, v^2 A^-1), rank by x.theta."""
+
+    v: float = 0.5
+
+    def select(self, x: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        x = _features(x, self.dim)
+        cov = (self.v ** 2) * (self.a_inv + self.a_inv.T) / 2
+        theta = rng.multivariate_normal(self.theta, cov, method="cholesky")
+        return greedy_slate(x @ theta, k), np.ones(k)

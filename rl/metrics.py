@@ -1,0 +1,81 @@
+"""Ranking and exposure metrics (pure numpy)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Iterable, Sequence
+
+import numpy as np
+
+__all__ = ["ctr", "recall_at_k", "ndcg_at_k", "hit_at_k", "coverage", "novelty", "gini"]
+
+
+def ctr(clicks: Sequence[float]) -> float:
+    c = np.asarray(clicks, dtype=np.float64)
+    if c.size == 0:
+        raise ValueError("no impressions")
+    return float((c > 0).mean())
+
+
+def _check(ranked: Sequence, k: int) -> None:
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+
+
+def recall_at_k(ranked: Sequence, relevant: set, k: int) -> float:
+    """|top-k ∩ relevant| / |relevant| (0 when nothing is relevant)."""
+    _check(ranked, k)
+    if not relevant:
+        return 0.0
+    return len(set(list(ranked)[:k]) & relevant) / len(relevant)
+
+
+def hit_at_k(ranked: Sequence, relevant: set, k: int) -> float:
+    _check(ranked, k)
+    return float(bool(set(list(ranked)[:k]) & relevant))
+
+
+def ndcg_at_k(ranked: Sequence, relevant: set, k: int) -> float:
+    """Binary-relevance NDCG@k: DCG / ideal DCG, gains 1/log2(rank + 1)."""
+    _check(ranked, k)
+    if not relevant:
+        return 0.0
+    dcg = sum(1.0 / np.log2(i + 2) for i, item in enumerate(list(ranked)[:k]) if item in relevant)
+    ideal = sum(1.0 / np.log2(i + 2) for i in range(min(k, len(relevant))))
+    return float(dcg / ideal)
+
+
+def coverage(slates: Iterable[Sequence], catalog_size: int) -> float:
+    """Share of the catalog shown at least once."""
+    if catalog_size < 1:
+        raise ValueError(f"catalog_size must be >= 1, got {catalog_size}")
+    seen = set()
+    for s in slates:
+        seen.update(s)
+    return len(seen) / catalog_size
+
+
+def novelty(slates: Iterable[Sequence], popularity: dict, total: float) -> float:
+    """Mean self-information -log2(p(item)) of shown items, p = popularity / total."""
+    vals = [-np.log2(max(popularity.get(i, 0.0), 1e-12) / total) for s in slates for i in s]
+    if not vals:
+        raise ValueError("no slates")
+    return float(np.mean(vals))
+
+
+def gini(exposure: Sequence[float]) -> float:
+    """Gini coefficient of exposure counts: 0 = equal exposure, -> 1 = one item gets everything."""
+    x = np.sort(np.asarray(exposure, dtype=np.float64))
+    if x.size == 0 or (x < 0).any():
+        raise ValueError("exposure must be a non-empty vector of counts >= 0")
+    if x.sum() == 0:
+        return 0.0
+    n = x.size
+    return float((2 * np.arange(1, n + 1) - n - 1) @ x / (n * x.sum()))
+
+
+def exposure_counts(slates: Iterable[Sequence]) -> Counter:
+    c: Counter = Counter()
+    for s in slates:
+        c.update(s)
+    return c

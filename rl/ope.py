@@ -1,0 +1,95 @@
+"""Off-policy estimators of a target policy's value from logged slates, with confidence intervals.
+
+Each logged sample i has: reward r_i, the behaviour policy's probability of what it showed
+mu_i, and the target policy's probability of the same action pi_i. With w_i = pi_i / mu_i:
+
+* IPS:   V = mean(w_i r_i)
+* SNIPS: V = sum(w_i r_i) / sum(w_i)
+* DR:    V = mean(q_hat_i + w_i (r_i - q_hat_logged_i)), with q_hat from a direct-method model:
+  ``q_target_i`` the model's expected reward under the target policy, ``q_logged_i`` its
+  prediction for the logged action.
+
+Intervals are normal approximations (z * standard error; SNIPS by the delta method).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Estimate", "ips", "snips", "dr", "importance_weights"]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    value: float
+    low: float
+    high: float
+    n: int
+    ess: float
+    """Effective sample size of the weights, (sum w)^2 / sum w^2."""
+
+
+def importance_weights(target_probs: np.ndarray, logged_probs: np.ndarray, clip: float | None = None) -> np.ndarray:
+    pi = np.asarray(target_probs, dtype=np.float64)
+    mu = np.asarray(logged_probs, dtype=np.float64)
+    if pi.shape != mu.shape or pi.ndim != 1:
+        raise ValueError(f"target and logged probabilities must be (n,) alike, got {pi.shape} and {mu.shape}")
+    if len(pi) == 0:
+        raise ValueError("no samples")
+    if not (np.isfinite(mu).all() and (mu > 0).all() and (mu <= 1).all()):
+        raise ValueError("logged probabilities must be in (0, 1]")
+    if not (np.isfinite(pi).all() and (pi >= 0).all() and (pi <= 1).all()):
+        raise ValueError("target probabilities must be in [0, 1]")
+    w = pi / mu
+    return np.minimum(w, clip) if clip is not None else w
+
+
+def _rewards(r: np.ndarray, n: int) -> np.ndarray:
+    r = np.asarray(r, dtype=np.float64)
+    if r.shape != (n,):
+        raise ValueError(f"rewards must be ({n},), got shape {r.shape}")
+    if not np.isfinite(r).all():
+        raise ValueError("rewards contain NaN or infinity")
+    return r
+
+
+def _ess(w: np.ndarray) -> float:
+    s2 = float((w ** 2).sum())
+    return float(w.sum() ** 2 / s2) if s2 > 0 else 0.0
+
+
+def _mean_ci(x: np.ndarray, w: np.ndarray, z: float) -> Estimate:
+    n = len(x)
+    m = float(x.mean())
+    se = float(x.std(ddof=1) / np.sqrt(n)) if n > 1 else float("inf")
+    return Estimate(m, m - z * se, m + z * se, n, _ess(w))
+
+
+def ips(rewards, target_probs, logged_probs, *, z: float = 1.96, clip: float | None = None) -> Estimate:
+    w = importance_weights(target_probs, logged_probs, clip)
+    r = _rewards(rewards, len(w))
+    return _mean_ci(w * r, w, z)
+
+
+def snips(rewards, target_probs, logged_probs, *, z: float = 1.96, clip: float | None = None) -> Estimate:
+    w = importance_weights(target_probs, logged_probs, clip)
+    r = _rewards(rewards, len(w))
+    sw = w.sum()
+    if sw <= 0:
+        raise ValueError("the target policy gives probability 0 to every logged action")
+    v = float((w * r).sum() / sw)
+    n = len(w)
+    # delta method: var(V) ~ sum(w^2 (r - V)^2) / (sum w)^2
+    se = float(np.sqrt((w ** 2 * (r - v) ** 2).sum()) / sw) if n > 1 else float("inf")
+    return Estimate(v, v - z * se, v + z * se, n, _ess(w))
+
+
+def dr(rewards, target_probs, logged_probs, q_target, q_logged, *, z: float = 1.96,
+       clip: float | None = None) -> Estimate:
+    w = importance_weights(target_probs, logged_probs, clip)
+    r = _rewards(rewards, len(w))
+    qt = _rewards(q_target, len(w))
+    ql = _rewards(q_logged, len(w))
+    return _mean_ci(qt + w * (r - ql), w, z)

@@ -1,0 +1,184 @@
+"""Pure learning math: exact values on small cases computed by hand, and tables of bad inputs."""
+
+import math
+
+import numpy as np
+import pytest
+
+from rl.bandits import EpsilonGreedy, LinearThompson, LinUCB, PopularityPolicy, RandomPolicy, sherman_morrison
+from rl.diversity import ild, mmr_rerank, position_weights, slate_reward
+from rl.metrics import coverage, ctr, gini, hit_at_k, ndcg_at_k, novelty, recall_at_k
+from rl.ope import dr, ips, snips
+from rl.slate import greedy_slate, plackett_luce_logp, plackett_luce_position_probs, plackett_luce_sample
+
+
+def test_plackett_luce_probabilities_by_hand():
+    s = np.log(np.array([1.0, 2.0, 3.0, 4.0]))  # weights 1,2,3,4 (sum 10)
+    p = plackett_luce_position_probs(s, np.array([3, 2]))
+    assert np.allclose(p, [4 / 10, 3 / 6])
+    assert math.isclose(plackett_luce_logp(s, np.array([3, 2])), math.log(0.4 * 0.5))
+
+
+def test_plackett_luce_slate_probabilities_sum_to_one_and_match_sampling():
+    s = np.array([0.3, -1.0, 2.0, 0.5])
+    from itertools import permutations
+
+    total = sum(math.exp(plackett_luce_logp(s, np.array(p))) for p in permutations(range(4), 2))
+    assert math.isclose(total, 1.0, rel_tol=1e-12)
+    rng = np.random.default_rng(0)
+    counts = {}
+    for _ in range(20_000):
+        slate, probs = plackett_luce_sample(s, 2, rng)
+        counts[tuple(slate)] = counts.get(tuple(slate), 0) + 1
+    for slate, c in counts.items():
+        assert abs(c / 20_000 - math.exp(plackett_luce_logp(s, np.array(slate)))) < 0.015
+
+
+@pytest.mark.parametrize("scores, k, t, msg", [
+    (np.array([]), 1, 1.0, r"scores must be a non-empty \(N,\) vector"),
+    (np.array([1.0, np.nan]), 1, 1.0, "scores contain NaN or infinity"),
+    (np.array([1.0, 2.0]), 3, 1.0, r"slate size k must be in \[1, 2\], got 3"),
+    (np.array([1.0, 2.0]), 1, 0.0, "temperature must be > 0, got 0.0"),
+])
+def test_plackett_luce_bad_inputs(scores, k, t, msg):
+    with pytest.raises(ValueError, match=msg):
+        plackett_luce_sample(scores, k, np.random.default_rng(0), t)
+
+
+def test_sherman_morrison_is_exact():
+    rng = np.random.default_rng(0)
+    a = np.eye(3) * 2 + 0.1
+    x = rng.normal(size=3)
+    assert np.allclose(sherman_morrison(np.linalg.inv(a), x), np.linalg.inv(a + np.outer(x, x)))
+
+
+def test_linucb_scores_and_updates_by_hand():
+    p = LinUCB(dim=2, reg=1.0, alpha=2.0)
+    p.update(np.array([1.0, 0.0]), reward=1.0)
+    # A = diag(2, 1), b = (1, 0): theta = (0.5, 0); widths sqrt(1/2), sqrt(1)
+    assert np.allclose(p.theta, [0.5, 0.0])
+    assert np.allclose(p.scores(np.array([[1.0, 0.0], [0.0, 1.0]])), [0.5 + 2 * math.sqrt(0.5), 2.0])
+    slate, probs = p.select(np.array([[1.0, 0.0], [0.0, 1.0]]), 1)
+    assert slate.tolist() == [1]  # the unexplored direction wins
+
+
+def test_epsilon_greedy_propensities_are_exact():
+    p = EpsilonGreedy(dim=1, epsilon=0.2)
+    p.update(np.array([1.0]), 1.0)
+    x = np.array([[3.0], [2.0], [1.0]])
+    rng = np.random.default_rng(1)
+    slate, probs = p.select(x, 2, rng)
+    greedy = [0, 1]
+    uniform = np.array([1 / 3, 1 / 2])
+    expected = 0.2 * uniform + 0.8 * (np.cumprod(np.array(slate) == greedy))
+    assert np.allclose(probs, expected)
+
+
+def test_thompson_concentrates_with_data():
+    p = LinearThompson(dim=2, v=0.1)
+    for _ in range(200):
+        p.update(np.array([1.0, 0.0]), 1.0)
+        p.update(np.array([0.0, 1.0]), 0.0)
+    slate, _ = p.select(np.array([[0.0, 1.0], [1.0, 0.0]]), 1, np.random.default_rng(0))
+    assert slate.tolist() == [1]
+
+
+@pytest.mark.parametrize("make, call, msg", [
+    (lambda: LinUCB(dim=0), None, "dim must be >= 1, got 0"),
+    (lambda: LinUCB(dim=2, reg=0), None, "reg must be > 0, got 0"),
+    (lambda: LinUCB(dim=2), lambda p: p.scores(np.ones((3, 3))), r"features must be \(N, 2\), got shape \(3, 3\)"),
+    (lambda: LinUCB(dim=2), lambda p: p.update(np.ones(2), float("nan")), "reward must be finite, got nan"),
+    (lambda: LinUCB(dim=2), lambda p: p.scores(np.array([[np.inf, 0.0]])), "features contain NaN or infinity"),
+    (lambda: RandomPolicy(), lambda p: p.select(np.ones((2, 1)), 3, np.random.default_rng(0)),
+     r"slate size k must be in \[1, 2\], got 3"),
+])
+def test_bandit_bad_inputs(make, call, msg):
+    with pytest.raises(ValueError, match=msg):
+        p = make()
+        call(p)
+
+
+def test_random_policy_propensities():
+    _, probs = RandomPolicy().select(np.ones((5, 1)), 3, np.random.default_rng(0))
+    assert np.allclose(probs, [1 / 5, 1 / 4, 1 / 3])
+
+
+def test_popularity_ranks_by_smoothed_ctr():
+    p = PopularityPolicy(prior=1.0)
+    for _ in range(10):
+        p.update("a", 1.0)
+        p.update("b", 0.0)
+    slate, _ = p.select(["b", "a", "c"], 2)
+    assert slate.tolist() == [1, 2]  # a (ctr ~0.92), then unseen c (0.1) before b (~0.01)
+
+
+def test_ild_and_reward_by_hand():
+    assert ild(np.array([[1.0, 0.0], [0.0, 1.0]])) == pytest.approx(1.0)
+    assert ild(np.array([[1.0, 0.0], [2.0, 0.0]])) == pytest.approx(0.0)
+    assert ild(np.array([[1.0, 0.0]])) == 0.0
+    v = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    # pairs: (1,2)=1, (1,3)=1-1/sqrt2, (2,3)=1-1/sqrt2 -> mean
+    assert ild(v) == pytest.approx((1 + 2 * (1 - 1 / math.sqrt(2))) / 3)
+    assert np.allclose(position_weights(3), [1, 1 / math.log2(3), 0.5])
+    assert slate_reward(np.array([0, 1, 0]), v, lam=0.5) == pytest.approx(1 / math.log2(3) + 0.5 * ild(v))
+
+
+def test_mmr_trades_relevance_for_novelty():
+    scores = np.array([1.0, 0.99, 0.5])
+    vecs = np.array([[1.0, 0.0], [1.0, 0.01], [0.0, 1.0]])
+    assert mmr_rerank(scores, vecs, 2, lam=0.0).tolist() == [0, 1]
+    assert mmr_rerank(scores, vecs, 2, lam=0.5).tolist() == [0, 2]
+    with pytest.raises(ValueError, match=r"lam must be in \[0, 1\], got 2"):
+        mmr_rerank(scores, vecs, 2, lam=2)
+
+
+def test_ranking_metrics_by_hand():
+    ranked = ["a", "b", "c", "d"]
+    rel = {"b", "d", "z"}
+    assert recall_at_k(ranked, rel, 2) == pytest.approx(1 / 3)
+    assert hit_at_k(ranked, rel, 1) == 0.0 and hit_at_k(ranked, rel, 2) == 1.0
+    dcg = 1 / math.log2(3) + 1 / math.log2(5)
+    idcg = 1 + 1 / math.log2(3) + 1 / math.log2(4)
+    assert ndcg_at_k(ranked, rel, 4) == pytest.approx(dcg / idcg)
+    assert ctr([0, 1, 0, 2]) == 0.5
+    assert coverage([["a", "b"], ["b", "c"]], 6) == 0.5
+    assert novelty([["a"]], {"a": 1}, 4) == pytest.approx(2.0)
+    assert gini([1, 1, 1, 1]) == pytest.approx(0.0)
+    assert gini([0, 0, 0, 4]) == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="k must be >= 1, got 0"):
+        ndcg_at_k(ranked, rel, 0)
+
+
+def test_off_policy_estimators_by_hand():
+    r = np.array([1.0, 0.0, 1.0, 0.0])
+    mu = np.array([0.5, 0.5, 0.25, 0.25])
+    pi = np.array([1.0, 0.5, 0.5, 0.0])
+    w = pi / mu  # 2, 1, 2, 0
+    assert ips(r, pi, mu).value == pytest.approx((2 + 0 + 2 + 0) / 4)
+    assert snips(r, pi, mu).value == pytest.approx(4 / 5)
+    q_t, q_l = np.full(4, 0.5), np.full(4, 0.5)
+    assert dr(r, pi, mu, q_t, q_l).value == pytest.approx(np.mean(0.5 + w * (r - 0.5)))
+    e = snips(r, pi, mu)
+    assert e.low < e.value < e.high and e.ess == pytest.approx(25 / 9)
+
+
+def test_on_policy_ips_is_the_plain_mean():
+    r = np.array([1.0, 0.0, 1.0])
+    p = np.array([0.3, 0.3, 0.3])
+    assert ips(r, p, p).value == pytest.approx(2 / 3) == snips(r, p, p).value
+
+
+@pytest.mark.parametrize("args, msg", [
+    ((np.ones(2), np.ones(2), np.array([0.5, 0.0])), r"logged probabilities must be in \(0, 1\]"),
+    ((np.ones(2), np.array([1.5, 0.1]), np.ones(2)), r"target probabilities must be in \[0, 1\]"),
+    ((np.ones(3), np.ones(2), np.ones(2)), r"rewards must be \(2,\), got shape \(3,\)"),
+    ((np.array([np.nan, 1.0]), np.ones(2), np.ones(2)), "rewards contain NaN or infinity"),
+    ((np.ones(0), np.ones(0), np.ones(0)), "no samples"),
+])
+def test_ope_bad_inputs(args, msg):
+    with pytest.raises(ValueError, match=msg):
+        ips(*args)
+
+
+def test_greedy_slate_breaks_ties_by_index():
+    assert greedy_slate(np.array([1.0, 3.0, 3.0, 0.0]), 3).tolist() == [1, 2, 0]
