@@ -116,8 +116,9 @@ class StreamIngest:
             if not isinstance(ev, DecodeError):
                 observe((r.topic, r.partition), ev.ts)
             if isinstance(ev, DecodeError):
-                self.dlq.send(self.dlq_topic, r.key, r.value or b"",
-                              headers=dead_letter_headers(ev, r.topic, r.partition, r.offset))
+                headers = dead_letter_headers(ev, r.topic, r.partition, r.offset)
+                while not self.dlq.send(self.dlq_topic, r.key, r.value or b"", headers=headers):
+                    self.dlq.flush(1.0)  # DLQ buffer full: wait rather than lose a dead letter
                 self.joiner.skip(src)
                 self.counts["dlq"] += 1
             elif isinstance(ev, Impression):

@@ -90,7 +90,7 @@ class KafkaEventSink:
     # -- caller side: never blocks ------------------------------------------------------------
     def send(self, topic: str, key: str | bytes | None, value: bytes,
              headers: Sequence[tuple[str, bytes]] | None = None) -> bool:
-        """Queue one event; False (and counted as dropped) when the buffer is full."""
+        """Queue one event; False when the buffer is full (counted as dropped unless the caller retries)."""
         try:
             self._q.put_nowait((topic, _key_bytes(key), value, list(headers) if headers else None))
         except queue.Full:

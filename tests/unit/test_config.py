@@ -100,3 +100,14 @@ def test_file_error_paths_point_into_the_application(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_settings(_write(tmp_path, raw), env={})
     assert str(e.value) == "applications[0].args.kafka.partitions: Input should be greater than or equal to 1"
+
+
+def test_build_app_validates_the_args_serve_passes():
+    from ray.serve import Application
+
+    from serve.app import build_app
+
+    args = yaml.safe_load(CONFIG.read_text())["applications"][0]["args"]
+    assert isinstance(build_app(args), Application)
+    with pytest.raises(ConfigError, match=r"args\.policy\.slate_size: Input should be less than or equal to 100"):
+        build_app({"policy": {"slate_size": 1000}})

@@ -1,0 +1,59 @@
+"""The sink's promise without a network: send never blocks, a full buffer drops and counts."""
+
+import threading
+import time
+
+from streamrec.eventbus import KafkaEventSink
+
+
+class FakeFuture:
+    def __init__(self):
+        self.cbs = []
+
+    def add_callback(self, cb):
+        cb(None)
+        return self
+
+    def add_errback(self, eb):
+        return self
+
+
+class FakeProducer:
+    def __init__(self, gate: threading.Event | None = None):
+        self.sent = []
+        self.gate = gate
+
+    def send(self, topic, key=None, value=None, headers=None):
+        if self.gate is not None:
+            self.gate.wait()
+        self.sent.append((topic, key, value))
+        return FakeFuture()
+
+    def close(self, timeout=None):
+        pass
+
+
+def test_events_are_delivered_in_order_with_keys():
+    prod = FakeProducer()
+    sink = KafkaEventSink("x:1", producer_factory=lambda: prod)
+    for i in range(5):
+        assert sink.send("t", f"u{i}", b"v%d" % i)
+    assert sink.flush(5)
+    assert prod.sent == [("t", f"u{i}".encode(), b"v%d" % i) for i in range(5)]
+    assert sink.metrics()["delivered"] == 5
+    sink.close()
+
+
+def test_unreachable_broker_fills_the_bound_then_drops_without_blocking():
+    def unreachable():
+        raise ConnectionError("no broker")
+
+    sink = KafkaEventSink("x:1", buffer_events=3, producer_factory=unreachable)
+    t0 = time.monotonic()
+    results = [sink.send("t", "u", b"v") for _ in range(10)]
+    assert time.monotonic() - t0 < 0.5  # never waits on Kafka
+    assert results == [True] * 3 + [False] * 7
+    m = sink.metrics()
+    assert m["dropped"] == 7 and m["buffered"] == 3
+    assert not sink.flush(0.2)
+    sink._stop.set()
