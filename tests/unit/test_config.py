@@ -111,3 +111,13 @@ def test_build_app_validates_the_args_serve_passes():
     assert isinstance(build_app(args), Application)
     with pytest.raises(ConfigError, match=r"args\.policy\.slate_size: Input should be less than or equal to 100"):
         build_app({"policy": {"slate_size": 1000}})
+
+
+def test_kuberay_manifest_embeds_ray_config_unchanged():
+    from cluster.kuberay.render import render
+
+    text = CONFIG.read_text()
+    m = render(text)
+    assert m["kind"] == "RayService" and m["spec"]["serveConfigV2"] == text
+    gpu = [g for g in m["spec"]["rayClusterConfig"]["workerGroupSpecs"] if g["groupName"] == "gpu"][0]
+    assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
