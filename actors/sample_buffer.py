@@ -40,7 +40,7 @@ class SampleBuffer:
         now = time.monotonic()
         self._forget(now)
         fresh = [s for s in samples if s.event_id not in self._seen]
-        if len(self._q) + len(fresh) > self.capacity:
+        if self._q and len(self._q) + len(fresh) > self.capacity:  # an empty buffer takes any batch
             self.refused_full += 1
             return {"accepted": 0, "duplicates": 0, "full": True}
         for s in fresh:

@@ -130,11 +130,17 @@ def latency_and_soak(bootstrap: str, window_s: float, rate_per_s: int, seconds: 
     rss_start = group.metrics()[0]["rss_bytes"]
     th.start()
     lat = []
-    t_end = time.monotonic() + seconds
+    rss_series = []  # the ingest actor's RSS every 60 s: flat once the id memory (retention) is full
+    t_start = time.monotonic()
+    t_end = t_start + seconds
+    next_rss = t_start + 60
     while time.monotonic() < t_end:
         got = ray.get(buffer.take.remote(100_000))
         now = time.time()
         lat.extend(now - x.ts for x in got)
+        if time.monotonic() >= next_rss:
+            rss_series.append(round(group.metrics()[0]["rss_bytes"] / 2**20, 1))
+            next_rss += 60
         time.sleep(0.05)
     stop.set()
     th.join()
@@ -145,7 +151,8 @@ def latency_and_soak(bootstrap: str, window_s: float, rate_per_s: int, seconds: 
     return {"window_s": window_s, "soak_s": seconds, "soak_rate_events_per_s": rate_per_s * 4 // 3,
             "samples": len(lat), "latency_p50_s": q(0.50), "latency_p99_s": q(0.99),
             "latency_p50_beyond_window_s": q(0.50) - window_s, "latency_p99_beyond_window_s": q(0.99) - window_s,
-            "rss_start_mb": rss_start / 2**20, "rss_end_mb": m["rss_bytes"] / 2**20, "join_state_end": m["join_state"]}
+            "rss_start_mb": rss_start / 2**20, "rss_end_mb": m["rss_bytes"] / 2**20, "rss_every_60s_mb": rss_series,
+            "join_state_end": m["join_state"]}
 
 
 def main(argv=None) -> int:

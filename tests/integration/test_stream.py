@@ -197,3 +197,55 @@ def test_profile_store_is_fed_live_and_survives_restart(broker, ray_session, tmp
         assert restored == hist[:1]
     finally:
         group.stop()
+
+
+def test_a_full_buffer_pauses_ingest_without_losing_anything(broker, ray_session):
+    s = stream_settings(window_s=0.5)
+    create_topics(broker.bootstrap, s)
+    buffer = SampleBuffer.remote(capacity=100)
+    group = _group(broker, s, buffer)
+    group.scale(1)
+    imps, _ = make_events(1_500, prefix="bp")
+    t0 = time.time() + 6  # after the group has formed (~5 s)
+    for k, imp in enumerate(imps):  # windows close over ~3 s, in many small batches
+        imp.ts = t0 + k * 0.002
+    try:
+        produce(broker.bootstrap, s.kafka.topics.impressions, imps)
+        got = []
+        deadline = time.monotonic() + 120
+        while len(got) < 1_500 and time.monotonic() < deadline:
+            time.sleep(0.3)  # a slow trainer
+            got.extend(ray.get(buffer.take.remote(60)))
+        assert sorted(x.event_id for x in got) == sorted(i.event_id for i in imps)
+        m = group.metrics()[0]
+        assert m["handoff_waits"] > 0 and m["alive"] and m["error"] is None
+    finally:
+        group.stop()
+
+
+def test_replay_from_the_start_rebuilds_every_sample(broker, ray_session):
+    from streamrec.eventbus import reset_group_offsets
+
+    s = stream_settings(window_s=0.5)
+    create_topics(broker.bootstrap, s)
+    imps, fbs = make_events(200, prefix="r")
+    produce(broker.bootstrap, s.kafka.topics.impressions, imps)
+    produce(broker.bootstrap, s.kafka.topics.feedback, fbs)
+    first = SampleBuffer.remote()
+    group = _group(broker, s, first)
+    group.scale(1)
+    try:
+        a = drain(first, 200, timeout_s=60)
+    finally:
+        group.stop()
+    t = s.kafka.topics
+    target = reset_group_offsets(broker.bootstrap, s.ingest.group_id, [t.impressions, t.feedback], to_earliest=True)
+    assert set(target.values()) == {0}
+    second = SampleBuffer.remote()
+    group = _group(broker, s, second)
+    group.scale(1)
+    try:
+        b = drain(second, 200, timeout_s=60)
+    finally:
+        group.stop()
+    assert sorted((x.event_id, x.rewards) for x in a) == sorted((x.event_id, x.rewards) for x in b)
