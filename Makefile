@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install test unit integration run bench down status clean
+.PHONY: install test unit integration lint run bench down status clean
 
 ## install: create .venv and install streamrec (editable, dev extra, CPU torch). Idempotent.
 install: $(STAMP)
@@ -28,6 +28,9 @@ kcat:
 ## test: install if needed, then run the whole suite (unit, then integration).
 test: install kcat
 	$(PY) -m pytest tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+lint: install
+	$(VENV)/bin/ruff check --select F,E9 --line-length 130 streamrec rl actors serve cluster bench tests
 
 unit: install
 	$(PY) -m pytest tests/unit

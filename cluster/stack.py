@@ -18,7 +18,7 @@ from cluster.broker import BrokerError, BrokerHandle, connect_or_start, list_top
 from streamrec.config import StreamrecSettings
 from streamrec.runstate import RunDir, pid_alive
 
-__all__ = ["LocalStack", "StackError", "stack_status", "stop_running_stack"]
+__all__ = ["LocalStack", "StackError", "BrokerError", "stack_status", "stop_running_stack"]
 
 
 class StackError(RuntimeError):
@@ -225,5 +225,3 @@ def stack_status(run_dir: RunDir, probe_timeout_ms: int = 3_000) -> dict[str, An
             out[key] = state[key]
     return out
 
-
-__all__ += ["BrokerError"]

@@ -21,7 +21,6 @@ offset) and the clock, and asks which samples are due and which offsets may be c
 from __future__ import annotations
 
 import heapq
-import time
 import itertools
 import math
 from collections import defaultdict

@@ -24,7 +24,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from streamrec.data.catalog import content_hash

@@ -12,6 +12,7 @@ from kafka import KafkaConsumer
 from actors.ingest import IngestGroup
 from actors.profile_store import ProfileStore
 from actors.sample_buffer import SampleBuffer
+from streamrec.events import encode
 from tests.integration.stream_helpers import create_topics, drain, make_events, produce, stream_settings
 
 pytestmark = pytest.mark.integration
@@ -57,8 +58,7 @@ def test_poison_events_go_to_the_dlq_with_their_reason_and_the_stream_goes_on(br
     group = _group(broker, s, buffer)
     group.scale(1)
     imps, _ = make_events(20)
-    good = json.loads(json.dumps({"x": 1}))
-    base = json.loads(__import__("streamrec.events", fromlist=["encode"]).encode(imps[0]))
+    base = json.loads(encode(imps[0]))
     poison = {
         "not JSON": b"{oops",
         "missing field 'user_id'": json.dumps({k: v for k, v in base.items() if k != "user_id"}).encode(),
@@ -70,7 +70,7 @@ def test_poison_events_go_to_the_dlq_with_their_reason_and_the_stream_goes_on(br
     try:
         records = []
         for i, imp in enumerate(imps):
-            records.append((imp.user_id.encode(), __import__("streamrec.events", fromlist=["encode"]).encode(imp)))
+            records.append((imp.user_id.encode(), encode(imp)))
             if i < len(poison):
                 records.append((b"u-bad", list(poison.values())[i]))
         produce(broker.bootstrap, s.kafka.topics.impressions, records, raw=True)
