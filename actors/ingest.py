@@ -24,7 +24,7 @@ from typing import Any
 import ray
 
 from streamrec.eventbus import KafkaEventSink, KafkaEventSource
-from streamrec.events import DecodeError, Feedback, Impression, dead_letter_headers, decode
+from streamrec.events import Feedback, Impression, dead_letter_headers, decode
 from streamrec.join import RewardJoiner, Watermark
 
 __all__ = ["StreamIngest", "IngestGroup"]
@@ -106,29 +106,36 @@ class StreamIngest:
 
     def _process(self, records) -> None:
         profile_events = []
-        with self._lock:
-            self.counts["records"] += len(records)
-        observe = self.watermark.observe
+        self.counts["records"] += len(records)
+        newest: dict[tuple[str, int], float] = {}  # event-time high mark per partition in this batch
+        add_impression, add_feedback = self.joiner.add_impression, self.joiner.add_feedback
+        n_imp = n_fb = 0
+        max_bytes, topics = self.max_event_bytes, self.topics
         for r in records:
             src = (r.topic, r.partition, r.offset)
-            kind = self.topics.get(r.topic)
-            ev = decode(r.value, max_bytes=self.max_event_bytes, expect=kind)
-            if not isinstance(ev, DecodeError):
-                observe((r.topic, r.partition), ev.ts)
-            if isinstance(ev, DecodeError):
+            ev = decode(r.value, max_bytes=max_bytes, expect=topics.get(r.topic))
+            cls = type(ev)
+            if cls is Impression:
+                add_impression(ev, src)
+                n_imp += 1
+            elif cls is Feedback:
+                add_feedback(ev, src)
+                n_fb += 1
+                profile_events.append((ev.user_id, ev.item_id, ev.ts))
+            else:
                 headers = dead_letter_headers(ev, r.topic, r.partition, r.offset)
                 while not self.dlq.send(self.dlq_topic, r.key, r.value or b"", headers=headers):
                     self.dlq.flush(1.0)  # DLQ buffer full: wait rather than lose a dead letter
                 self.joiner.skip(src)
                 self.counts["dlq"] += 1
-            elif isinstance(ev, Impression):
-                self.joiner.add_impression(ev, src)
-                self.counts["impressions"] += 1
-            else:
-                assert isinstance(ev, Feedback)
-                self.joiner.add_feedback(ev, src)
-                self.counts["feedback"] += 1
-                profile_events.append((ev.user_id, ev.item_id, ev.ts))
+                continue
+            tp = src[:2]
+            if ev.ts > newest.get(tp, -1e300):
+                newest[tp] = ev.ts
+        for tp, ts in newest.items():
+            self.watermark.observe(tp, ts)
+        self.counts["impressions"] += n_imp
+        self.counts["feedback"] += n_fb
         if profile_events and self.profile_store is not None:
             # bounded fire-and-forget: at most two batches in flight
             if len(self._profile_refs) >= 2:

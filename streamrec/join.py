@@ -70,7 +70,7 @@ class _InFlight:
         return self.heap[0] if self.heap else self.next_offset
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     imp: Impression
     source: Source

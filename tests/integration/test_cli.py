@@ -101,3 +101,37 @@ def test_up_status_down_leaves_no_process(tmp_path):
         if up.poll() is None:
             up.send_signal(signal.SIGTERM)
             up.wait(timeout=60)
+
+
+def test_ctrl_c_stops_everything_up_started(tmp_path):
+    """Ctrl-C in a terminal sends SIGINT to the whole foreground process group."""
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "STREAMREC_RUN_DIR": str(run_dir)}
+    env.pop("RAY_ADDRESS", None)
+    env.pop("STREAMREC_KAFKA_BOOTSTRAP", None)
+    up = subprocess.Popen([*STREAMREC, "up", "--config", str(_small_config(tmp_path))], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 150
+        state = {}
+        while time.monotonic() < deadline:
+            state = json.loads((run_dir / "state.json").read_text()) if (run_dir / "state.json").exists() else {}
+            if state.get("phase") == "running":
+                break
+            assert up.poll() is None, up.stdout.read()
+            time.sleep(1)
+        assert state.get("phase") == "running"
+        pids = [up.pid, state["broker"]["pid"], *state["ray"]["pids"]]
+        os.killpg(up.pid, signal.SIGINT)
+        out, _ = up.communicate(timeout=90)
+        assert up.returncode == 0, out
+        assert "streamrec stopped." in out
+        deadline = time.monotonic() + 20
+        while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert [p for p in pids if pid_alive(p)] == []
+        assert not (run_dir / "state.json").exists()
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGTERM)
+            up.wait(timeout=60)
