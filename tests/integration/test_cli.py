@@ -51,23 +51,37 @@ def _small_config(tmp_path) -> Path:
     return p
 
 
-def test_up_status_down_leaves_no_process(tmp_path):
+def _start_up(tmp_path, **popen):
+    """`streamrec up` in a subprocess on a small config; returns (proc, env, run_dir) once running."""
     run_dir = tmp_path / "run"
     env = {**os.environ, "STREAMREC_RUN_DIR": str(run_dir)}
     env.pop("RAY_ADDRESS", None)
     env.pop("STREAMREC_KAFKA_BOOTSTRAP", None)
     up = subprocess.Popen([*STREAMREC, "up", "--config", str(_small_config(tmp_path))], cwd=ROOT, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline:
+        state = json.loads((run_dir / "state.json").read_text()) if (run_dir / "state.json").exists() else {}
+        if state.get("phase") == "running":
+            return up, env, run_dir
+        if up.poll() is not None:
+            raise AssertionError(f"streamrec up exited early: {up.stdout.read()}")
+        time.sleep(1)
+    up.terminate()
+    raise AssertionError("streamrec up did not reach 'running' in 150 s")
+
+
+def _assert_gone(pids, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [p for p in pids if pid_alive(p)] == []
+
+
+def test_up_status_down_leaves_no_process(tmp_path):
+    up, env, run_dir = _start_up(tmp_path)
     try:
-        deadline = time.monotonic() + 150
-        info = {}
-        while time.monotonic() < deadline:
-            out = _cli("status", "--json", env=env)
-            info = json.loads(out.stdout) if out.stdout.strip().startswith("{") else {}
-            if info.get("phase") == "running":
-                break
-            assert up.poll() is None, up.stdout.read()
-            time.sleep(1)
+        info = json.loads(_cli("status", "--json", env=env).stdout)
         assert info.get("phase") == "running", info
         assert info["running"] and info["pid"] == up.pid
         assert info["kafka"]["embedded"] and info["kafka"]["reachable"]
@@ -90,10 +104,7 @@ def test_up_status_down_leaves_no_process(tmp_path):
         down = _cli("down", env=env)
         assert down.returncode == 0, down.stderr
         up.wait(timeout=60)
-        deadline = time.monotonic() + 20
-        while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert [p for p in pids if pid_alive(p)] == []
+        _assert_gone(pids)
         assert not (run_dir / "state.json").exists()
         after = _cli("status", "--json", env=env)
         assert after.returncode == 3 and json.loads(after.stdout)["running"] is False
@@ -105,31 +116,15 @@ def test_up_status_down_leaves_no_process(tmp_path):
 
 def test_ctrl_c_stops_everything_up_started(tmp_path):
     """Ctrl-C in a terminal sends SIGINT to the whole foreground process group."""
-    run_dir = tmp_path / "run"
-    env = {**os.environ, "STREAMREC_RUN_DIR": str(run_dir)}
-    env.pop("RAY_ADDRESS", None)
-    env.pop("STREAMREC_KAFKA_BOOTSTRAP", None)
-    up = subprocess.Popen([*STREAMREC, "up", "--config", str(_small_config(tmp_path))], cwd=ROOT, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    up, env, run_dir = _start_up(tmp_path, start_new_session=True)
     try:
-        deadline = time.monotonic() + 150
-        state = {}
-        while time.monotonic() < deadline:
-            state = json.loads((run_dir / "state.json").read_text()) if (run_dir / "state.json").exists() else {}
-            if state.get("phase") == "running":
-                break
-            assert up.poll() is None, up.stdout.read()
-            time.sleep(1)
-        assert state.get("phase") == "running"
+        state = json.loads((run_dir / "state.json").read_text())
         pids = [up.pid, state["broker"]["pid"], *state["ray"]["pids"]]
         os.killpg(up.pid, signal.SIGINT)
         out, _ = up.communicate(timeout=90)
         assert up.returncode == 0, out
         assert "streamrec stopped." in out
-        deadline = time.monotonic() + 20
-        while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert [p for p in pids if pid_alive(p)] == []
+        _assert_gone(pids)
         assert not (run_dir / "state.json").exists()
     finally:
         if up.poll() is None:

@@ -18,16 +18,21 @@ from tests.integration.stream_helpers import create_topics, drain, make_events, 
 pytestmark = pytest.mark.integration
 
 
+def _stream(broker, window_s: float, partitions: int = 3, capacity: int = 100_000):
+    """Fresh topics, a SampleBuffer and an (empty) ingest group on them."""
+    s = stream_settings(window_s=window_s, partitions=partitions)
+    create_topics(broker.bootstrap, s)
+    buffer = SampleBuffer.remote(capacity=capacity)
+    return s, buffer, _group(broker, s, buffer)
+
+
 def _group(broker, s, buffer, profile_store=None):
     return IngestGroup(bootstrap=broker.bootstrap, kafka_settings=s.kafka, ingest_settings=s.ingest,
                        buffer=buffer, profile_store=profile_store, name_prefix=f"ing-{s.ingest.group_id}")
 
 
 def test_10k_events_with_a_killed_ingest_actor_give_each_sample_exactly_once(broker, ray_session):
-    s = stream_settings(window_s=2.0)
-    create_topics(broker.bootstrap, s)
-    buffer = SampleBuffer.remote(capacity=100_000)
-    group = _group(broker, s, buffer)
+    s, buffer, group = _stream(broker, window_s=2.0, capacity=100_000)
     group.scale(2)
     try:
         imps, fbs = make_events(10_000)
@@ -52,10 +57,7 @@ def test_10k_events_with_a_killed_ingest_actor_give_each_sample_exactly_once(bro
 
 
 def test_poison_events_go_to_the_dlq_with_their_reason_and_the_stream_goes_on(broker, ray_session):
-    s = stream_settings(window_s=1.0)
-    create_topics(broker.bootstrap, s)
-    buffer = SampleBuffer.remote()
-    group = _group(broker, s, buffer)
+    s, buffer, group = _stream(broker, window_s=1.0)
     group.scale(1)
     imps, _ = make_events(20)
     base = json.loads(encode(imps[0]))
@@ -97,10 +99,7 @@ def test_poison_events_go_to_the_dlq_with_their_reason_and_the_stream_goes_on(br
 
 
 def test_scaling_ingest_1_3_1_mid_stream_loses_nothing(broker, ray_session):
-    s = stream_settings(window_s=1.0)
-    create_topics(broker.bootstrap, s)
-    buffer = SampleBuffer.remote()
-    group = _group(broker, s, buffer)
+    s, buffer, group = _stream(broker, window_s=1.0)
     imps, fbs = make_events(3_000, prefix="s")
     try:
         group.scale(1)
@@ -121,10 +120,7 @@ def test_scaling_ingest_1_3_1_mid_stream_loses_nothing(broker, ray_session):
 
 
 def test_feedback_after_the_window_is_counted_not_trained(broker, ray_session):
-    s = stream_settings(window_s=1.0)
-    create_topics(broker.bootstrap, s)
-    buffer = SampleBuffer.remote()
-    group = _group(broker, s, buffer)
+    s, buffer, group = _stream(broker, window_s=1.0)
     group.scale(1)
     imps, fbs = make_events(10, click_every=1, prefix="late")
     try:
@@ -142,10 +138,7 @@ def test_feedback_after_the_window_is_counted_not_trained(broker, ray_session):
 
 
 def test_events_written_by_an_independent_client_are_consumed(broker, ray_session, independent_client):
-    s = stream_settings(window_s=1.0, partitions=1)
-    create_topics(broker.bootstrap, s)
-    buffer = SampleBuffer.remote()
-    group = _group(broker, s, buffer)
+    s, buffer, group = _stream(broker, window_s=1.0, partitions=1)
     group.scale(1)
     imps, fbs = make_events(5, click_every=1, prefix="k")
     try:
@@ -200,10 +193,7 @@ def test_profile_store_is_fed_live_and_survives_restart(broker, ray_session, tmp
 
 
 def test_a_full_buffer_pauses_ingest_without_losing_anything(broker, ray_session):
-    s = stream_settings(window_s=0.5)
-    create_topics(broker.bootstrap, s)
-    buffer = SampleBuffer.remote(capacity=100)
-    group = _group(broker, s, buffer)
+    s, buffer, group = _stream(broker, window_s=0.5, capacity=100)
     group.scale(1)
     imps, _ = make_events(1_500, prefix="bp")
     t0 = time.time() + 6  # after the group has formed (~5 s)
