@@ -59,7 +59,6 @@ class StreamIngest:
         self.counts = {"records": 0, "impressions": 0, "feedback": 0, "dlq": 0, "handoffs": 0,
                        "handoff_waits": 0, "commits": 0, "rebalances": 0}
         self._stop = threading.Event()
-        self._lock = threading.Lock()
         self._started = time.monotonic()
         self._rss_start = _rss_bytes()
         self._lag: dict[str, int] = {}
@@ -139,8 +138,7 @@ class StreamIngest:
         if profile_events and self.profile_store is not None:
             # bounded fire-and-forget: at most two batches in flight
             if len(self._profile_refs) >= 2:
-                ray.wait(self._profile_refs, num_returns=1, timeout=5)
-                self._profile_refs = [r for r in self._profile_refs if not _ready(r)]
+                _, self._profile_refs = ray.wait(self._profile_refs, num_returns=1, timeout=5)
             self._profile_refs.append(self.profile_store.record.remote(profile_events))
 
     def _handoff(self, token, samples) -> None:
@@ -218,11 +216,6 @@ class StreamIngest:
             "rss_bytes": _rss_bytes(), "rss_start_bytes": self._rss_start,
             "alive": self._thread.is_alive(), "error": self._error,
         }
-
-
-def _ready(ref) -> bool:
-    ready, _ = ray.wait([ref], timeout=0)
-    return bool(ready)
 
 
 class IngestGroup:

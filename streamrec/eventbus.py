@@ -198,8 +198,6 @@ class KafkaEventSource:
             max_poll_interval_ms=max_poll_interval_ms, max_poll_records=max_poll_records,
             fetch_max_wait_ms=100, max_partition_fetch_bytes=4 * 1024 * 1024,
         )
-        outer = self
-
         class _Listener(ConsumerRebalanceListener):
             def on_partitions_revoked(self, revoked):
                 if on_revoke:
@@ -211,7 +209,6 @@ class KafkaEventSource:
 
         self._consumer.subscribe(topics=list(topics), listener=_Listener())
         self._paused = False
-        self._outer = outer
 
     def poll(self, timeout_ms: int = 100, max_records: int | None = None) -> list[Record]:
         batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
