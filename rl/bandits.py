@@ -17,7 +17,7 @@ import numpy as np
 
 from rl.slate import greedy_slate
 
-__all__ = ["RandomPolicy", "PopularityPolicy", "EpsilonGreedy", "LinUCB", "LinearThompson", "sherman_morrison"]
+__all__ = ["egreedy_position_probs", "RandomPolicy", "PopularityPolicy", "EpsilonGreedy", "LinUCB", "LinearThompson", "sherman_morrison"]
 
 
 def sherman_morrison(a_inv: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -44,6 +44,18 @@ def _reward(r: float) -> float:
 
 def _uniform_slate_probs(n: int, k: int) -> np.ndarray:
     return 1.0 / (n - np.arange(k))
+
+
+def egreedy_position_probs(slate: np.ndarray, greedy: np.ndarray, n: int, epsilon: float) -> np.ndarray:
+    """(K,) per-position conditional probabilities of an epsilon-greedy slate; their product is exact.
+
+    P(first j items) = eps * prod_{l<=j} 1/(n-l) + (1-eps) * [first j items == greedy's];
+    position j's probability is P(first j) / P(first j-1).
+    """
+    k = len(slate)
+    prefix = epsilon * np.cumprod(_uniform_slate_probs(n, k)) + (1 - epsilon) * np.cumprod(
+        np.asarray(slate) == np.asarray(greedy)).astype(float)
+    return prefix / np.concatenate([[1.0], prefix[:-1]])
 
 
 @dataclass
@@ -120,10 +132,8 @@ class EpsilonGreedy(_Linear):
         n = len(x)
         greedy = greedy_slate(x @ self.theta, k)
         slate = rng.permutation(n)[:k] if rng.random() < self.epsilon else greedy
-        # exact propensity of this slate = eps * P_uniform(slate) + (1 - eps) * [slate == greedy]
-        uniform = _uniform_slate_probs(n, k)
-        is_greedy = np.cumprod(slate == greedy).astype(float)  # position j matches greedy so far
-        return slate, self.epsilon * uniform + (1 - self.epsilon) * is_greedy
+        # exact: P(slate) = eps * P_uniform(slate) + (1 - eps) * [slate == greedy], factored by position
+        return slate, egreedy_position_probs(slate, greedy, n, self.epsilon)
 
 
 @dataclass

@@ -1,5 +1,10 @@
 """Plackett-Luce slates: sample K of N without replacement, with exact probabilities.
 
+Diversity-aware variant: with a (N, N) similarity matrix ``sim`` and ``penalty`` > 0, the
+logit of item i at position j is ``s_i / T - penalty * max_{c placed before j} sim[i, c]``, so
+an item like one already placed becomes less likely; the per-position probabilities stay exact
+(the torch twin in :mod:`rl.module` computes the same numbers for PPO).
+
 The serving policy scores N candidates; a slate is drawn position by position from the softmax
 over the items not yet placed. The probability of the slate is the product of those per-position
 probabilities, which is what impressions log (``propensities``) and what PPO's ratios and the
@@ -10,7 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["plackett_luce_sample", "plackett_luce_position_probs", "plackett_luce_logp", "greedy_slate"]
+__all__ = ["plackett_luce_sample", "plackett_luce_position_probs", "plackett_luce_logp", "greedy_slate",
+           "cosine_similarity"]
 
 
 def _logits(scores: np.ndarray, temperature: float) -> np.ndarray:
@@ -29,41 +35,84 @@ def _check_k(k: int, n: int) -> None:
         raise ValueError(f"slate size k must be in [1, {n}], got {k}")
 
 
-def plackett_luce_position_probs(scores: np.ndarray, slate: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+def cosine_similarity(features: np.ndarray) -> np.ndarray:
+    """(N, N) cosine similarities of (N, m) feature rows (zero rows are similar to nothing)."""
+    f = np.asarray(features, dtype=np.float64)
+    norms = np.linalg.norm(f, axis=1, keepdims=True)
+    u = f / np.where(norms > 0, norms, 1.0)
+    return u @ u.T
+
+
+def _check_penalty(sim, penalty: float, n: int):
+    if penalty < 0 or not np.isfinite(penalty):
+        raise ValueError(f"penalty must be a finite number >= 0, got {penalty}")
+    if penalty == 0:
+        return None
+    if sim is None:
+        raise ValueError("a diversity penalty needs the (N, N) similarity matrix")
+    sim = np.asarray(sim, dtype=np.float64)
+    if sim.shape != (n, n):
+        raise ValueError(f"sim must be ({n}, {n}), got shape {sim.shape}")
+    return sim
+
+
+def plackett_luce_position_probs(scores: np.ndarray, slate: np.ndarray, temperature: float = 1.0,
+                                 sim: np.ndarray | None = None, penalty: float = 0.0) -> np.ndarray:
     """(K,) probability of each slate item at its position given the items placed before it."""
     z = _logits(scores, temperature)
     slate = np.asarray(slate, dtype=np.int64)
     _check_k(len(slate), len(z))
     if len(set(slate.tolist())) != len(slate):
         raise ValueError("slate repeats an item")
+    sim = _check_penalty(sim, penalty, len(z))
     remaining = np.ones(len(z), dtype=bool)
+    max_sim = np.zeros(len(z))
     out = np.empty(len(slate))
     for j, item in enumerate(slate):
-        zr = z[remaining]
+        zj = z - penalty * max_sim if sim is not None else z
+        zr = zj[remaining]
         m = zr.max()
         denom = np.exp(zr - m).sum()
-        out[j] = np.exp(z[item] - m) / denom
+        out[j] = np.exp(zj[item] - m) / denom
         remaining[item] = False
+        if sim is not None:
+            max_sim = sim[item] if j == 0 else np.maximum(max_sim, sim[item])
     return out
 
 
-def plackett_luce_logp(scores: np.ndarray, slate: np.ndarray, temperature: float = 1.0) -> float:
-    """log P(slate) under Plackett-Luce(scores / temperature)."""
-    return float(np.log(plackett_luce_position_probs(scores, slate, temperature)).sum())
+def plackett_luce_logp(scores: np.ndarray, slate: np.ndarray, temperature: float = 1.0,
+                       sim: np.ndarray | None = None, penalty: float = 0.0) -> float:
+    """log P(slate) under Plackett-Luce(scores / temperature) (with the diversity penalty, if any)."""
+    return float(np.log(plackett_luce_position_probs(scores, slate, temperature, sim, penalty)).sum())
 
 
-def plackett_luce_sample(scores: np.ndarray, k: int, rng: np.random.Generator,
-                         temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def plackett_luce_sample(scores: np.ndarray, k: int, rng: np.random.Generator, temperature: float = 1.0,
+                         sim: np.ndarray | None = None, penalty: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Draw a slate: (K,) candidate indices and (K,) their per-position probabilities.
 
-    Uses the Gumbel-top-k trick (the top-k of logits + Gumbel noise is a Plackett-Luce sample),
-    then computes the exact per-position probabilities of the drawn slate.
+    Without a penalty: the Gumbel-top-k trick (the top-k of logits + Gumbel noise is a
+    Plackett-Luce sample). With one: position by position from the penalised softmax.
     """
     z = _logits(scores, temperature)
     _check_k(k, len(z))
-    g = z + rng.gumbel(size=len(z))
-    slate = np.argsort(-g, kind="stable")[:k]
-    return slate, plackett_luce_position_probs(scores, slate, temperature)
+    simm = _check_penalty(sim, penalty, len(z))
+    if simm is None:
+        g = z + rng.gumbel(size=len(z))
+        slate = np.argsort(-g, kind="stable")[:k]
+        return slate, plackett_luce_position_probs(scores, slate, temperature)
+    remaining = np.ones(len(z), dtype=bool)
+    max_sim = np.zeros(len(z))
+    slate = np.empty(k, dtype=np.int64)
+    probs = np.empty(k)
+    for j in range(k):
+        zj = np.where(remaining, z - penalty * max_sim, -np.inf)
+        p = np.exp(zj - zj.max())
+        p /= p.sum()
+        item = int(rng.choice(len(z), p=p))
+        slate[j], probs[j] = item, p[item]
+        remaining[item] = False
+        max_sim = simm[item] if j == 0 else np.maximum(max_sim, simm[item])
+    return slate, probs
 
 
 def greedy_slate(scores: np.ndarray, k: int) -> np.ndarray:

@@ -196,6 +196,12 @@ class PolicySettings(_Section):
     epsilon: float = Field(0.1, ge=0, le=1)
     temperature: float = Field(1.0, gt=0, le=100)
     """Plackett-Luce sampling temperature of the neural policy."""
+    diversity_penalty: float = Field(1.0, ge=0, le=100)
+    """Similarity penalty inside slate sampling (score - penalty * max cosine to items placed before); 0: plain Plackett-Luce."""
+    feature_dim: int = Field(16, ge=1, le=1024)
+    """m: text vectors are projected to this many principal directions for the policy."""
+    alpha: float = Field(1.0, ge=0, le=100)
+    """LinUCB exploration width."""
 
 
 class TrainerSettings(_Section):
@@ -203,10 +209,19 @@ class TrainerSettings(_Section):
     min_samples: int = Field(256, ge=1)
     holdout_fraction: float = Field(0.2, gt=0, lt=1)
     ope_estimator: Literal["ips", "snips", "dr"] = "snips"
-    gate_tolerance: float = Field(0.02, ge=0)
-    """Publish when the candidate's lower bound >= current estimate - tolerance."""
+    gate_tolerance: float = Field(0.1, ge=0)
+    """Publish when the candidate's lower bound >= current estimate - tolerance (slate-reward units)."""
+    min_ess: float = Field(20.0, ge=1)
+    """Below this effective sample size the gate's estimate falls back to DR."""
     keep_versions: int = Field(10, ge=1, le=10_000)
     store_dir: str = ".streamrec/policies"
+    checkpoint_dir: str = ".streamrec/trainer"
+    """Learner checkpoints (PPO module + optimizer) for resuming after a crash."""
+    max_batch: int = Field(4_096, ge=1)
+    """Most samples one training round takes from the buffer."""
+    lr: float = Field(1e-3, gt=0, le=1)
+    num_epochs: int = Field(4, ge=1, le=100)
+    minibatch_size: int = Field(256, ge=1)
 
 
 class AuthSettings(_Section):

@@ -16,7 +16,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["pool_profile", "HistoryBook"]
+__all__ = ["pool_profile", "blend_profile", "HistoryBook"]
 
 
 def pool_profile(item_vectors: np.ndarray, ages_s: Sequence[float] | np.ndarray, half_life_s: float) -> np.ndarray:
@@ -39,6 +39,20 @@ def pool_profile(item_vectors: np.ndarray, ages_s: Sequence[float] | np.ndarray,
     pooled = (w[:, None] * v).sum(0) / max(float(w.sum()), 1e-12)
     norm = float(np.linalg.norm(pooled))
     return (pooled / norm if norm > 0 else pooled).astype(np.float32)
+
+
+def blend_profile(history: np.ndarray, prior: np.ndarray | None, prior_weight: float = 0.5) -> np.ndarray:
+    """(B, d) pooled histories blended with (B, d) priors (the user's own text), L2-normalised.
+
+    A user with no history gets the prior alone (cold start); with history, the prior keeps a
+    fixed weight. Zeros stay zeros (no history, no prior).
+    """
+    h = np.asarray(history, dtype=np.float32)
+    if prior is None:
+        return h
+    v = h + prior_weight * np.asarray(prior, dtype=np.float32)
+    n = np.linalg.norm(v, axis=-1, keepdims=True)
+    return (v / np.where(n > 0, n, 1.0)).astype(np.float32)
 
 
 class HistoryBook:

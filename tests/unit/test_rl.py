@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from rl.bandits import EpsilonGreedy, LinearThompson, LinUCB, PopularityPolicy, RandomPolicy, sherman_morrison
+from rl.bandits import egreedy_position_probs, EpsilonGreedy, LinearThompson, LinUCB, PopularityPolicy, RandomPolicy, sherman_morrison
 from rl.diversity import ild, mmr_rerank, position_weights, slate_reward
 from rl.metrics import coverage, ctr, gini, hit_at_k, ndcg_at_k, novelty, recall_at_k
 from rl.ope import dr, ips, snips
@@ -68,10 +68,15 @@ def test_epsilon_greedy_propensities_are_exact():
     x = np.array([[3.0], [2.0], [1.0]])
     rng = np.random.default_rng(1)
     slate, probs = p.select(x, 2, rng)
-    greedy = [0, 1]
-    uniform = np.array([1 / 3, 1 / 2])
-    expected = 0.2 * uniform + 0.8 * (np.cumprod(np.array(slate) == greedy))
-    assert np.allclose(probs, expected)
+    greedy = np.array([0, 1])
+    # P(slate) = eps * 1/(3*2) + (1 - eps) * [slate == greedy]: the per-position factors multiply to it
+    expected = 0.2 / 6 + 0.8 * float(np.array_equal(slate, greedy))
+    assert np.prod(probs) == pytest.approx(expected)
+    assert np.prod(egreedy_position_probs(greedy, greedy, 3, 0.2)) == pytest.approx(0.2 / 6 + 0.8)
+    assert egreedy_position_probs(greedy, greedy, 3, 0.2)[0] == pytest.approx(0.2 / 3 + 0.8)
+    total = sum(np.prod(egreedy_position_probs(np.array(s), greedy, 3, 0.2))
+                for s in [(a, b) for a in range(3) for b in range(3) if a != b])
+    assert total == pytest.approx(1.0)
 
 
 def test_thompson_concentrates_with_data():

@@ -1,0 +1,212 @@
+"""Learning benchmark: the closed loop through the real actors, one JSON line per policy.
+
+    python -m bench.learn [--impressions 50000] [--policies random,popularity,egreedy,linucb,thompson,ppo]
+                          [--lambda-check] [--movielens ../shared/data/ml-100k]
+
+For each policy, on one embedded broker and one local Ray: simulated users (rl.simulators, the
+synthetic population) ask the in-process RankingCore for slates; the slate's impression and its
+clicks go to Kafka through the EventSink; StreamIngest joins them into samples; the Trainer
+actor trains, gates and publishes to the PolicyStore; the clients follow the store like Serve
+replicas do. CTR is measured on-policy from the simulated clicks; each promoted version's OPE
+estimate of CTR is set next to the CTR measured while it served. ``--lambda-check`` reruns PPO
+with diversity lambda = 0 (no ILD reward, no sampling penalty) for the diversity figure.
+``--movielens`` adds the offline RecBole-protocol figures (bench/offline_ml100k.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import uuid
+from collections import defaultdict
+
+import numpy as np
+import ray
+
+from actors.ingest import IngestGroup
+from actors.policy_store import PolicyStore
+from actors.profile_store import ProfileStore
+from actors.sample_buffer import SampleBuffer
+from actors.trainer import Trainer
+from cluster.broker import ensure_topics, start_embedded_broker, stop_broker
+from rl.diversity import ild
+from rl.metrics import coverage
+from rl.simulators import SyntheticUsers
+from serve.follower import PolicyFollower
+from serve.ranking import RankingCore
+from streamrec.config import settings_from_args
+from streamrec.data.synthetic import synthetic_items, synthetic_users
+from streamrec.eventbus import KafkaEventSink
+from streamrec.events import Feedback, Impression, encode
+from streamrec.index import ItemIndex
+from streamrec.profile import blend_profile
+
+
+def _settings(algorithm: str, lam: float, penalty: float, args, tmp: str):
+    tag = uuid.uuid4().hex[:6]
+    return settings_from_args({
+        "kafka": {"partitions": 2, "topics": {"impressions": f"l.imp.{tag}", "feedback": f"l.fb.{tag}",
+                                              "dlq": f"l.dlq.{tag}"}},
+        "ingest": {"group_id": f"learn-{tag}", "reward_window_s": args.window_s},
+        "policy": {"algorithm": algorithm, "slate_size": args.k, "num_candidates": args.candidates,
+                   "diversity_lambda": lam, "diversity_penalty": penalty, "feature_dim": 16},
+        "trainer": {"train_every_s": args.train_every_s, "min_samples": 500, "max_batch": 4096,
+                    "store_dir": f"{tmp}/{tag}/policies", "checkpoint_dir": f"{tmp}/{tag}/trainer",
+                    "ope_estimator": "snips", "gate_tolerance": args.tolerance},
+        "catalog": {"num_items": args.items, "num_users": args.users},
+    }, env={})
+
+
+def _embed(items, users):
+    from streamrec.encoder import TextEncoder
+
+    enc = TextEncoder()
+    return enc.encode(items.column("text").to_pylist()), enc.encode(users.column("text").to_pylist())
+
+
+def run_policy(algorithm, lam, penalty, args, world, bootstrap, tmp) -> dict:
+    items, users, item_vecs, user_vecs, sim = world
+    s = _settings(algorithm, lam, penalty, args, tmp)
+    t = s.kafka.topics
+    ensure_topics(bootstrap, {t.impressions: 2, t.feedback: 2, t.dlq: 1})
+    item_ids = items.column("item_id").to_pylist()
+    buffer = SampleBuffer.remote(capacity=200_000)
+    profiles = ProfileStore.remote(history_length=50, half_life_s=3600.0)
+    ray.get(profiles.set_item_vectors.remote(item_ids, item_vecs))
+    ingest = IngestGroup(bootstrap=bootstrap, kafka_settings=s.kafka, ingest_settings=s.ingest, buffer=buffer,
+                         profile_store=profiles)
+    ingest.scale(1)
+    store = PolicyStore.remote(s.trainer.store_dir, 50)
+    trainer = Trainer.remote(s.model_dump(mode="python"), item_ids, item_vecs, buffer, store, seed=args.seed)
+    ray.get(trainer.metrics.remote())
+    follower = PolicyFollower(store, item_ids, item_vecs)
+    follower.poll()
+    index = ItemIndex.build(item_ids, item_vecs)
+    cur = follower.current
+    core = RankingCore(cur.featurizer, index, cur.policy, cur.version, s.policy.num_candidates,
+                       retrieval_share=args.retrieval_share)
+    sink = KafkaEventSink(bootstrap, buffer_events=200_000)
+    rng = np.random.default_rng(args.seed)
+    user_row = {u: i for i, u in enumerate(users.column("user_id").to_pylist())}
+    clicks_all, ilds, shown = [], [], []
+    by_version = defaultdict(lambda: [0, 0])
+    started = time.monotonic()
+    last_poll = 0.0
+    done = 0
+    try:
+        while done < args.impressions:
+            if time.monotonic() - last_poll > 1.0:
+                if follower.poll():
+                    cur = follower.current
+                    core.swap(cur.featurizer, cur.policy, cur.version)
+                last_poll = time.monotonic()
+            tick = [sim.sample_user(rng) for _ in range(min(args.tick, args.impressions - done))]
+            uids = [u[1] for u in tick]
+            hist = ray.get(profiles.profiles.remote(uids))
+            prof = blend_profile(hist, user_vecs[[user_row[u] for u in uids]])
+            for (u, uid, ctx), p in zip(tick, prof):
+                now = time.time()
+                r = core.rank(p, None, ctx, s.policy.slate_size, rng, ts=now)
+                c = sim.clicks(u, r.items, ctx, rng)
+                eid = uuid.uuid4().hex
+                sink.send(t.impressions, uid, encode(Impression(
+                    eid, now, uid, tuple(r.items), tuple(float(x) for x in r.propensities), r.version, ctx,
+                    r.features)))
+                for item, ci in zip(r.items, c):
+                    if ci > 0:
+                        sink.send(t.feedback, uid, encode(Feedback(eid, now, uid, item)))
+                clicked = float(c.max() > 0)
+                clicks_all.append(clicked)
+                by_version[r.version][0] += 1
+                by_version[r.version][1] += clicked
+                ilds.append(ild(item_vecs[[sim.row_of[i] for i in r.items]]))
+                shown.extend(r.items)
+            done += len(tick)
+            if args.progress and done % 5000 < args.tick:
+                print(f"  {algorithm} lam={lam}: {done} impressions, CTR {np.mean(clicks_all):.3f}, "
+                      f"version {core.version}", file=sys.stderr, flush=True)
+        elapsed = time.monotonic() - started
+        sink.flush(60)
+        time.sleep(args.window_s + 2 * args.train_every_s)
+        tm = ray.get(trainer.metrics.remote())
+        versions = ray.get(store.versions.remote())
+        manifests = [ray.get(store.manifest.remote(v)) for v in versions]
+    finally:
+        sink.close()
+        ingest.stop()
+        try:
+            ray.get(trainer.stop.remote(), timeout=60)
+        except Exception:
+            pass
+        for a in (trainer, store, buffer, profiles):
+            ray.kill(a)
+    ope_vs_measured = []
+    for m in manifests:
+        n, c = by_version.get(str(m["version"]), (0, 0))
+        if m.get("ope") and n >= args.min_version_impressions:
+            measured = c / n
+            ope_vs_measured.append({"version": m["version"], "ope_ctr": round(m["ope"]["ctr"], 4),
+                                    "estimator": m["ope"]["estimator"], "measured_ctr": round(measured, 4),
+                                    "impressions": n,
+                                    "rel_error": round(abs(m["ope"]["ctr"] - measured) / max(measured, 1e-9), 4)})
+    tail = clicks_all[-args.tail:]
+    return {"policy": algorithm, "diversity_lambda": lam, "diversity_penalty": penalty,
+            "impressions": len(clicks_all), "ctr": round(float(np.mean(clicks_all)), 4),
+            f"ctr_last_{args.tail}": round(float(np.mean(tail)), 4),
+            "ild": round(float(np.mean(ilds[-args.tail:])), 4),
+            "coverage": round(coverage([shown[-args.tail * args.k:]], len(item_ids)), 4),
+            "versions_published": tm["published"], "versions_rejected": tm["rejected"],
+            "trainer_rounds": tm["rounds"], "samples_trained": tm["samples"], "trainer_error": tm["error"],
+            "ope_vs_measured": ope_vs_measured, "seconds": round(elapsed, 1),
+            "impressions_per_s": round(len(clicks_all) / elapsed, 1)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--impressions", type=int, default=50_000)
+    ap.add_argument("--policies", default="random,popularity,egreedy,linucb,thompson,ppo")
+    ap.add_argument("--lambda", dest="lam", type=float, default=0.1)
+    ap.add_argument("--penalty", type=float, default=1.0)
+    ap.add_argument("--lambda-check", action="store_true", help="also run PPO with lambda = penalty = 0")
+    ap.add_argument("--items", type=int, default=2000)
+    ap.add_argument("--users", type=int, default=1000)
+    ap.add_argument("--k", type=int, default=5)
+    ap.add_argument("--candidates", type=int, default=50)
+    ap.add_argument("--tick", type=int, default=200)
+    ap.add_argument("--retrieval-share", type=float, default=0.0,
+                    help="share of candidates retrieved by the user vector (0: uniform from the catalog, so the policy alone personalises)")
+    ap.add_argument("--window-s", type=float, default=1.0)
+    ap.add_argument("--train-every-s", type=float, default=2.0)
+    ap.add_argument("--tolerance", type=float, default=0.1)
+    ap.add_argument("--tail", type=int, default=10_000)
+    ap.add_argument("--min-version-impressions", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--tmp", default=".streamrec/bench-learn")
+    args = ap.parse_args(argv)
+    items, users = synthetic_items(0, args.items, args.seed), synthetic_users(args.users, args.seed)
+    t0 = time.monotonic()
+    item_vecs, user_vecs = _embed(items, users)
+    sim = SyntheticUsers.from_tables(items, users, seed=args.seed)
+    world = (items, users, item_vecs, user_vecs, sim)
+    print(json.dumps({"setup": "embedded", "items": args.items, "users": args.users,
+                      "embed_s": round(time.monotonic() - t0, 1)}), flush=True)
+    broker = start_embedded_broker()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        runs = [(p, args.lam, args.penalty) for p in args.policies.split(",") if p]
+        if args.lambda_check:
+            runs.append(("ppo", 0.0, 0.0))
+        for algorithm, lam, pen in runs:
+            out = run_policy(algorithm, lam, pen, args, world, broker.bootstrap, args.tmp)
+            print(json.dumps(out), flush=True)
+    finally:
+        ray.shutdown()
+        stop_broker(broker)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""The policy's view of one impression: a fixed projection of embeddings, context features, observation layout.
+
+Serving (the Ranker), training (the Trainer) and the simulators build observations with the
+same :class:`Featurizer`, so the input a version is trained on is the input it is served with.
+
+An observation is one flat float32 vector (what RLlib's Box space wants)::
+
+    [ user (U) | item features (N*m) | item rows (N) ]
+    user = [ profile·P (m) | context text·P (m) | context features (C) ]       U = 2m + C
+
+``P`` is a (D, m) PCA projection of the catalog's D-dimensional text vectors, fitted once per
+policy lineage and published with the weights. ``item rows`` index the learnable item-id
+embedding (0 = unknown or new item, which then ranks by its text vector alone).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["CONTEXT_DIM", "context_features", "fit_projection", "Featurizer", "ObsLayout"]
+
+#: hour sin/cos, 4 one-hot dayparts, age/100, age-missing flag
+CONTEXT_DIM = 8
+DAYPARTS = ("night", "morning", "afternoon", "evening")
+
+
+def daypart(hour: float) -> int:
+    """0 night [0,6), 1 morning [6,12), 2 afternoon [12,18), 3 evening [18,24)."""
+    return int(hour % 24) // 6
+
+
+def context_features(context: Mapping[str, Any] | None, ts: float | None = None) -> np.ndarray:
+    """(C,) typed request context -> features. Reads ``hour`` (0-24, else from ``ts`` UTC) and ``age``."""
+    context = context or {}
+    hour = context.get("hour")
+    if not isinstance(hour, (int, float)) or isinstance(hour, bool) or not 0 <= hour < 24:
+        hour = ((ts if ts is not None else 0.0) / 3600.0) % 24
+    out = np.zeros(CONTEXT_DIM, dtype=np.float32)
+    ang = 2 * math.pi * float(hour) / 24
+    out[0], out[1] = math.sin(ang), math.cos(ang)
+    out[2 + daypart(float(hour))] = 1.0
+    age = context.get("age")
+    if isinstance(age, (int, float)) and not isinstance(age, bool) and 0 < age < 130:
+        out[6] = float(age) / 100.0
+    else:
+        out[7] = 1.0
+    return out
+
+
+def fit_projection(item_vectors: np.ndarray, m: int, seed: int = 0, max_rows: int = 20_000) -> np.ndarray:
+    """(D, m) top-m principal directions of the item vectors (uncentred, so zero stays zero)."""
+    v = np.asarray(item_vectors, dtype=np.float64)
+    if v.ndim != 2 or len(v) == 0:
+        raise ValueError(f"item_vectors must be a non-empty (n, D) array, got shape {v.shape}")
+    if not 1 <= m <= v.shape[1]:
+        raise ValueError(f"projection size m must be in [1, {v.shape[1]}], got {m}")
+    if len(v) > max_rows:
+        v = v[np.random.default_rng(seed).choice(len(v), max_rows, replace=False)]
+    _, _, vt = np.linalg.svd(v, full_matrices=False)
+    p = vt[:m].T
+    k = min(m, len(vt))
+    if k < m:  # fewer items than m: pad with zeros, harmless
+        p = np.concatenate([p, np.zeros((v.shape[1], m - k))], 1)
+    return p.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class ObsLayout:
+    """Sizes of an observation; ``split`` undoes ``Featurizer.observe``."""
+
+    m: int
+    num_candidates: int
+    context_dim: int = CONTEXT_DIM
+
+    @property
+    def user_dim(self) -> int:
+        return 2 * self.m + self.context_dim
+
+    @property
+    def size(self) -> int:
+        return self.user_dim + self.num_candidates * (self.m + 1)
+
+    def split(self, obs):
+        """obs (B, size) -> user (B, U), items (B, N, m), rows (B, N) (numpy or torch alike)."""
+        u, n, m = self.user_dim, self.num_candidates, self.m
+        user = obs[..., :u]
+        items = obs[..., u:u + n * m].reshape(*obs.shape[:-1], n, m)
+        rows = obs[..., u + n * m:]
+        return user, items, rows
+
+
+@dataclass
+class Featurizer:
+    """Turns (profile, context, candidates) into observations, with the catalog it was built for.
+
+    item_ids: (n,) catalog ids; item_vectors: (n, D) unit text vectors; projection: (D, m).
+    """
+
+    item_ids: np.ndarray
+    item_vectors: np.ndarray
+    projection: np.ndarray
+
+    def __post_init__(self):
+        self.item_ids = np.asarray(self.item_ids)
+        self.row_of = {str(i): r + 1 for r, i in enumerate(self.item_ids.tolist())}  # 0 = unknown
+        self.projected = (np.asarray(self.item_vectors, np.float32) @ self.projection).astype(np.float32)
+
+    @property
+    def m(self) -> int:
+        return int(self.projection.shape[1])
+
+    @property
+    def num_rows(self) -> int:
+        """Size of the item-id embedding table (catalog + the unknown row 0)."""
+        return len(self.item_ids) + 1
+
+    def layout(self, num_candidates: int) -> ObsLayout:
+        return ObsLayout(self.m, num_candidates)
+
+    def rows(self, candidate_ids: Sequence[str]) -> np.ndarray:
+        return np.asarray([self.row_of.get(str(c), 0) for c in candidate_ids], dtype=np.int64)
+
+    def candidate_features(self, candidate_ids: Sequence[str], vectors: np.ndarray | None = None) -> np.ndarray:
+        """(N, m) projected text vectors; ``vectors`` (N, D) for items not in the catalog."""
+        rows = self.rows(candidate_ids)
+        out = np.zeros((len(rows), self.m), dtype=np.float32)
+        known = rows > 0
+        out[known] = self.projected[rows[known] - 1]
+        if vectors is not None and (~known).any():
+            out[~known] = np.asarray(vectors, np.float32)[~known] @ self.projection
+        return out
+
+    def user_features(self, profile: np.ndarray, context_vec: np.ndarray | None, ctx: np.ndarray) -> np.ndarray:
+        """(U,) [profile·P, context text·P, context features]; profile/context_vec are (D,) or None."""
+        d = self.projection.shape[0]
+        p = np.zeros(d, np.float32) if profile is None else np.asarray(profile, np.float32)
+        t = np.zeros(d, np.float32) if context_vec is None else np.asarray(context_vec, np.float32)
+        return np.concatenate([p @ self.projection, t @ self.projection, np.asarray(ctx, np.float32)])
+
+    def observe(self, user: np.ndarray, candidate_ids: Sequence[str], item_feats: np.ndarray | None = None) -> np.ndarray:
+        """(size,) flat observation of one impression."""
+        feats = self.candidate_features(candidate_ids) if item_feats is None else item_feats
+        rows = self.rows(candidate_ids).astype(np.float32)
+        return np.concatenate([np.asarray(user, np.float32), feats.reshape(-1), rows]).astype(np.float32)

@@ -1,0 +1,99 @@
+"""RankingCore: one request's ranking, from user and context to a logged slate. No Serve, no Kafka.
+
+The Ranker deployment, the bare-process peer in ``bench/serve.py`` and the learning benchmark's
+simulated clients all rank through this class, so they run the same code::
+
+    core = RankingCore(featurizer, index, policy, version="3", num_candidates=200)
+    r = core.rank(profile, context_vec, context, k=10, rng=rng)
+    r.items, r.scores, r.propensities       # (K,) each
+    r.features                              # Impression.features: what training needs to rebuild the input
+
+Candidates: half retrieved from the item index by the user's query vector (profile + context
+text), the rest drawn uniformly from the catalog (exploration; a new item can be shown before
+anyone clicked it). An unknown user with no context text gets uniformly drawn candidates and
+the policy's item-level knowledge (popularity, item-id embeddings, text) ranks them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from rl.features import Featurizer, context_features
+from rl.logged import impression_features
+from rl.policies import Observation
+
+__all__ = ["RankingCore", "Ranked"]
+
+
+@dataclass
+class Ranked:
+    items: list[str]
+    scores: np.ndarray
+    propensities: np.ndarray
+    features: dict
+    version: str
+
+
+class RankingCore:
+    def __init__(self, featurizer: Featurizer, index, policy, version: str, num_candidates: int,
+                 retrieval_share: float = 0.5):
+        self.featurizer, self.index, self.policy, self.version = featurizer, index, policy, str(version)
+        self.num_candidates = min(num_candidates, len(featurizer.item_ids))
+        self.retrieval_share = retrieval_share
+        self._all_ids = featurizer.item_ids.astype(str)
+
+    def swap(self, featurizer: Featurizer, policy, version: str) -> None:
+        """Atomically replace what ranks (one tuple assignment; a request sees old or new, never half)."""
+        self.featurizer, self.policy, self.version = featurizer, policy, str(version)
+
+    def candidates(self, query: np.ndarray | None, rng: np.random.Generator, exclude: Sequence[str] = ()) -> list[str]:
+        n = self.num_candidates
+        excluded = set(exclude)
+        out: list[str] = []
+        seen: set[str] = set()
+        if query is not None and np.linalg.norm(query) > 0:
+            want = int(n * self.retrieval_share)
+            _, ids = self.index.search(query[None, :], min(len(self._all_ids), want + len(excluded)))
+            for i in ids[0]:
+                i = str(i)
+                if i not in excluded and i not in seen:
+                    out.append(i)
+                    seen.add(i)
+                if len(out) >= want:
+                    break
+        pool = self._all_ids
+        while len(out) < n and len(seen) + len(excluded) < len(pool):
+            for r in rng.choice(len(pool), min(len(pool), 2 * (n - len(out)) + 8), replace=False):
+                i = pool[r]
+                if i not in excluded and i not in seen:
+                    out.append(i)
+                    seen.add(i)
+                    if len(out) >= n:
+                        break
+        return out
+
+    def rank(self, profile: np.ndarray | None, context_vec: np.ndarray | None, context: dict | None, k: int,
+             rng: np.random.Generator, *, ts: float | None = None, candidates: Sequence[str] | None = None,
+             exclude: Sequence[str] = ()) -> Ranked:
+        featurizer, policy, version = self.featurizer, self.policy, self.version  # one consistent snapshot
+        if candidates is None:
+            query = None
+            if profile is not None or context_vec is not None:
+                query = (0 if profile is None else profile) + (0 if context_vec is None else context_vec)
+                query = np.asarray(query, np.float32)
+            candidates = self.candidates(query, rng, exclude)
+        else:
+            excluded = set(exclude)
+            candidates = [c for c in dict.fromkeys(map(str, candidates)) if c not in excluded]
+        if not candidates:
+            raise ValueError("no candidates left to rank (all excluded?)")
+        k = min(k, len(candidates))
+        user = featurizer.user_features(profile, context_vec, context_features(context, ts))
+        obs = Observation(user, featurizer.candidate_features(candidates), featurizer.rows(candidates))
+        slate, probs, scores = policy.select(obs, k, rng)
+        items = [candidates[i] for i in slate]
+        return Ranked(items, np.asarray(scores)[slate], np.asarray(probs),
+                      impression_features(candidates, user, scores, policy.algorithm), version)

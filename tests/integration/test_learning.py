@@ -1,0 +1,228 @@
+"""Learning through the real parts: RLlib PPO on logged slates, the Trainer and PolicyStore actors, the loop on Kafka."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import numpy as np
+import pytest
+import ray
+import torch
+
+from actors.ingest import IngestGroup
+from actors.policy_store import PolicyStore
+from actors.profile_store import ProfileStore
+from actors.sample_buffer import SampleBuffer
+from actors.trainer import Trainer
+from cluster.broker import ensure_topics
+from rl.features import Featurizer, context_features, fit_projection
+from rl.policies import Observation, PolicySpec
+from rl.ppo import LoggedBatch, PPOHyper, SlateLearner
+from rl.simulators import SyntheticUsers
+from rl.slate import plackett_luce_logp
+from serve.follower import PolicyFollower
+from serve.ranking import RankingCore
+from streamrec.config import settings_from_args
+from streamrec.eventbus import KafkaEventSink
+from streamrec.events import Feedback, Impression, TrainingSample, encode
+from streamrec.index import ItemIndex
+
+pytestmark = pytest.mark.integration
+
+
+def _world(n_items=300, n_users=100, topics=6, dim=24, seed=0):
+    """Items as noisy topic centroids (unit vectors) and a simulator whose users like topics."""
+    rng = np.random.default_rng(seed)
+    centroids = rng.normal(size=(topics, dim))
+    main = rng.integers(topics, size=n_items)
+    vecs = centroids[main] + 0.3 * rng.normal(size=(n_items, dim))
+    vecs = (vecs / np.linalg.norm(vecs, axis=1, keepdims=True)).astype(np.float32)
+    item_topics = np.eye(topics)[main]
+    taste = rng.dirichlet(np.full(topics, 0.3), size=n_users)
+    ids = [f"item{i}" for i in range(n_items)]
+    sim = SyntheticUsers(ids, item_topics, main, np.zeros(n_items), [f"user{u}" for u in range(n_users)], taste,
+                         rng.integers(15, 70, size=n_users).astype(float), sharpness=6.0, base=-2.5)
+    user_vecs = (taste @ centroids).astype(np.float32)
+    user_vecs /= np.linalg.norm(user_vecs, axis=1, keepdims=True)
+    return ids, vecs, user_vecs, sim
+
+
+def test_module_scores_and_slate_logp_match_the_serving_model():
+    spec = PolicySpec("ppo", m=4, num_candidates=10, slate_size=3, num_rows=21, penalty=1.5, temperature=0.7)
+    learner = SlateLearner(spec)
+    try:
+        module = learner.group._learner.module["default_policy"]
+        rng = np.random.default_rng(0)
+        obs = rng.normal(size=(6, spec.layout.size)).astype(np.float32)
+        obs[:, -10:] = rng.integers(0, 21, size=(6, 10))
+        policy = learner.serving_policy()
+        with torch.no_grad():
+            torch_scores = module.scores(torch.as_tensor(obs)).numpy()
+            dist = module.get_train_action_dist_cls().from_logits(module.dist_inputs(torch.as_tensor(obs)))
+            slates = np.stack([policy.select(Observation.from_flat(o, spec.layout), 3, rng)[0] for o in obs])
+            torch_logp = dist.logp(torch.as_tensor(slates)).numpy()
+        numpy_scores = np.stack([policy.scores(Observation.from_flat(o, spec.layout)) for o in obs])
+        assert np.abs(torch_scores - numpy_scores).max() < 1e-4
+        for o, s, lp in zip(obs, slates, torch_logp):
+            ob = Observation.from_flat(o, spec.layout)
+            assert lp == pytest.approx(plackett_luce_logp(policy.scores(ob), s, 0.7, ob.similarity(), 1.5), abs=1e-4)
+    finally:
+        learner.shutdown()
+
+
+def test_ppo_learns_from_logged_slates_only():
+    """No environment: the behaviour policy's logged slates and log-probabilities are all PPO sees."""
+    spec = PolicySpec("ppo", m=4, num_candidates=10, slate_size=3, num_rows=21)
+    learner = SlateLearner(spec, PPOHyper(lr=3e-3, minibatch_size=128))
+    rng = np.random.default_rng(0)
+    try:
+        def collect(policy, b=512):
+            obs = rng.normal(size=(b, spec.layout.size)).astype(np.float32)
+            obs[:, -10:] = rng.integers(0, 21, size=(b, 10))
+            acts, logps, rewards = [], [], []
+            for o in obs:
+                ob = Observation.from_flat(o, spec.layout)
+                slate, probs, _ = policy.select(ob, 3, rng)
+                acts.append(slate)
+                logps.append(np.log(probs).sum())
+                rewards.append(float(np.argmax(ob.items[:, 0]) in slate))  # the item strongest on feature 0
+            return LoggedBatch(obs, np.array(acts), np.array(logps), np.array(rewards))
+
+        first = collect(learner.serving_policy())
+        batch = first
+        for _ in range(10):
+            learner.update(batch)
+            batch = collect(learner.serving_policy())
+        assert batch.rewards.mean() > first.rewards.mean() + 0.15
+    finally:
+        learner.shutdown()
+
+
+def _trainer_settings(tmp_path, algorithm="ppo", **trainer):
+    tag = uuid.uuid4().hex[:6]
+    return settings_from_args({
+        "kafka": {"partitions": 2, "topics": {"impressions": f"lt.imp.{tag}", "feedback": f"lt.fb.{tag}",
+                                              "dlq": f"lt.dlq.{tag}"}},
+        "ingest": {"group_id": f"lt-{tag}", "reward_window_s": 1.0},
+        "policy": {"algorithm": algorithm, "slate_size": 3, "num_candidates": 20, "feature_dim": 6,
+                   "diversity_lambda": 0.1, "diversity_penalty": 1.0},
+        "trainer": {"train_every_s": 0.5, "min_samples": 200, "store_dir": str(tmp_path / f"store-{tag}"),
+                    "checkpoint_dir": str(tmp_path / f"ckpt-{tag}"), "gate_tolerance": 10.0, **trainer},
+    }, env={})
+
+
+def _samples(core, sim, user_vecs, n, rng):
+    out = []
+    for e in range(n):
+        u, uid, ctx = sim.sample_user(rng)
+        r = core.rank(user_vecs[u], None, ctx, 3, rng, ts=float(e))
+        c = sim.clicks(u, r.items, ctx, rng)
+        out.append(TrainingSample(uuid.uuid4().hex, float(e), uid, tuple(r.items), tuple(map(float, r.propensities)),
+                                  r.version, tuple(map(float, c)), ctx, r.features, source=("imp", 0, e)))
+    return out
+
+
+def test_trainer_publishes_resumes_after_a_crash_and_rolls_back(ray_session, tmp_path):
+    ids, vecs, user_vecs, sim = _world()
+    s = _trainer_settings(tmp_path)
+    buffer = SampleBuffer.remote(capacity=100_000)
+    store = PolicyStore.remote(s.trainer.store_dir, 10)
+    trainer = Trainer.remote(s.model_dump(mode="python"), ids, vecs, buffer, store)
+    try:
+        m = ray.get(trainer.metrics.remote())
+        assert m["serving_version"] == 1  # the untrained policy is published at start
+        follower = PolicyFollower(store, ids, vecs)
+        assert follower.poll() and follower.version == 1
+        core = RankingCore(follower.current.featurizer, ItemIndex.build(ids, vecs), follower.current.policy, 1, 20)
+        rng = np.random.default_rng(0)
+        ray.get(buffer.put.remote(_samples(core, sim, user_vecs, 600, rng)))
+        deadline = time.monotonic() + 120
+        while ray.get(trainer.metrics.remote())["published"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        m = ray.get(trainer.metrics.remote())
+        assert m["published"] >= 1 and m["error"] is None, m
+        latest = ray.get(store.latest.remote())
+        assert latest["version"] >= 2 and latest["parent"] == latest["version"] - 1
+        assert latest["ope"]["n"] > 0 and latest["trained_through"] == {"imp:0": 599}
+        assert follower.poll() and follower.version == latest["version"]
+
+        # crash: the actor restarts, continues the published lineage from its checkpoint
+        before = latest["version"]
+        ray.kill(trainer, no_restart=False)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                m = ray.get(trainer.metrics.remote(), timeout=30)
+                break
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                time.sleep(1)
+        assert m["serving_version"] == before  # no new "initial" version after the restart
+        ray.get(buffer.put.remote(_samples(core, sim, user_vecs, 300, rng)))
+        deadline = time.monotonic() + 120
+        while ray.get(store.latest.remote())["version"] == before and time.monotonic() < deadline:
+            time.sleep(0.5)
+        after = ray.get(store.latest.remote())
+        assert after["version"] == before + 1 and after["trained_through"]["imp:0"] == 599
+
+        rolled = ray.get(trainer.rollback.remote())
+        assert rolled["version"] == after["version"] + 1 and rolled["rollback_of"] == before
+        assert rolled["sha256"] == ray.get(store.manifest.remote(before))["sha256"]
+    finally:
+        ray.get(trainer.stop.remote())
+        for a in (trainer, store, buffer):
+            ray.kill(a)
+
+
+def test_closed_loop_on_kafka_trains_and_serves_new_versions(broker, ray_session, tmp_path):
+    """simulated clients -> impressions/feedback on Kafka -> ingest -> trainer -> store -> clients."""
+    ids, vecs, user_vecs, sim = _world(seed=1)
+    s = _trainer_settings(tmp_path, algorithm="linucb")
+    t = s.kafka.topics
+    ensure_topics(broker.bootstrap, {t.impressions: 2, t.feedback: 2, t.dlq: 1})
+    buffer = SampleBuffer.remote(capacity=100_000)
+    profiles = ProfileStore.remote()
+    ray.get(profiles.set_item_vectors.remote(ids, vecs))
+    group = IngestGroup(bootstrap=broker.bootstrap, kafka_settings=s.kafka, ingest_settings=s.ingest,
+                        buffer=buffer, profile_store=profiles, name_prefix=f"lt-{s.ingest.group_id}")
+    group.scale(1)
+    store = PolicyStore.remote(s.trainer.store_dir, 10)
+    trainer = Trainer.remote(s.model_dump(mode="python"), ids, vecs, buffer, store)
+    sink = KafkaEventSink(broker.bootstrap)
+    try:
+        assert ray.get(trainer.metrics.remote())["serving_version"] == 1
+        follower = PolicyFollower(store, ids, vecs)
+        follower.poll()
+        core = RankingCore(follower.current.featurizer, ItemIndex.build(ids, vecs), follower.current.policy,
+                           follower.version, 20)
+        rng = np.random.default_rng(0)
+        served_versions = set()
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline and len(served_versions) < 3:
+            for _ in range(200):
+                u, uid, ctx = sim.sample_user(rng)
+                r = core.rank(user_vecs[u], None, ctx, 3, rng)
+                served_versions.add(r.version)
+                eid = uuid.uuid4().hex
+                now = time.time()
+                sink.send(t.impressions, uid, encode(Impression(eid, now, uid, tuple(r.items),
+                                                                tuple(map(float, r.propensities)), r.version,
+                                                                ctx, r.features)))
+                for item, c in zip(r.items, sim.clicks(u, r.items, ctx, rng)):
+                    if c:
+                        sink.send(t.feedback, uid, encode(Feedback(eid, now, uid, item)))
+            sink.flush(10)
+            time.sleep(0.5)
+            if follower.poll():
+                cur = follower.current
+                core.swap(cur.featurizer, cur.policy, cur.version)
+        m = ray.get(trainer.metrics.remote())
+        assert len(served_versions) >= 3, (served_versions, m)
+        assert m["samples"] > 0 and m["skipped"] == 0 and m["error"] is None
+        assert ray.get(profiles.metrics.remote())["events"] > 0  # clicks reached the live profiles
+    finally:
+        sink.close()
+        group.stop()
+        ray.get(trainer.stop.remote())
+        for a in (trainer, store, buffer, profiles):
+            ray.kill(a)

@@ -1,0 +1,327 @@
+"""Pure learning pieces: the diverse slate distribution, features, policies, weights, store, gate, simulators."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from actors.policy_store import PolicyDirectory
+from rl.features import CONTEXT_DIM, Featurizer, ObsLayout, context_features, fit_projection
+from rl.gate import GateReport, evaluate, promote
+from rl.logged import impression_features, samples_to_logged
+from rl.ope import Estimate
+from rl.policies import (BanditPolicy, Observation, PolicySpec, SlateScorer, bandit_dim, diverse_greedy,
+                         expected_shapes, policy_from_state)
+from rl.simulators import SyntheticUsers, position_bias
+from rl.slate import cosine_similarity, plackett_luce_position_probs, plackett_luce_sample
+from rl.weights import WeightsError, pack, unpack
+from streamrec.events import TrainingSample
+from streamrec.profile import blend_profile
+
+
+# -- the diversity-aware Plackett-Luce ---------------------------------------------------------------
+
+def _all_slates(n, k):
+    return itertools.permutations(range(n), k)
+
+
+@pytest.mark.parametrize("penalty", [0.0, 0.7, 3.0])
+def test_diverse_pl_probabilities_sum_to_one_over_all_slates(penalty):
+    rng = np.random.default_rng(1)
+    scores, feats = rng.normal(size=5), rng.normal(size=(5, 3))
+    sim = cosine_similarity(feats)
+    total = sum(np.prod(plackett_luce_position_probs(scores, np.array(s), 0.8, sim, penalty))
+                for s in _all_slates(5, 3))
+    assert total == pytest.approx(1.0, abs=1e-12)
+
+
+def test_diverse_pl_by_hand():
+    # two identical items (sim 1) and one orthogonal; equal scores; penalty ln 2 halves the twin's weight
+    scores = np.zeros(3)
+    sim = np.array([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    p = plackett_luce_position_probs(scores, np.array([0, 2, 1]), 1.0, sim, math.log(2))
+    # first: 1/3; then among {1 (weight 1/2), 2 (weight 1)}: item 2 has 1 / 1.5; then item 1 alone: 1
+    assert p == pytest.approx([1 / 3, 2 / 3, 1.0])
+
+
+def test_diverse_pl_sampling_matches_its_probabilities():
+    rng = np.random.default_rng(0)
+    scores, feats = np.array([1.0, 0.5, 0.0, -0.5]), rng.normal(size=(4, 2))
+    sim = cosine_similarity(feats)
+    counts: dict[tuple, int] = {}
+    draws = 20_000
+    for _ in range(draws):
+        s, probs = plackett_luce_sample(scores, 2, rng, 1.0, sim, 2.0)
+        counts[tuple(s)] = counts.get(tuple(s), 0) + 1
+    for s, c in counts.items():
+        expect = np.prod(plackett_luce_position_probs(scores, np.array(s), 1.0, sim, 2.0))
+        assert c / draws == pytest.approx(expect, abs=0.015)
+
+
+def test_penalty_needs_similarities():
+    with pytest.raises(ValueError, match="needs the \\(N, N\\) similarity matrix"):
+        plackett_luce_sample(np.zeros(3), 2, np.random.default_rng(0), penalty=1.0)
+    with pytest.raises(ValueError, match="penalty must be a finite number >= 0, got -1"):
+        plackett_luce_position_probs(np.zeros(3), np.array([0]), penalty=-1)
+
+
+def test_diverse_greedy_skips_near_duplicates():
+    scores = np.array([1.0, 0.99, 0.5])
+    sim = np.array([[1, 0.95, 0], [0.95, 1, 0], [0, 0, 1.0]])
+    assert diverse_greedy(scores, sim, 2, 0.0).tolist() == [0, 1]
+    assert diverse_greedy(scores, sim, 2, 1.0).tolist() == [0, 2]
+
+
+# -- features ----------------------------------------------------------------------------------------
+
+def test_context_features_table():
+    f = context_features({"hour": 18, "age": 40})
+    assert f.shape == (CONTEXT_DIM,)
+    assert f[2:6].tolist() == [0, 0, 0, 1]  # evening
+    assert f[6] == pytest.approx(0.4) and f[7] == 0
+    g = context_features({"hour": "noon", "age": True}, ts=7 * 3600)  # bad types: fall back, flag missing age
+    assert g[2:6].tolist() == [0, 1, 0, 0] and g[7] == 1
+
+
+def test_projection_and_observation_layout():
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(30, 12)).astype(np.float32)
+    p = fit_projection(vecs, 4)
+    assert p.shape == (12, 4)
+    assert np.allclose(p.T @ p, np.eye(4), atol=1e-5)  # orthonormal directions
+    fz = Featurizer(np.array([f"i{i}" for i in range(30)]), vecs, p)
+    user = fz.user_features(vecs[0], None, context_features({"hour": 3}))
+    obs = fz.observe(user, ["i3", "new-item", "i5"])
+    o = Observation.from_flat(obs, ObsLayout(4, 3))
+    assert o.rows.tolist() == [4, 0, 6]  # 0 = unknown
+    assert np.allclose(o.items[0], vecs[3] @ p) and not o.items[1].any()
+    assert np.allclose(o.user[:4], vecs[0] @ p)
+    with pytest.raises(ValueError, match=r"projection size m must be in \[1, 12\], got 13"):
+        fit_projection(vecs, 13)
+
+
+def test_blend_profile_cold_start_and_warm():
+    prior = np.array([[0.0, 1.0], [0.0, 1.0]], np.float32)
+    hist = np.array([[0.0, 0.0], [1.0, 0.0]], np.float32)
+    out = blend_profile(hist, prior)
+    assert np.allclose(out[0], [0, 1])                       # no history: the prior alone
+    assert np.allclose(out[1], np.array([1, 0.5]) / np.linalg.norm([1, 0.5]))
+
+
+# -- policies and their exact probabilities ----------------------------------------------------------
+
+def _obs(rng, n=6, m=3):
+    user = rng.normal(size=2 * m + CONTEXT_DIM).astype(np.float32)
+    user[2 * m:] = context_features({"hour": 20, "age": 30})
+    return Observation(user, rng.normal(size=(n, m)).astype(np.float32), np.arange(1, n + 1))
+
+
+@pytest.mark.parametrize("algorithm", ["egreedy", "random"])
+def test_bandit_slate_probabilities_are_exact(algorithm):
+    rng = np.random.default_rng(3)
+    spec = PolicySpec(algorithm, m=3, num_candidates=4, slate_size=2, num_rows=5, epsilon=0.3)
+    pol = BanditPolicy(spec)
+    obs = _obs(rng, n=4)
+    for _ in range(5):
+        pol.update(obs, np.array([0, 1]), np.array([1.0, 0.0]))
+    total = sum(pol.slate_probability(obs, np.array(s)) for s in _all_slates(4, 2))
+    assert total == pytest.approx(1.0)
+    slate, probs, _ = pol.select(obs, 2, rng)
+    assert np.prod(probs) == pytest.approx(pol.slate_probability(obs, slate))
+
+
+def test_linucb_learns_the_clicked_item_and_state_round_trips():
+    rng = np.random.default_rng(0)
+    spec = PolicySpec("linucb", m=3, num_candidates=6, slate_size=2, num_rows=7, alpha=0.1)
+    pol = BanditPolicy(spec)
+    obs = _obs(rng)
+    for _ in range(50):
+        slate, _, _ = pol.select(obs, 2, rng)
+        pol.update(obs, slate, (slate == 4).astype(float))
+        pol.update(obs, np.array([4, 0]), np.array([1.0, 0.0]))
+    assert pol.select(obs, 2, rng)[0][0] == 4
+    state = pol.state()
+    assert state["a_inv"].shape == (bandit_dim(3), bandit_dim(3))
+    again = policy_from_state(spec, state)
+    assert np.allclose(again.scores(obs), pol.scores(obs))
+
+
+def test_scorer_state_shapes_match_spec():
+    spec = PolicySpec("ppo", m=3, num_candidates=6, slate_size=2, num_rows=7, text_dim=12)
+    shapes = expected_shapes(spec)
+    assert shapes["projection"] == (12, 3) and shapes["id_embedding.weight"] == (7, 8)
+    rng = np.random.default_rng(0)
+    w = {k: rng.normal(size=v).astype(np.float32) for k, v in SlateScorer.shapes(spec).items()}
+    pol = policy_from_state(spec, w)
+    s = pol.scores(_obs(rng))
+    assert s.shape == (6,) and np.isfinite(s).all()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"algorithm": "bogus"}, "algorithm must be one of ppo, linucb"),
+    ({"slate_size": 9}, r"slate_size must be in \[1, num_candidates=6\], got 9"),
+])
+def test_policy_spec_bad_values(kwargs, message):
+    base = dict(algorithm="ppo", m=3, num_candidates=6, slate_size=2, num_rows=7)
+    with pytest.raises(ValueError, match=message):
+        PolicySpec(**{**base, **kwargs})
+
+
+# -- weights and the store ---------------------------------------------------------------------------
+
+def _spec_and_tensors(algorithm="linucb"):
+    spec = PolicySpec(algorithm, m=2, num_candidates=4, slate_size=2, num_rows=5, text_dim=6)
+    tensors = {k: np.ones(v, np.float32) for k, v in expected_shapes(spec).items()}
+    return spec, tensors
+
+
+def test_weights_round_trip_and_refusals():
+    spec, t = _spec_and_tensors()
+    blob, sha = pack(t)
+    back = unpack(blob, sha256=sha, expect=expected_shapes(spec))
+    assert set(back) == set(t)
+    bad = [
+        (lambda: unpack(blob, sha256="0" * 64), "do not match their sha256"),
+        (lambda: unpack(b"not safetensors at all"), "not a safetensors file"),
+        (lambda: unpack(b""), "weights are empty"),
+        (lambda: pack({"x": np.array([np.nan])}), "tensor 'x' contains NaN or infinity"),
+        (lambda: unpack(pack({**t, "b": np.ones(3)})[0], expect=expected_shapes(spec)),
+         r"tensor 'b' has shape \(3,\), expected \(15,\)"),
+        (lambda: unpack(pack({k: v for k, v in t.items() if k != "b"})[0], expect=expected_shapes(spec)),
+         r"missing tensor\(s\): b"),
+        (lambda: unpack(pack({**t, "extra": np.ones(1)})[0], expect=expected_shapes(spec)),
+         r"unexpected tensor\(s\): extra"),
+        (lambda: pack({"x": np.array(["a"])}), "tensor 'x': dtype <U1 is not a number"),
+    ]
+    for fn, message in bad:
+        with pytest.raises(WeightsError, match=message):
+            fn()
+
+
+def test_nan_weights_hidden_from_pack_are_refused_on_unpack():
+    from safetensors.numpy import save
+
+    blob = save({"x": np.array([1.0, np.inf], np.float32)})
+    with pytest.raises(WeightsError, match="tensor 'x' contains NaN or infinity"):
+        unpack(blob)
+
+
+def test_policy_directory_publish_keep_rollback(tmp_path):
+    spec, t = _spec_and_tensors()
+    store = PolicyDirectory(tmp_path, keep=3)
+    assert store.latest() is None
+    for i in range(5):
+        blob, sha = pack({**t, "b": np.full(15, float(i))})
+        m = store.publish(blob, {"sha256": sha, "spec": spec.to_dict(), "ope": {"value": i}})
+    assert m["version"] == 5 and m["parent"] == 4
+    assert store.versions() == [3, 4, 5]
+    back = store.rollback()
+    assert back["version"] == 6 and back["rollback_of"] == 4
+    _, blob = store.get()
+    assert unpack(blob)["b"][0] == 3.0  # version 4's weights serve again, under a newer number
+    again = PolicyDirectory(tmp_path, keep=3)  # a restarted actor re-reads the directory
+    assert again.latest()["version"] == 6
+    with pytest.raises(KeyError, match="policy version 1 is not in the store"):
+        store.get(1)
+
+
+def test_policy_directory_refuses_bad_versions_and_keeps_serving(tmp_path):
+    spec, t = _spec_and_tensors()
+    store = PolicyDirectory(tmp_path)
+    blob, sha = pack(t)
+    store.publish(blob, {"sha256": sha, "spec": spec.to_dict()})
+    bad_shape, sha2 = pack({**t, "a_inv": np.ones((2, 2))})
+    with pytest.raises(WeightsError, match="tensor 'a_inv' has shape"):
+        store.publish(bad_shape, {"sha256": sha2, "spec": spec.to_dict()})
+    with pytest.raises(WeightsError, match="do not match their sha256"):
+        store.publish(blob, {"sha256": "f" * 64, "spec": spec.to_dict()})
+    with pytest.raises(WeightsError, match="manifest spec is invalid"):
+        store.publish(blob, {"sha256": sha, "spec": {"algorithm": "ppo"}})
+    assert store.latest()["version"] == 1 and store.refused == 3
+
+
+# -- logged samples, the gate ------------------------------------------------------------------------
+
+def _logged_world(n_samples=300, algorithm="egreedy", seed=0):
+    rng = np.random.default_rng(seed)
+    vecs = rng.normal(size=(20, 8)).astype(np.float32)
+    ids = np.array([f"i{i}" for i in range(20)])
+    fz = Featurizer(ids, vecs, fit_projection(vecs, 3))
+    spec = PolicySpec(algorithm, m=3, num_candidates=6, slate_size=2, num_rows=21, text_dim=8, epsilon=0.5)
+    behaviour = BanditPolicy(spec)
+    samples = []
+    for e in range(n_samples):
+        cands = list(rng.choice(ids, 6, replace=False))
+        user = fz.user_features(vecs[e % 20], None, context_features({"hour": e % 24}))
+        obs = Observation(user, fz.candidate_features(cands), fz.rows(cands))
+        slate, probs, scores = behaviour.select(obs, 2, rng)
+        clicks = tuple(float(cands[i] in ("i1", "i2")) for i in slate)
+        samples.append(TrainingSample(f"e{e}", float(e), "u", tuple(cands[i] for i in slate),
+                                      tuple(map(float, probs)), "1", clicks,
+                                      features=impression_features(cands, user, scores, algorithm)))
+    return fz, spec, behaviour, samples
+
+
+def test_samples_rebuild_the_serving_input():
+    fz, spec, behaviour, samples = _logged_world(20)
+    logged = samples_to_logged(samples + [samples[0]._replace(features={})], fz, spec, lam=0.0)
+    assert logged.skipped == 1 and len(logged.observations) == 20
+    s0 = samples[0]
+    cands = s0.features["candidates"]
+    assert [cands[i] for i in logged.slates[0]] == list(s0.items)
+    assert logged.batch.logp[0] == pytest.approx(np.log(s0.propensities).sum())
+    assert logged.batch.rewards[0] == pytest.approx(np.array(s0.rewards) @ [1, 1 / np.log2(3)])
+
+
+def test_gate_estimates_the_behaviour_policy_at_its_own_ctr():
+    fz, spec, behaviour, samples = _logged_world(400)
+    logged = samples_to_logged(samples, fz, spec, lam=0.0)
+    report = evaluate(behaviour, logged, estimator="snips", rng=np.random.default_rng(0))
+    assert report.estimator == "snips"
+    assert report.ctr.value == pytest.approx(logged.ctr.mean(), abs=1e-9)  # w == 1 for the logging policy
+
+
+def test_gate_falls_back_to_dr_for_deterministic_candidates():
+    fz, spec, _, samples = _logged_world(300)
+    logged = samples_to_logged(samples, fz, spec, lam=0.0)
+    cand = BanditPolicy(PolicySpec("linucb", m=3, num_candidates=6, slate_size=2, num_rows=21, text_dim=8))
+    report = evaluate(cand, logged, estimator="snips", rng=np.random.default_rng(0), min_ess=50)
+    assert report.estimator == "dr" and np.isfinite(report.estimate.value)
+
+
+def _report(value, low):
+    e = Estimate(value, low, 2 * value - low, 100, 100.0)
+    return GateReport("snips", e, e)
+
+
+def test_promote_rule():
+    assert promote(_report(0.5, 0.4), None, 0.02) == (True, "first version")
+    ok, why = promote(_report(0.5, 0.45), _report(0.46, 0.4), 0.02)
+    assert ok and "0.4500 >= current 0.4600 - 0.02" in why
+    ok, why = promote(_report(0.5, 0.43), _report(0.46, 0.4), 0.02)
+    assert not ok and "0.4300 < current 0.4600 - 0.02" in why
+
+
+# -- simulators --------------------------------------------------------------------------------------
+
+def _tiny_sim(fatigue=0.5):
+    topics = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    return SyntheticUsers(["a", "b", "c"], topics, np.array([0, 0, 1]), np.zeros(3), ["u"],
+                          np.array([[0.5, 0.5]]), np.array([30.0]), fatigue=fatigue)
+
+
+def test_fatigue_makes_repetitive_slates_lose_clicks():
+    sim = _tiny_sim(fatigue=0.5)
+    ctx = {"hour": 12}
+    rep = sim.click_probs(0, ["a", "b"], ctx)
+    div = sim.click_probs(0, ["a", "c"], ctx)
+    assert rep[1] == pytest.approx(0.5 * sim.click_probs(0, ["b"], ctx)[0] * position_bias(2)[1])
+    assert div.sum() > rep.sum()
+
+
+def test_position_bias_decreases():
+    pb = position_bias(4)
+    assert pb[0] == 1.0 and np.all(np.diff(pb) < 0)
