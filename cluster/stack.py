@@ -36,6 +36,10 @@ class LocalStack:
     ingest: Any = None
     samples: Any = None
     profiles: Any = None
+    store: Any = None
+    trainer: Any = None
+    http_url: str | None = None
+    simulator: Any = None
     _stops: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
 
     def start(self, progress: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
@@ -62,6 +66,10 @@ class LocalStack:
             self._start_embeddings()
             progress("stream ingest")
             self._start_stream()
+            progress("trainer and policy store")
+            self._start_learning()
+            progress("serve")
+            self._start_serving()
         except Exception:
             self.stop()
             raise
@@ -100,6 +108,77 @@ class LocalStack:
         self._stops.append(("ingest", self.ingest.stop))
         self._stops.append(("profiles", lambda: ray.get(self.profiles.snapshot.remote(), timeout=30)))
 
+    def _start_learning(self) -> None:
+        """The PolicyStore (named, detached) and the Trainer, which publishes version 1 before serving starts."""
+        import ray
+
+        from actors.policy_store import NAMESPACE as STORE_NS, STORE_NAME, get_or_create_store
+        from actors.trainer import TRAINER_NAME, Trainer
+        from streamrec.vectors import load_vectors
+
+        t = self.settings.trainer
+        self.store = get_or_create_store(str(Path(t.store_dir).resolve()), t.keep_versions)
+        self._stops.append(("policy store", lambda: ray.kill(ray.get_actor(STORE_NAME, namespace=STORE_NS))))
+        ids, vectors, _ = load_vectors(self.settings.embedding.output_dir)
+        args = self.app_args()
+        from streamrec.config import settings_from_args
+
+        self.trainer = Trainer.options(name=TRAINER_NAME, get_if_exists=True).remote(
+            settings_from_args(args).model_dump(mode="python"), list(ids), vectors, self.samples, self.store)
+        self._stops.append(("trainer", lambda: ray.get(self.trainer.stop.remote(), timeout=60)))
+        m = ray.get(self.trainer.metrics.remote(), timeout=300)
+        self.run_dir.update(policy={"algorithm": m["algorithm"], "version": m["serving_version"]})
+
+    def app_args(self) -> dict[str, Any]:
+        """The Serve app's args as the config file wrote them, plus what this stack decided (broker, paths)."""
+        from streamrec.config import APP_IMPORT_PATH, load_serve_config
+
+        raw: dict[str, Any] = {}
+        if self.config_path:
+            for app in load_serve_config(self.config_path).get("applications") or []:
+                if app.get("import_path") == APP_IMPORT_PATH:
+                    raw = dict(app.get("args") or {})
+        else:
+            raw = self.settings.model_dump(mode="json", exclude={"auth"})
+        s = self.settings
+        overrides = {
+            "kafka": {"bootstrap_servers": self.broker.bootstrap if self.broker else s.kafka.bootstrap_servers},
+            "embedding": {"output_dir": str(Path(s.embedding.output_dir).resolve())},
+            "trainer": {"store_dir": str(Path(s.trainer.store_dir).resolve()),
+                        "checkpoint_dir": str(Path(s.trainer.checkpoint_dir).resolve())},
+            "profile": {"snapshot_dir": str(Path(s.profile.snapshot_dir).resolve())},
+        }
+        return _merge(raw, overrides)
+
+    def _serve_config(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        from streamrec.config import APP_IMPORT_PATH, load_serve_config
+
+        if not self.config_path:
+            return {"host": "127.0.0.1", "port": 8000}, {"name": "streamrec", "route_prefix": "/", "deployments": []}
+        raw = load_serve_config(self.config_path)
+        app = next(a for a in raw["applications"] if a.get("import_path") == APP_IMPORT_PATH)
+        return dict(raw.get("http_options") or {}), app
+
+    def _start_serving(self) -> None:
+        """serve.start with the file's http_options; the app with the file's per-deployment options."""
+        from ray import serve
+
+        from serve.api import require_keys_off_loopback
+        from serve.app import build_app_from_config
+
+        http, app = self._serve_config()
+        host, port = http.get("host", "127.0.0.1"), int(http.get("port", 8000))
+        require_keys_off_loopback(host, [k.get_secret_value() for k in self.settings.auth.api_keys])
+        serve.start(http_options={k: v for k, v in http.items() if k in ("host", "port", "request_timeout_s",
+                                                                          "keep_alive_timeout_s")})
+        self._stops.append(("serve", serve.shutdown))
+        serve.run(build_app_from_config(self.app_args(), app.get("deployments") or []),
+                  name=app.get("name", "streamrec"), route_prefix=app.get("route_prefix", "/"), blocking=False)
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        self.http_url = f"http://{shown}:{port}"
+        _wait_http(self.http_url + "/healthz", timeout_s=300)
+        self.run_dir.update(serve={"url": self.http_url, "app": app.get("name", "streamrec")})
+
     def _topic_names(self) -> list[str]:
         t = self.settings.kafka.topics
         return [t.impressions, t.feedback, t.dlq]
@@ -130,6 +209,19 @@ class LocalStack:
                 }
                 snap["samples"] = ray.get(self.samples.metrics.remote(), timeout=10)
                 snap["profiles"] = ray.get(self.profiles.metrics.remote(), timeout=10)
+            if self.trainer is not None:
+                tm = ray.get(self.trainer.metrics.remote(), timeout=10)
+                last = tm.get("last") or {}
+                snap["trainer"] = {k: tm[k] for k in ("algorithm", "rounds", "samples", "published", "rejected",
+                                                      "serving_version", "error")}
+                if last:
+                    snap["trainer"]["last_gate"] = {"ok": last["ok"], "why": last["why"],
+                                                    "ope_ctr": last["ope"]["ctr"],
+                                                    "measured_ctr": last["measured_ctr"]}
+            if self.http_url:
+                snap["serve"] = _serve_status()
+            if self.simulator is not None:
+                snap["simulator"] = self.simulator.metrics()
         except Exception as e:  # a snapshot never takes the stack down
             snap["error"] = f"{type(e).__name__}: {e}"
         self.run_dir.update(snapshot=snap)
@@ -150,6 +242,41 @@ class LocalStack:
         state = self.run_dir.read() or {}
         if state.get("pid") == os.getpid():
             self.run_dir.clear()
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out.get(k) or {}, v) if isinstance(v, dict) else v
+    return out
+
+
+def _wait_http(url: str, timeout_s: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError as e:
+            last = e
+        time.sleep(0.5)
+    raise StackError(f"serve did not answer {url} within {timeout_s:.0f}s ({last})")
+
+
+def _serve_status() -> dict[str, Any]:
+    """Replicas per deployment and their states, from Serve's own status."""
+    from ray import serve
+
+    out: dict[str, Any] = {}
+    for app_name, app in serve.status().applications.items():
+        out[app_name] = {"status": str(app.status.value if hasattr(app.status, "value") else app.status),
+                         "deployments": {name: {str(k.value if hasattr(k, "value") else k): v
+                                                for k, v in d.replica_states.items()}
+                                         for name, d in app.deployments.items()}}
+    return out
 
 
 def _wait_gone(pids, timeout_s: float) -> list[int]:

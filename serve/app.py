@@ -1,34 +1,147 @@
 """``build_app(args)``: the Serve application ``ray_config.yaml`` names (``serve.app:build_app``).
 
-Serve calls it with the application's ``args``; they are validated here first, so a bad value
-fails the deploy with its key path instead of failing inside a replica. Today the application is
-the Ingress with its health and settings endpoints; the ContextEncoder and Ranker deployments
-and the recommend/feedback API arrive with the serving issue and compose here with ``.bind()``.
+::
+
+    HTTP -> Ingress (FastAPI: auth, limits, /v1/recommend, /v1/feedback, /healthz, /metrics, /docs)
+              |-- ContextEncoder.encode(text)        (batched, cached; only when the request has text)
+              |-- Ranker.rank(request, context_vec)  (retrieval, policy, exploration, version)
+              '-- EventSink -> Kafka                 (impression / feedback; never waited on)
+
+Serve calls ``build_app`` with the application's ``args``; they are validated first, so a bad
+value fails the deploy with its key path instead of failing inside a replica. Deployment
+options (autoscaling, ``max_ongoing_requests``, ``max_queued_requests``) come from the
+``deployments:`` list of ``ray_config.yaml``; runtime knobs go through ``user_config``; weights
+only ever come from the PolicyStore.
 """
 
-from __future__ import annotations
 
+import time
+import uuid
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
-from streamrec.config import StreamrecSettings, settings_from_args
+import serve.api as contract
+from serve.api import FeedbackRequest, RecommendRequest, RecommendResponse, check_bearer, validation_message
+from serve.context_encoder import ContextEncoder
+from serve.ranker import Ranker
+from streamrec.config import settings_from_args
+from streamrec.events import Feedback, Impression, encode
 
-__all__ = ["build_app", "Ingress"]
+__all__ = ["build_app", "build_app_from_config", "Ingress", "api"]
 
-api = FastAPI(title="streamrec", description="A streaming recommender that learns while it serves.")
+api = FastAPI(title="streamrec", version="1",
+              description="A streaming recommender that learns while it serves. Send `Authorization: Bearer <key>` "
+                          "when the server has API keys.")
+OPEN_PATHS = {"/healthz", "/docs", "/openapi.json"}
 
 
-@serve.deployment(name="Ingress")
+def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    return _error(422, validation_message(exc.errors()))
+
+
+@api.middleware("http")
+async def _guard(request: Request, call_next):
+    """API keys, body size, metrics — before any route runs."""
+    started = time.perf_counter()
+    state = contract.GUARD
+    path = request.url.path
+    if path not in OPEN_PATHS and not check_bearer(request.headers.get("authorization"), state.keys):
+        response = _error(401, "missing or wrong API key (Authorization: Bearer <key>)",
+                          {"WWW-Authenticate": "Bearer"})
+    else:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > state.max_body):
+            response = _error(413, f"request body larger than {state.max_body} bytes")
+        elif length is None and request.method == "POST" and len(await request.body()) > state.max_body:
+            response = _error(413, f"request body larger than {state.max_body} bytes")
+        else:
+            response = await call_next(request)
+    state.metrics.observe(path, response.status_code, time.perf_counter() - started)
+    return response
+
+
+@serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.25})
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, settings: dict[str, Any]):
-        self.settings = StreamrecSettings.model_validate(settings)
+    def __init__(self, args: dict[str, Any], encoder: DeploymentHandle, ranker: DeploymentHandle):
+        from streamrec.eventbus import KafkaEventSink
+
+        self.settings = settings_from_args(args)  # env overrides (API keys) are read here, in the replica
+        self.encoder, self.ranker = encoder, ranker
+        contract.GUARD.keys = [k.get_secret_value().encode() for k in self.settings.auth.api_keys]
+        contract.GUARD.max_body = self.settings.serve.max_body_bytes
+        self.metrics = contract.GUARD.metrics
+        k = self.settings.kafka
+        self.topics = k.topics
+        self.sink = (KafkaEventSink(k.bootstrap_servers, buffer_events=k.producer_buffer_events,
+                                    idempotent=k.idempotent_producer) if k.bootstrap_servers else None)
+        self.events_without_kafka = 0
+
+    def _emit(self, topic: str, key: str, value: bytes) -> None:
+        if self.sink is None:
+            self.events_without_kafka += 1
+        else:
+            self.sink.send(topic, key, value)
 
     @api.get("/healthz")
     def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
+
+    @api.post("/v1/recommend", response_model=RecommendResponse,
+              responses={401: {}, 413: {}, 422: {}, 503: {}, 504: {}})
+    async def recommend(self, req: RecommendRequest):
+        """A slate of ``k`` items for ``user_id``, with the policy version and each item's propensity."""
+        from ray.serve.exceptions import BackPressureError
+
+        try:
+            vec = None
+            if req.context is not None and req.context.text:
+                vec = await self.encoder.encode.remote(req.context.text)
+            request = req.model_dump(exclude_none=True)
+            ranked = await self.ranker.rank.remote(request, vec)
+        except BackPressureError:
+            return _error(503, "overloaded: too many requests in flight, retry shortly", {"Retry-After": "1"})
+        except ValueError as e:  # e.g. every candidate excluded: the request cannot be served as asked
+            return _error(422, str(e).splitlines()[-1][:500])
+        except RuntimeError as e:
+            if "no policy" in str(e):
+                return _error(503, "no policy version loaded yet, retry shortly", {"Retry-After": "2"})
+            raise
+        event_id = uuid.uuid4().hex
+        now = time.time()
+        context = req.context.model_dump(exclude_none=True) if req.context else {}
+        self._emit(self.topics.impressions, req.user_id, encode(Impression(
+            event_id, now, req.user_id, tuple(ranked["items"]), tuple(ranked["propensities"]),
+            ranked["policy_version"], context, ranked["features"])))
+        self.metrics.set("policy_version", float(ranked["policy_version"]))
+        items = [{"item_id": i, "score": s, "propensity": p, "position": j}
+                 for j, (i, s, p) in enumerate(zip(ranked["items"], ranked["scores"], ranked["propensities"]))]
+        return JSONResponse({"event_id": event_id, "policy_version": ranked["policy_version"], "items": items},
+                            headers={"X-Streamrec-Replica": ranked["replica"]})
+
+    @api.post("/v1/feedback", status_code=202, responses={401: {}, 413: {}, 422: {}})
+    async def feedback(self, fb: FeedbackRequest) -> dict[str, str]:
+        """A click (or purchase, like, ...) on an item of a served slate; joined to it by ``event_id``."""
+        self._emit(self.topics.feedback, fb.user_id,
+                   encode(Feedback(fb.event_id, time.time(), fb.user_id, fb.item_id, fb.type, fb.value)))
+        return {"status": "accepted"}
+
+    @api.get("/metrics", response_class=PlainTextResponse)
+    def prometheus(self) -> str:
+        extra: dict[str, float] = {"events_without_kafka": self.events_without_kafka}
+        if self.sink is not None:
+            extra.update({f"events_{k}": v for k, v in self.sink.metrics().items()})
+        return self.metrics.render(extra)
 
     @api.get("/v1/settings")
     def public_settings(self) -> dict[str, Any]:
@@ -37,8 +150,27 @@ class Ingress:
 
 
 def build_app(args: dict[str, Any] | None = None):
-    settings = settings_from_args(args or {})
-    # weights never travel this way; only plain settings (secrets stay SecretStr-masked on dump)
-    plain = settings.model_dump(mode="python")
-    plain["auth"] = {"api_keys": [k.get_secret_value() for k in settings.auth.api_keys]}
-    return Ingress.bind(plain)
+    """Validate ``args`` (with the environment's overrides) now; replicas re-read them and the environment.
+
+    Secrets from the environment (``STREAMREC_API_KEYS``) never travel through ``.bind()``: each
+    replica reads them from its own environment.
+    """
+    args = dict(args or {})
+    settings_from_args(args)
+    return Ingress.bind(args, ContextEncoder.bind(args), Ranker.bind(args))
+
+
+def build_app_from_config(args: dict[str, Any], deployments: list[dict[str, Any]]):
+    """``build_app`` with the per-deployment options of a Serve config's ``deployments:`` applied.
+
+    What ``serve deploy ray_config.yaml`` does for the file; ``streamrec up`` runs the app this way.
+    """
+    settings_from_args(args)
+    opts = {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in deployments}
+    known = {"Ingress", "ContextEncoder", "Ranker"}
+    unknown = set(opts) - known
+    if unknown:
+        raise ValueError(f"deployments: unknown deployment(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
+    enc = ContextEncoder.options(**opts.get("ContextEncoder", {})).bind(args)
+    rank = Ranker.options(**opts.get("Ranker", {})).bind(args)
+    return Ingress.options(**opts.get("Ingress", {})).bind(args, enc, rank)

@@ -46,6 +46,7 @@ def _load(config: Optional[Path]):
 def up(
     config: Optional[Path] = ConfigOpt,
     simulate: bool = typer.Option(False, "--simulate", help="Drive the HTTP API with simulated users."),
+    rate: float = typer.Option(20.0, help="Simulated user visits per second (with --simulate)."),
     run_dir: Optional[Path] = RunDirOpt,
     dashboard_port: Optional[int] = typer.Option(None, help="Override ray.dashboard_port (0: a free port)."),
 ) -> None:
@@ -70,12 +71,21 @@ def up(
         raise typer.Exit(1)
     console.print(_where_table(state))
     if simulate:
-        console.print("[yellow]--simulate:[/yellow] the traffic simulator drives the HTTP API once serving is part of the stack.")
+        from cluster.simulate import HttpSimulator, synthetic_users_for
+
+        keys = [k.get_secret_value() for k in settings.auth.api_keys]
+        stack.simulator = HttpSimulator(stack.http_url, synthetic_users_for(settings), rate_per_s=rate,
+                                        k=settings.policy.slate_size, api_key=keys[0] if keys else None).start()
+        console.print(f"simulated users: {rate:g} visits/s against {stack.http_url}")
     console.print("streamrec is up; Ctrl-C (or `streamrec down` in another shell) stops it.")
     try:
         while not stop.wait(2.0):
-            stack.snapshot()
+            snap = stack.snapshot()
+            if stack.simulator is not None:
+                console.print(_loop_line(snap))
     finally:
+        if stack.simulator is not None:
+            stack.simulator.stop()
         with console.status("stopping"):
             stack.stop()
         console.print("streamrec stopped.")
@@ -136,6 +146,19 @@ def config(config: Optional[Path] = ConfigOpt) -> None:
     print(json.dumps(settings.public_dict(), indent=2))
 
 
+def _loop_line(snap: dict[str, Any]) -> str:
+    """One line per tick while simulating: is the policy learning?"""
+    sim = snap.get("simulator") or {}
+    tr = snap.get("trainer") or {}
+    bar = ""
+    ctr = sim.get("ctr_recent")
+    if ctr is not None:
+        bar = "[green]" + "█" * int(round(ctr * 40)) + "[/green]" + "·" * (40 - int(round(ctr * 40)))
+    return (f"impressions {sim.get('impressions', 0):>7}  CTR {ctr if ctr is not None else '-':<6} {bar}  "
+            f"policy v{tr.get('serving_version', '?')} ({tr.get('published', 0)} published, "
+            f"{tr.get('rejected', 0)} held back)")
+
+
 def _where_table(state: dict[str, Any]) -> Table:
     t = Table(title="streamrec: what runs where")
     t.add_column("part")
@@ -154,6 +177,13 @@ def _where_table(state: dict[str, Any]) -> Table:
     if e:
         t.add_row("embeddings", e["dir"], e["model_id"])
     t.add_row("stream ingest", "Ray actors streamrec-ingest-*", "consumer group of the impressions + feedback topics")
+    p = state.get("policy") or {}
+    if p:
+        t.add_row("trainer + policy store", "Ray actors streamrec-trainer, streamrec-policy-store",
+                  f"{p['algorithm']}, serving version {p['version']}")
+    sv = state.get("serve") or {}
+    if sv:
+        t.add_row("HTTP API", sv["url"], f"{sv['url']}/docs (OpenAPI), /metrics, /healthz")
     return t
 
 
@@ -198,6 +228,22 @@ def _status_table(info: dict[str, Any]) -> Table:
                   f"{snap['samples']['duplicates']} duplicates dropped")
     if snap.get("profiles"):
         t.add_row("profiles", "", f"{snap['profiles']['users']} users, {snap['profiles']['events']} feedback events")
+    tr = snap.get("trainer")
+    if tr:
+        state = "[green]training[/green]" if not tr.get("error") else f"[red]{tr['error']}[/red]"
+        t.add_row("policy", state, f"{tr['algorithm']} v{tr['serving_version']}: {tr['published']} published, "
+                  f"{tr['rejected']} held back by the gate, {tr['samples']} samples trained")
+        gate = tr.get("last_gate")
+        if gate:
+            t.add_row("  last gate", "pass" if gate["ok"] else "held", f"{gate['why']}; OPE CTR {gate['ope_ctr']:.3f} "
+                      f"vs measured {gate['measured_ctr']:.3f}")
+    for app_name, a in (snap.get("serve") or {}).items():
+        reps = ", ".join(f"{d}: " + "/".join(f"{n} {s}" for s, n in st.items()) for d, st in a["deployments"].items())
+        t.add_row(f"serve {app_name}", a["status"], reps)
+    sim = snap.get("simulator")
+    if sim:
+        t.add_row("simulated users", f"CTR {sim['ctr_recent']}", f"{sim['impressions']} impressions; by version: " +
+                  ", ".join(f"v{v}: {d['ctr']:.3f}" for v, d in sim["ctr_by_version"].items()))
     return t
 
 

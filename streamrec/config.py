@@ -42,6 +42,7 @@ __all__ = [
     "ProfileSettings",
     "PolicySettings",
     "TrainerSettings",
+    "ServeSettings",
     "AuthSettings",
     "RaySettings",
     "load_settings",
@@ -224,6 +225,18 @@ class TrainerSettings(_Section):
     minibatch_size: int = Field(256, ge=1)
 
 
+class ServeSettings(_Section):
+    max_body_bytes: int = Field(1_000_000, ge=1_024, le=100_000_000)
+    """Larger request bodies get 413."""
+    policy_poll_s: float = Field(0.25, gt=0, le=60)
+    """How often each Ranker replica asks the PolicyStore for a newer version."""
+    encoder_batch_size: int = Field(32, ge=1, le=4_096)
+    encoder_batch_wait_s: float = Field(0.005, ge=0, le=1)
+    encoder_cache_size: int = Field(10_000, ge=0, le=10_000_000)
+    explore: bool = True
+    """Sample slates (Plackett-Luce / epsilon) with logged propensities; False serves the greedy slate."""
+
+
 class AuthSettings(_Section):
     api_keys: list[SecretStr] = []
     """Bearer keys accepted by the HTTP API; required whenever the HTTP host is not loopback."""
@@ -255,6 +268,7 @@ class StreamrecSettings(_Section):
     profile: ProfileSettings = ProfileSettings()
     policy: PolicySettings = PolicySettings()
     trainer: TrainerSettings = TrainerSettings()
+    serve: ServeSettings = ServeSettings()
     auth: AuthSettings = AuthSettings()
     ray: RaySettings = RaySettings()
 

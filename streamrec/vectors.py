@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["read_manifest", "write_manifest", "load_vectors", "MANIFEST"]
+__all__ = ["read_manifest", "write_manifest", "load_vectors", "write_vectors", "MANIFEST"]
 
 MANIFEST = "manifest.json"
 
@@ -60,3 +60,29 @@ def load_vectors(output_dir: str | Path, kind: str = "items") -> tuple[np.ndarra
     vectors = vec.values.to_numpy(zero_copy_only=False).reshape(-1, d).astype(np.float32, copy=False)
     order = np.argsort(ids, kind="stable")
     return ids[order], vectors[order], m
+
+
+def write_vectors(output_dir: str | Path, outputs: dict[str, tuple[np.ndarray, np.ndarray, str]], model_id: str) -> dict:
+    """Write precomputed vectors in the embedding job's layout: ``{kind: (ids (n,), vectors (n, d), id_column)}``.
+
+    For vectors made elsewhere (and for tests); the embedding job is the way to make them from text.
+    """
+    import time as _time
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = Path(output_dir)
+    run_id = _time.strftime("%Y%m%d%H%M%S")
+    manifest: dict[str, Any] = {"model_id": model_id, "run_id": run_id, "outputs": {}}
+    for kind, (ids, vectors, id_col) in outputs.items():
+        v = np.ascontiguousarray(vectors, dtype=np.float32)
+        target = d / f"{kind}-{run_id}"
+        target.mkdir(parents=True, exist_ok=True)
+        col = pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1)), v.shape[1])
+        pq.write_table(pa.table({id_col: pa.array([str(i) for i in ids]), "vector": col}), target / "part-0.parquet")
+        manifest["dim"] = int(v.shape[1])
+        manifest["outputs"][kind] = {"dir": target.name, "id_column": id_col, "count": len(ids),
+                                     "embedded": len(ids), "kept": 0}
+    write_manifest(d, manifest)
+    return manifest

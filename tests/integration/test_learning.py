@@ -16,7 +16,6 @@ from actors.profile_store import ProfileStore
 from actors.sample_buffer import SampleBuffer
 from actors.trainer import Trainer
 from cluster.broker import ensure_topics
-from rl.features import Featurizer, context_features, fit_projection
 from rl.policies import Observation, PolicySpec
 from rl.ppo import LoggedBatch, PPOHyper, SlateLearner
 from rl.simulators import SyntheticUsers

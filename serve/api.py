@@ -1,0 +1,187 @@
+"""The HTTP contract: request/response models, limits, API keys, error bodies, Prometheus text. No Serve here.
+
+Every error is JSON ``{"error": "<message naming the field>"}`` with a 4xx status: 401 missing
+or wrong key, 413 body too large, 422 invalid or unknown fields (FastAPI's validation, rewritten
+so the message names the field path), 503 overloaded with ``Retry-After``. Keys are compared in
+constant time and never logged.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import math
+import threading
+from typing import Annotated, Any, Literal, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from streamrec.events import FEEDBACK_TYPES, MAX_ID_CHARS
+
+__all__ = ["RecommendRequest", "RequestContext", "FeedbackRequest", "RecommendResponse", "RankedItem",
+           "validation_message", "check_bearer", "is_loopback", "require_keys_off_loopback", "Metrics",
+           "AuthConfigError", "GuardState", "GUARD"]
+
+Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RequestContext(_Strict):
+    """Typed request context; ``text`` is free text the ContextEncoder embeds."""
+
+    text: str | None = Field(None, max_length=4096)
+    hour: float | None = Field(None, ge=0, lt=24)
+    """Local hour of the request (0-24); defaults to the server's UTC hour."""
+    age: int | None = Field(None, ge=1, le=129)
+    device: Literal["mobile", "desktop", "tv", "tablet", "other"] | None = None
+
+    @field_validator("text")
+    @classmethod
+    def _text_bytes(cls, v: str | None) -> str | None:
+        if v is not None and len(v.encode()) > 4096:
+            raise ValueError("text must be at most 4096 bytes of UTF-8")
+        return v
+
+
+class RecommendRequest(_Strict):
+    user_id: Id
+    context: RequestContext | None = None
+    k: int = Field(10, ge=1, le=100)
+    """Items in the slate (at most 100)."""
+    candidates: list[Id] | None = Field(None, min_length=1, max_length=10_000)
+    """Rank only these items (at most 10,000); default: retrieval over the catalog."""
+    exclude: list[Id] = Field(default_factory=list, max_length=10_000)
+    """Never return these items (e.g. already seen)."""
+
+
+class FeedbackRequest(_Strict):
+    event_id: Id
+    user_id: Id
+    """The user the slate was served to: the Kafka key, so feedback lands in its impression's partition."""
+    item_id: Id
+    type: Literal[FEEDBACK_TYPES] = "click"  # type: ignore[valid-type]
+    value: float = 1.0
+
+    @field_validator("value")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("value must be a finite number")
+        return v
+
+
+class RankedItem(BaseModel):
+    item_id: str
+    score: float
+    propensity: float
+    """Probability of this item at this position given the ones above it, under the serving policy."""
+    position: int
+
+
+class RecommendResponse(BaseModel):
+    event_id: str
+    policy_version: str
+    items: list[RankedItem]
+
+
+def validation_message(errors: Sequence[dict]) -> str:
+    """FastAPI/pydantic errors -> one message naming each field path, e.g. ``body.k: ... <= 100``."""
+    parts = []
+    for e in errors:
+        loc = ".".join(str(p) for p in e.get("loc", ()))
+        msg = "unknown field" if e.get("type") == "extra_forbidden" else e.get("msg", "invalid")
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+class AuthConfigError(RuntimeError):
+    """The HTTP server would be reachable beyond this machine without API keys."""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def require_keys_off_loopback(host: str, keys: Sequence[str]) -> None:
+    if not is_loopback(host) and not keys:
+        raise AuthConfigError(f"http host {host!r} is not loopback: set STREAMREC_API_KEYS (auth.api_keys) "
+                              f"or bind 127.0.0.1")
+
+
+def check_bearer(header: str | None, keys: Sequence[bytes]) -> bool:
+    """True when ``Authorization: Bearer <key>`` names one of ``keys``; constant time over all keys."""
+    if not keys:
+        return True
+    if not header or not header.startswith("Bearer "):
+        return False
+    given = header[len("Bearer "):].strip().encode()
+    ok = False
+    for k in keys:  # no early exit: the time does not depend on which key matched
+        ok |= hmac.compare_digest(given, k)
+    return ok
+
+
+class Metrics:
+    """Counters and a latency histogram, rendered as Prometheus text (one per Ingress replica)."""
+
+    BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, float("inf"))
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.requests: dict[tuple[str, int], int] = {}
+        self.latency = {b: 0 for b in self.BUCKETS}
+        self.latency_sum = 0.0
+        self.latency_count = 0
+        self.gauges: dict[str, float] = {}
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        with self._lock:
+            self.requests[(route, status)] = self.requests.get((route, status), 0) + 1
+            if route == "/v1/recommend":
+                for b in self.BUCKETS:
+                    if seconds <= b:
+                        self.latency[b] += 1
+                self.latency_sum += seconds
+                self.latency_count += 1
+
+    def set(self, name: str, value: float) -> None:
+        self.gauges[name] = float(value)
+
+    def render(self, extra: dict[str, Any] | None = None) -> str:
+        lines = ["# TYPE streamrec_requests_total counter"]
+        with self._lock:
+            for (route, status), n in sorted(self.requests.items()):
+                lines.append(f'streamrec_requests_total{{route="{route}",status="{status}"}} {n}')
+            lines.append("# TYPE streamrec_recommend_seconds histogram")
+            for b in self.BUCKETS:
+                le = "+Inf" if b == float("inf") else f"{b}"
+                lines.append(f'streamrec_recommend_seconds_bucket{{le="{le}"}} {self.latency[b]}')
+            lines.append(f"streamrec_recommend_seconds_sum {self.latency_sum:.6f}")
+            lines.append(f"streamrec_recommend_seconds_count {self.latency_count}")
+            for name, v in sorted({**self.gauges, **(extra or {})}.items()):
+                lines.append(f"# TYPE streamrec_{name} gauge")
+                lines.append(f"streamrec_{name} {v}")
+        return "\n".join(lines) + "\n"
+
+
+class GuardState:
+    """What the HTTP guard middleware checks; the Ingress replica fills it in at start."""
+
+    def __init__(self):
+        self.keys: list[bytes] = []
+        self.max_body = 1_000_000
+        self.metrics = Metrics()
+
+
+#: one per replica process (read through the module, so Serve's pickling of the app never copies it)
+GUARD = GuardState()

@@ -1,0 +1,277 @@
+"""Serving over HTTP on the local stack: the loop end to end, hot swaps under load, replica loss, bad requests, auth."""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import ray
+import yaml
+
+from actors.ingest import IngestGroup
+from actors.policy_store import NAMESPACE, STORE_NAME, PolicyStore
+from actors.profile_store import ProfileStore
+from actors.sample_buffer import SampleBuffer
+from actors.trainer import Trainer
+from cluster.broker import ensure_topics, free_port
+from rl.weights import pack, unpack
+from streamrec.config import settings_from_args
+from streamrec.data.synthetic import synthetic_items, synthetic_users
+from streamrec.encoder import TextEncoder
+from streamrec.vectors import write_vectors
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+KEY = "test-key-0123456789"
+
+
+def _deployments(ranker_replicas: int = 2) -> list[dict]:
+    raw = yaml.safe_load((ROOT / "ray_config.yaml").read_text())
+    deps = copy.deepcopy(raw["applications"][0]["deployments"])
+    for d in deps:
+        d.pop("autoscaling_config", None)
+        d["num_replicas"] = ranker_replicas if d["name"] == "Ranker" else 1
+    return deps
+
+
+@pytest.fixture(scope="module")
+def stack(broker, ray_session, tmp_path_factory):
+    """Embeddings, topics, ingest, trainer, store and the Serve app with two Ranker replicas."""
+    from ray import serve
+
+    from serve.app import build_app_from_config
+
+    tmp = tmp_path_factory.mktemp("serving")
+    items, users = synthetic_items(0, 300, 0), synthetic_users(60, 0)
+    enc = TextEncoder()
+    item_vecs = enc.encode(items.column("text").to_pylist())
+    user_vecs = enc.encode(users.column("text").to_pylist())
+    emb = tmp / "embeddings"
+    write_vectors(emb, {"items": (np.array(items.column("item_id").to_pylist()), item_vecs, "item_id"),
+                        "users": (np.array(users.column("user_id").to_pylist()), user_vecs, "user_id")}, enc.model_id)
+    tag = uuid.uuid4().hex[:6]
+    args = {
+        "kafka": {"bootstrap_servers": broker.bootstrap, "partitions": 2,
+                  "topics": {"impressions": f"s.imp.{tag}", "feedback": f"s.fb.{tag}", "dlq": f"s.dlq.{tag}"}},
+        "ingest": {"group_id": f"s-{tag}", "reward_window_s": 1.0},
+        "embedding": {"output_dir": str(emb)},
+        "catalog": {"num_items": 300, "num_users": 60},
+        "policy": {"algorithm": "ppo", "slate_size": 5, "num_candidates": 40},
+        "trainer": {"train_every_s": 1.0, "min_samples": 100, "store_dir": str(tmp / "store"),
+                    "checkpoint_dir": str(tmp / "ckpt"), "gate_tolerance": 10.0},
+        "auth": {"api_keys": [KEY]},
+    }
+    s = settings_from_args(args, env={})
+    t = s.kafka.topics
+    ensure_topics(broker.bootstrap, {t.impressions: 2, t.feedback: 2, t.dlq: 1})
+    buffer = SampleBuffer.remote()
+    profiles = ProfileStore.options(name="streamrec-profiles", namespace=NAMESPACE).remote()
+    ray.get(profiles.set_item_vectors.remote(items.column("item_id").to_pylist(), item_vecs))
+    group = IngestGroup(bootstrap=broker.bootstrap, kafka_settings=s.kafka, ingest_settings=s.ingest, buffer=buffer,
+                        profile_store=profiles, name_prefix=f"s-{tag}")
+    group.scale(1)
+    store = PolicyStore.options(name=STORE_NAME, namespace=NAMESPACE).remote(s.trainer.store_dir, 50)
+    trainer = Trainer.remote(s.model_dump(mode="python"), items.column("item_id").to_pylist(), item_vecs, buffer,
+                             store)
+    ray.get(trainer.metrics.remote())
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app_from_config(args, _deployments(2)), name="streamrec", route_prefix="/")
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/healthz", timeout=5).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    yield {"url": url, "store": store, "trainer": trainer, "buffer": buffer, "settings": s,
+           "headers": {"Authorization": f"Bearer {KEY}"}, "users": users}
+    serve.shutdown()
+    group.stop()
+    ray.get(trainer.stop.remote())
+    for a in (trainer, store, buffer, profiles):
+        ray.kill(a)
+
+
+def _recommend(client, user="user1", **kw):
+    return client.post("/v1/recommend", json={"user_id": user, "context": {"hour": 20, "age": 30}, "k": 5, **kw})
+
+
+def test_recommend_feedback_sample_train_and_the_new_version_is_served(stack):
+    from cluster.simulate import synthetic_users_for
+
+    sim = synthetic_users_for(settings_from_args({"catalog": {"num_items": 300, "num_users": 60}}, env={}))
+    rng = np.random.default_rng(0)
+    with httpx.Client(base_url=stack["url"], headers=stack["headers"], timeout=30) as c:
+        first = _recommend(c, context={"text": "a scary night in a haunted cabin", "hour": 23})
+        assert first.status_code == 200, first.text
+        body = first.json()
+        assert len(body["items"]) == 5 and body["policy_version"] == "1"
+        assert [i["position"] for i in body["items"]] == [0, 1, 2, 3, 4]
+        assert all(0 < i["propensity"] <= 1 for i in body["items"])
+        deadline = time.monotonic() + 180
+        version = 1
+        while version < 2 and time.monotonic() < deadline:
+            for _ in range(40):
+                u, uid, ctx = sim.sample_user(rng)
+                r = c.post("/v1/recommend", json={"user_id": uid, "context": ctx, "k": 5})
+                assert r.status_code == 200, r.text
+                b = r.json()
+                version = max(version, int(b["policy_version"]))
+                items = [i["item_id"] for i in b["items"]]
+                for item, clicked in zip(items, sim.clicks(u, items, ctx, rng)):
+                    if clicked:
+                        assert c.post("/v1/feedback", json={"event_id": b["event_id"], "user_id": uid,
+                                                            "item_id": item}).status_code == 202
+        assert version >= 2, ray.get(stack["trainer"].metrics.remote())
+        m = c.get("/metrics").text
+        assert "streamrec_policy_version" in m and 'route="/v1/recommend",status="200"' in m
+    tm = ray.get(stack["trainer"].metrics.remote())
+    assert tm["samples"] > 0 and tm["skipped"] == 0
+
+
+def _republish(store, version: int, scale: float, *, num_rows: int | None = None) -> dict:
+    manifest, blob = ray.get(store.get.remote(version))
+    tensors = unpack(blob)
+    tensors["item_bias.weight"] = tensors["item_bias.weight"] + scale
+    spec = dict(manifest["spec"])
+    if num_rows is not None:  # a version built for another catalog: the store accepts it, replicas must not
+        spec["num_rows"] = num_rows
+        for k in ("id_embedding.weight", "item_bias.weight"):
+            tensors[k] = np.resize(tensors[k], (num_rows, tensors[k].shape[1]))
+    new_blob, sha = pack(tensors)
+    return ray.get(store.publish.remote(new_blob, {"sha256": sha, "spec": spec, "algorithm": "ppo"}))
+
+
+def test_twenty_versions_while_requests_flow_zero_failures_never_backwards(stack):
+    store = stack["store"]
+    failures, seen = [], defaultdict(list)
+    stop = threading.Event()
+
+    def client():
+        with httpx.Client(base_url=stack["url"], headers=stack["headers"], timeout=30) as c:
+            while not stop.is_set():
+                r = _recommend(c, user=f"user{np.random.randint(60)}")
+                if r.status_code != 200:
+                    failures.append((r.status_code, r.text))
+                    continue
+                seen[r.headers["x-streamrec-replica"]].append(int(r.json()["policy_version"]))
+
+    threads = [threading.Thread(target=client) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        base = ray.get(store.latest.remote())["version"]
+        published = [_republish(store, base, 0.001 * i)["version"] for i in range(1, 21)]
+        for _ in published:
+            time.sleep(0.15)
+        bad = _republish(store, published[-1], 0.0, num_rows=7)  # refused by every replica
+        t0 = time.monotonic()
+        last = published[-1]
+        while time.monotonic() - t0 < 10 and not all(v and v[-1] >= last for v in seen.values()):
+            time.sleep(0.05)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert failures == []
+    assert len(seen) == 2  # both Ranker replicas answered
+    for replica, versions in seen.items():
+        assert versions == sorted(versions), f"replica {replica} went backwards"
+        assert versions[-1] >= last, f"replica {replica} serves {versions[-1]}, not {last}"
+        assert bad["version"] not in versions, f"replica {replica} served the refused version {bad['version']}"
+
+
+def test_killing_a_ranker_replica_under_load_costs_a_retrying_client_nothing(stack):
+    failures, ok = [], [0]
+    stop = threading.Event()
+
+    def client():
+        with httpx.Client(base_url=stack["url"], headers=stack["headers"], timeout=30) as c:
+            while not stop.is_set():
+                for attempt in range(6):
+                    try:
+                        r = _recommend(c, user=f"user{np.random.randint(60)}")
+                        if r.status_code == 200:
+                            ok[0] += 1
+                            break
+                        if r.status_code < 500:
+                            failures.append(r.text)
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    time.sleep(0.2 * (attempt + 1))
+                else:
+                    failures.append("gave up after 6 attempts")
+
+    threads = [threading.Thread(target=client) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(2)
+        replicas = [a for a in ray.util.list_named_actors(all_namespaces=True)
+                    if "Ranker" in a["name"] and a["namespace"] == "serve"]
+        assert replicas, "no Ranker replica actors found"
+        victim = ray.get_actor(replicas[0]["name"], namespace="serve")
+        before = ok[0]
+        ray.kill(victim, no_restart=True)
+        time.sleep(6)
+        assert ok[0] > before  # traffic kept flowing through the survivor
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert failures == []
+
+
+@pytest.mark.parametrize("body, status, message", [
+    ({"context": {}}, 422, "body.user_id: Field required"),
+    ({"user_id": "u", "k": 101}, 422, "body.k: Input should be less than or equal to 100"),
+    ({"user_id": "u", "k": 0}, 422, "body.k: Input should be greater than or equal to 1"),
+    ({"user_id": "u", "colour": "red"}, 422, "body.colour: unknown field"),
+    ({"user_id": "u", "context": {"mood": "x"}}, 422, "body.context.mood: unknown field"),
+    ({"user_id": "u", "context": {"text": "é" * 2100}}, 422, "text must be at most 4096 bytes"),
+    ({"user_id": "u", "context": {"hour": 25}}, 422, "body.context.hour: Input should be less than 24"),
+    ({"user_id": "u", "candidates": [f"i{i}" for i in range(10_001)]}, 422,
+     "body.candidates: List should have at most 10000 items"),
+    ({"user_id": "u", "candidates": ["item1"], "exclude": ["item1"]}, 422, "no candidates left to rank"),
+    ({"user_id": ""}, 422, "body.user_id: String should have at least 1 character"),
+])
+def test_bad_recommend_requests(stack, body, status, message):
+    r = httpx.post(stack["url"] + "/v1/recommend", json=body, headers=stack["headers"], timeout=30)
+    assert r.status_code == status, r.text
+    assert message in r.json()["error"]
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"event_id": "e", "item_id": "i"}, "body.user_id: Field required"),
+    ({"event_id": "e", "user_id": "u", "item_id": "i", "type": "love"}, "body.type: Input should be"),
+    ({"event_id": "e", "user_id": "u", "item_id": "i", "value": "NaN"}, "value must be a finite number"),
+])
+def test_bad_feedback_requests(stack, body, message):
+    r = httpx.post(stack["url"] + "/v1/feedback", json=body, headers=stack["headers"], timeout=30)
+    assert r.status_code == 422 and message in r.json()["error"], r.text
+
+
+def test_body_limit_and_auth_rules(stack):
+    url = stack["url"]
+    big = b'{"user_id": "u", "candidates": ["' + b"x" * 1_100_000 + b'"]}'
+    r = httpx.post(url + "/v1/recommend", content=big, headers={**stack["headers"], "content-type": "application/json"})
+    assert r.status_code == 413 and "larger than 1000000 bytes" in r.json()["error"]
+    assert httpx.get(url + "/healthz").status_code == 200  # exempt
+    for headers in ({}, {"Authorization": "Bearer wrong-key-0000"}, {"Authorization": KEY}):
+        r = httpx.post(url + "/v1/recommend", json={"user_id": "u"}, headers=headers, timeout=30)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert httpx.get(url + "/metrics").status_code == 401
+    assert httpx.get(url + "/docs").status_code == 200
+    r = httpx.get(url + "/openapi.json")
+    assert "/v1/recommend" in r.json()["paths"]
