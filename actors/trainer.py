@@ -46,8 +46,9 @@ def _call(obj, method: str, *args, **kwargs):
 
 def policy_spec(settings: StreamrecSettings, num_rows: int, text_dim: int) -> PolicySpec:
     p = settings.policy
-    return PolicySpec(algorithm=p.algorithm, m=p.feature_dim, num_candidates=p.num_candidates,
-                      slate_size=p.slate_size, num_rows=num_rows, text_dim=text_dim, temperature=p.temperature,
+    n = min(p.num_candidates, num_rows - 1)  # a catalog smaller than N: rank all of it
+    return PolicySpec(algorithm=p.algorithm, m=p.feature_dim, num_candidates=n,
+                      slate_size=min(p.slate_size, n), num_rows=num_rows, text_dim=text_dim, temperature=p.temperature,
                       penalty=p.diversity_penalty, epsilon=p.epsilon, alpha=p.alpha)
 
 
@@ -204,7 +205,7 @@ class TrainerLoop:
         self.learner.set_module_state(state)
 
 
-@ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=0)
+@ray.remote(num_cpus=0.5, max_restarts=-1, max_task_retries=0)
 class Trainer:
     """Runs :class:`TrainerLoop` rounds every ``trainer.train_every_s`` in a background thread."""
 

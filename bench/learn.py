@@ -52,7 +52,7 @@ def _settings(algorithm: str, lam: float, penalty: float, args, tmp: str):
         "ingest": {"group_id": f"learn-{tag}", "reward_window_s": args.window_s},
         "policy": {"algorithm": algorithm, "slate_size": args.k, "num_candidates": args.candidates,
                    "diversity_lambda": lam, "diversity_penalty": penalty, "feature_dim": 16},
-        "trainer": {"train_every_s": args.train_every_s, "min_samples": 500, "max_batch": 4096,
+        "trainer": {"train_every_s": args.train_every_s, "min_samples": 500, "max_batch": 2048,
                     "store_dir": f"{tmp}/{tag}/policies", "checkpoint_dir": f"{tmp}/{tag}/trainer",
                     "ope_estimator": "snips", "gate_tolerance": args.tolerance},
         "catalog": {"num_items": args.items, "num_users": args.users},

@@ -172,11 +172,13 @@ class LocalStack:
         serve.start(http_options={k: v for k, v in http.items() if k in ("host", "port", "request_timeout_s",
                                                                           "keep_alive_timeout_s")})
         self._stops.append(("serve", serve.shutdown))
-        serve.run(build_app_from_config(self.app_args(), app.get("deployments") or []),
-                  name=app.get("name", "streamrec"), route_prefix=app.get("route_prefix", "/"), blocking=False)
+        name = app.get("name", "streamrec")
+        serve._run(build_app_from_config(self.app_args(), app.get("deployments") or []), name=name,
+                   route_prefix=app.get("route_prefix", "/"), _blocking=False)
+        _wait_app_running(name, timeout_s=300)
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         self.http_url = f"http://{shown}:{port}"
-        _wait_http(self.http_url + "/healthz", timeout_s=300)
+        _wait_http(self.http_url + "/healthz", timeout_s=60)
         self.run_dir.update(serve={"url": self.http_url, "app": app.get("name", "streamrec")})
 
     def _topic_names(self) -> list[str]:
@@ -264,6 +266,25 @@ def _wait_http(url: str, timeout_s: float) -> None:
             last = e
         time.sleep(0.5)
     raise StackError(f"serve did not answer {url} within {timeout_s:.0f}s ({last})")
+
+
+def _wait_app_running(name: str, timeout_s: float) -> None:
+    """Until Serve says the app runs; else a StackError naming the deployments that do not (and why)."""
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        app = serve.status().applications.get(name)
+        status = str(getattr(app.status, "value", app.status)) if app else "NOT_STARTED"
+        if status == "RUNNING":
+            return
+        if status == "DEPLOY_FAILED" or time.monotonic() > deadline:
+            waiting = {d: f"{getattr(s.status, 'value', s.status)}: {s.message}"[:300]
+                       for d, s in (app.deployments.items() if app else [])
+                       if str(getattr(s.status, "value", s.status)) != "HEALTHY"}
+            raise StackError(f"serve app {name!r} is {status} after {timeout_s:.0f}s; not ready: {waiting} "
+                             f"(too few CPUs for the replicas? see `ray status`)")
+        time.sleep(1)
 
 
 def _serve_status() -> dict[str, Any]:

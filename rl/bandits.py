@@ -144,7 +144,7 @@ class LinUCB(_Linear):
 
     def scores(self, x: np.ndarray) -> np.ndarray:
         x = _features(x, self.dim)
-        width = np.sqrt(np.einsum("nd,de,ne->n", x, self.a_inv, x))
+        width = np.sqrt(np.maximum(((x @ self.a_inv) * x).sum(1), 0.0))  # diag(X A^-1 X^T) via BLAS
         return x @ self.theta + self.alpha * width
 
     def select(self, x: np.ndarray, k: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:

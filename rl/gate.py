@@ -83,14 +83,15 @@ def evaluate(policy, logged, *, estimator: str = "snips", rng: np.random.Generat
     ess = float(w.sum() ** 2 / (w ** 2).sum()) if (w ** 2).sum() > 0 else 0.0
     name = estimator if ess >= min_ess else "dr"
     out = {}
+    if name == "dr":  # the candidate's own slates, drawn once, serve both reward models
+        k = logged.slates.shape[1]
+        targets = [[policy.select(o, k, rng)[0] for _ in range(model_samples)] for o in logged.observations]
     for key, r in (("reward", logged.batch.rewards), ("ctr", logged.ctr)):
         q_t = q_l = np.zeros(n)
         if name == "dr":
             model = SlateRewardModel().fit(logged.observations, logged.slates, r)
             q_l = np.asarray([model.predict(o, s) for o, s in zip(logged.observations, logged.slates)])
-            k = logged.slates.shape[1]
-            q_t = np.asarray([np.mean([model.predict(o, policy.select(o, k, rng)[0]) for _ in range(model_samples)])
-                              for o in logged.observations])
+            q_t = np.asarray([np.mean([model.predict(o, s) for s in ts]) for o, ts in zip(logged.observations, targets)])
         out[key] = _estimate(name, r, pi, mu, q_t, q_l, clip)
     return GateReport(name, out["reward"], out["ctr"])
 

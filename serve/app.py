@@ -70,7 +70,7 @@ async def _guard(request: Request, call_next):
     return response
 
 
-@serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.25})
+@serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.2})
 @serve.ingress(api)
 class Ingress:
     def __init__(self, args: dict[str, Any], encoder: DeploymentHandle, ranker: DeploymentHandle):

@@ -42,7 +42,7 @@ class LRU:
             self._d.popitem(last=False)
 
 
-@serve.deployment(name="ContextEncoder", ray_actor_options={"num_cpus": 0.25})
+@serve.deployment(name="ContextEncoder", ray_actor_options={"num_cpus": 0.2})
 class ContextEncoder:
     def __init__(self, args: dict[str, Any]):
         from streamrec.encoder import TextEncoder

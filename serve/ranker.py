@@ -96,7 +96,7 @@ class RankerCore:
             raise RuntimeError(f"policy version {cur.version} scores NaN or infinity")
 
 
-@serve.deployment(name="Ranker", ray_actor_options={"num_cpus": 0.25}, health_check_period_s=2,
+@serve.deployment(name="Ranker", ray_actor_options={"num_cpus": 0.2}, health_check_period_s=2,
                   health_check_timeout_s=10)
 class Ranker:
     def __init__(self, args: dict[str, Any]):

@@ -195,8 +195,8 @@ class PolicySettings(_Section):
     diversity_lambda: float = Field(0.1, ge=0, le=10)
     """Weight of intra-list diversity in the reward and the re-rank."""
     epsilon: float = Field(0.1, ge=0, le=1)
-    temperature: float = Field(1.0, gt=0, le=100)
-    """Plackett-Luce sampling temperature of the neural policy."""
+    temperature: float = Field(0.2, gt=0, le=100)
+    """Plackett-Luce sampling temperature of the neural policy (lower: sharper slates, less exploration)."""
     diversity_penalty: float = Field(1.0, ge=0, le=100)
     """Similarity penalty inside slate sampling (score - penalty * max cosine to items placed before); 0: plain Plackett-Luce."""
     feature_dim: int = Field(16, ge=1, le=1024)
@@ -218,10 +218,12 @@ class TrainerSettings(_Section):
     store_dir: str = ".streamrec/policies"
     checkpoint_dir: str = ".streamrec/trainer"
     """Learner checkpoints (PPO module + optimizer) for resuming after a crash."""
-    max_batch: int = Field(4_096, ge=1)
+    max_batch: int = Field(2_048, ge=1)
     """Most samples one training round takes from the buffer."""
-    lr: float = Field(1e-3, gt=0, le=1)
-    num_epochs: int = Field(4, ge=1, le=100)
+    lr: float = Field(3e-3, gt=0, le=1)
+    """PPO's Adam learning rate."""
+    num_epochs: int = Field(8, ge=1, le=100)
+    """PPO passes over each round's samples."""
     minibatch_size: int = Field(256, ge=1)
 
 

@@ -10,7 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import yaml
+
+from cluster.broker import free_port
 
 from streamrec.runstate import pid_alive
 
@@ -46,20 +49,24 @@ def _small_config(tmp_path) -> Path:
     args["catalog"] = {"source": "synthetic", "num_items": 40, "num_users": 10}
     args["embedding"] = {"output_dir": str(tmp_path / "emb")}
     args["profile"] = {"snapshot_dir": str(tmp_path / "profiles")}
+    args["trainer"] = {"store_dir": str(tmp_path / "policies"), "checkpoint_dir": str(tmp_path / "trainer"),
+                       "train_every_s": 2, "min_samples": 20}
+    args["ingest"] = {"reward_window_s": 2}
+    raw["http_options"]["port"] = free_port()
     p = tmp_path / "ray_config.yaml"
     p.write_text(yaml.safe_dump(raw))
     return p
 
 
-def _start_up(tmp_path, **popen):
+def _start_up(tmp_path, *extra, **popen):
     """`streamrec up` in a subprocess on a small config; returns (proc, env, run_dir) once running."""
     run_dir = tmp_path / "run"
     env = {**os.environ, "STREAMREC_RUN_DIR": str(run_dir)}
     env.pop("RAY_ADDRESS", None)
     env.pop("STREAMREC_KAFKA_BOOTSTRAP", None)
-    up = subprocess.Popen([*STREAMREC, "up", "--config", str(_small_config(tmp_path))], cwd=ROOT, env=env,
+    up = subprocess.Popen([*STREAMREC, "up", "--config", str(_small_config(tmp_path)), *extra], cwd=ROOT, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
-    deadline = time.monotonic() + 150
+    deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         state = json.loads((run_dir / "state.json").read_text()) if (run_dir / "state.json").exists() else {}
         if state.get("phase") == "running":
@@ -68,7 +75,7 @@ def _start_up(tmp_path, **popen):
             raise AssertionError(f"streamrec up exited early: {up.stdout.read()}")
         time.sleep(1)
     up.terminate()
-    raise AssertionError("streamrec up did not reach 'running' in 150 s")
+    raise AssertionError("streamrec up did not reach 'running' in 240 s")
 
 
 def _assert_gone(pids, timeout_s: float = 20.0) -> None:
@@ -78,8 +85,8 @@ def _assert_gone(pids, timeout_s: float = 20.0) -> None:
     assert [p for p in pids if pid_alive(p)] == []
 
 
-def test_up_status_down_leaves_no_process(tmp_path):
-    up, env, run_dir = _start_up(tmp_path)
+def test_up_simulate_status_down_leaves_no_process(tmp_path):
+    up, env, run_dir = _start_up(tmp_path, "--simulate", "--rate", "10")
     try:
         info = json.loads(_cli("status", "--json", env=env).stdout)
         assert info.get("phase") == "running", info
@@ -94,8 +101,24 @@ def test_up_status_down_leaves_no_process(tmp_path):
             time.sleep(1)
             info = json.loads(_cli("status", "--json", env=env).stdout)
         assert info["snapshot"]["ingest"]["actors"] == 1 and info["snapshot"]["ingest"]["errors"] == []
+        # the loop: simulated users over HTTP -> Kafka -> trainer -> a newer version served
+        url = info["serve"]["url"]
+        assert httpx.get(url + "/healthz", timeout=10).status_code == 200
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            snap = info.get("snapshot") or {}
+            if (snap.get("trainer") or {}).get("serving_version", 0) >= 2 and len(
+                    (snap.get("simulator") or {}).get("ctr_by_version", {})) >= 2:
+                break
+            time.sleep(2)
+            info = json.loads(_cli("status", "--json", env=env).stdout)
+        snap = info["snapshot"]
+        assert snap["trainer"]["serving_version"] >= 2 and snap["trainer"]["error"] is None, snap.get("trainer")
+        assert snap["simulator"]["impressions"] > 0 and snap["simulator"]["errors"] == {}, snap["simulator"]
+        assert snap["serve"]["streamrec"]["status"] == "RUNNING"
         table = _cli("status", env=env)
         assert table.returncode == 0 and "streamrec.impressions" in table.stdout and "ingest" in table.stdout
+        assert "policy" in table.stdout and "simulated users" in table.stdout
 
         state = json.loads((run_dir / "state.json").read_text())
         pids = [up.pid, state["broker"]["pid"], *state["ray"]["pids"]]

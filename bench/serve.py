@@ -1,0 +1,223 @@
+"""Serving benchmark: /v1/recommend under rising load on Ray Serve, next to a bare uvicorn process.
+
+    python -m bench.serve [--rates 25,50,100,200] [--seconds 15] [--publishes 20]
+
+One JSON line. Both sides serve the same catalog (2,000 synthetic items, real MiniLM vectors),
+the same published PPO version, the same RankerCore and TextEncoder code, on this machine in
+the same run. Open-loop load at each rate (requests start on schedule whether or not earlier
+ones finished; 30% carry context text from a pool of 40 phrases); then a closed loop with 32
+concurrent clients for peak throughput. The Serve side also reports Ranker replicas over time,
+each replica's resident memory, and publish -> every replica serving the version (20 publishes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import httpx
+import numpy as np
+import ray
+
+PHRASES = [f"something {a} about {b}" for a in ("funny", "dark", "gentle", "epic", "true") for b in
+           ("space", "love", "crime", "war", "music", "dragons", "sports", "the ocean")]
+
+
+def _pct(xs, q):
+    return round(float(np.percentile(xs, q)) * 1000, 1) if len(xs) else None
+
+
+async def _open_loop(url: str, rate: float, seconds: float, users: int) -> dict:
+    lat, codes = [], {}
+    rng = np.random.default_rng(int(rate))
+    async with httpx.AsyncClient(base_url=url, timeout=10, limits=httpx.Limits(max_connections=512)) as c:
+        async def one():
+            body = {"user_id": f"user{rng.integers(users)}", "k": 10,
+                    "context": {"hour": int(rng.integers(24)), "age": int(rng.integers(15, 70))}}
+            if rng.random() < 0.3:
+                body["context"]["text"] = PHRASES[rng.integers(len(PHRASES))]
+            t = time.perf_counter()
+            try:
+                r = await c.post("/v1/recommend", json=body)
+                code = r.status_code
+            except httpx.HTTPError as e:
+                code = type(e).__name__
+            codes[code] = codes.get(code, 0) + 1
+            if code == 200:
+                lat.append(time.perf_counter() - t)
+
+        tasks = []
+        start = time.perf_counter()
+        n = int(rate * seconds)
+        for i in range(n):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one()))
+        await asyncio.gather(*tasks)
+        wall = time.perf_counter() - start
+    return {"rate": rate, "achieved_rps": round(codes.get(200, 0) / wall, 1), "p50_ms": _pct(lat, 50),
+            "p95_ms": _pct(lat, 95), "p99_ms": _pct(lat, 99), "codes": {str(k): v for k, v in codes.items()}}
+
+
+async def _closed_loop(url: str, concurrency: int, seconds: float, users: int) -> float:
+    done = 0
+    stop = time.perf_counter() + seconds
+    async with httpx.AsyncClient(base_url=url, timeout=10, limits=httpx.Limits(max_connections=256)) as c:
+        async def worker(w):
+            nonlocal done
+            rng = np.random.default_rng(w)
+            while time.perf_counter() < stop:
+                r = await c.post("/v1/recommend", json={"user_id": f"user{rng.integers(users)}", "k": 10,
+                                                        "context": {"hour": 12}})
+                done += r.status_code == 200
+
+        t = time.perf_counter()
+        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+        return round(done / (time.perf_counter() - t), 1)
+
+
+def _replicas() -> dict:
+    from ray import serve
+
+    out = {}
+    for app in serve.status().applications.values():
+        for name, d in app.deployments.items():
+            out[name] = sum(n for s, n in d.replica_states.items() if "RUNNING" in str(s))
+    return out
+
+
+def _replica_rss() -> dict:
+    import psutil
+    from ray.util.state import list_actors
+
+    out = {}
+    for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000):
+        if a.class_name and "ServeReplica" in a.class_name and a.pid:
+            try:
+                out[a.class_name.split(":")[-1] + f"#{a.pid}"] = round(psutil.Process(a.pid).memory_info().rss / 2**20)
+            except psutil.Error:
+                pass
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rates", default="25,50,100,200")
+    ap.add_argument("--seconds", type=float, default=15)
+    ap.add_argument("--publishes", type=int, default=20)
+    ap.add_argument("--items", type=int, default=2000)
+    ap.add_argument("--users", type=int, default=1000)
+    args = ap.parse_args(argv)
+
+    from ray import serve
+
+    from actors.policy_store import NAMESPACE, STORE_NAME, PolicyStore
+    from cluster.broker import free_port, start_embedded_broker, stop_broker
+    from rl.features import fit_projection
+    from rl.policies import PolicySpec
+    from rl.ppo import SlateLearner
+    from rl.weights import pack, unpack
+    from serve.app import build_app_from_config
+    from streamrec.config import load_serve_config, settings_from_args
+    from streamrec.data.synthetic import synthetic_items, synthetic_users
+    from streamrec.encoder import TextEncoder
+    from streamrec.vectors import write_vectors
+
+    tmp = tempfile.mkdtemp(prefix="streamrec-bench-serve-")
+    items, users = synthetic_items(0, args.items), synthetic_users(args.users)
+    enc = TextEncoder()
+    iv, uv = enc.encode(items.column("text").to_pylist()), enc.encode(users.column("text").to_pylist())
+    write_vectors(f"{tmp}/emb", {"items": (np.array(items.column("item_id").to_pylist()), iv, "item_id"),
+                                 "users": (np.array(users.column("user_id").to_pylist()), uv, "user_id")}, enc.model_id)
+    broker = start_embedded_broker()
+    app_args = {"kafka": {"bootstrap_servers": broker.bootstrap}, "embedding": {"output_dir": f"{tmp}/emb"},
+                "trainer": {"store_dir": f"{tmp}/store"}, "catalog": {"num_items": args.items}}
+    s = settings_from_args(app_args, env={})
+    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False, namespace=NAMESPACE)
+    store = PolicyStore.options(name=STORE_NAME, namespace=NAMESPACE).remote(s.trainer.store_dir, 50)
+    p = s.policy
+    spec = PolicySpec("ppo", m=p.feature_dim, num_candidates=p.num_candidates, slate_size=p.slate_size,
+                      num_rows=args.items + 1, text_dim=iv.shape[1], temperature=p.temperature, penalty=p.diversity_penalty)
+    learner = SlateLearner(spec)
+    tensors = {**learner.serving_policy().state(), "projection": fit_projection(iv, p.feature_dim)}
+    learner.shutdown()
+    blob, sha = pack(tensors)
+    ray.get(store.publish.remote(blob, {"sha256": sha, "spec": spec.to_dict(), "algorithm": "ppo"}))
+
+    raw = load_serve_config(os.path.join(os.path.dirname(__file__), "..", "ray_config.yaml"))
+    deployments = raw["applications"][0]["deployments"]
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app_from_config(app_args, deployments), name="streamrec", route_prefix="/")
+    serve_url = f"http://127.0.0.1:{port}"
+
+    bare_port = free_port()
+    bare = subprocess.Popen([sys.executable, "-m", "bench.bare_server", "--args-json", json.dumps(app_args),
+                             "--port", str(bare_port)], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    bare_url = f"http://127.0.0.1:{bare_port}"
+    out: dict = {"machine": f"{os.cpu_count()} CPU", "items": args.items}
+    try:
+        for u in (serve_url, bare_url):
+            deadline = time.time() + 300
+            while time.time() < deadline:
+                try:
+                    if httpx.get(u + "/healthz", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.5)
+        timeline, stop = [], threading.Event()
+
+        def watch():
+            t0 = time.time()
+            while not stop.wait(1.0):
+                timeline.append({"t": round(time.time() - t0), **_replicas()})
+
+        threading.Thread(target=watch, daemon=True).start()
+        rates = [float(r) for r in args.rates.split(",")]
+        out["serve"] = [asyncio.run(_open_loop(serve_url, r, args.seconds, args.users)) for r in rates]
+        out["serve_peak_rps"] = asyncio.run(_closed_loop(serve_url, 32, args.seconds, args.users))
+        stop.set()
+        out["replicas_over_time"] = timeline[::max(1, len(timeline) // 40)]
+        out["replica_rss_mb"] = _replica_rss()
+        out["bare"] = [asyncio.run(_open_loop(bare_url, r, args.seconds, args.users)) for r in rates]
+        out["bare_peak_rps"] = asyncio.run(_closed_loop(bare_url, 32, args.seconds, args.users))
+        out["peak_ratio"] = round(out["serve_peak_rps"] / max(out["bare_peak_rps"], 1e-9), 3)
+        # publish -> every Ranker replica answers with the new version
+        lat = []
+        base_m, base_blob = ray.get(store.get.remote(None))
+        with httpx.Client(base_url=serve_url, timeout=10) as c:
+            for i in range(args.publishes):
+                t = unpack(base_blob)
+                t["item_bias.weight"] = t["item_bias.weight"] + 1e-4 * (i + 1)
+                b, h = pack(t)
+                t0 = time.perf_counter()
+                v = ray.get(store.publish.remote(b, {"sha256": h, "spec": base_m["spec"], "algorithm": "ppo"}))["version"]
+                replicas = _replicas().get("Ranker", 1)
+                seen: dict[str, float] = {}
+                while len(seen) < replicas and time.perf_counter() - t0 < 10:
+                    r = c.post("/v1/recommend", json={"user_id": "user1", "k": 10})
+                    if r.status_code == 200 and int(r.json()["policy_version"]) >= v:
+                        seen.setdefault(r.headers["x-streamrec-replica"], time.perf_counter() - t0)
+                lat.append(max(seen.values()) if len(seen) >= replicas else float("inf"))
+        out["publish_to_all_replicas_s"] = {"p50": round(float(np.percentile(lat, 50)), 3),
+                                            "p95": round(float(np.percentile(lat, 95)), 3), "n": len(lat)}
+    finally:
+        bare.terminate()
+        bare.wait(10)
+        serve.shutdown()
+        ray.shutdown()
+        stop_broker(broker)
+    print(json.dumps(out), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

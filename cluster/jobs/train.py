@@ -1,0 +1,83 @@
+"""Training job: run (or attach to) the Trainer on a cluster that already streams samples.
+
+    ray job submit --working-dir . -- python -m cluster.jobs.train --config ray_config.yaml [--duration-s 600]
+    python -m cluster.jobs.train --rollback            # serve the previous good version again
+
+It joins the cluster (``RAY_ADDRESS``), finds the ingest's SampleBuffer (``streamrec-samples``)
+and the PolicyStore (``streamrec-policy-store``, created if missing), and starts the named
+``streamrec-trainer`` actor — or attaches to the one ``streamrec up`` started. The Trainer resumes
+a published lineage from the store and its checkpoint directory, so resubmitting the job after a
+crash continues where the last published version left off. Progress is a live table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    import ray
+    from rich.live import Live
+    from rich.table import Table
+
+    from actors.policy_store import get_or_create_store
+    from actors.trainer import TRAINER_NAME, Trainer
+    from cluster.local_ray import NAMESPACE
+    from streamrec.config import ConfigError, default_config_path, load_settings
+    from streamrec.vectors import load_vectors
+
+    ap = argparse.ArgumentParser(prog="python -m cluster.jobs.train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=None, help="ray_config.yaml (streamrec args inside)")
+    ap.add_argument("--duration-s", type=float, default=0.0, help="stop after this long (0: until interrupted)")
+    ap.add_argument("--rollback", action="store_true", help="roll the store back one version and exit")
+    args = ap.parse_args(argv)
+    try:
+        settings = load_settings(args.config or default_config_path())
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    ray.init(address=settings.ray.address or "auto", namespace=NAMESPACE, log_to_driver=False)
+    try:
+        buffer = ray.get_actor("streamrec-samples", namespace=NAMESPACE)
+    except ValueError:
+        print("no SampleBuffer 'streamrec-samples' on this cluster: start the stream first (streamrec up)",
+              file=sys.stderr)
+        return 1
+    t = settings.trainer
+    store = get_or_create_store(t.store_dir, t.keep_versions)
+    ids, vectors, _ = load_vectors(settings.embedding.output_dir)
+    trainer = Trainer.options(name=TRAINER_NAME, namespace=NAMESPACE, get_if_exists=True, lifetime="detached").remote(
+        settings.model_dump(mode="python"), list(ids), vectors, buffer, store)
+    if args.rollback:
+        print(json.dumps(ray.get(trainer.rollback.remote())))
+        return 0
+    started = time.monotonic()
+
+    def table(m: dict) -> Table:
+        tb = Table(title=f"streamrec trainer ({m['algorithm']})")
+        for col in ("serving version", "rounds", "samples", "published", "held back", "last gate", "error"):
+            tb.add_column(col)
+        last = m.get("last") or {}
+        tb.add_row(str(m["serving_version"]), str(m["rounds"]), str(m["samples"]), str(m["published"]),
+                   str(m["rejected"]), last.get("why", "-"), m.get("error") or "")
+        return tb
+
+    try:
+        with Live(table(ray.get(trainer.metrics.remote())), refresh_per_second=1) as live:
+            while not args.duration_s or time.monotonic() - started < args.duration_s:
+                time.sleep(2)
+                live.update(table(ray.get(trainer.metrics.remote())))
+    except KeyboardInterrupt:
+        pass
+    print(json.dumps({k: v for k, v in ray.get(trainer.metrics.remote()).items() if k != "last"}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
