@@ -7,7 +7,8 @@ For each policy, on one embedded broker and one local Ray: simulated users (rl.s
 synthetic population) ask the in-process RankingCore for slates; the slate's impression and its
 clicks go to Kafka through the EventSink; StreamIngest joins them into samples; the Trainer
 actor trains, gates and publishes to the PolicyStore; the clients follow the store like Serve
-replicas do. CTR is measured on-policy from the simulated clicks; each promoted version's OPE
+replicas do. Clients make ``--rate`` impressions per second (default 250: what ingest + trainer keep up with
+on 2 cores beside the simulator). CTR is measured on-policy from the simulated clicks; each promoted version's OPE
 estimate of CTR is set next to the CTR measured while it served. ``--lambda-check`` reruns PPO
 with diversity lambda = 0 (no ILD reward, no sampling penalty) for the diversity figure.
 ``--movielens`` adds the offline RecBole-protocol figures (bench/offline_ml100k.py).
@@ -124,6 +125,9 @@ def run_policy(algorithm, lam, penalty, args, world, bootstrap, tmp) -> dict:
                 ilds.append(ild(item_vecs[[sim.row_of[i] for i in r.items]]))
                 shown.extend(r.items)
             done += len(tick)
+            behind = started + done / args.rate - time.monotonic()
+            if behind > 0:
+                time.sleep(behind)
             if args.progress and done % 5000 < args.tick:
                 print(f"  {algorithm} lam={lam}: {done} impressions, CTR {np.mean(clicks_all):.3f}, "
                       f"version {core.version}", file=sys.stderr, flush=True)
@@ -175,10 +179,12 @@ def main(argv=None) -> int:
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--candidates", type=int, default=50)
     ap.add_argument("--tick", type=int, default=200)
+    ap.add_argument("--rate", type=float, default=250.0,
+                    help="impressions per second the simulated users make (the trainer must keep up on 2 cores)")
     ap.add_argument("--retrieval-share", type=float, default=0.0,
                     help="share of candidates retrieved by the user vector (0: uniform from the catalog, so the policy alone personalises)")
     ap.add_argument("--window-s", type=float, default=1.0)
-    ap.add_argument("--train-every-s", type=float, default=2.0)
+    ap.add_argument("--train-every-s", type=float, default=1.0)
     ap.add_argument("--tolerance", type=float, default=0.1)
     ap.add_argument("--tail", type=int, default=10_000)
     ap.add_argument("--min-version-impressions", type=int, default=1000)
