@@ -59,6 +59,15 @@ def _subset(logged: Logged, idx: np.ndarray) -> Logged:
     return Logged(batch, [logged.observations[i] for i in idx], logged.slates[idx], logged.clicks[idx], 0)
 
 
+def _concat(parts: list[Logged]) -> Logged:
+    b = [p.batch for p in parts]
+    batch = LoggedBatch(np.concatenate([x.obs for x in b]), np.concatenate([x.actions for x in b]),
+                        np.concatenate([x.logp for x in b]), np.concatenate([x.rewards for x in b]),
+                        np.concatenate([x.dist_inputs for x in b]))
+    return Logged(batch, [o for p in parts for o in p.observations], np.concatenate([p.slates for p in parts]),
+                  np.concatenate([p.clicks for p in parts]), 0)
+
+
 class TrainerLoop:
     def __init__(self, settings: StreamrecSettings, item_ids, item_vectors: np.ndarray, buffer, store,
                  *, seed: int = 0):
@@ -98,6 +107,7 @@ class TrainerLoop:
         self.serving = self.policy if latest is not None else None
         self.serving_version = latest["version"] if latest else None
         self.trained_through: dict[str, int] = dict(latest.get("trained_through", {})) if latest else {}
+        self.holdout: list[Logged] = []  # held-out samples of recent rounds (never trained on)
         self.stats = {"rounds": 0, "samples": 0, "skipped": 0, "published": 0, "rejected": 0, "last": None}
 
     # -- one round -------------------------------------------------------------------------------
@@ -115,7 +125,11 @@ class TrainerLoop:
             return None
         order = np.arange(n)  # the buffer hands samples over in arrival order: the newest are last
         n_hold = max(1, int(round(n * t.holdout_fraction)))
-        train, hold = _subset(logged, order[:-n_hold]), _subset(logged, order[-n_hold:])
+        train, fresh = _subset(logged, order[:-n_hold]), _subset(logged, order[-n_hold:])
+        self.holdout.append(fresh)
+        while sum(len(h.observations) for h in self.holdout[1:]) >= t.holdout_window:
+            self.holdout.pop(0)
+        hold = _concat(self.holdout)
         started = time.monotonic()
         learner_metrics: dict[str, float] = {}
         if self.learner is not None:
@@ -130,7 +144,7 @@ class TrainerLoop:
                    if self.serving is not None else None)
         ok, why = promote(report, current, t.gate_tolerance)
         self._advance_offsets(samples)
-        out = {"samples": n, "train": len(train.observations), "holdout": n_hold, "ok": ok, "why": why,
+        out = {"samples": n, "train": len(train.observations), "holdout": len(hold.observations), "ok": ok, "why": why,
                "ope": report.to_dict(), "current_ope": current.to_dict() if current else None,
                "measured_ctr": float(logged.ctr.mean()), "learner": learner_metrics,
                "train_s": round(time.monotonic() - started, 3)}
@@ -143,8 +157,8 @@ class TrainerLoop:
             self.stats["published"] += 1
         else:
             self.stats["rejected"] += 1
-        if isinstance(self.policy, BanditPolicy):  # the holdout has been scored; now learn from it too
-            for o, s, c in zip(hold.observations, hold.slates, hold.clicks):
+        if isinstance(self.policy, BanditPolicy):  # the new holdout has been scored; now learn from it too
+            for o, s, c in zip(fresh.observations, fresh.slates, fresh.clicks):
                 self.policy.update(o, s, c)
         self.stats["rounds"] += 1
         self.stats["samples"] += n

@@ -1,7 +1,7 @@
 """Learning benchmark: the closed loop through the real actors, one JSON line per policy.
 
     python -m bench.learn [--impressions 50000] [--policies random,popularity,egreedy,linucb,thompson,ppo]
-                          [--lambda-check] [--movielens ../shared/data/ml-100k]
+                          [--lambda-check ppo,linucb]
 
 For each policy, on one embedded broker and one local Ray: simulated users (rl.simulators, the
 synthetic population) ask the in-process RankingCore for slates; the slate's impression and its
@@ -9,9 +9,9 @@ clicks go to Kafka through the EventSink; StreamIngest joins them into samples; 
 actor trains, gates and publishes to the PolicyStore; the clients follow the store like Serve
 replicas do. Clients make ``--rate`` impressions per second (default 250: what ingest + trainer keep up with
 on 2 cores beside the simulator). CTR is measured on-policy from the simulated clicks; each promoted version's OPE
-estimate of CTR is set next to the CTR measured while it served. ``--lambda-check`` reruns PPO
-with diversity lambda = 0 (no ILD reward, no sampling penalty) for the diversity figure.
-``--movielens`` adds the offline RecBole-protocol figures (bench/offline_ml100k.py).
+estimate of CTR is set next to the CTR measured while it served. ``--lambda-check ppo,linucb`` reruns
+those policies with diversity lambda = 0 (no ILD reward, no sampling penalty) for the diversity figure.
+The offline RecBole-protocol figures on ML-100K are bench/offline_ml100k.py.
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ def main(argv=None) -> int:
     ap.add_argument("--policies", default="random,popularity,egreedy,linucb,thompson,ppo")
     ap.add_argument("--lambda", dest="lam", type=float, default=0.1)
     ap.add_argument("--penalty", type=float, default=1.0)
-    ap.add_argument("--lambda-check", action="store_true", help="also run PPO with lambda = penalty = 0")
+    ap.add_argument("--lambda-check", default="", help="policies to rerun with lambda = penalty = 0, e.g. ppo,linucb")
     ap.add_argument("--items", type=int, default=2000)
     ap.add_argument("--users", type=int, default=1000)
     ap.add_argument("--k", type=int, default=5)
@@ -203,8 +203,7 @@ def main(argv=None) -> int:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         runs = [(p, args.lam, args.penalty) for p in args.policies.split(",") if p]
-        if args.lambda_check:
-            runs.append(("ppo", 0.0, 0.0))
+        runs += [(p, 0.0, 0.0) for p in args.lambda_check.split(",") if p]
         for algorithm, lam, pen in runs:
             out = run_policy(algorithm, lam, pen, args, world, broker.bootstrap, args.tmp)
             print(json.dumps(out), flush=True)

@@ -8,7 +8,7 @@ observation laid out by :class:`rl.features.ObsLayout`::
     value (B,)   = MLP(user)                (PPO's critic: the expected slate reward)
 
 The action distribution is :class:`DiversePlackettLuce`: a slate of K drawn without
-replacement, the logit of item i at position j being ``score_i / T - penalty * max sim(i, placed)``
+replacement, the logit of item i at position j being ``(score_i - penalty * max sim(i, placed)) / T``
 (cosine similarity of the candidates' projected text vectors, carried in the distribution inputs).
 Its ``logp`` is exact and equals :func:`rl.slate.plackett_luce_logp` (tested), which is what the
 serving side logs, so PPO's ratios compare like with like. ``entropy``/``kl`` are those of the
@@ -178,8 +178,10 @@ class SlateScorerModule(TorchRLModule, ValueFunctionAPI):
         return self.value_head(user).squeeze(-1)
 
     def _dist_cls(self):
+        # the inputs are already logits / T, so the penalty is divided by T here
         return DiversePlackettLuce.get_partial_dist_cls(
-            num_candidates=self.layout.num_candidates, slate_size=self.slate_size, penalty=self.penalty)
+            num_candidates=self.layout.num_candidates, slate_size=self.slate_size,
+            penalty=self.penalty / self.temperature)
 
     def get_train_action_dist_cls(self):
         return self._dist_cls()

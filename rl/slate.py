@@ -1,7 +1,7 @@
 """Plackett-Luce slates: sample K of N without replacement, with exact probabilities.
 
 Diversity-aware variant: with a (N, N) similarity matrix ``sim`` and ``penalty`` > 0, the
-logit of item i at position j is ``s_i / T - penalty * max_{c placed before j} sim[i, c]``, so
+logit of item i at position j is ``(s_i - penalty * max_{c placed before j} sim[i, c]) / T``, so
 an item like one already placed becomes less likely; the per-position probabilities stay exact
 (the torch twin in :mod:`rl.module` computes the same numbers for PPO).
 
@@ -69,7 +69,7 @@ def plackett_luce_position_probs(scores: np.ndarray, slate: np.ndarray, temperat
     max_sim = np.zeros(len(z))
     out = np.empty(len(slate))
     for j, item in enumerate(slate):
-        zj = z - penalty * max_sim if sim is not None else z
+        zj = z - (penalty / temperature) * max_sim if sim is not None else z
         zr = zj[remaining]
         m = zr.max()
         denom = np.exp(zr - m).sum()
@@ -105,7 +105,7 @@ def plackett_luce_sample(scores: np.ndarray, k: int, rng: np.random.Generator, t
     slate = np.empty(k, dtype=np.int64)
     probs = np.empty(k)
     for j in range(k):
-        zj = np.where(remaining, z - penalty * max_sim, -np.inf)
+        zj = np.where(remaining, z - (penalty / temperature) * max_sim, -np.inf)
         p = np.exp(zj - zj.max())
         p /= p.sum()
         item = int(rng.choice(len(z), p=p))

@@ -198,7 +198,7 @@ class PolicySettings(_Section):
     temperature: float = Field(0.2, gt=0, le=100)
     """Plackett-Luce sampling temperature of the neural policy (lower: sharper slates, less exploration)."""
     diversity_penalty: float = Field(1.0, ge=0, le=100)
-    """Similarity penalty inside slate sampling (score - penalty * max cosine to items placed before); 0: plain Plackett-Luce."""
+    """Similarity penalty inside slate sampling ((score - penalty * max cosine to items placed before) / T); 0: plain Plackett-Luce."""
     feature_dim: int = Field(16, ge=1, le=1024)
     """m: text vectors are projected to this many principal directions for the policy."""
     alpha: float = Field(1.0, ge=0, le=100)
@@ -209,6 +209,9 @@ class TrainerSettings(_Section):
     train_every_s: float = Field(10.0, gt=0)
     min_samples: int = Field(256, ge=1)
     holdout_fraction: float = Field(0.2, gt=0, lt=1)
+    """The newest share of each round's samples, kept out of training for the promotion gate."""
+    holdout_window: int = Field(2_000, ge=1)
+    """The gate scores on the held-out samples of recent rounds, up to about this many (IPS uses each one's own logged probability)."""
     ope_estimator: Literal["ips", "snips", "dr"] = "snips"
     gate_tolerance: float = Field(0.1, ge=0)
     """Publish when the candidate's lower bound >= current estimate - tolerance (slate-reward units)."""
