@@ -50,7 +50,7 @@ status: install
 
 ## bench: every benchmark, one JSON line each.
 bench: install
-	@for b in bench/*.py; do case $$b in */__init__.py|*/_*.py) continue;; esac; $(PY) -m bench.$$(basename $$b .py) || exit $$?; done
+	@for b in bench/*.py; do case $$b in */__init__.py|*/_*.py|*/bare_server.py) continue;; esac; $(PY) -m bench.$$(basename $$b .py) || exit $$?; done
 
 clean:
 	rm -rf $(VENV) .streamrec *.egg-info

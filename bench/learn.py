@@ -56,7 +56,7 @@ def _settings(algorithm: str, lam: float, penalty: float, args, tmp: str):
         "trainer": {"train_every_s": args.train_every_s, "min_samples": 500, "max_batch": 2048,
                     "store_dir": f"{tmp}/{tag}/policies", "checkpoint_dir": f"{tmp}/{tag}/trainer",
                     "ope_estimator": "snips", "gate_tolerance": args.tolerance},
-        "catalog": {"num_items": args.items, "num_users": args.users},
+        "catalog": {"num_items": max(1, args.items), "num_users": max(1, args.users)},
     }, env={})
 
 
@@ -91,6 +91,7 @@ def run_policy(algorithm, lam, penalty, args, world, bootstrap, tmp) -> dict:
     sink = KafkaEventSink(bootstrap, buffer_events=200_000)
     rng = np.random.default_rng(args.seed)
     user_row = {u: i for i, u in enumerate(users.column("user_id").to_pylist())}
+    item_row = {i: r for r, i in enumerate(item_ids)}
     clicks_all, ilds, shown = [], [], []
     by_version = defaultdict(lambda: [0, 0])
     started = time.monotonic()
@@ -122,7 +123,7 @@ def run_policy(algorithm, lam, penalty, args, world, bootstrap, tmp) -> dict:
                 clicks_all.append(clicked)
                 by_version[r.version][0] += 1
                 by_version[r.version][1] += clicked
-                ilds.append(ild(item_vecs[[sim.row_of[i] for i in r.items]]))
+                ilds.append(ild(item_vecs[[item_row[i] for i in r.items]]))
                 shown.extend(r.items)
             done += len(tick)
             behind = started + done / args.rate - time.monotonic()
@@ -174,6 +175,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lambda", dest="lam", type=float, default=0.1)
     ap.add_argument("--penalty", type=float, default=1.0)
     ap.add_argument("--lambda-check", default="", help="policies to rerun with lambda = penalty = 0, e.g. ppo,linucb")
+    ap.add_argument("--world", choices=["synthetic", "movielens"], default="synthetic")
+    ap.add_argument("--data", default="../shared/data/ml-100k", help="MovieLens-100K directory (--world movielens)")
     ap.add_argument("--items", type=int, default=2000)
     ap.add_argument("--users", type=int, default=1000)
     ap.add_argument("--k", type=int, default=5)
@@ -192,12 +195,24 @@ def main(argv=None) -> int:
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--tmp", default=".streamrec/bench-learn")
     args = ap.parse_args(argv)
-    items, users = synthetic_items(0, args.items, args.seed), synthetic_users(args.users, args.seed)
     t0 = time.monotonic()
-    item_vecs, user_vecs = _embed(items, users)
-    sim = SyntheticUsers.from_tables(items, users, seed=args.seed)
+    if args.world == "movielens":  # semi-synthetic: held-out ratings, else a fitted MF (rl.simulators)
+        from rl.simulators import MovieLensUsers
+        from streamrec.data.movielens import load_movielens
+        from streamrec.encoder import TextEncoder
+
+        cat = load_movielens(args.data)
+        items, users = cat.items, cat.users
+        item_vecs = TextEncoder().encode(items.column("text").to_pylist())
+        user_vecs = np.zeros((len(users), item_vecs.shape[1]), np.float32)  # no user text: history only
+        sim = MovieLensUsers.fit(cat.interactions, users, seed=args.seed)
+        args.items, args.users = len(items), len(users)
+    else:
+        items, users = synthetic_items(0, args.items, args.seed), synthetic_users(args.users, args.seed)
+        item_vecs, user_vecs = _embed(items, users)
+        sim = SyntheticUsers.from_tables(items, users, seed=args.seed)
     world = (items, users, item_vecs, user_vecs, sim)
-    print(json.dumps({"setup": "embedded", "items": args.items, "users": args.users,
+    print(json.dumps({"setup": "embedded", "world": args.world, "items": args.items, "users": args.users,
                       "embed_s": round(time.monotonic() - t0, 1)}), flush=True)
     broker = start_embedded_broker()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

@@ -100,10 +100,11 @@ class RankerCore:
                   health_check_timeout_s=10)
 class Ranker:
     def __init__(self, args: dict[str, Any]):
-        from actors.policy_store import STORE_NAME
+        from actors.policy_store import get_or_create_store
 
         self.settings = settings_from_args(args)
-        store = ray.get_actor(STORE_NAME, namespace=NAMESPACE)
+        t = self.settings.trainer
+        store = get_or_create_store(t.store_dir, t.keep_versions)  # the cluster's one store (named, detached)
         try:
             profiles = ray.get_actor("streamrec-profiles", namespace=NAMESPACE)
         except ValueError:

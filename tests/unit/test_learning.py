@@ -325,3 +325,47 @@ def test_fatigue_makes_repetitive_slates_lose_clicks():
 def test_position_bias_decreases():
     pb = position_bias(4)
     assert pb[0] == 1.0 and np.all(np.diff(pb) < 0)
+
+
+# -- the MovieLens semi-synthetic simulator ----------------------------------------------------------
+
+def _ratings_table(rng, users=30, items=40, per_user=15):
+    import pyarrow as pa
+
+    rows = [(f"u{u}", f"i{i}", float(rng.integers(1, 6))) for u in range(users)
+            for i in rng.choice(items, per_user, replace=False)]
+    return pa.table({"user_id": [r[0] for r in rows], "item_id": [r[1] for r in rows],
+                     "rating": [r[2] for r in rows], "ts": [0.0] * len(rows)})
+
+
+def test_movielens_users_use_heldout_ratings_else_the_model():
+    from rl.simulators import MovieLensUsers
+
+    rng = np.random.default_rng(0)
+    sim = MovieLensUsers.fit(_ratings_table(rng), rank=4, iters=3, heldout_fraction=0.3)
+    (u, r), rating = next(iter(sim.heldout.items()))
+    assert sim.rating(u, np.array([r]))[0] == rating            # a held-out rating is the truth
+    unrated = next(i for i in range(len(sim.item_ids)) if (u, i) not in sim.heldout)
+    assert 1.0 <= sim.rating(u, np.array([unrated]))[0] <= 5.0  # else the fitted model, clipped to the scale
+    p = sim.click_probs(u, [sim.item_ids[r], sim.item_ids[unrated]], {})
+    expect0 = 1.0 / (1.0 + np.exp(-sim.slope * (rating - 3.5)))
+    assert p[0] == pytest.approx(expect0)                        # position 0 is always examined
+
+
+ML100K = __import__("pathlib").Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-100k"
+
+
+def test_movielens_simulator_prefers_what_users_rated_highly():
+    if not ML100K.is_dir():
+        pytest.skip(f"MovieLens-100K not at {ML100K}")
+    from rl.simulators import MovieLensUsers
+    from streamrec.data.movielens import load_movielens
+
+    cat = load_movielens(ML100K)
+    sim = MovieLensUsers.fit(cat.interactions, cat.users, iters=4)
+    high = [(u, i) for (u, i), r in sim.heldout.items() if r == 5][:300]
+    low = [(u, i) for (u, i), r in sim.heldout.items() if r == 1][:300]
+    p_high = np.mean([sim.click_probs(u, [sim.item_ids[i]], {})[0] for u, i in high])
+    p_low = np.mean([sim.click_probs(u, [sim.item_ids[i]], {})[0] for u, i in low])
+    assert p_high > 0.9 and p_low < 0.1
+    assert 0 < sim.ages.min() and sim.ages.max() < 100

@@ -1,0 +1,82 @@
+"""Stream job: the consumer group, the live profiles and the trainer's input, on any Ray cluster.
+
+    ray job submit --working-dir . -- python -m cluster.jobs.stream --config ray_config.yaml
+
+What ``streamrec up`` runs locally, for a cluster whose Serve app was deployed by KubeRay
+(``serveConfigV2``) or ``serve deploy``: the ProfileStore (``streamrec-profiles``) and the
+SampleBuffer (``streamrec-samples``) as named detached actors (Ranker replicas and the training
+job find them by name), and ``ingest.parallelism`` StreamIngest actors in one consumer group.
+The job runs until stopped (``ray job stop``), showing the ingest figures live; stopping it
+stops ingest (committed offsets stay with the group, so the next run continues from there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    import ray
+    from rich.live import Live
+
+    from actors.ingest import IngestGroup
+    from actors.profile_store import ProfileStore
+    from actors.sample_buffer import SampleBuffer
+    from cluster.local_ray import NAMESPACE
+    from streamrec.config import ConfigError, default_config_path, load_settings
+    from streamrec.vectors import load_vectors
+
+    ap = argparse.ArgumentParser(prog="python -m cluster.jobs.stream", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=None, help="ray_config.yaml (streamrec args inside)")
+    ap.add_argument("--duration-s", type=float, default=0.0, help="stop after this long (0: until stopped)")
+    args = ap.parse_args(argv)
+    try:
+        settings = load_settings(args.config or default_config_path())
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    if not settings.kafka.bootstrap_servers:
+        print("kafka.bootstrap_servers (or STREAMREC_KAFKA_BOOTSTRAP) is required on a cluster", file=sys.stderr)
+        return 2
+    ray.init(address=settings.ray.address or "auto", namespace=NAMESPACE, log_to_driver=False)
+    p, i = settings.profile, settings.ingest
+    profiles = ProfileStore.options(name="streamrec-profiles", get_if_exists=True, lifetime="detached").remote(
+        history_length=p.history_length, half_life_s=p.half_life_s,
+        snapshot_path=str(Path(p.snapshot_dir) / "profiles.json"), snapshot_every_s=p.snapshot_every_s)
+    ids, vectors, _ = load_vectors(settings.embedding.output_dir)
+    ray.get(profiles.set_item_vectors.remote(list(ids), vectors))
+    buffer = SampleBuffer.options(name="streamrec-samples", get_if_exists=True, lifetime="detached").remote(
+        capacity=i.sample_buffer_capacity, dedup_retention_s=max(600.0, 4 * i.reward_window_s))
+    group = IngestGroup(bootstrap=settings.kafka.bootstrap_servers, kafka_settings=settings.kafka,
+                        ingest_settings=i, buffer=buffer, profile_store=profiles)
+    group.scale(i.parallelism)
+    started = time.monotonic()
+
+    def line() -> str:
+        ms = group.metrics()
+        b = ray.get(buffer.metrics.remote())
+        return (f"ingest x{len(ms)}: {sum(m['events_per_s'] for m in ms):,.0f} events/s, "
+                f"{sum(m['samples'] for m in ms):,} samples, dlq {sum(m['dlq'] for m in ms)}, "
+                f"late {sum(m['late'] for m in ms)}; buffer {b['buffered']:,}")
+
+    try:
+        with Live(line(), refresh_per_second=1) as live:
+            while not args.duration_s or time.monotonic() - started < args.duration_s:
+                time.sleep(2)
+                live.update(line())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        group.stop()
+        ray.get(profiles.snapshot.remote())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
