@@ -157,6 +157,12 @@ def run_policy(algorithm, lam, penalty, args, world, bootstrap, tmp) -> dict:
                                     "impressions": n,
                                     "rel_error": round(abs(m["ope"]["ctr"] - measured) / max(measured, 1e-9), 4)})
     tail = clicks_all[-args.tail:]
+    errs = np.array([o["rel_error"] for o in ope_vs_measured])
+    weights = np.array([o["impressions"] for o in ope_vs_measured], float)
+    ope_summary = ({"versions": len(errs), "within_10pct": round(float((errs <= 0.10).mean()), 3),
+                    "median_rel_error": round(float(np.median(errs)), 4),
+                    "impression_weighted_rel_error": round(float((errs * weights).sum() / weights.sum()), 4)}
+                   if len(errs) else None)
     return {"policy": algorithm, "diversity_lambda": lam, "diversity_penalty": penalty,
             "impressions": len(clicks_all), "ctr": round(float(np.mean(clicks_all)), 4),
             f"ctr_last_{args.tail}": round(float(np.mean(tail)), 4),
@@ -164,7 +170,7 @@ def run_policy(algorithm, lam, penalty, args, world, bootstrap, tmp) -> dict:
             "coverage": round(coverage([shown[-args.tail * args.k:]], len(item_ids)), 4),
             "versions_published": tm["published"], "versions_rejected": tm["rejected"],
             "trainer_rounds": tm["rounds"], "samples_trained": tm["samples"], "trainer_error": tm["error"],
-            "ope_vs_measured": ope_vs_measured, "seconds": round(elapsed, 1),
+            "ope_summary": ope_summary, "ope_vs_measured": ope_vs_measured, "seconds": round(elapsed, 1),
             "impressions_per_s": round(len(clicks_all) / elapsed, 1)}
 
 
@@ -190,7 +196,8 @@ def main(argv=None) -> int:
     ap.add_argument("--train-every-s", type=float, default=1.0)
     ap.add_argument("--tolerance", type=float, default=0.1)
     ap.add_argument("--tail", type=int, default=10_000)
-    ap.add_argument("--min-version-impressions", type=int, default=1000)
+    ap.add_argument("--min-version-impressions", type=int, default=300,
+                    help="versions served fewer times are left out of the OPE-vs-measured comparison")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--tmp", default=".streamrec/bench-learn")
