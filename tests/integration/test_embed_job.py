@@ -81,8 +81,16 @@ def test_the_job_runs_through_the_clusters_job_server(ray_session, tmp_path):
     ctx = ray_session.get_runtime_context()
     dashboard = ray_session._private.worker.get_dashboard_url()
     client = JobSubmissionClient(f"http://{dashboard}")
-    job = client.submit_job(entrypoint=f"{sys.executable} -m cluster.jobs.embed --config {cfg} --num-encoders 1",
-                            runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
+    deadline = time.monotonic() + 120
+    while True:  # the dashboard agent registers a little after ray.init; the job server says so
+        try:
+            job = client.submit_job(entrypoint=f"{sys.executable} -m cluster.jobs.embed --config {cfg} --num-encoders 1",
+                                    runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
+            break
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
     deadline = time.monotonic() + 300
     while client.get_job_status(job) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
         assert time.monotonic() < deadline
