@@ -78,8 +78,66 @@ def start_or_connect(ray_settings, *, dashboard_port: int | None = None) -> RayH
                      pids=ray_processes() if started else ())
 
 
-def shutdown() -> None:
+def _descendants(pids) -> set[int]:
+    """Every process below ``pids`` (Linux /proc; empty elsewhere): the raylet's agents and workers."""
+    children: dict[int, list[int]] = {}
+    try:
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    with open(f"/proc/{d}/stat") as f:
+                        ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                except (OSError, ValueError, IndexError):
+                    continue
+                children.setdefault(ppid, []).append(int(d))
+    except OSError:
+        return set()
+    out: set[int] = set()
+    todo = list(pids)
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+def shutdown(timeout_s: float = 20.0) -> None:
+    """Stop the local Ray this process started and wait until all of its processes are gone.
+
+    The raylet's own children (dashboard agent, runtime-env agent, workers) outlive it by a few
+    seconds; a head started right after would find the agent's port (52365) still taken.
+    """
+    import time
+
     import ray
 
-    if ray.is_initialized():
-        ray.shutdown()
+    if not ray.is_initialized():
+        return
+    ours = set(ray_processes())
+    ours |= _descendants(ours)
+    ray.shutdown()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        left = [p for p in ours if _alive(p)]
+        if not left:
+            return
+        time.sleep(0.2)
+    for p in ours:  # still there: they are ours (children of the head we started)
+        if _alive(p):
+            try:
+                os.kill(p, 9)
+            except OSError:
+                pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        try:
+            os.kill(pid, 0)
+            return True
+        except OSError:
+            return False
