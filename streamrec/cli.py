@@ -153,10 +153,10 @@ def _loop_line(snap: dict[str, Any]) -> str:
     bar = ""
     ctr = sim.get("ctr_recent")
     if ctr is not None:
-        bar = "[green]" + "█" * int(round(ctr * 40)) + "[/green]" + "·" * (40 - int(round(ctr * 40)))
-    return (f"impressions {sim.get('impressions', 0):>7}  CTR {ctr if ctr is not None else '-':<6} {bar}  "
-            f"policy v{tr.get('serving_version', '?')} ({tr.get('published', 0)} published, "
-            f"{tr.get('rejected', 0)} held back)")
+        n = int(round(ctr * 20))
+        bar = "[green]" + "█" * n + "[/green]" + "·" * (20 - n)
+    return (f"{sim.get('impressions', 0):>7} impressions  CTR {ctr if ctr is not None else '-':<6} {bar} "
+            f"v{tr.get('serving_version', '?')} ({tr.get('published', 0)} published, {tr.get('rejected', 0)} held)")
 
 
 def _where_table(state: dict[str, Any]) -> Table:
