@@ -15,7 +15,6 @@ it again and it embeds what is still missing or changed (see README "Embedding j
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -283,19 +282,15 @@ def run_embedding_job(settings, *, output_dir: str | None = None, full: bool = F
 def main(argv: list[str] | None = None) -> int:
     import json
 
-    from streamrec.config import ConfigError, default_config_path, load_settings
+    from cluster.jobs import job_parser, job_settings
 
-    ap = argparse.ArgumentParser(prog="python -m cluster.jobs.embed", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=None, help="ray_config.yaml (streamrec args inside)")
+    ap = job_parser("cluster.jobs.embed", __doc__)
     ap.add_argument("--output", default=None, help="output directory (default: embedding.output_dir)")
     ap.add_argument("--full", action="store_true", help="re-embed everything, not only new or changed items")
     ap.add_argument("--num-encoders", type=int, default=None, help="encoder actors (default: one per GPU, or CPUs/2)")
     args = ap.parse_args(argv)
-    try:
-        settings = load_settings(args.config or default_config_path())
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
+    settings = job_settings(args.config)
+    if settings is None:
         return 2
     manifest = run_embedding_job(settings, output_dir=args.output, full=args.full, num_encoders=args.num_encoders)
     print(json.dumps(manifest["outputs"]))

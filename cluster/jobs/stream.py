@@ -12,7 +12,6 @@ stops ingest (committed offsets stay with the group, so the next run continues f
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -28,18 +27,14 @@ def main(argv: list[str] | None = None) -> int:
     from actors.profile_store import ProfileStore
     from actors.sample_buffer import SampleBuffer
     from cluster.local_ray import NAMESPACE
-    from streamrec.config import ConfigError, default_config_path, load_settings
+    from cluster.jobs import job_parser, job_settings
     from streamrec.vectors import load_vectors
 
-    ap = argparse.ArgumentParser(prog="python -m cluster.jobs.stream", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=None, help="ray_config.yaml (streamrec args inside)")
+    ap = job_parser("cluster.jobs.stream", __doc__)
     ap.add_argument("--duration-s", type=float, default=0.0, help="stop after this long (0: until stopped)")
     args = ap.parse_args(argv)
-    try:
-        settings = load_settings(args.config or default_config_path())
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
+    settings = job_settings(args.config)
+    if settings is None:
         return 2
     if not settings.kafka.bootstrap_servers:
         print("kafka.bootstrap_servers (or STREAMREC_KAFKA_BOOTSTRAP) is required on a cluster", file=sys.stderr)

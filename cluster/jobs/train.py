@@ -12,7 +12,6 @@ crash continues where the last published version left off. Progress is a live ta
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -28,19 +27,15 @@ def main(argv: list[str] | None = None) -> int:
     from actors.policy_store import get_or_create_store
     from actors.trainer import TRAINER_NAME, Trainer
     from cluster.local_ray import NAMESPACE
-    from streamrec.config import ConfigError, default_config_path, load_settings
+    from cluster.jobs import job_parser, job_settings
     from streamrec.vectors import load_vectors
 
-    ap = argparse.ArgumentParser(prog="python -m cluster.jobs.train", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=None, help="ray_config.yaml (streamrec args inside)")
+    ap = job_parser("cluster.jobs.train", __doc__)
     ap.add_argument("--duration-s", type=float, default=0.0, help="stop after this long (0: until interrupted)")
     ap.add_argument("--rollback", action="store_true", help="roll the store back one version and exit")
     args = ap.parse_args(argv)
-    try:
-        settings = load_settings(args.config or default_config_path())
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
+    settings = job_settings(args.config)
+    if settings is None:
         return 2
     ray.init(address=settings.ray.address or "auto", namespace=NAMESPACE, log_to_driver=False)
     try:
