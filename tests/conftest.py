@@ -37,10 +37,23 @@ def topic(broker):
 @pytest.fixture(scope="session")
 def ray_session(tmp_path_factory):
     """One local Ray for the whole session (dashboard + job server on 127.0.0.1), shut down at the end."""
+    import socket
+    import time
+
     import ray
 
     from cluster.broker import free_port
 
+    # A head started just before (the CLI tests' `streamrec up`) may leave its dashboard agent on
+    # Ray's fixed agent port for a while; a head that cannot bind it has no job server agent.
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("", 52365))
+                break
+            except OSError:
+                time.sleep(1)
     ray.init(
         num_cpus=4,
         include_dashboard=True,
