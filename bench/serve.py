@@ -121,6 +121,7 @@ def main(argv=None) -> int:
 
     from actors.policy_store import NAMESPACE, STORE_NAME, PolicyStore
     from cluster.broker import free_port, start_embedded_broker, stop_broker
+    from cluster.stack import wait_http
     from rl.features import fit_projection
     from rl.policies import PolicySpec
     from rl.ppo import SlateLearner
@@ -166,13 +167,7 @@ def main(argv=None) -> int:
     out: dict = {"machine": f"{os.cpu_count()} CPU", "items": args.items}
     try:
         for u in (serve_url, bare_url):
-            deadline = time.time() + 300
-            while time.time() < deadline:
-                try:
-                    if httpx.get(u + "/healthz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.5)
+            wait_http(u + "/healthz", timeout_s=300)
         timeline, stop = [], threading.Event()
 
         def watch():

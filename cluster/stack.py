@@ -18,7 +18,7 @@ from cluster.broker import BrokerError, BrokerHandle, connect_or_start, list_top
 from streamrec.config import StreamrecSettings
 from streamrec.runstate import RunDir, pid_alive
 
-__all__ = ["LocalStack", "StackError", "BrokerError", "stack_status", "stop_running_stack"]
+__all__ = ["LocalStack", "StackError", "BrokerError", "stack_status", "stop_running_stack", "wait_http"]
 
 
 class StackError(RuntimeError):
@@ -178,7 +178,7 @@ class LocalStack:
         _wait_app_running(name, timeout_s=300)
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         self.http_url = f"http://{shown}:{port}"
-        _wait_http(self.http_url + "/healthz", timeout_s=60)
+        wait_http(self.http_url + "/healthz", timeout_s=60)
         self.run_dir.update(serve={"url": self.http_url, "app": app.get("name", "streamrec")})
 
     def _topic_names(self) -> list[str]:
@@ -253,7 +253,8 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _wait_http(url: str, timeout_s: float) -> None:
+def wait_http(url: str, timeout_s: float) -> None:
+    """Until ``url`` answers 200; StackError after ``timeout_s``."""
     import httpx
 
     deadline = time.monotonic() + timeout_s

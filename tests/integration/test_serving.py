@@ -21,6 +21,7 @@ from actors.profile_store import ProfileStore
 from actors.sample_buffer import SampleBuffer
 from actors.trainer import Trainer
 from cluster.broker import ensure_topics, free_port
+from cluster.stack import wait_http
 from rl.weights import pack, unpack
 from streamrec.config import settings_from_args
 from streamrec.data.synthetic import synthetic_items, synthetic_users
@@ -85,13 +86,7 @@ def stack(broker, ray_session, tmp_path_factory):
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app_from_config(args, _deployments(2)), name="streamrec", route_prefix="/")
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/healthz", timeout=5).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.5)
+    wait_http(url + "/healthz", timeout_s=120)
     yield {"url": url, "store": store, "trainer": trainer, "buffer": buffer, "settings": s,
            "headers": {"Authorization": f"Bearer {KEY}"}, "users": users}
     serve.shutdown()
