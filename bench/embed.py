@@ -115,18 +115,27 @@ def main(argv=None) -> int:
         sets.append((f"synthetic{n}", synthetic_items(0, n).column("text").to_pylist(),
                      {"source": "synthetic", "num_items": n, "num_users": 1}))
         for name, texts, cat in sets:
-            peer = peer_rate(texts)
-            print(f"{name}: sentence-transformers {peer:,.0f}/s", file=sys.stderr)
+            # this VM's speed drifts by 10-30% over minutes: the peer runs before and after the
+            # jobs, and each ratio uses the mean of the two
+            peer_before = peer_rate(texts)
+            print(f"{name}: sentence-transformers {peer_before:,.0f}/s", file=sys.stderr)
             ours = job_rate(cat, len(texts), int8=False)
-            print(f"{name}: job fp32 {ours['sentences_per_s']:,.0f}/s", file=sys.stderr)
+            print(f"{name}: job fp32 {ours['sentences_per_s']:,.0f}/s (steady {ours['steady_per_s']:,.0f}/s)",
+                  file=sys.stderr)
+            q = None if args.skip_int8 else job_rate(cat, len(texts), int8=True)
+            if q:
+                print(f"{name}: job int8 {q['sentences_per_s']:,.0f}/s (steady {q['steady_per_s']:,.0f}/s)",
+                      file=sys.stderr)
+            peer_after = peer_rate(texts)
+            print(f"{name}: sentence-transformers again {peer_after:,.0f}/s", file=sys.stderr)
+            peer = (peer_before + peer_after) / 2
             row = {"texts": len(texts), "sentence_transformers_per_s": round(peer, 1),
+                   "sentence_transformers_before_after": [round(peer_before, 1), round(peer_after, 1)],
                    "job_fp32_per_s": round(ours["sentences_per_s"], 1), "ratio_fp32": round(ours["sentences_per_s"] / peer, 3),
                    "job_fp32_steady_per_s": round(ours["steady_per_s"], 1),
                    "ratio_fp32_steady": round(ours["steady_per_s"] / peer, 3),
                    "job_fp32_peak_rss_mb": round(ours["peak_rss_mb"])}
-            if not args.skip_int8:
-                q = job_rate(cat, len(texts), int8=True)
-                print(f"{name}: job int8 {q['sentences_per_s']:,.0f}/s", file=sys.stderr)
+            if q:
                 row.update({"job_int8_per_s": round(q["sentences_per_s"], 1),
                             "ratio_int8": round(q["sentences_per_s"] / peer, 3),
                             "job_int8_steady_per_s": round(q["steady_per_s"], 1),

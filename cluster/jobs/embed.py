@@ -253,7 +253,7 @@ def run_embedding_job(settings, *, output_dir: str | None = None, full: bool = F
             EncodeBatch, batch_format="pyarrow",
             fn_constructor_kwargs={"model": enc.model, "max_length": enc.max_length, "device": device,
                                    "quantize_int8": enc.quantize_int8, "id_column": id_col,
-                                   "num_threads": threads, "encode_batch_size": 256 if device == "cpu" else 1_024,
+                                   "num_threads": threads, "encode_batch_size": 64 if device == "cpu" else 1_024,
                                    "stats_path": str(out_dir / f".encode-{run_id}-{kind}.jsonl") if record_stats else None},
             **pool)
         out = vectors.union(kept_ds) if kept_ds is not None else vectors
