@@ -108,7 +108,9 @@ class TrainerLoop:
         self.serving_version = latest["version"] if latest else None
         self.trained_through: dict[str, int] = dict(latest.get("trained_through", {})) if latest else {}
         self.holdout: list[Logged] = []  # held-out samples of recent rounds (never trained on)
-        self.stats = {"rounds": 0, "samples": 0, "skipped": 0, "published": 0, "rejected": 0, "last": None}
+        self.stats = {"rounds": 0, "samples": 0, "skipped": 0, "published": 0, "rejected": 0, "deferred": 0,
+                      "last": None}
+        self._last_publish = time.monotonic() if latest is not None else float("-inf")
 
     # -- one round -------------------------------------------------------------------------------
     def round(self) -> dict | None:
@@ -139,15 +141,20 @@ class TrainerLoop:
             for o, s, c in zip(train.observations, train.slates, train.clicks):
                 self.policy.update(o, s, c)
             candidate = self.policy
-        report = evaluate(candidate, hold, estimator=t.ope_estimator, rng=self.rng, min_ess=t.min_ess)
-        current = (evaluate(self.serving, hold, estimator=t.ope_estimator, rng=self.rng, min_ess=t.min_ess)
+        lam = self.settings.policy.diversity_lambda
+        report = evaluate(candidate, hold, estimator=t.ope_estimator, rng=self.rng, min_ess=t.min_ess, lam=lam)
+        current = (evaluate(self.serving, hold, estimator=t.ope_estimator, rng=self.rng, min_ess=t.min_ess, lam=lam)
                    if self.serving is not None else None)
         ok, why = promote(report, current, t.gate_tolerance)
+        wait = t.publish_every_s - (time.monotonic() - self._last_publish)
+        deferred = ok and current is not None and wait > 0
+        if deferred:
+            ok, why = False, f"{why}; deferred {wait:.1f} s (publish_every_s)"
         self._advance_offsets(samples)
         out = {"samples": n, "train": len(train.observations), "holdout": len(hold.observations), "ok": ok, "why": why,
                "ope": report.to_dict(), "current_ope": current.to_dict() if current else None,
                "measured_ctr": float(logged.ctr.mean()), "learner": learner_metrics,
-               "train_s": round(time.monotonic() - started, 3)}
+               "deferred": deferred, "train_s": round(time.monotonic() - started, 3)}
         if ok:
             manifest = self._publish(candidate, report)
             out["version"] = manifest["version"]
@@ -155,8 +162,9 @@ class TrainerLoop:
             if isinstance(candidate, BanditPolicy):  # the serving copy must not move with further updates
                 self.serving = policy_from_state(self.spec, candidate.state())
             self.stats["published"] += 1
+            self._last_publish = time.monotonic()
         else:
-            self.stats["rejected"] += 1
+            self.stats["deferred" if deferred else "rejected"] += 1
         if isinstance(self.policy, BanditPolicy):  # the new holdout has been scored; now learn from it too
             for o, s, c in zip(fresh.observations, fresh.slates, fresh.clicks):
                 self.policy.update(o, s, c)

@@ -55,7 +55,8 @@ def _settings(algorithm: str, lam: float, penalty: float, args, tmp: str):
                    "diversity_lambda": lam, "diversity_penalty": penalty, "feature_dim": 16},
         "trainer": {"train_every_s": args.train_every_s, "min_samples": 500, "max_batch": 2048,
                     "store_dir": f"{tmp}/{tag}/policies", "checkpoint_dir": f"{tmp}/{tag}/trainer",
-                    "ope_estimator": "snips", "gate_tolerance": args.tolerance},
+                    "ope_estimator": args.estimator, "gate_tolerance": args.tolerance,
+                    "publish_every_s": args.publish_every_s},
         "catalog": {"num_items": max(1, args.items), "num_users": max(1, args.users)},
     }, env={})
 
@@ -169,6 +170,7 @@ def run_policy(algorithm, lam, penalty, args, world, bootstrap, tmp) -> dict:
             "ild": round(float(np.mean(ilds[-args.tail:])), 4),
             "coverage": round(coverage([shown[-args.tail * args.k:]], len(item_ids)), 4),
             "versions_published": tm["published"], "versions_rejected": tm["rejected"],
+            "versions_deferred": tm.get("deferred", 0),
             "trainer_rounds": tm["rounds"], "samples_trained": tm["samples"], "trainer_error": tm["error"],
             "ope_summary": ope_summary, "ope_vs_measured": ope_vs_measured, "seconds": round(elapsed, 1),
             "impressions_per_s": round(len(clicks_all) / elapsed, 1)}
@@ -195,6 +197,9 @@ def main(argv=None) -> int:
     ap.add_argument("--window-s", type=float, default=1.0)
     ap.add_argument("--train-every-s", type=float, default=1.0)
     ap.add_argument("--tolerance", type=float, default=0.1)
+    ap.add_argument("--estimator", choices=["ips", "snips", "dr"], default="snips", help="the gate's OPE estimator")
+    ap.add_argument("--publish-every-s", type=float, default=0.0,
+                    help="least seconds between publications (longer-lived versions: more impressions to measure each on)")
     ap.add_argument("--tail", type=int, default=10_000)
     ap.add_argument("--min-version-impressions", type=int, default=300,
                     help="versions served fewer times are left out of the OPE-vs-measured comparison")

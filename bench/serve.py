@@ -108,6 +108,61 @@ def _replica_rss() -> dict:
     return out
 
 
+def _process_cpu(pids: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds (user + system) so far of each named group of processes."""
+    import psutil
+
+    out = {}
+    for name, group in pids.items():
+        total = 0.0
+        for pid in group:
+            try:
+                t = psutil.Process(pid).cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                pass
+        out[name] = total
+    return out
+
+
+def _serve_processes() -> dict[str, list[int]]:
+    """Ray and Serve processes by role: proxy, controller, each deployment's replicas, Ray's own."""
+    import psutil
+
+    groups: dict[str, list[int]] = {}
+    me = psutil.Process()
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if p.pid == me.pid:
+            role = "driver+load generator"
+        elif "ProxyActor" in cmd:
+            role = "proxy"
+        elif "ServeController" in cmd:
+            role = "controller"
+        elif "ServeReplica" in cmd:
+            role = cmd.split("ServeReplica:")[-1].split(":")[-1].split()[0].split(".")[0]
+        elif "bench.bare_server" in cmd:
+            role = "bare"
+        elif any(k in cmd for k in ("raylet", "gcs_server", "dashboard", "ray::", "log_monitor", "runtime_env")):
+            role = "ray (other)"
+        else:
+            continue
+        groups.setdefault(role, []).append(p.pid)
+    return groups
+
+
+def cpu_per_request(url: str, rate: float, seconds: float, users: int) -> dict:
+    """Open loop at ``rate``; CPU milliseconds per request by process role (where serving time goes)."""
+    procs = _serve_processes()
+    before = _process_cpu(procs)
+    r = asyncio.run(_open_loop(url, rate, seconds, users))
+    after = _process_cpu(procs)
+    n = max(1, r["codes"].get("200", 0))
+    per = {k: round((after[k] - before[k]) * 1000 / n, 2) for k in after}
+    return {"rate": rate, "p50_ms": r["p50_ms"], "cpu_ms_per_request": dict(sorted(per.items(), key=lambda kv: -kv[1])),
+            "total_cpu_ms_per_request": round(sum(per.values()), 2)}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rates", default="25,50,100,200")
@@ -115,6 +170,9 @@ def main(argv=None) -> int:
     ap.add_argument("--publishes", type=int, default=20)
     ap.add_argument("--items", type=int, default=2000)
     ap.add_argument("--users", type=int, default=1000)
+    ap.add_argument("--cpu-at", type=float, default=25.0,
+                    help="also measure CPU ms per request by process at this rate (0: skip)")
+    ap.add_argument("--only-cpu", action="store_true", help="only the CPU breakdown (no load ramp, no publishes)")
     args = ap.parse_args(argv)
 
     from ray import serve
@@ -175,6 +233,12 @@ def main(argv=None) -> int:
             while not stop.wait(1.0):
                 timeline.append({"t": round(time.time() - t0), **_replicas()})
 
+        if args.cpu_at:
+            out["cpu_breakdown"] = {"serve": cpu_per_request(serve_url, args.cpu_at, args.seconds, args.users),
+                                    "bare": cpu_per_request(bare_url, args.cpu_at, args.seconds, args.users)}
+            print(json.dumps(out["cpu_breakdown"]), file=sys.stderr, flush=True)
+            if args.only_cpu:
+                return 0
         threading.Thread(target=watch, daemon=True).start()
         rates = [float(r) for r in args.rates.split(",")]
         out["serve"] = [asyncio.run(_open_loop(serve_url, r, args.seconds, args.users)) for r in rates]

@@ -8,7 +8,7 @@ probability of the whole slate and pi the candidate's exact probability of the s
 (Plackett-Luce for the neural policy; 0/1 for deterministic bandits). Where the weights carry
 too little evidence (effective sample size below ``min_ess``, as for a deterministic bandit
 whose slate rarely equals the logged one), SNIPS/IPS fall back to DR, whose direct-method term
-(:class:`SlateRewardModel`, ridge on position-weighted item features) still gives an estimate.
+(:class:`ClickModel`, ridge on the shown items' features and positions) still gives an estimate.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rl.diversity import position_weights
+from rl.diversity import ild, position_weights
 from rl.ope import Estimate, dr, ips, snips
 from rl.policies import bandit_features
 
-__all__ = ["SlateRewardModel", "evaluate", "promote", "GateReport"]
+__all__ = ["ClickModel", "evaluate", "promote", "GateReport"]
 
 
 @dataclass
@@ -38,27 +38,46 @@ class GateReport:
                 "ess": e.ess, "ctr": c.value, "ctr_low": c.low, "ctr_high": c.high}
 
 
-class SlateRewardModel:
-    """Direct-method model: reward ~ theta . (position-weighted mean of the slate's bandit features)."""
+class ClickModel:
+    """Direct-method model of clicks: P(click | item x at position p) = clip(theta . [x, e_p], 0, 1).
+
+    A ridge regression over every shown (item, position) of the held-out slates, x being the
+    item's bandit features (:func:`rl.policies.bandit_features`) and e_p the position one-hot (an
+    additive position effect). Slate values follow from the per-item probabilities exactly as the
+    logged rewards were formed: CTR = 1 - prod_p (1 - P_p), reward = sum_p w_p P_p + lam * ILD.
+    """
 
     def __init__(self, reg: float = 1.0):
         self.reg = reg
         self.theta: np.ndarray | None = None
 
     @staticmethod
-    def phi(obs, slate) -> np.ndarray:
-        x = bandit_features(obs)[np.asarray(slate)]
-        w = position_weights(len(slate))
-        return (w[:, None] * x).sum(0) / w.sum()
+    def design(obs, slate) -> np.ndarray:
+        """(K, D + K) rows [bandit features of the item at position p, one-hot p]."""
+        slate = np.asarray(slate)
+        return np.concatenate([bandit_features(obs)[slate], np.eye(len(slate))], 1)
 
-    def fit(self, observations, slates, rewards) -> "SlateRewardModel":
-        x = np.stack([self.phi(o, s) for o, s in zip(observations, slates)])
-        y = np.asarray(rewards, np.float64)
+    def fit(self, observations, slates, clicks) -> "ClickModel":
+        """observations: B Observations; slates: (B, K) candidate indices; clicks: (B, K) feedback."""
+        x = np.concatenate([self.design(o, s) for o, s in zip(observations, slates)])
+        y = (np.asarray(clicks, np.float64) > 0).reshape(-1)
+        if len(x) != len(y):
+            raise ValueError(f"clicks must be (B, K) like slates: {len(y)} values for {len(x)} shown items")
         self.theta = np.linalg.solve(x.T @ x + self.reg * np.eye(x.shape[1]), x.T @ y)
         return self
 
-    def predict(self, obs, slate) -> float:
-        return float(self.phi(obs, slate) @ self.theta)
+    def item_probs(self, obs, slate) -> np.ndarray:
+        """(K,) click probability of each shown item."""
+        if self.theta is None:
+            raise RuntimeError("ClickModel.fit first")
+        return np.clip(self.design(obs, slate) @ self.theta, 0.0, 1.0)
+
+    def ctr(self, obs, slate) -> float:
+        return float(1.0 - np.prod(1.0 - self.item_probs(obs, slate)))
+
+    def reward(self, obs, slate, lam: float = 0.0) -> float:
+        p = self.item_probs(obs, slate)
+        return float(p @ position_weights(len(p)) + (lam * ild(obs.items[np.asarray(slate)]) if lam else 0.0))
 
 
 def _estimate(name, r, pi, mu, q_t, q_l, clip):
@@ -70,8 +89,12 @@ def _estimate(name, r, pi, mu, q_t, q_l, clip):
 
 
 def evaluate(policy, logged, *, estimator: str = "snips", rng: np.random.Generator, min_ess: float = 20.0,
-             clip: float | None = 100.0, model_samples: int = 4) -> GateReport:
-    """Off-policy value of ``policy`` (rl.policies) on ``logged`` (rl.logged.Logged) held-out samples."""
+             clip: float | None = 100.0, model_samples: int = 4, lam: float = 0.0) -> GateReport:
+    """Off-policy value of ``policy`` (rl.policies) on ``logged`` (rl.logged.Logged) held-out samples.
+
+    ``lam`` is the diversity weight the logged rewards were formed with (the direct-method model
+    of DR rebuilds rewards the same way).
+    """
     if estimator not in ("ips", "snips", "dr"):
         raise ValueError(f"estimator must be ips, snips or dr, got {estimator!r}")
     n = len(logged.observations)
@@ -83,16 +106,17 @@ def evaluate(policy, logged, *, estimator: str = "snips", rng: np.random.Generat
     ess = float(w.sum() ** 2 / (w ** 2).sum()) if (w ** 2).sum() > 0 else 0.0
     name = estimator if ess >= min_ess else "dr"
     out = {}
-    if name == "dr":  # the candidate's own slates, drawn once, serve both reward models
+    q = {"reward": (np.zeros(n), np.zeros(n)), "ctr": (np.zeros(n), np.zeros(n))}
+    if name == "dr":  # one click model; the candidate's own slates, drawn once, serve both values
         k = logged.slates.shape[1]
+        model = ClickModel().fit(logged.observations, logged.slates, logged.clicks)
         targets = [[policy.select(o, k, rng)[0] for _ in range(model_samples)] for o in logged.observations]
+        for key, value in (("reward", lambda o, s: model.reward(o, s, lam)), ("ctr", model.ctr)):
+            q_l = np.asarray([value(o, s) for o, s in zip(logged.observations, logged.slates)])
+            q_t = np.asarray([np.mean([value(o, s) for s in ts]) for o, ts in zip(logged.observations, targets)])
+            q[key] = (q_t, q_l)
     for key, r in (("reward", logged.batch.rewards), ("ctr", logged.ctr)):
-        q_t = q_l = np.zeros(n)
-        if name == "dr":
-            model = SlateRewardModel().fit(logged.observations, logged.slates, r)
-            q_l = np.asarray([model.predict(o, s) for o, s in zip(logged.observations, logged.slates)])
-            q_t = np.asarray([np.mean([model.predict(o, s) for s in ts]) for o, ts in zip(logged.observations, targets)])
-        out[key] = _estimate(name, r, pi, mu, q_t, q_l, clip)
+        out[key] = _estimate(name, r, pi, mu, *q[key], clip)
     return GateReport(name, out["reward"], out["ctr"])
 
 

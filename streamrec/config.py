@@ -217,6 +217,10 @@ class TrainerSettings(_Section):
     """Publish when the candidate's lower bound >= current estimate - tolerance (slate-reward units)."""
     min_ess: float = Field(20.0, ge=1)
     """Below this effective sample size the gate's estimate falls back to DR."""
+    publish_every_s: float = Field(0.0, ge=0)
+    """Least time between two publications. Rounds in between keep training; a candidate that passes
+    the gate sooner is deferred (counted), not published. Longer-lived versions give replicas fewer
+    swaps and each version's on-policy CTR more impressions to be measured on. 0: every passing round."""
     keep_versions: int = Field(10, ge=1, le=10_000)
     store_dir: str = ".streamrec/policies"
     checkpoint_dir: str = ".streamrec/trainer"

@@ -11,10 +11,10 @@ import ray
 import torch
 
 from actors.ingest import IngestGroup
-from actors.policy_store import PolicyStore
+from actors.policy_store import PolicyDirectory, PolicyStore
 from actors.profile_store import ProfileStore
 from actors.sample_buffer import SampleBuffer
-from actors.trainer import Trainer
+from actors.trainer import Trainer, TrainerLoop
 from cluster.broker import ensure_topics
 from rl.policies import Observation, PolicySpec
 from rl.ppo import LoggedBatch, PPOHyper, SlateLearner
@@ -120,6 +120,40 @@ def _samples(core, sim, user_vecs, n, rng):
         out.append(TrainingSample(uuid.uuid4().hex, float(e), uid, tuple(r.items), tuple(map(float, r.propensities)),
                                   r.version, tuple(map(float, c)), ctx, r.features, source=("imp", 0, e)))
     return out
+
+
+class _ListBuffer:
+    """The SampleBuffer's two calls the trainer makes, over a list (TrainerLoop takes plain objects)."""
+
+    def __init__(self):
+        self.items: list = []
+
+    def size(self) -> int:
+        return len(self.items)
+
+    def take(self, n: int) -> list:
+        out, self.items = self.items[:n], self.items[n:]
+        return out
+
+
+def test_publish_every_s_defers_passing_candidates_and_keeps_training(tmp_path):
+    ids, vecs, user_vecs, sim = _world()
+    buffer, store = _ListBuffer(), PolicyDirectory(tmp_path / "store", 10)
+    s = _trainer_settings(tmp_path, algorithm="linucb", publish_every_s=3600.0, min_samples=100)
+    loop = TrainerLoop(s, ids, vecs, buffer, store)
+    assert loop.publish_initial()["version"] == 1
+    core = RankingCore(loop.featurizer, ItemIndex.build(ids, vecs), loop.serving, 1, 20)
+    rng = np.random.default_rng(0)
+    outs = []
+    for _ in range(3):
+        buffer.items = _samples(core, sim, user_vecs, 300, rng)
+        outs.append(loop.round())
+    assert outs[0]["ok"] and outs[0]["version"] == 2  # the first trained version goes out at once
+    assert [o["deferred"] for o in outs[1:]] == [True, True]  # later passes wait for publish_every_s
+    assert all("publish_every_s" in o["why"] for o in outs[1:])
+    assert store.latest()["version"] == 2 and loop.serving_version == 2
+    assert loop.stats["deferred"] == 2 and loop.stats["rejected"] == 0 and loop.stats["samples"] == 900
+    assert not np.array_equal(loop.policy.state()["b"], loop.serving.state()["b"])  # training went on
 
 
 def test_trainer_publishes_resumes_after_a_crash_and_rolls_back(ray_session, tmp_path):
