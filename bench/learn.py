@@ -56,7 +56,8 @@ def _settings(algorithm: str, lam: float, penalty: float, args, tmp: str):
         "trainer": {"train_every_s": args.train_every_s, "min_samples": 500, "max_batch": 2048,
                     "store_dir": f"{tmp}/{tag}/policies", "checkpoint_dir": f"{tmp}/{tag}/trainer",
                     "ope_estimator": args.estimator, "gate_tolerance": args.tolerance,
-                    "publish_every_s": args.publish_every_s},
+                    "publish_every_s": args.publish_every_s, "min_holdout": args.min_holdout,
+                    "holdout_window": args.holdout_window},
         "catalog": {"num_items": max(1, args.items), "num_users": max(1, args.users)},
     }, env={})
 
@@ -137,6 +138,7 @@ def run_policy(algorithm, lam, penalty, args, world, bootstrap, tmp) -> dict:
         sink.flush(60)
         time.sleep(args.window_s + 2 * args.train_every_s)
         tm = ray.get(trainer.metrics.remote())
+        joins = [{k: m[k] for k in ("samples", "joined", "late", "orphans")} for m in ingest.metrics()]
         versions = ray.get(store.versions.remote())
         manifests = [ray.get(store.manifest.remote(v)) for v in versions]
     finally:
@@ -172,6 +174,7 @@ def run_policy(algorithm, lam, penalty, args, world, bootstrap, tmp) -> dict:
             "versions_published": tm["published"], "versions_rejected": tm["rejected"],
             "versions_deferred": tm.get("deferred", 0),
             "trainer_rounds": tm["rounds"], "samples_trained": tm["samples"], "trainer_error": tm["error"],
+            "ingest_join": joins,
             "ope_summary": ope_summary, "ope_vs_measured": ope_vs_measured, "seconds": round(elapsed, 1),
             "impressions_per_s": round(len(clicks_all) / elapsed, 1)}
 
@@ -198,6 +201,8 @@ def main(argv=None) -> int:
     ap.add_argument("--train-every-s", type=float, default=1.0)
     ap.add_argument("--tolerance", type=float, default=0.1)
     ap.add_argument("--estimator", choices=["ips", "snips", "dr"], default="snips", help="the gate's OPE estimator")
+    ap.add_argument("--min-holdout", type=int, default=1, help="held-out samples before the gate may publish")
+    ap.add_argument("--holdout-window", type=int, default=2000, help="held-out samples the gate scores on (rolling)")
     ap.add_argument("--publish-every-s", type=float, default=0.0,
                     help="least seconds between publications (longer-lived versions: more impressions to measure each on)")
     ap.add_argument("--tail", type=int, default=10_000)

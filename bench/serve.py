@@ -172,6 +172,8 @@ def main(argv=None) -> int:
     ap.add_argument("--users", type=int, default=1000)
     ap.add_argument("--cpu-at", type=float, default=25.0,
                     help="also measure CPU ms per request by process at this rate (0: skip)")
+    ap.add_argument("--serve-mode", choices=["optimized", "default"], default="optimized",
+                    help="Ray Serve's throughput-optimised mode (cluster.local_ray.SERVE_FAST_PATH_ENV) or Serve's defaults")
     ap.add_argument("--only-cpu", action="store_true", help="only the CPU breakdown (no load ramp, no publishes)")
     args = ap.parse_args(argv)
 
@@ -190,6 +192,7 @@ def main(argv=None) -> int:
     from streamrec.encoder import TextEncoder
     from streamrec.vectors import write_vectors
 
+    out: dict = {"machine": f"{os.cpu_count()} CPU", "items": args.items}
     tmp = tempfile.mkdtemp(prefix="streamrec-bench-serve-")
     items, users = synthetic_items(0, args.items), synthetic_users(args.users)
     enc = TextEncoder()
@@ -200,6 +203,11 @@ def main(argv=None) -> int:
     app_args = {"kafka": {"bootstrap_servers": broker.bootstrap}, "embedding": {"output_dir": f"{tmp}/emb"},
                 "trainer": {"store_dir": f"{tmp}/store"}, "catalog": {"num_items": args.items}}
     s = settings_from_args(app_args, env={})
+    if args.serve_mode == "optimized":  # what `streamrec up` and the KubeRay manifests run
+        from cluster.local_ray import use_serve_fast_path
+
+        use_serve_fast_path()
+    out["serve_mode"] = args.serve_mode
     ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False, namespace=NAMESPACE)
     store = PolicyStore.options(name=STORE_NAME, namespace=NAMESPACE).remote(s.trainer.store_dir, 50)
     p = s.policy
@@ -222,7 +230,6 @@ def main(argv=None) -> int:
     bare = subprocess.Popen([sys.executable, "-m", "bench.bare_server", "--args-json", json.dumps(app_args),
                              "--port", str(bare_port)], env={**os.environ, "OMP_NUM_THREADS": "1"})
     bare_url = f"http://127.0.0.1:{bare_port}"
-    out: dict = {"machine": f"{os.cpu_count()} CPU", "items": args.items}
     try:
         for u in (serve_url, bare_url):
             wait_http(u + "/healthz", timeout_s=300)

@@ -9,9 +9,26 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 
-__all__ = ["RayHandle", "start_or_connect", "ray_processes", "shutdown"]
+__all__ = ["RayHandle", "start_or_connect", "ray_processes", "shutdown", "SERVE_FAST_PATH_ENV", "use_serve_fast_path"]
 
 NAMESPACE = "streamrec"
+
+SERVE_FAST_PATH_ENV = {
+    # Ray Serve's throughput-optimised mode (Ray >= 2.56): gRPC between replicas, user code and
+    # the router on the replica's main event loop, GC frozen after start. Read by the Serve
+    # controller, proxy and replicas, so it must be in the cluster's environment (a local head
+    # inherits it from this process; KubeRay pods get it from cluster/kuberay/render.py).
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    # ...but no "direct ingress": that would open extra HTTP ports on the Ingress replicas,
+    # bypassing the proxy's host binding (and our loopback-or-API-keys rule).
+    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
+}
+
+
+def use_serve_fast_path(env=os.environ) -> None:
+    """Put :data:`SERVE_FAST_PATH_ENV` into ``env`` where it is not set (the user's choice wins)."""
+    for k, v in SERVE_FAST_PATH_ENV.items():
+        env.setdefault(k, v)
 
 
 @dataclass(frozen=True)
@@ -56,6 +73,7 @@ def start_or_connect(ray_settings, *, dashboard_port: int | None = None) -> RayH
             from cluster.broker import free_port
 
             port = free_port()
+        use_serve_fast_path()
         kwargs = {}
         if ray_settings.object_store_memory_mb:
             kwargs["object_store_memory"] = ray_settings.object_store_memory_mb * 1024 * 1024

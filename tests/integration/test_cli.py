@@ -50,7 +50,7 @@ def _small_config(tmp_path) -> Path:
     args["embedding"] = {"output_dir": str(tmp_path / "emb")}
     args["profile"] = {"snapshot_dir": str(tmp_path / "profiles")}
     args["trainer"] = {"store_dir": str(tmp_path / "policies"), "checkpoint_dir": str(tmp_path / "trainer"),
-                       "train_every_s": 2, "min_samples": 20}
+                       "train_every_s": 2, "min_samples": 20, "min_holdout": 1}
     args["ingest"] = {"reward_window_s": 2}
     raw["http_options"]["port"] = free_port()
     p = tmp_path / "ray_config.yaml"

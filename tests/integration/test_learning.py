@@ -106,7 +106,7 @@ def _trainer_settings(tmp_path, algorithm="ppo", **trainer):
         "ingest": {"group_id": f"lt-{tag}", "reward_window_s": 1.0},
         "policy": {"algorithm": algorithm, "slate_size": 3, "num_candidates": 20, "feature_dim": 6,
                    "diversity_lambda": 0.1, "diversity_penalty": 1.0},
-        "trainer": {"train_every_s": 0.5, "min_samples": 200, "store_dir": str(tmp_path / f"store-{tag}"),
+        "trainer": {"train_every_s": 0.5, "min_samples": 200, "min_holdout": 1, "store_dir": str(tmp_path / f"store-{tag}"),
                     "checkpoint_dir": str(tmp_path / f"ckpt-{tag}"), "gate_tolerance": 10.0, **trainer},
     }, env={})
 

@@ -65,7 +65,7 @@ def stack(broker, ray_session, tmp_path_factory):
         "embedding": {"output_dir": str(emb)},
         "catalog": {"num_items": 300, "num_users": 60},
         "policy": {"algorithm": "ppo", "slate_size": 5, "num_candidates": 40},
-        "trainer": {"train_every_s": 1.0, "min_samples": 100, "store_dir": str(tmp / "store"),
+        "trainer": {"train_every_s": 1.0, "min_samples": 100, "min_holdout": 1, "store_dir": str(tmp / "store"),
                     "checkpoint_dir": str(tmp / "ckpt"), "gate_tolerance": 10.0},
         "auth": {"api_keys": [KEY]},
     }
