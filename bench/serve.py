@@ -172,7 +172,7 @@ def main(argv=None) -> int:
     ap.add_argument("--users", type=int, default=1000)
     ap.add_argument("--cpu-at", type=float, default=25.0,
                     help="also measure CPU ms per request by process at this rate (0: skip)")
-    ap.add_argument("--serve-mode", choices=["optimized", "default"], default="optimized",
+    ap.add_argument("--serve-mode", choices=["optimized", "default"], default="default",
                     help="Ray Serve's throughput-optimised mode (cluster.local_ray.SERVE_FAST_PATH_ENV) or Serve's defaults")
     ap.add_argument("--only-cpu", action="store_true", help="only the CPU breakdown (no load ramp, no publishes)")
     args = ap.parse_args(argv)
@@ -203,7 +203,7 @@ def main(argv=None) -> int:
     app_args = {"kafka": {"bootstrap_servers": broker.bootstrap}, "embedding": {"output_dir": f"{tmp}/emb"},
                 "trainer": {"store_dir": f"{tmp}/store"}, "catalog": {"num_items": args.items}}
     s = settings_from_args(app_args, env={})
-    if args.serve_mode == "optimized":  # what `streamrec up` and the KubeRay manifests run
+    if args.serve_mode == "optimized":
         from cluster.local_ray import use_serve_fast_path
 
         use_serve_fast_path()

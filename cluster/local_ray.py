@@ -17,7 +17,9 @@ SERVE_FAST_PATH_ENV = {
     # Ray Serve's throughput-optimised mode (Ray >= 2.56): gRPC between replicas, user code and
     # the router on the replica's main event loop, GC frozen after start. Read by the Serve
     # controller, proxy and replicas, so it must be in the cluster's environment (a local head
-    # inherits it from this process; KubeRay pods get it from cluster/kuberay/render.py).
+    # inherits it from the process that starts it). Measured on the 2-core box with
+    # `python -m bench.serve --serve-mode optimized`: no change in CPU per request, so it is
+    # not switched on by default (README, "Serving").
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     # ...but no "direct ingress": that would open extra HTTP ports on the Ingress replicas,
     # bypassing the proxy's host binding (and our loopback-or-API-keys rule).
@@ -73,7 +75,6 @@ def start_or_connect(ray_settings, *, dashboard_port: int | None = None) -> RayH
             from cluster.broker import free_port
 
             port = free_port()
-        use_serve_fast_path()
         kwargs = {}
         if ray_settings.object_store_memory_mb:
             kwargs["object_store_memory"] = ray_settings.object_store_memory_mb * 1024 * 1024

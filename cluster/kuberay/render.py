@@ -15,8 +15,6 @@ from pathlib import Path
 
 import yaml
 
-from cluster.local_ray import SERVE_FAST_PATH_ENV
-
 __all__ = ["render"]
 
 
@@ -26,7 +24,6 @@ def _env() -> list[dict]:
          "valueFrom": {"secretKeyRef": {"name": "streamrec", "key": "kafka-bootstrap"}}},
         {"name": "STREAMREC_API_KEYS", "valueFrom": {"secretKeyRef": {"name": "streamrec", "key": "api-keys"}}},
         {"name": "HF_HUB_OFFLINE", "value": "1"},
-        *({"name": k, "value": v} for k, v in SERVE_FAST_PATH_ENV.items()),
     ]
 
 
