@@ -49,25 +49,70 @@ async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
     return _error(422, validation_message(exc.errors()))
 
 
-@api.middleware("http")
-async def _guard(request: Request, call_next):
-    """API keys, body size, metrics — before any route runs."""
-    started = time.perf_counter()
-    state = contract.GUARD
-    path = request.url.path
-    if path not in OPEN_PATHS and not check_bearer(request.headers.get("authorization"), state.keys):
-        response = _error(401, "missing or wrong API key (Authorization: Bearer <key>)",
-                          {"WWW-Authenticate": "Bearer"})
-    else:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > state.max_body):
-            response = _error(413, f"request body larger than {state.max_body} bytes")
-        elif length is None and request.method == "POST" and len(await request.body()) > state.max_body:
-            response = _error(413, f"request body larger than {state.max_body} bytes")
-        else:
-            response = await call_next(request)
-    state.metrics.observe(path, response.status_code, time.perf_counter() - started)
-    return response
+class Guard:
+    """API keys, body size, metrics — before any route runs. A plain ASGI middleware (Starlette's
+    ``BaseHTTPMiddleware`` runs every request through an extra task and memory streams).
+
+    A body without ``Content-Length`` (chunked) is read up to the limit and no further, then
+    handed to the app as one message.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        state = contract.GUARD
+        path = scope["path"]
+        status = [500]
+
+        async def send_and_note(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            headers = dict(scope.get("headers") or ())
+            auth = headers.get(b"authorization")
+            if path not in OPEN_PATHS and not check_bearer(auth.decode("latin-1") if auth else None, state.keys):
+                return await _error(401, "missing or wrong API key (Authorization: Bearer <key>)",
+                                    {"WWW-Authenticate": "Bearer"})(scope, receive, send_and_note)
+            too_big = _error(413, f"request body larger than {state.max_body} bytes")
+            length = headers.get(b"content-length")
+            if length is not None:
+                if not length.isdigit() or int(length) > state.max_body:
+                    return await too_big(scope, receive, send_and_note)
+                return await self.app(scope, receive, send_and_note)
+            if scope["method"] != "POST":
+                return await self.app(scope, receive, send_and_note)
+            chunks, size, more = [], 0, True
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":  # the client went away
+                    return
+                body = message.get("body", b"")
+                size += len(body)
+                if size > state.max_body:
+                    return await too_big(scope, receive, send_and_note)
+                chunks.append(body)
+                more = message.get("more_body", False)
+            replayed = False
+
+            async def replay():
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+                return await receive()
+
+            return await self.app(scope, replay, send_and_note)
+        finally:
+            state.metrics.observe(path, status[0], time.perf_counter() - started)
+
+
+api.add_middleware(Guard)
 
 
 @serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.2})

@@ -262,6 +262,16 @@ def test_body_limit_and_auth_rules(stack):
     big = b'{"user_id": "u", "candidates": ["' + b"x" * 1_100_000 + b'"]}'
     r = httpx.post(url + "/v1/recommend", content=big, headers={**stack["headers"], "content-type": "application/json"})
     assert r.status_code == 413 and "larger than 1000000 bytes" in r.json()["error"]
+
+    def chunked(body: bytes, size: int = 65_536):  # no Content-Length: the guard counts as it reads
+        for i in range(0, len(body), size):
+            yield body[i:i + size]
+
+    r = httpx.post(url + "/v1/recommend", content=chunked(big), headers={**stack["headers"], "content-type": "application/json"})
+    assert r.status_code == 413, r.text
+    r = httpx.post(url + "/v1/recommend", content=chunked(b'{"user_id": "u", "k": 3}'),
+                   headers={**stack["headers"], "content-type": "application/json"}, timeout=30)
+    assert r.status_code == 200 and len(r.json()["items"]) == 3
     assert httpx.get(url + "/healthz").status_code == 200  # exempt
     for headers in ({}, {"Authorization": "Bearer wrong-key-0000"}, {"Authorization": KEY}):
         r = httpx.post(url + "/v1/recommend", json={"user_id": "u"}, headers=headers, timeout=30)

@@ -10,7 +10,7 @@ import pytest
 
 from actors.policy_store import PolicyDirectory
 from rl.features import CONTEXT_DIM, Featurizer, ObsLayout, context_features, fit_projection
-from rl.diversity import ild, position_weights
+from rl.diversity import ild
 from rl.gate import ClickModel, GateReport, evaluate, promote
 from rl.logged import impression_features, samples_to_logged
 from rl.ope import Estimate
