@@ -72,12 +72,17 @@ class ClickModel:
             raise RuntimeError("ClickModel.fit first")
         return np.clip(self.design(obs, slate) @ self.theta, 0.0, 1.0)
 
+    def values(self, obs, slate, lam: float = 0.0) -> tuple[float, float]:
+        """(reward, CTR) of one slate from one pass over its items."""
+        p = self.item_probs(obs, slate)
+        reward = p @ position_weights(len(p)) + (lam * ild(obs.items[np.asarray(slate)]) if lam else 0.0)
+        return float(reward), float(1.0 - np.prod(1.0 - p))
+
     def ctr(self, obs, slate) -> float:
-        return float(1.0 - np.prod(1.0 - self.item_probs(obs, slate)))
+        return self.values(obs, slate)[1]
 
     def reward(self, obs, slate, lam: float = 0.0) -> float:
-        p = self.item_probs(obs, slate)
-        return float(p @ position_weights(len(p)) + (lam * ild(obs.items[np.asarray(slate)]) if lam else 0.0))
+        return self.values(obs, slate, lam)[0]
 
 
 def _estimate(name, r, pi, mu, q_t, q_l, clip):
@@ -111,10 +116,10 @@ def evaluate(policy, logged, *, estimator: str = "snips", rng: np.random.Generat
         k = logged.slates.shape[1]
         model = ClickModel().fit(logged.observations, logged.slates, logged.clicks)
         targets = [[policy.select(o, k, rng)[0] for _ in range(model_samples)] for o in logged.observations]
-        for key, value in (("reward", lambda o, s: model.reward(o, s, lam)), ("ctr", model.ctr)):
-            q_l = np.asarray([value(o, s) for o, s in zip(logged.observations, logged.slates)])
-            q_t = np.asarray([np.mean([value(o, s) for s in ts]) for o, ts in zip(logged.observations, targets)])
-            q[key] = (q_t, q_l)
+        q_l = np.asarray([model.values(o, s, lam) for o, s in zip(logged.observations, logged.slates)])  # (n, 2)
+        q_t = np.asarray([np.mean([model.values(o, s, lam) for s in ts], 0)
+                          for o, ts in zip(logged.observations, targets)])
+        q = {"reward": (q_t[:, 0], q_l[:, 0]), "ctr": (q_t[:, 1], q_l[:, 1])}
     for key, r in (("reward", logged.batch.rewards), ("ctr", logged.ctr)):
         out[key] = _estimate(name, r, pi, mu, *q[key], clip)
     return GateReport(name, out["reward"], out["ctr"])
