@@ -147,10 +147,12 @@ class TrainerLoop:
                    if self.serving is not None else None)
         ok, why = promote(report, current, t.gate_tolerance)
         wait = t.publish_every_s - (time.monotonic() - self._last_publish)
-        deferred = ok and current is not None and (wait > 0 or len(hold.observations) < t.min_holdout)
+        held = len(hold.observations)
+        deferral = (f"{held} held-out samples < min_holdout {t.min_holdout}" if held < t.min_holdout
+                    else f"{wait:.1f} s to go (publish_every_s)" if wait > 0 else None)
+        deferred = ok and current is not None and deferral is not None
         if deferred:
-            ok, why = False, (f"{why}; deferred: {len(hold.observations)} held-out samples < min_holdout {t.min_holdout}"
-                              if len(hold.observations) < t.min_holdout else f"{why}; deferred {wait:.1f} s (publish_every_s)")
+            ok, why = False, f"{why}; deferred: {deferral}"
         self._advance_offsets(samples)
         out = {"samples": n, "train": len(train.observations), "holdout": len(hold.observations), "ok": ok, "why": why,
                "ope": report.to_dict(), "current_ope": current.to_dict() if current else None,

@@ -9,29 +9,9 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 
-__all__ = ["RayHandle", "start_or_connect", "ray_processes", "shutdown", "SERVE_FAST_PATH_ENV", "use_serve_fast_path"]
+__all__ = ["RayHandle", "start_or_connect", "ray_processes", "shutdown"]
 
 NAMESPACE = "streamrec"
-
-SERVE_FAST_PATH_ENV = {
-    # Ray Serve's throughput-optimised mode (Ray >= 2.56): gRPC between replicas, user code and
-    # the router on the replica's main event loop, GC frozen after start. Read by the Serve
-    # controller, proxy and replicas, so it must be in the cluster's environment (a local head
-    # inherits it from the process that starts it). Measured on the 2-core box with
-    # `python -m bench.serve --serve-mode optimized`: no change in CPU per request, so it is
-    # not switched on by default (README, "Serving").
-    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-    # ...but no "direct ingress": that would open extra HTTP ports on the Ingress replicas,
-    # bypassing the proxy's host binding (and our loopback-or-API-keys rule).
-    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
-}
-
-
-def use_serve_fast_path(env=os.environ) -> None:
-    """Put :data:`SERVE_FAST_PATH_ENV` into ``env`` where it is not set (the user's choice wins)."""
-    for k, v in SERVE_FAST_PATH_ENV.items():
-        env.setdefault(k, v)
-
 
 @dataclass(frozen=True)
 class RayHandle:

@@ -79,11 +79,13 @@ class Guard:
             if path not in OPEN_PATHS and not check_bearer(auth.decode("latin-1") if auth else None, state.keys):
                 return await _error(401, "missing or wrong API key (Authorization: Bearer <key>)",
                                     {"WWW-Authenticate": "Bearer"})(scope, receive, send_and_note)
-            too_big = _error(413, f"request body larger than {state.max_body} bytes")
+            def too_big():
+                return _error(413, f"request body larger than {state.max_body} bytes")(scope, receive, send_and_note)
+
             length = headers.get(b"content-length")
             if length is not None:
                 if not length.isdigit() or int(length) > state.max_body:
-                    return await too_big(scope, receive, send_and_note)
+                    return await too_big()
                 return await self.app(scope, receive, send_and_note)
             if scope["method"] != "POST":
                 return await self.app(scope, receive, send_and_note)
@@ -95,7 +97,7 @@ class Guard:
                 body = message.get("body", b"")
                 size += len(body)
                 if size > state.max_body:
-                    return await too_big(scope, receive, send_and_note)
+                    return await too_big()
                 chunks.append(body)
                 more = message.get("more_body", False)
             replayed = False
