@@ -7,14 +7,13 @@ are dropped here, so no sample is trained twice. The memory of seen ids is bound
 
 from __future__ import annotations
 
-import pickle
 import time
 from collections import OrderedDict, deque
 from typing import Sequence
 
 import ray
 
-from streamrec.events import TrainingSample
+from streamrec.events import TrainingSample, decode_samples
 
 __all__ = ["SampleBuffer"]
 
@@ -33,10 +32,11 @@ class SampleBuffer:
     def put(self, samples: Sequence[TrainingSample] | bytes) -> dict:
         """Accept a batch whole, or refuse it whole when it does not fit (``full``).
 
-        ``samples``: a list, or that list pickled by a trusted streamrec actor (the ingest hot path).
+        ``samples``: a list, or that list as :func:`~streamrec.events.encode_samples` bytes (the
+        ingest hot path).
         """
         if isinstance(samples, (bytes, bytearray)):
-            samples = pickle.loads(samples)
+            samples = decode_samples(samples)
         now = time.monotonic()
         self._forget(now)
         fresh = [s for s in samples if s.event_id not in self._seen]

@@ -22,7 +22,7 @@ __all__ = [
     "EventSink",
     "KafkaEventSink",
     "SinkStats",
-    "Record",
+    "PartitionBatch",
     "KafkaEventSource",
     "reset_group_offsets",
     "group_lag",
@@ -167,16 +167,15 @@ class KafkaEventSink:
                 self._done(False)(e)
 
 
-class Record(NamedTuple):
-    """One consumed Kafka record (a tuple: cheap to build on the hot path)."""
+class PartitionBatch(NamedTuple):
+    """The records one poll got from one partition, in offset order.
+
+    ``records`` are the client's own record objects (``.offset``, ``.key``, ``.value``,
+    ``.timestamp``, ``.headers``), handed over as they are: no copy on the hot path."""
 
     topic: str
     partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp_ms: int = 0
-    headers: tuple = ()
+    records: Sequence[Any]
 
 
 class KafkaEventSource:
@@ -210,13 +209,9 @@ class KafkaEventSource:
         self._consumer.subscribe(topics=list(topics), listener=_Listener())
         self._paused = False
 
-    def poll(self, timeout_ms: int = 100, max_records: int | None = None) -> list[Record]:
+    def poll(self, timeout_ms: int = 100, max_records: int | None = None) -> list[PartitionBatch]:
         batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
-        out = []
-        for tp, recs in batches.items():
-            topic, part = tp.topic, tp.partition
-            out.extend(Record(topic, part, r.offset, r.key, r.value, r.timestamp, r.headers or ()) for r in recs)
-        return out
+        return [PartitionBatch(tp.topic, tp.partition, recs) for tp, recs in batches.items() if recs]
 
     def commit(self, offsets: dict[tuple[str, int], int]) -> None:
         """Commit the given next-offsets (only for partitions this consumer still owns)."""

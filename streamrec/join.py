@@ -142,8 +142,9 @@ class RewardJoiner:
         self._pending_heap: list[tuple[float, int, str]] = []  # (close at, seq, event_id)
         self._early: dict[str, list[tuple[Feedback, Source]]] = {}
         self._early_heap: list[tuple[float, int, str, Source]] = []
-        self._emitted: dict[str, float] = {}  # event_id -> forget at (event time)
-        self._emitted_heap: list[tuple[float, str]] = []
+        # event_id -> forget at (event time), in emission order: samples leave ``due`` in close-time
+        # order, so this is (nearly) sorted and expiry reads it from the front, no heap needed
+        self._emitted: dict[str, float] = {}
         self._inflight: dict[TopicPartition, _InFlight] = defaultdict(_InFlight)
         self._unacked: dict[Hashable, list[Source]] = {}
         self._next_token = 0
@@ -214,7 +215,6 @@ class RewardJoiner:
             sources.extend(p.sources)
             forget_at = close_at + self.retention_s
             self._emitted[eid] = forget_at
-            heapq.heappush(self._emitted_heap, (forget_at, eid))
         self._expire(watermark, flush)
         if not out:
             return None, out
@@ -241,11 +241,12 @@ class RewardJoiner:
                 del self._early[eid]
             self.stats.orphans += 1
             self._inflight[(src[0], src[1])].release(src[2])
-        eheap = self._emitted_heap
-        while eheap and eheap[0][0] <= watermark:
-            forget_at, eid = heapq.heappop(eheap)
-            if self._emitted.get(eid) == forget_at:
-                del self._emitted[eid]
+        emitted = self._emitted
+        while emitted:
+            eid = next(iter(emitted))
+            if emitted[eid] > watermark:
+                break  # an entry emitted out of close-time order (a late impression) waits behind it
+            del emitted[eid]
 
     # -- offsets and rebalancing -------------------------------------------------------------
     def commit_offsets(self) -> dict[TopicPartition, int]:

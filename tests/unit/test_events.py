@@ -10,9 +10,12 @@ from streamrec.events import (
     DecodeError,
     Feedback,
     Impression,
+    TrainingSample,
     decode,
+    decode_samples,
     dead_letter_headers,
     encode,
+    encode_samples,
 )
 
 
@@ -67,6 +70,23 @@ def test_bad_events_decode_to_a_reason(raw, reason):
     out = decode(raw)
     assert isinstance(out, DecodeError)
     assert out.reason == reason
+    # the topic's fast path (msgspec) refuses it too, and the message is the same
+    kind = "feedback" if raw is not None and b"feedback.v1" in raw[:200] else "impression"
+    assert decode(raw, expect=kind) == out
+
+
+@pytest.mark.parametrize("chars, ok", [(1, True), (256, True), (257, False)])
+def test_id_length_counts_characters_on_both_paths(chars, ok):
+    raw = encode(imp(user_id="\U0001F600" * chars))  # 4 UTF-8 bytes per character
+    for out in (decode(raw), decode(raw, expect="impression")):
+        assert isinstance(out, Impression) is ok, out
+
+
+def test_fast_path_needs_the_schema_field():
+    d = json.loads(encode(imp()))
+    del d["schema"]
+    out = decode(json.dumps(d).encode(), expect="impression")
+    assert isinstance(out, DecodeError) and out.kind == "unknown_schema"
 
 
 def test_event_on_the_wrong_topic():
@@ -119,3 +139,40 @@ def test_property_arbitrary_json_never_crashes(obj, schema):
         obj["schema"] = schema
     out = decode(json.dumps(obj).encode())
     assert isinstance(out, (DecodeError, Impression, Feedback))
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6),
+                           lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=4), c, max_size=3),
+                           max_leaves=8)
+VALID = {
+    "impression": json.loads(encode(imp())),
+    "feedback": json.loads(encode(Feedback(event_id="e1", ts=2.0, user_id="u1", item_id="b", value=2.0))),
+}
+
+
+@settings(max_examples=400, deadline=None)
+@given(kind=st.sampled_from(["impression", "feedback"]), data=st.data())
+def test_property_fast_path_agrees_with_the_explaining_path(kind, data):
+    """Break a valid event field by field: the topic's C path and the Python path give the same answer."""
+    d = dict(VALID[kind])
+    for key in data.draw(st.lists(st.sampled_from(sorted(d)), max_size=3, unique=True)):
+        if data.draw(st.booleans()):
+            del d[key]
+        else:
+            d[key] = data.draw(json_values)
+    raw = json.dumps(d).encode()
+    slow = decode(raw)
+    fast = decode(raw, expect=kind)
+    if isinstance(slow, DecodeError) or type(slow).__name__.lower() == kind:
+        assert fast == slow
+    else:
+        assert isinstance(fast, DecodeError) and "topic" in fast.reason
+
+
+def test_sample_batches_round_trip_and_bad_bytes_are_named():
+    s = TrainingSample(event_id="e1", ts=1.5, user_id="u1", items=("a", "b"), propensities=(0.5, 0.25),
+                       policy_version="3", rewards=(0.0, 1.0), context={"hour": 3}, features={"c": [1, 2]},
+                       feedback_types=("click",), source=("t", 1, 7))
+    assert decode_samples(encode_samples([s, s._replace(event_id="e2")])) == [s, s._replace(event_id="e2")]
+    with pytest.raises(ValueError, match="not a msgpack batch of TrainingSamples"):
+        decode_samples(b"\x93\x01")
