@@ -26,7 +26,7 @@ import numpy as np
 import ray
 
 from rl.features import Featurizer, fit_projection
-from rl.gate import GateReport, evaluate, promote
+from rl.gate import ClickModel, GateReport, evaluate, promote
 from rl.logged import Logged, samples_to_logged
 from rl.policies import BanditPolicy, PolicySpec, make_policy, policy_from_state
 from rl.ppo import LoggedBatch, PPOHyper, SlateLearner
@@ -108,6 +108,9 @@ class TrainerLoop:
         self.serving_version = latest["version"] if latest else None
         self.trained_through: dict[str, int] = dict(latest.get("trained_through", {})) if latest else {}
         self.holdout: list[Logged] = []  # held-out samples of recent rounds (never trained on)
+        # DR's direct method, grown on every round's training samples (never on held-out ones): a
+        # model of the recent holdout alone is too small to value a much better candidate
+        self.click_model = ClickModel()
         self.stats = {"rounds": 0, "samples": 0, "skipped": 0, "published": 0, "rejected": 0, "deferred": 0,
                       "last": None}
         self._last_publish = time.monotonic() if latest is not None else float("-inf")
@@ -141,10 +144,12 @@ class TrainerLoop:
             for o, s, c in zip(train.observations, train.slates, train.clicks):
                 self.policy.update(o, s, c)
             candidate = self.policy
-        lam = self.settings.policy.diversity_lambda
-        report = evaluate(candidate, hold, estimator=t.ope_estimator, rng=self.rng, min_ess=t.min_ess, lam=lam)
-        current = (evaluate(self.serving, hold, estimator=t.ope_estimator, rng=self.rng, min_ess=t.min_ess, lam=lam)
-                   if self.serving is not None else None)
+        if train.observations:
+            self.click_model.add(train.observations, train.slates, train.clicks)
+        gate = dict(estimator=t.ope_estimator, rng=self.rng, min_ess=t.min_ess, min_support=t.min_support,
+                    lam=self.settings.policy.diversity_lambda, click_model=self.click_model)
+        report = evaluate(candidate, hold, **gate)
+        current = evaluate(self.serving, hold, **gate) if self.serving is not None else None
         ok, why = promote(report, current, t.gate_tolerance)
         wait = t.publish_every_s - (time.monotonic() - self._last_publish)
         held = len(hold.observations)

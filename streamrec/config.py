@@ -219,6 +219,9 @@ class TrainerSettings(_Section):
     """Publish when the candidate's lower bound >= current estimate - tolerance (slate-reward units)."""
     min_ess: float = Field(20.0, ge=1)
     """Below this effective sample size the gate's estimate falls back to DR."""
+    min_support: float = Field(0.7, gt=0, le=1)
+    """Below this mean (clipped) importance weight the logs do not cover the candidate's slates
+    (its expectation is 1 when they do) and the gate's estimate falls back to DR."""
     min_holdout: int = Field(200, ge=1)
     """No candidate is published (rounds keep training) until the gate has this many held-out
     samples: an estimate from a few dozen slates is noise (at CTR 0.3, 500 samples give about +-4%
