@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rl.diversity import ild, position_weights
+from rl.diversity import position_weights
 from rl.ope import Estimate, dr, ips, snips
 from rl.policies import bandit_features
 from rl.slate import cosine_similarity
@@ -65,62 +65,93 @@ class ClickModel:
         self.theta: np.ndarray | None = None
         """(K * (D + 1),) the K position models, concatenated."""
         self.xtx: np.ndarray | None = None
+        """(K, D + 1, D + 1) per-position X^T X."""
         self.xty: np.ndarray | None = None
         self.n = 0
         """Slates folded in."""
 
     @staticmethod
-    def design(obs, slate) -> np.ndarray:
-        """(K, K * (D + 1)) block rows: row p holds [bandit features, redundancy] of the item at p in block p."""
+    def rows(features: np.ndarray, items: np.ndarray, slate) -> tuple[np.ndarray, np.ndarray]:
+        """((K, D + 1) [bandit features, redundancy] of the shown items, (K, K) their cosine similarities).
+
+        features: (N, D) the candidates' bandit features; items: (N, m) their vectors."""
         slate = np.asarray(slate)
+        sim = cosine_similarity(items[slate])
         k = len(slate)
-        x = bandit_features(obs)[slate]
-        sim = cosine_similarity(obs.items[slate])
-        redundancy = np.array([sim[p, :p].max() if p else 0.0 for p in range(k)])
-        rows = np.concatenate([x, redundancy[:, None]], 1)
-        d = rows.shape[1]
+        redundancy = np.zeros((k, 1))
+        for p in range(1, k):
+            redundancy[p, 0] = sim[p, :p].max()
+        return np.concatenate([features[slate], redundancy], 1), sim
+
+    def design(self, obs, slate) -> np.ndarray:
+        """(K, K * (D + 1)) block rows: row p holds [bandit features, redundancy] of the item at p in block p."""
+        r, _ = self.rows(bandit_features(obs), obs.items, slate)
+        k, d = r.shape
         out = np.zeros((k, k * d))
         for p in range(k):
-            out[p, p * d:(p + 1) * d] = rows[p]
+            out[p, p * d:(p + 1) * d] = r[p]
         return out
 
     def fit(self, observations, slates, clicks) -> "ClickModel":
         """observations: B Observations; slates: (B, K) candidate indices; clicks: (B, K) feedback."""
         self.xtx = self.xty = None
+        self.n = 0
         return self.add(observations, slates, clicks)
 
     def add(self, observations, slates, clicks) -> "ClickModel":
         """Fold more logged slates into the fit (sufficient statistics, so a trainer can grow one
         model round after round on its training samples, disjoint from the gate's held-out ones)."""
-        x = np.concatenate([self.design(o, s) for o, s in zip(observations, slates)])
-        y = (np.asarray(clicks, np.float64) > 0).reshape(-1)
-        if len(x) != len(y):
-            raise ValueError(f"clicks must be (B, K) like slates: {len(y)} values for {len(x)} shown items")
-        if getattr(self, "xtx", None) is None or self.xtx.shape[0] != x.shape[1]:
-            self.xtx, self.xty, self.n = np.zeros((x.shape[1], x.shape[1])), np.zeros(x.shape[1]), 0
-        self.xtx += x.T @ x
-        self.xty += x.T @ y
-        self.n += len(observations)
-        self.theta = np.linalg.solve(self.xtx + self.reg * np.eye(x.shape[1]), self.xty)
+        y = (np.asarray(clicks, np.float64) > 0)
+        slates = np.asarray(slates)
+        if y.shape != slates.shape:
+            raise ValueError(f"clicks must be (B, K) like slates: {y.size} values for {slates.size} shown items")
+        x = np.stack([self.rows(bandit_features(o), o.items, s)[0] for o, s in zip(observations, slates)])  # (B, K, D+1)
+        if self.xtx is None or self.xtx.shape[::2] != x.shape[1:]:
+            k, d = x.shape[1:]
+            self.xtx, self.xty, self.n = np.zeros((k, d, d)), np.zeros((k, d)), 0
+        self.xtx += np.einsum("bki,bkj->kij", x, x)
+        self.xty += np.einsum("bki,bk->ki", x, y)
+        self.n += len(x)
+        eye = self.reg * np.eye(self.xtx.shape[1])
+        self.theta = np.concatenate([np.linalg.solve(a + eye, b) for a, b in zip(self.xtx, self.xty)])
         return self
+
+    def _probs(self, rows: np.ndarray) -> np.ndarray:
+        if self.theta is None:
+            raise RuntimeError("ClickModel.fit first")
+        k, d = rows.shape
+        return np.clip(np.einsum("kd,kd->k", rows, self.theta.reshape(-1, d)[:k]), 0.0, 1.0)
 
     def item_probs(self, obs, slate) -> np.ndarray:
         """(K,) click probability of each shown item."""
-        if self.theta is None:
-            raise RuntimeError("ClickModel.fit first")
-        return np.clip(self.design(obs, slate) @ self.theta, 0.0, 1.0)
+        return self._probs(self.rows(bandit_features(obs), obs.items, slate)[0])
+
+    def slate_values(self, features: np.ndarray, items: np.ndarray, slate, lam: float = 0.0) -> tuple[float, float]:
+        """(reward, CTR) of one slate, given the candidates' (N, D) bandit features and (N, m) vectors."""
+        rows, sim = self.rows(features, items, slate)
+        p = self._probs(rows)
+        k = len(p)
+        diversity = float((1.0 - sim[~np.eye(k, dtype=bool)]).mean()) if lam and k > 1 else 0.0  # = rl.diversity.ild
+        return float(p @ position_weights(k) + lam * diversity), float(1.0 - np.prod(1.0 - p))
 
     def values(self, obs, slate, lam: float = 0.0) -> tuple[float, float]:
         """(reward, CTR) of one slate from one pass over its items."""
-        p = self.item_probs(obs, slate)
-        reward = p @ position_weights(len(p)) + (lam * ild(obs.items[np.asarray(slate)]) if lam else 0.0)
-        return float(reward), float(1.0 - np.prod(1.0 - p))
+        return self.slate_values(bandit_features(obs), obs.items, slate, lam)
 
     def ctr(self, obs, slate) -> float:
         return self.values(obs, slate)[1]
 
     def reward(self, obs, slate, lam: float = 0.0) -> float:
         return self.values(obs, slate, lam)[0]
+
+
+def _target_slates(policy, obs, k: int, rng: np.random.Generator, draws: int) -> list[tuple[np.ndarray, float]]:
+    """The candidate's slate distribution on one observation as (slate, weight) pairs for the direct
+    method: the policy's own ``slate_mixture`` when it has one (exact), else ``draws`` samples."""
+    mixture = getattr(policy, "slate_mixture", None)
+    if mixture is not None:
+        return mixture(obs, k, rng, draws)
+    return [(policy.select(obs, k, rng)[0], 1.0 / draws) for _ in range(draws)]
 
 
 ESTIMATORS = ("ips", "snips", "dr")
@@ -157,14 +188,16 @@ def evaluate(policy, logged, *, estimator: str = "snips", rng: np.random.Generat
     name = estimator if ess >= min_ess and support >= min_support else "dr"
     out = {}
     q = {"reward": (np.zeros(n), np.zeros(n)), "ctr": (np.zeros(n), np.zeros(n))}
-    if name == "dr":  # one click model; the candidate's own slates, drawn once, serve both values
+    if name == "dr":  # one click model; the candidate's slate distribution serves both values
         k = logged.slates.shape[1]
         model = (click_model if click_model is not None and click_model.theta is not None
                  else ClickModel().fit(logged.observations, logged.slates, logged.clicks))
-        targets = [[policy.select(o, k, rng)[0] for _ in range(model_samples)] for o in logged.observations]
-        q_l = np.asarray([model.values(o, s, lam) for o, s in zip(logged.observations, logged.slates)])  # (n, 2)
-        q_t = np.asarray([np.mean([model.values(o, s, lam) for s in ts], 0)
-                          for o, ts in zip(logged.observations, targets)])
+        q_l, q_t = np.zeros((n, 2)), np.zeros((n, 2))
+        for i, (o, s) in enumerate(zip(logged.observations, logged.slates)):
+            x = bandit_features(o)
+            q_l[i] = model.slate_values(x, o.items, s, lam)
+            for t, wt in _target_slates(policy, o, k, rng, model_samples):
+                q_t[i] += wt * np.asarray(model.slate_values(x, o.items, t, lam))
         q = {"reward": (q_t[:, 0], q_l[:, 0]), "ctr": (q_t[:, 1], q_l[:, 1])}
     for key, r in (("reward", logged.batch.rewards), ("ctr", logged.ctr)):
         out[key] = _estimate(name, r, pi, mu, *q[key], clip)

@@ -260,6 +260,20 @@ class BanditPolicy:
         slate = rng.permutation(n)[:k] if rng.random() < self.spec.epsilon else greedy
         return slate, self._egreedy_probs(slate, greedy, n, k), s
 
+    def slate_mixture(self, obs: Observation, k: int, rng: np.random.Generator, draws: int = 4):
+        """The slate distribution as (slate, weight) pairs: exact for LinUCB and popularity (one
+        greedy slate) and for epsilon-greedy's greedy part (its uniform part and Thompson: ``draws``
+        samples). What the off-policy direct method averages its model over."""
+        a = self.spec.algorithm
+        if a in ("linucb", "popularity"):
+            return [(self.select(obs, k, rng)[0], 1.0)]
+        if a == "egreedy":
+            sim = obs.similarity() if self.spec.penalty > 0 else None
+            greedy = diverse_greedy(self.scores(obs), sim, k, self.spec.penalty)
+            eps, n = self.spec.epsilon, len(obs.rows)
+            return [(greedy, 1.0 - eps)] + [(rng.permutation(n)[:k], eps / draws) for _ in range(draws)]
+        return [(self.select(obs, k, rng)[0], 1.0 / draws) for _ in range(draws)]
+
     def _egreedy_probs(self, slate, greedy, n, k):
         return egreedy_position_probs(slate, greedy, n, self.spec.epsilon)
 

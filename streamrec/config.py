@@ -213,8 +213,8 @@ class TrainerSettings(_Section):
     holdout_window: int = Field(2_000, ge=1)
     """The gate scores on the held-out samples of recent rounds, up to about this many (IPS uses each one's own logged probability)."""
     ope_estimator: Literal["ips", "snips", "dr"] = "snips"
-    """SNIPS (falling back to DR below ``min_ess``) measured closest to on-policy CTR in bench/learn.py;
-    DR with long-lived versions was biased low for greedy bandits (README, "Learning")."""
+    """The gate's estimator where the logs cover the candidate (``min_ess``, ``min_support``); DR
+    (its click model grown on the training samples) where they do not (README, "Learning")."""
     gate_tolerance: float = Field(0.1, ge=0)
     """Publish when the candidate's lower bound >= current estimate - tolerance (slate-reward units)."""
     min_ess: float = Field(20.0, ge=1)

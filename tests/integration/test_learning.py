@@ -154,6 +154,8 @@ def test_publish_every_s_defers_passing_candidates_and_keeps_training(tmp_path):
     assert store.latest()["version"] == 2 and loop.serving_version == 2
     assert loop.stats["deferred"] == 2 and loop.stats["rejected"] == 0 and loop.stats["samples"] == 900
     assert not np.array_equal(loop.policy.state()["b"], loop.serving.state()["b"])  # training went on
+    # DR's click model grew on every round's training samples only (holdout_fraction 0.2 of 300 held out)
+    assert loop.click_model.n == sum(o["train"] for o in outs) == 3 * 240
 
 
 def test_trainer_publishes_resumes_after_a_crash_and_rolls_back(ray_session, tmp_path):
