@@ -58,6 +58,7 @@ def _settings(algorithm: str, lam: float, penalty: float, args, tmp: str):
                     "store_dir": f"{tmp}/{tag}/policies", "checkpoint_dir": f"{tmp}/{tag}/trainer",
                     "ope_estimator": args.estimator, "gate_tolerance": args.tolerance,
                     "publish_every_s": args.publish_every_s, "min_holdout": args.min_holdout,
+                    "min_support": args.min_support,
                     "holdout_window": args.holdout_window},
         "catalog": {"num_items": max(1, args.items), "num_users": max(1, args.users)},
     }, env={})
@@ -211,6 +212,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tolerance", type=float, default=0.1)
     ap.add_argument("--estimator", choices=["ips", "snips", "dr"], default="snips", help="the gate's OPE estimator")
     ap.add_argument("--min-holdout", type=int, default=1, help="held-out samples before the gate may publish")
+    ap.add_argument("--min-support", type=float, default=0.7,
+                    help="the gate's support check (mean clipped weight below it: DR); 0.001 all but turns it off")
     ap.add_argument("--holdout-window", type=int, default=2000, help="held-out samples the gate scores on (rolling)")
     ap.add_argument("--publish-every-s", type=float, default=0.0,
                     help="least seconds between publications (longer-lived versions: more impressions to measure each on)")
