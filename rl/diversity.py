@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["ild", "mmr_rerank", "slate_reward", "position_weights"]
+__all__ = ["ild", "ild_from_similarity", "mmr_rerank", "slate_reward", "position_weights"]
 
 
 def ild(vectors: np.ndarray) -> float:
@@ -20,9 +20,15 @@ def ild(vectors: np.ndarray) -> float:
         return 0.0
     norms = np.linalg.norm(v, axis=1, keepdims=True)
     u = v / np.where(norms > 0, norms, 1.0)
-    sim = u @ u.T
-    off = sim[~np.eye(k, dtype=bool)]
-    return float(np.mean(1.0 - off))
+    return ild_from_similarity(u @ u.T)
+
+
+def ild_from_similarity(sim: np.ndarray) -> float:
+    """ILD of a slate given its (K, K) cosine similarities: the mean off-diagonal 1 - cos."""
+    k = len(sim)
+    if k < 2:
+        return 0.0
+    return float(np.mean(1.0 - sim[~np.eye(k, dtype=bool)]))
 
 
 def mmr_rerank(scores: np.ndarray, vectors: np.ndarray, k: int, lam: float) -> np.ndarray:

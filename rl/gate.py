@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rl.diversity import position_weights
+from rl.diversity import ild_from_similarity, position_weights
 from rl.ope import Estimate, dr, ips, snips
 from rl.policies import bandit_features
 from rl.slate import cosine_similarity
@@ -83,15 +83,6 @@ class ClickModel:
             redundancy[p, 0] = sim[p, :p].max()
         return np.concatenate([features[slate], redundancy], 1), sim
 
-    def design(self, obs, slate) -> np.ndarray:
-        """(K, K * (D + 1)) block rows: row p holds [bandit features, redundancy] of the item at p in block p."""
-        r, _ = self.rows(bandit_features(obs), obs.items, slate)
-        k, d = r.shape
-        out = np.zeros((k, k * d))
-        for p in range(k):
-            out[p, p * d:(p + 1) * d] = r[p]
-        return out
-
     def fit(self, observations, slates, clicks) -> "ClickModel":
         """observations: B Observations; slates: (B, K) candidate indices; clicks: (B, K) feedback."""
         self.xtx = self.xty = None
@@ -131,7 +122,7 @@ class ClickModel:
         rows, sim = self.rows(features, items, slate)
         p = self._probs(rows)
         k = len(p)
-        diversity = float((1.0 - sim[~np.eye(k, dtype=bool)]).mean()) if lam and k > 1 else 0.0  # = rl.diversity.ild
+        diversity = ild_from_similarity(sim) if lam else 0.0
         return float(p @ position_weights(k) + lam * diversity), float(1.0 - np.prod(1.0 - p))
 
     def values(self, obs, slate, lam: float = 0.0) -> tuple[float, float]:

@@ -253,8 +253,7 @@ class BanditPolicy:
             slate = rng.permutation(n)[:k]
             return slate, 1.0 / (n - np.arange(k)), np.zeros(n)
         s = self.scores(obs, rng)
-        sim = obs.similarity() if self.spec.penalty > 0 else None
-        greedy = diverse_greedy(s, sim, k, self.spec.penalty)
+        greedy = self._greedy(obs, s, k)
         if a != "egreedy":
             return greedy, np.ones(k), s  # deterministic given the state (Thompson: given its draw)
         slate = rng.permutation(n)[:k] if rng.random() < self.spec.epsilon else greedy
@@ -266,13 +265,17 @@ class BanditPolicy:
         samples). What the off-policy direct method averages its model over."""
         a = self.spec.algorithm
         if a in ("linucb", "popularity"):
-            return [(self.select(obs, k, rng)[0], 1.0)]
+            return [(self._greedy(obs, self.scores(obs), k), 1.0)]
         if a == "egreedy":
-            sim = obs.similarity() if self.spec.penalty > 0 else None
-            greedy = diverse_greedy(self.scores(obs), sim, k, self.spec.penalty)
             eps, n = self.spec.epsilon, len(obs.rows)
-            return [(greedy, 1.0 - eps)] + [(rng.permutation(n)[:k], eps / draws) for _ in range(draws)]
+            return ([(self._greedy(obs, self.scores(obs), k), 1.0 - eps)]
+                    + [(rng.permutation(n)[:k], eps / draws) for _ in range(draws)])
         return [(self.select(obs, k, rng)[0], 1.0 / draws) for _ in range(draws)]
+
+    def _greedy(self, obs: Observation, scores: np.ndarray, k: int) -> np.ndarray:
+        """(K,) the deterministic slate for these scores (the diversity penalty applied)."""
+        sim = obs.similarity() if self.spec.penalty > 0 else None
+        return diverse_greedy(scores, sim, k, self.spec.penalty)
 
     def _egreedy_probs(self, slate, greedy, n, k):
         return egreedy_position_probs(slate, greedy, n, self.spec.epsilon)
@@ -281,8 +284,7 @@ class BanditPolicy:
         n, k, a = len(obs.rows), len(slate), self.spec.algorithm
         if a == "random":
             return float(np.prod(1.0 / (n - np.arange(k))))
-        sim = obs.similarity() if self.spec.penalty > 0 else None
-        greedy = diverse_greedy(self.scores(obs), sim, k, self.spec.penalty)
+        greedy = self._greedy(obs, self.scores(obs), k)
         if a == "egreedy":
             return float(np.prod(self._egreedy_probs(np.asarray(slate), greedy, n, k)))
         return float(np.array_equal(np.asarray(slate), greedy))
