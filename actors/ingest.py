@@ -118,18 +118,18 @@ class StreamIngest:
             expect = topics.get(topic)
             newest = -1e300  # event-time high mark of this partition in this batch
             n_rec += len(recs)
-            for r in recs:
-                ev = decode(r.value, max_bytes=max_bytes, expect=expect)
+            for offset, key, value in recs:
+                ev = decode(value, max_bytes=max_bytes, expect=expect)
                 cls = type(ev)
                 if cls is Impression:
-                    add_impression(ev, (topic, part, r.offset))
+                    add_impression(ev, (topic, part, offset))
                     n_imp += 1
                 elif cls is Feedback:
-                    add_feedback(ev, (topic, part, r.offset))
+                    add_feedback(ev, (topic, part, offset))
                     n_fb += 1
                     profile_events.append((ev.user_id, ev.item_id, ev.ts))
                 else:
-                    self._dead_letter(ev, topic, part, r)
+                    self._dead_letter(ev, topic, part, offset, key, value)
                     continue
                 if ev.ts > newest:
                     newest = ev.ts
@@ -143,11 +143,11 @@ class StreamIngest:
                 _, self._profile_refs = ray.wait(self._profile_refs, num_returns=1, timeout=5)
             self._profile_refs.append(self.profile_store.record.remote(profile_events))
 
-    def _dead_letter(self, error, topic: str, part: int, record) -> None:
-        headers = dead_letter_headers(error, topic, part, record.offset)
-        while not self.dlq.send(self.dlq_topic, record.key, record.value or b"", headers=headers):
+    def _dead_letter(self, error, topic: str, part: int, offset: int, key: bytes | None, value: bytes | None) -> None:
+        headers = dead_letter_headers(error, topic, part, offset)
+        while not self.dlq.send(self.dlq_topic, key, value or b"", headers=headers):
             self.dlq.flush(1.0)  # DLQ buffer full: wait rather than lose a dead letter
-        self.joiner.skip((topic, part, record.offset))
+        self.joiner.skip((topic, part, offset))
         self.counts["dlq"] += 1
 
     def _handoff(self, token, samples) -> None:

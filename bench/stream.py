@@ -1,4 +1,4 @@
-"""Stream benchmark: events/s through one StreamIngest actor next to a bare kafka-python loop.
+"""Stream benchmark: events/s through one StreamIngest actor next to bare kafka-python and librdkafka loops.
 
     python -m bench.stream [--events 200000] [--soak-s 60]
 
@@ -154,6 +154,30 @@ def latency_and_soak(bootstrap: str, window_s: float, rate_per_s: int, seconds: 
             "join_state_end": m["join_state"]}
 
 
+def bare_librdkafka_loop(bootstrap: str, s, total: int) -> float:
+    """A second peer: a confluent-kafka (librdkafka) group consumer that only counts records.
+
+    StreamIngest consumes with this client; this is the ceiling its decode, join and hand-off
+    are measured against, next to the kafka-python loop the issue names."""
+    from confluent_kafka import Consumer
+
+    t = s.kafka.topics
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bare-rd-{uuid.uuid4().hex[:6]}",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False, "session.timeout.ms": 10_000,
+                  "fetch.wait.max.ms": 100})
+    c.subscribe([t.impressions, t.feedback])
+    n, t0 = 0, None
+    deadline = time.monotonic() + 300
+    while n < total and time.monotonic() < deadline:
+        msgs = c.consume(2_000, 0.1)
+        if msgs and t0 is None:
+            t0 = time.perf_counter()
+        n += sum(1 for m in msgs if m.error() is None)
+    dt = time.perf_counter() - t0
+    c.close()
+    return n / dt
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=150_000, help="impressions to pre-produce (plus 1/3 feedback)")
@@ -174,11 +198,14 @@ def main(argv=None) -> int:
         print(f"produced {total} events ({produce_rate:,.0f}/s)", file=sys.stderr)
         bare = bare_loop(broker.bootstrap, s, total)
         print(f"bare kafka-python loop: {bare:,.0f} events/s", file=sys.stderr)
+        bare_rd = bare_librdkafka_loop(broker.bootstrap, s, total)
+        print(f"bare librdkafka loop: {bare_rd:,.0f} events/s", file=sys.stderr)
         ours, m = ingest_rate(broker.bootstrap, s, args.events)
         print(f"StreamIngest: {ours:,.0f} events/s", file=sys.stderr)
         soak = latency_and_soak(broker.bootstrap, 0.5, args.soak_rate, args.soak_s)
         out = {"bench": "stream", "events": total, "ingest_events_per_s": round(ours),
                "bare_kafka_python_events_per_s": round(bare), "ratio": round(ours / bare, 3),
+               "bare_librdkafka_events_per_s": round(bare_rd), "ratio_to_librdkafka": round(ours / bare_rd, 3),
                "produce_events_per_s": round(produce_rate), "ingest_join_hit_rate": round(m["join_hit_rate"], 4),
                **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in soak.items()}}
         print(json.dumps(out))
