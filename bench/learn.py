@@ -10,7 +10,11 @@ actor trains, gates and publishes to the PolicyStore; the clients follow the sto
 replicas do. Clients make ``--rate`` impressions per second (default 250: what ingest + trainer keep up with
 on 2 cores beside the simulator). CTR is measured on-policy from the simulated clicks; each promoted version's OPE
 estimate of CTR is set next to the CTR measured while it served: the mean over its impressions of the
-simulator's probability that the slate got a click (the sampled clicks' expectation, reported beside it). ``--lambda-check ppo,linucb`` reruns
+simulator's probability that the slate got a click (the sampled clicks' expectation, reported beside it).
+Because users' profiles keep improving from their clicks, a version serves later, richer contexts than
+the held-out samples the gate scored it on; so each new version's exact on-policy CTR is also computed
+on the ``--cf-contexts`` latest contexts before it went live (what the off-policy estimate targets),
+and its error is reported separately from the drift. ``--lambda-check ppo,linucb`` reruns
 those policies with diversity lambda = 0 (no ILD reward, no sampling penalty) for the diversity figure.
 The offline RecBole-protocol figures on ML-100K are bench/offline_ml100k.py.
 """
@@ -22,7 +26,7 @@ import json
 import sys
 import time
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 
 import numpy as np
 import ray
@@ -71,6 +75,16 @@ def _embed(items, users):
     return enc.encode(items.column("text").to_pylist()), enc.encode(users.column("text").to_pylist())
 
 
+def _expected_ctr(core: RankingCore, sim, contexts, k: int, rng: np.random.Generator) -> float:
+    """The serving policy's exact on-policy CTR on given (user, context, profile) triples: the mean of
+    the simulator's slate click probability over slates the policy draws for them (nothing logged)."""
+    if not contexts:
+        return float("nan")
+    ctr = [1.0 - float(np.prod(1.0 - sim.click_probs(u, core.rank(p, None, ctx, k, rng).items, ctx)))
+           for u, ctx, p in contexts]
+    return float(np.mean(ctr))
+
+
 def run_policy(algorithm, lam, penalty, args, world, bootstrap, tmp) -> dict:
     items, users, item_vecs, user_vecs, sim = world
     s = _settings(algorithm, lam, penalty, args, tmp)
@@ -98,6 +112,9 @@ def run_policy(algorithm, lam, penalty, args, world, bootstrap, tmp) -> dict:
     item_row = {i: r for r, i in enumerate(item_ids)}
     clicks_all, ilds, shown = [], [], []
     by_version = defaultdict(lambda: [0, 0, 0.0])  # impressions, sampled clicks, expected clicks
+    recent = deque(maxlen=args.cf_contexts)  # (user row, context, profile) of the latest impressions
+    on_gate_contexts: dict[str, float] = {}  # version -> its on-policy CTR on the contexts before it
+    cf_rng = np.random.default_rng(args.seed + 1)
     started = time.monotonic()
     last_poll = 0.0
     done = 0
@@ -107,6 +124,7 @@ def run_policy(algorithm, lam, penalty, args, world, bootstrap, tmp) -> dict:
                 if follower.poll():
                     cur = follower.current
                     core.swap(cur.featurizer, cur.policy, cur.version)
+                    on_gate_contexts[str(cur.version)] = _expected_ctr(core, sim, recent, s.policy.slate_size, cf_rng)
                 last_poll = time.monotonic()
             tick = [sim.sample_user(rng) for _ in range(min(args.tick, args.impressions - done))]
             uids = [u[1] for u in tick]
@@ -116,6 +134,7 @@ def run_policy(algorithm, lam, penalty, args, world, bootstrap, tmp) -> dict:
                 now = time.time()
                 r = core.rank(p, None, ctx, s.policy.slate_size, rng, ts=now)
                 click_p = sim.click_probs(u, r.items, ctx)
+                recent.append((u, ctx, p))
                 c = (rng.random(len(click_p)) < click_p).astype(np.float64)  # = sim.clicks, probabilities kept
                 eid = uuid.uuid4().hex
                 sink.send(t.impressions, uid, encode(Impression(
@@ -162,16 +181,24 @@ def run_policy(algorithm, lam, penalty, args, world, bootstrap, tmp) -> dict:
             # that the slate got a click (the expectation of the sampled clicks, without their coin-flip
             # noise: +-2% instead of +-4-7% at a few hundred impressions); the sampled CTR sits beside it
             measured = e / n
-            ope_vs_measured.append({"version": m["version"], "ope_ctr": round(m["ope"]["ctr"], 4),
-                                    "estimator": m["ope"]["estimator"], "measured_ctr": round(measured, 4),
-                                    "sampled_ctr": round(c / n, 4), "impressions": n,
-                                    "rel_error": round(abs(m["ope"]["ctr"] - measured) / max(measured, 1e-9), 4),
-                                    "rel_error_sampled": round(abs(m["ope"]["ctr"] - c / n) / max(c / n, 1e-9), 4)})
+            row = {"version": m["version"], "ope_ctr": round(m["ope"]["ctr"], 4),
+                   "estimator": m["ope"]["estimator"], "measured_ctr": round(measured, 4),
+                   "sampled_ctr": round(c / n, 4), "impressions": n,
+                   "rel_error": round(abs(m["ope"]["ctr"] - measured) / max(measured, 1e-9), 4),
+                   "rel_error_sampled": round(abs(m["ope"]["ctr"] - c / n) / max(c / n, 1e-9), 4)}
+            gate_ctx = on_gate_contexts.get(str(m["version"]))
+            if gate_ctx is not None:
+                row["on_gate_contexts_ctr"] = round(gate_ctx, 4)
+                row["rel_error_on_gate_contexts"] = round(abs(m["ope"]["ctr"] - gate_ctx) / max(gate_ctx, 1e-9), 4)
+            ope_vs_measured.append(row)
     tail = clicks_all[-args.tail:]
     errs = np.array([o["rel_error"] for o in ope_vs_measured])
     weights = np.array([o["impressions"] for o in ope_vs_measured], float)
     errs_sampled = np.array([o["rel_error_sampled"] for o in ope_vs_measured])
+    errs_ctx = np.array([o["rel_error_on_gate_contexts"] for o in ope_vs_measured if "rel_error_on_gate_contexts" in o])
     ope_summary = ({"versions": len(errs), "within_10pct": round(float((errs <= 0.10).mean()), 3),
+                    "within_10pct_on_gate_contexts": round(float((errs_ctx <= 0.10).mean()), 3) if len(errs_ctx) else None,
+                    "median_rel_error_on_gate_contexts": round(float(np.median(errs_ctx)), 4) if len(errs_ctx) else None,
                     "within_10pct_of_sampled_ctr": round(float((errs_sampled <= 0.10).mean()), 3),
                     "median_rel_error": round(float(np.median(errs)), 4),
                     "impression_weighted_rel_error": round(float((errs * weights).sum() / weights.sum()), 4)}
@@ -220,6 +247,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tail", type=int, default=10_000)
     ap.add_argument("--min-version-impressions", type=int, default=300,
                     help="versions served fewer times are left out of the OPE-vs-measured comparison")
+    ap.add_argument("--cf-contexts", type=int, default=500,
+                    help="latest impressions on which each new version's on-policy CTR is also computed (the contexts "
+                         "the gate's held-out samples came from), beside the CTR measured while it served")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--tmp", default=".streamrec/bench-learn")
