@@ -56,7 +56,8 @@ def _subset(logged: Logged, idx: np.ndarray) -> Logged:
     b = logged.batch
     batch = LoggedBatch(b.obs[idx], b.actions[idx], b.logp[idx], b.rewards[idx],
                         None if b.dist_inputs is None else b.dist_inputs[idx])
-    return Logged(batch, [logged.observations[i] for i in idx], logged.slates[idx], logged.clicks[idx], 0)
+    props = logged.propensities[idx] if logged.propensities is not None else None
+    return Logged(batch, [logged.observations[i] for i in idx], logged.slates[idx], logged.clicks[idx], 0, props)
 
 
 def _concat(parts: list[Logged]) -> Logged:
@@ -64,8 +65,10 @@ def _concat(parts: list[Logged]) -> Logged:
     batch = LoggedBatch(np.concatenate([x.obs for x in b]), np.concatenate([x.actions for x in b]),
                         np.concatenate([x.logp for x in b]), np.concatenate([x.rewards for x in b]),
                         np.concatenate([x.dist_inputs for x in b]))
+    props = (np.concatenate([p.propensities for p in parts])
+             if all(p.propensities is not None for p in parts) else None)
     return Logged(batch, [o for p in parts for o in p.observations], np.concatenate([p.slates for p in parts]),
-                  np.concatenate([p.clicks for p in parts]), 0)
+                  np.concatenate([p.clicks for p in parts]), 0, props)
 
 
 class TrainerLoop:
@@ -147,7 +150,7 @@ class TrainerLoop:
         if train.observations:
             self.click_model.add(train.observations, train.slates, train.clicks)
         gate = dict(estimator=t.ope_estimator, rng=self.rng, min_ess=t.min_ess, min_support=t.min_support,
-                    lam=self.settings.policy.diversity_lambda, click_model=self.click_model)
+                    lam=self.settings.policy.diversity_lambda, click_model=self.click_model, dr_weights=t.dr_weights)
         report = evaluate(candidate, hold, **gate)
         current = evaluate(self.serving, hold, **gate) if self.serving is not None else None
         ok, why = promote(report, current, t.gate_tolerance)

@@ -60,7 +60,7 @@ def _settings(algorithm: str, lam: float, penalty: float, args, tmp: str):
                    "diversity_lambda": lam, "diversity_penalty": penalty, "feature_dim": 16},
         "trainer": {"train_every_s": args.train_every_s, "min_samples": 500, "max_batch": 2048,
                     "store_dir": f"{tmp}/{tag}/policies", "checkpoint_dir": f"{tmp}/{tag}/trainer",
-                    "ope_estimator": args.estimator, "gate_tolerance": args.tolerance,
+                    "ope_estimator": args.estimator, "dr_weights": args.dr_weights, "gate_tolerance": args.tolerance,
                     "publish_every_s": args.publish_every_s, "min_holdout": args.min_holdout,
                     "min_support": args.min_support,
                     "holdout_window": args.holdout_window},
@@ -238,6 +238,8 @@ def main(argv=None) -> int:
     ap.add_argument("--train-every-s", type=float, default=1.0)
     ap.add_argument("--tolerance", type=float, default=0.1)
     ap.add_argument("--estimator", choices=["ips", "snips", "dr"], default="snips", help="the gate's OPE estimator")
+    ap.add_argument("--dr-weights", choices=["slate", "cascade"], default="slate",
+                    help="DR's importance weights: whole-slate, or per position down to it (cascade DR)")
     ap.add_argument("--min-holdout", type=int, default=1, help="held-out samples before the gate may publish")
     ap.add_argument("--min-support", type=float, default=0.7,
                     help="the gate's support check (mean clipped weight below it: DR); 0.001 all but turns it off")

@@ -15,6 +15,14 @@ ridge on the shown items' features and positions) still gives an estimate. Two c
   logs cover the candidate. An epsilon-greedy candidate whose greedy slates differ from the
   logged ones keeps weight ~1 on the exploration slates only, so its ESS looks healthy while
   SNIPS, renormalising, would value it as the exploration traffic (measured: 30-45% low).
+
+With ``dr_weights="cascade"`` DR weighs evidence per position (:func:`rl.ope.cascade_dr`):
+position k's click is corrected with the product of the probability ratios of positions 1..k,
+so a logged slate that starts like the candidate's still corrects the click model at the top,
+where whole-slate weights need all K items to agree. Off by default: where the logs come from a
+deterministic policy (LinUCB, Thompson at its mean, a zero-state bandit's first version) neither
+weighting has support for the candidate's new picks, and with epsilon-greedy logs the per-position
+ratios reach epsilon/N (clipped), so in-process it was not clearly better (see the README).
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rl.diversity import ild_from_similarity, position_weights
-from rl.ope import Estimate, dr, ips, snips
+from rl.ope import Estimate, cascade_dr, dr, ips, snips
 from rl.policies import bandit_features
 from rl.slate import cosine_similarity
 
@@ -117,13 +125,16 @@ class ClickModel:
         """(K,) click probability of each shown item."""
         return self._probs(self.rows(bandit_features(obs), obs.items, slate)[0])
 
+    def slate_probs(self, features: np.ndarray, items: np.ndarray, slate) -> tuple[np.ndarray, np.ndarray]:
+        """((K,) click probability of each shown item, (K, K) their cosine similarities), given the
+        candidates' (N, D) bandit features and (N, m) vectors."""
+        rows, sim = self.rows(features, items, slate)
+        return self._probs(rows), sim
+
     def slate_values(self, features: np.ndarray, items: np.ndarray, slate, lam: float = 0.0) -> tuple[float, float]:
         """(reward, CTR) of one slate, given the candidates' (N, D) bandit features and (N, m) vectors."""
-        rows, sim = self.rows(features, items, slate)
-        p = self._probs(rows)
-        k = len(p)
-        diversity = ild_from_similarity(sim) if lam else 0.0
-        return float(p @ position_weights(k) + lam * diversity), float(1.0 - np.prod(1.0 - p))
+        p, sim = self.slate_probs(features, items, slate)
+        return _reward_ctr(p, sim, lam)
 
     def values(self, obs, slate, lam: float = 0.0) -> tuple[float, float]:
         """(reward, CTR) of one slate from one pass over its items."""
@@ -136,6 +147,21 @@ class ClickModel:
         return self.values(obs, slate, lam)[0]
 
 
+def _reward_ctr(p: np.ndarray, sim: np.ndarray, lam: float) -> tuple[float, float]:
+    """(reward, CTR) of a slate from its (K,) click probabilities and (K, K) similarities."""
+    diversity = ild_from_similarity(sim) if lam else 0.0
+    return float(p @ position_weights(len(p)) + lam * diversity), float(1.0 - np.prod(1.0 - p))
+
+
+def first_click(clicks: np.ndarray) -> np.ndarray:
+    """(B, K) P(the first click is at position k) from (B, K) click probabilities (or 0/1 clicks):
+    c_k * prod_{j<k} (1 - c_j). Their sum over k is the slate's CTR, and position k depends on
+    the items at positions <= k only, so CTR decomposes for :func:`rl.ope.cascade_dr`."""
+    c = np.asarray(clicks, dtype=np.float64)
+    above = np.cumprod(np.concatenate([np.ones((c.shape[0], 1)), 1.0 - c[:, :-1]], 1), axis=1)
+    return c * above
+
+
 def _target_slates(policy, obs, k: int, rng: np.random.Generator, draws: int) -> list[tuple[np.ndarray, float]]:
     """The candidate's slate distribution on one observation as (slate, weight) pairs for the direct
     method: the policy's own ``slate_mixture`` when it has one (exact), else ``draws`` samples."""
@@ -146,52 +172,67 @@ def _target_slates(policy, obs, k: int, rng: np.random.Generator, draws: int) ->
 
 
 ESTIMATORS = ("ips", "snips", "dr")
-
-
-def _estimate(name, r, pi, mu, q_t, q_l, clip):
-    if name == "ips":
-        return ips(r, pi, mu, clip=clip)
-    if name == "snips":
-        return snips(r, pi, mu, clip=clip)
-    return dr(r, pi, mu, q_t, q_l, clip=clip)
+DR_WEIGHTS = ("slate", "cascade")
 
 
 def evaluate(policy, logged, *, estimator: str = "snips", rng: np.random.Generator, min_ess: float = 20.0,
              min_support: float = 0.7, clip: float | None = 100.0, model_samples: int = 4,
-             lam: float = 0.0, click_model: ClickModel | None = None) -> GateReport:
+             lam: float = 0.0, click_model: ClickModel | None = None, dr_weights: str = "slate") -> GateReport:
     """Off-policy value of ``policy`` (rl.policies) on ``logged`` (rl.logged.Logged) held-out samples.
 
     ``lam`` is the diversity weight the logged rewards were formed with (the direct-method model
     of DR rebuilds rewards the same way). ``click_model``: DR's direct method, fitted on other
     samples than ``logged`` (the trainer's, grown every round); without one (or an empty one) it
-    is fitted on ``logged`` itself.
+    is fitted on ``logged`` itself. ``dr_weights``: DR's importance weights, ``slate`` (whole-slate
+    ratios) or ``cascade`` (per position, the ratios down to it: :func:`rl.ope.cascade_dr`; used
+    where the policy gives per-position probabilities and the logs carry them, reported as
+    ``cascade-dr``).
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be ips, snips or dr, got {estimator!r}")
+    if dr_weights not in DR_WEIGHTS:
+        raise ValueError(f"dr_weights must be slate or cascade, got {dr_weights!r}")
     n = len(logged.observations)
     if n == 0:
         raise ValueError("no held-out samples to evaluate on")
     mu = np.exp(logged.batch.logp)
-    pi = np.asarray([policy.slate_probability(o, s) for o, s in zip(logged.observations, logged.slates)])
+    positional = getattr(policy, "position_probabilities", None)
+    pi_k = mu_k = None
+    if dr_weights == "cascade" and positional is not None and logged.propensities is not None:
+        pi_k = np.stack([positional(o, s) for o, s in zip(logged.observations, logged.slates)])  # (B, K)
+        mu_k = logged.propensities
+        pi = pi_k.prod(1)
+    else:
+        pi = np.asarray([policy.slate_probability(o, s) for o, s in zip(logged.observations, logged.slates)])
     w = np.minimum(pi / mu, clip) if clip else pi / mu
     ess = float(w.sum() ** 2 / (w ** 2).sum()) if (w ** 2).sum() > 0 else 0.0
     support = float(w.mean())
     name = estimator if ess >= min_ess and support >= min_support else "dr"
     out = {}
-    q = {"reward": (np.zeros(n), np.zeros(n)), "ctr": (np.zeros(n), np.zeros(n))}
-    if name == "dr":  # one click model; the candidate's slate distribution serves both values
-        k = logged.slates.shape[1]
-        model = (click_model if click_model is not None and click_model.theta is not None
-                 else ClickModel().fit(logged.observations, logged.slates, logged.clicks))
-        q_l, q_t = np.zeros((n, 2)), np.zeros((n, 2))
-        for i, (o, s) in enumerate(zip(logged.observations, logged.slates)):
-            x = bandit_features(o)
-            q_l[i] = model.slate_values(x, o.items, s, lam)
-            for t, wt in _target_slates(policy, o, k, rng, model_samples):
-                q_t[i] += wt * np.asarray(model.slate_values(x, o.items, t, lam))
-        q = {"reward": (q_t[:, 0], q_l[:, 0]), "ctr": (q_t[:, 1], q_l[:, 1])}
-    for key, r in (("reward", logged.batch.rewards), ("ctr", logged.ctr)):
-        out[key] = _estimate(name, r, pi, mu, *q[key], clip)
+    if name != "dr":
+        for key, r in (("reward", logged.batch.rewards), ("ctr", logged.ctr)):
+            out[key] = (ips if name == "ips" else snips)(r, pi, mu, clip=clip)
+        return GateReport(name, out["reward"], out["ctr"], support)
+    # DR: one click model; the candidate's slate distribution serves both values
+    k = logged.slates.shape[1]
+    model = (click_model if click_model is not None and click_model.theta is not None
+             else ClickModel().fit(logged.observations, logged.slates, logged.clicks))
+    p_l, q_l, q_t = np.zeros((n, k)), np.zeros((n, 2)), np.zeros((n, 2))
+    for i, (o, s) in enumerate(zip(logged.observations, logged.slates)):
+        x = bandit_features(o)
+        p_l[i], sim = model.slate_probs(x, o.items, s)
+        q_l[i] = _reward_ctr(p_l[i], sim, lam)
+        for t, wt in _target_slates(policy, o, k, rng, model_samples):
+            q_t[i] += wt * np.asarray(model.slate_values(x, o.items, t, lam))
+    if pi_k is not None:
+        # per position: the evidence of every logged slate that agrees with the candidate down to it
+        clicked = (logged.clicks > 0).astype(np.float64)
+        out["reward"] = cascade_dr(q_t[:, 0], clicked, p_l, pi_k, mu_k, weights=position_weights(k), clip=clip)
+        out["ctr"] = cascade_dr(q_t[:, 1], first_click(clicked), first_click(p_l), pi_k, mu_k, clip=clip)
+        name = "cascade-dr"
+    else:
+        for j, (key, r) in enumerate((("reward", logged.batch.rewards), ("ctr", logged.ctr))):
+            out[key] = dr(r, pi, mu, q_t[:, j], q_l[:, j], clip=clip)
     return GateReport(name, out["reward"], out["ctr"], support)
 
 

@@ -48,6 +48,8 @@ class Logged:
     """(B, K) feedback values by position."""
     skipped: int
     """Samples that could not be rebuilt (another layout, missing features)."""
+    propensities: np.ndarray | None = None
+    """(B, K) the behaviour policy's probability of each shown item given the items above it."""
 
     @property
     def ctr(self) -> np.ndarray:
@@ -58,7 +60,7 @@ class Logged:
 def samples_to_logged(samples: Sequence, featurizer: Featurizer, spec: PolicySpec, lam: float) -> Logged:
     """TrainingSamples -> observations, slates and rewards (position-weighted clicks + lam * ILD)."""
     lay = spec.layout
-    obs, acts, logps, rewards, dis, observations, clicks = [], [], [], [], [], [], []
+    obs, acts, logps, rewards, dis, observations, clicks, props = [], [], [], [], [], [], [], []
     skipped = 0
     pw = position_weights(spec.slate_size)
     for s in samples:
@@ -86,6 +88,7 @@ def samples_to_logged(samples: Sequence, featurizer: Featurizer, spec: PolicySpe
         obs.append(flat)
         acts.append(slate)
         logps.append(float(np.log(np.asarray(s.propensities)).sum()))
+        props.append(s.propensities)
         rewards.append(float((c > 0) @ pw + lam * ild(o.items[slate])))
         dis.append(scores / spec.temperature if scores is not None else np.zeros(len(cands), np.float32))
         observations.append(o)
@@ -94,4 +97,5 @@ def samples_to_logged(samples: Sequence, featurizer: Featurizer, spec: PolicySpe
     batch = LoggedBatch(np.asarray(obs, np.float32).reshape(-1, lay.size), np.asarray(acts, np.int64).reshape(-1, k),
                         np.asarray(logps, np.float64), np.asarray(rewards, np.float64),
                         np.asarray(dis, np.float32).reshape(-1, n))
-    return Logged(batch, observations, batch.actions, np.asarray(clicks, np.float64).reshape(-1, k), skipped)
+    return Logged(batch, observations, batch.actions, np.asarray(clicks, np.float64).reshape(-1, k), skipped,
+                  np.asarray(props, np.float64).reshape(-1, k))

@@ -174,10 +174,13 @@ class NeuralPolicy:
         slate, probs = plackett_luce_sample(s, k, rng, self.spec.temperature, sim, self.spec.penalty)
         return slate, probs, s
 
-    def slate_probability(self, obs: Observation, slate: np.ndarray) -> float:
+    def position_probabilities(self, obs: Observation, slate: np.ndarray) -> np.ndarray:
+        """(K,) probability of each item of ``slate`` given the items above it."""
         sim = obs.similarity() if self.spec.penalty > 0 else None
-        return float(np.prod(plackett_luce_position_probs(self.scores(obs), slate, self.spec.temperature,
-                                                          sim, self.spec.penalty)))
+        return plackett_luce_position_probs(self.scores(obs), slate, self.spec.temperature, sim, self.spec.penalty)
+
+    def slate_probability(self, obs: Observation, slate: np.ndarray) -> float:
+        return float(np.prod(self.position_probabilities(obs, slate)))
 
     def state(self) -> dict[str, np.ndarray]:
         return dict(self.scorer.w)
@@ -280,14 +283,22 @@ class BanditPolicy:
     def _egreedy_probs(self, slate, greedy, n, k):
         return egreedy_position_probs(slate, greedy, n, self.spec.epsilon)
 
-    def slate_probability(self, obs: Observation, slate: np.ndarray) -> float:
+    def position_probabilities(self, obs: Observation, slate: np.ndarray) -> np.ndarray:
+        """(K,) probability of each item of ``slate`` given the items above it (product: the slate's).
+
+        Deterministic policies (LinUCB, popularity; Thompson at its mean): 1 down to the first
+        position where ``slate`` leaves the greedy slate, 0 from there."""
         n, k, a = len(obs.rows), len(slate), self.spec.algorithm
         if a == "random":
-            return float(np.prod(1.0 / (n - np.arange(k))))
+            return 1.0 / (n - np.arange(k))
+        slate = np.asarray(slate)
         greedy = self._greedy(obs, self.scores(obs), k)
         if a == "egreedy":
-            return float(np.prod(self._egreedy_probs(np.asarray(slate), greedy, n, k)))
-        return float(np.array_equal(np.asarray(slate), greedy))
+            return self._egreedy_probs(slate, greedy, n, k)
+        return np.cumprod(slate == greedy).astype(np.float64)
+
+    def slate_probability(self, obs: Observation, slate: np.ndarray) -> float:
+        return float(np.prod(self.position_probabilities(obs, slate)))
 
     def update(self, obs: Observation, slate: np.ndarray, clicks: np.ndarray) -> None:
         """Learn from one logged slate: (K,) candidate indices and (K,) click values."""

@@ -8,7 +8,7 @@ import pytest
 from rl.bandits import egreedy_position_probs, EpsilonGreedy, LinearThompson, LinUCB, PopularityPolicy, RandomPolicy, sherman_morrison
 from rl.diversity import ild, mmr_rerank, position_weights, slate_reward
 from rl.metrics import coverage, ctr, gini, hit_at_k, ndcg_at_k, novelty, recall_at_k
-from rl.ope import dr, ips, snips
+from rl.ope import cascade_dr, dr, ips, snips
 from rl.slate import greedy_slate, plackett_luce_logp, plackett_luce_position_probs, plackett_luce_sample
 
 
@@ -187,3 +187,48 @@ def test_ope_bad_inputs(args, msg):
 
 def test_greedy_slate_breaks_ties_by_index():
     assert greedy_slate(np.array([1.0, 3.0, 3.0, 0.0]), 3).tolist() == [1, 2, 0]
+
+
+# -- cascade DR ---------------------------------------------------------------------------------------
+
+def _cascade_case():
+    q_t = np.array([0.5, 0.4])
+    y = np.array([[1.0, 0.0], [0.0, 1.0]])
+    yhat = np.array([[0.5, 0.2], [0.3, 0.4]])
+    pi = np.array([[1.0, 1.0], [1.0, 0.0]])
+    mu = np.array([[0.5, 0.5], [0.5, 1.0]])
+    return q_t, y, yhat, pi, mu
+
+
+def test_cascade_dr_weights_each_position_by_the_ratios_down_to_it():
+    q_t, y, yhat, pi, mu = _cascade_case()
+    # W = cumprod(pi / mu) = [[2, 4], [2, 0]]; v = (1, 0.5)
+    # sample 1: 0.5 + 1 * 2 * (1 - 0.5) + 0.5 * 4 * (0 - 0.2) = 1.1; sample 2: 0.4 + 2 * (0 - 0.3) + 0 = -0.2
+    est = cascade_dr(q_t, y, yhat, pi, mu, weights=[1.0, 0.5])
+    assert est.value == pytest.approx(0.45) and est.n == 2 and est.ess == pytest.approx(2.0)
+    se = np.std([1.1, -0.2], ddof=1) / np.sqrt(2)
+    assert est.low == pytest.approx(0.45 - 1.96 * se) and est.high == pytest.approx(0.45 + 1.96 * se)
+    # clipping applies to the cumulative weight: W[0, 1] = 4 -> 3
+    assert cascade_dr(q_t, y, yhat, pi, mu, weights=[1.0, 0.5], clip=3.0).value == pytest.approx(0.5)
+
+
+def test_cascade_dr_with_one_position_is_dr():
+    rng = np.random.default_rng(0)
+    r, q_t, q_l = rng.random(50), rng.random(50), rng.random(50)
+    pi, mu = rng.uniform(0.1, 1, 50), rng.uniform(0.1, 1, 50)
+    a = cascade_dr(q_t, r[:, None], q_l[:, None], pi[:, None], mu[:, None])
+    b = dr(r, pi, mu, q_t, q_l)
+    assert a.value == pytest.approx(b.value) and a.low == pytest.approx(b.low)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: (c[0], c[1][:, :1], *c[2:]), "predictions must be a finite"),
+    (lambda c: (c[0], c[1], c[2] * np.nan, *c[3:]), "predictions must be a finite"),
+    (lambda c: (c[0], c[1][0], *c[2:]), "outcomes must be a finite"),
+    (lambda c: (*c[:3], c[3][:1], c[4]), "target and logged probabilities must be"),
+    (lambda c: (*c[:4], c[4] * 0), "logged probabilities must be in"),
+    (lambda c: (c[0][:1], *c[1:]), "rewards must be"),
+])
+def test_cascade_dr_refuses(change, message):
+    with pytest.raises(ValueError, match=message):
+        cascade_dr(*change(_cascade_case()))
