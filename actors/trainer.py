@@ -16,6 +16,7 @@ the store, either Ray actors or plain objects), so tests drive it round by round
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -80,12 +81,15 @@ class TrainerLoop:
         self.checkpoint_dir = Path(t.checkpoint_dir)
         item_vectors = np.asarray(item_vectors, np.float32)
         latest = _call(store, "latest")
-        projection = None
+        projection = lineage = None
         if latest is not None:  # continue the published lineage: same projection, same weights
             manifest, blob = _call(store, "get", latest["version"])
-            spec = PolicySpec.from_dict(manifest["spec"])
+            lineage = PolicySpec.from_dict(manifest["spec"])
             tensors = unpack(blob, sha256=manifest["sha256"])
-            if spec.algorithm == settings.policy.algorithm and spec.num_rows == len(item_ids) + 1:
+            ours = lineage.algorithm == settings.policy.algorithm
+            # a bandit's exploring version 1 (see publish_initial): same lineage, nothing learned yet
+            first = lineage.algorithm == "random" and manifest.get("ope") is None and settings.policy.algorithm != "ppo"
+            if (ours or first) and lineage.num_rows == len(item_ids) + 1:
                 projection = tensors["projection"]
             else:
                 latest = None
@@ -105,9 +109,14 @@ class TrainerLoop:
             self.policy = self.learner.serving_policy()
         else:
             self.policy = make_policy(self.spec)
-            if latest is not None:
+            if latest is not None and lineage.algorithm == self.spec.algorithm:
                 self.policy = policy_from_state(self.spec, tensors)
-        self.serving = self.policy if latest is not None else None
+        if latest is None:
+            self.serving = None
+        elif lineage.algorithm == self.spec.algorithm:
+            self.serving = self.policy
+        else:  # the exploring version 1
+            self.serving = policy_from_state(lineage, tensors)
         self.serving_version = latest["version"] if latest else None
         self.trained_through: dict[str, int] = dict(latest.get("trained_through", {})) if latest else {}
         self.holdout: list[Logged] = []  # held-out samples of recent rounds (never trained on)
@@ -204,18 +213,26 @@ class TrainerLoop:
         return manifest
 
     def publish_initial(self) -> dict | None:
-        """Publish the untrained policy as version 1 so serving has something from the start."""
+        """Publish version 1 so serving has something from the start.
+
+        A bandit with no data scores every candidate alike and would serve those ties as one
+        deterministic slate, logging data no off-policy estimator can value a candidate on; its
+        version 1 is the uniformly random policy instead (exact propensities). PPO's untrained
+        network already samples with exact propensities."""
         if self.serving is not None:
             return None
-        manifest = _call(self.store, "publish", *self._initial_blob())
-        self.serving, self.serving_version = self.policy, manifest["version"]
-        if isinstance(self.policy, BanditPolicy):
-            self.serving = policy_from_state(self.spec, self.policy.state())
+        first = self.policy
+        if isinstance(first, BanditPolicy) and self.spec.algorithm != "random":
+            first = make_policy(dataclasses.replace(self.spec, algorithm="random"))
+        manifest = _call(self.store, "publish", *self._blob(first))
+        self.serving, self.serving_version = first, manifest["version"]
+        if isinstance(first, BanditPolicy):
+            self.serving = policy_from_state(first.spec, first.state())
         return manifest
 
-    def _initial_blob(self) -> tuple[bytes, dict]:
-        blob, sha = pack({**self.policy.state(), "projection": self.featurizer.projection})
-        return blob, {"sha256": sha, "spec": self.spec.to_dict(), "algorithm": self.spec.algorithm,
+    def _blob(self, policy) -> tuple[bytes, dict]:
+        blob, sha = pack({**policy.state(), "projection": self.featurizer.projection})
+        return blob, {"sha256": sha, "spec": policy.spec.to_dict(), "algorithm": policy.spec.algorithm,
                       "trained_through": {}, "ope": None, "samples_trained": 0}
 
     def rollback(self, to: int | None = None) -> dict:

@@ -238,7 +238,7 @@ def main(argv=None) -> int:
     ap.add_argument("--train-every-s", type=float, default=1.0)
     ap.add_argument("--tolerance", type=float, default=0.1)
     ap.add_argument("--estimator", choices=["ips", "snips", "dr"], default="snips", help="the gate's OPE estimator")
-    ap.add_argument("--dr-weights", choices=["slate", "cascade"], default="slate",
+    ap.add_argument("--dr-weights", choices=["slate", "cascade"], default="cascade",
                     help="DR's importance weights: whole-slate, or per position down to it (cascade DR)")
     ap.add_argument("--min-holdout", type=int, default=1, help="held-out samples before the gate may publish")
     ap.add_argument("--min-support", type=float, default=0.7,

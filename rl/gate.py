@@ -16,13 +16,13 @@ ridge on the shown items' features and positions) still gives an estimate. Two c
   logged ones keeps weight ~1 on the exploration slates only, so its ESS looks healthy while
   SNIPS, renormalising, would value it as the exploration traffic (measured: 30-45% low).
 
-With ``dr_weights="cascade"`` DR weighs evidence per position (:func:`rl.ope.cascade_dr`):
-position k's click is corrected with the product of the probability ratios of positions 1..k,
-so a logged slate that starts like the candidate's still corrects the click model at the top,
-where whole-slate weights need all K items to agree. Off by default: where the logs come from a
-deterministic policy (LinUCB, Thompson at its mean, a zero-state bandit's first version) neither
-weighting has support for the candidate's new picks, and with epsilon-greedy logs the per-position
-ratios reach epsilon/N (clipped), so in-process it was not clearly better (see the README).
+With ``dr_weights="cascade"`` (the trainer's default) DR weighs evidence per position
+(:func:`rl.ope.cascade_dr`): position k's click is corrected with the product of the probability
+ratios of positions 1..k, so a logged slate that starts like the candidate's still corrects the
+click model at the top, where whole-slate weights need all K items to agree. That needs logs with
+support: a deterministic logger (LinUCB, Thompson at its mean) gives none for a candidate's new
+picks, which is why a bandit's first version serves uniformly random slates
+(:meth:`actors.trainer.TrainerLoop.publish_initial`).
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def evaluate(policy, logged, *, estimator: str = "snips", rng: np.random.Generat
     is fitted on ``logged`` itself. ``dr_weights``: DR's importance weights, ``slate`` (whole-slate
     ratios) or ``cascade`` (per position, the ratios down to it: :func:`rl.ope.cascade_dr`; used
     where the policy gives per-position probabilities and the logs carry them, reported as
-    ``cascade-dr``).
+    ``cascade-dr``; slate weights otherwise).
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be ips, snips or dr, got {estimator!r}")

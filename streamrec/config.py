@@ -215,9 +215,9 @@ class TrainerSettings(_Section):
     ope_estimator: Literal["ips", "snips", "dr"] = "snips"
     """The gate's estimator where the logs cover the candidate (``min_ess``, ``min_support``); DR
     (its click model grown on the training samples) where they do not (README, "Learning")."""
-    dr_weights: Literal["slate", "cascade"] = "slate"
-    """DR's importance weights: whole-slate ratios, or per position the ratios down to it
-    (cascade DR: more evidence at the top where logged slates start like the candidate's)."""
+    dr_weights: Literal["slate", "cascade"] = "cascade"
+    """DR's importance weights: per position the ratios down to it (cascade DR: evidence at the
+    top wherever a logged slate starts like the candidate's), or whole-slate ratios."""
     gate_tolerance: float = Field(0.1, ge=0)
     """Publish when the candidate's lower bound >= current estimate - tolerance (slate-reward units)."""
     min_ess: float = Field(20.0, ge=1)

@@ -158,6 +158,34 @@ def test_publish_every_s_defers_passing_candidates_and_keeps_training(tmp_path):
     assert loop.click_model.n == sum(o["train"] for o in outs) == 3 * 240
 
 
+def test_a_bandits_first_version_explores_uniformly_and_a_restart_keeps_its_lineage(tmp_path):
+    """Before any data a bandit's scores tie; version 1 serves uniform random slates with exact
+    propensities instead, so the gate's estimators have support for the first trained candidate.
+    A trainer restarted before that candidate keeps version 1's projection and trains its own
+    algorithm from scratch."""
+    ids, vecs, user_vecs, sim = _world()
+    buffer, store = _ListBuffer(), PolicyDirectory(tmp_path / "store", 10)
+    s = _trainer_settings(tmp_path, algorithm="linucb", min_samples=100)
+    loop = TrainerLoop(s, ids, vecs, buffer, store)
+    first = loop.publish_initial()
+    assert first["algorithm"] == "random" and first["spec"]["algorithm"] == "random" and first["version"] == 1
+    assert loop.serving.algorithm == "random" and loop.policy.algorithm == "linucb"
+    core = RankingCore(loop.featurizer, ItemIndex.build(ids, vecs), loop.serving, 1, 20)
+    samples = _samples(core, sim, user_vecs, 50, np.random.default_rng(0))
+    k = s.policy.slate_size
+    assert all(x.propensities == pytest.approx(1.0 / (20 - np.arange(k))) for x in samples)
+
+    again = TrainerLoop(s, ids, vecs, buffer, store)  # a restart before any trained version
+    assert again.publish_initial() is None and again.serving_version == 1
+    assert np.array_equal(again.featurizer.projection, loop.featurizer.projection)
+    assert again.serving.algorithm == "random" and again.policy.algorithm == "linucb"
+    buffer.items = _samples(core, sim, user_vecs, 300, np.random.default_rng(1))
+    out = again.round()
+    assert out["ok"] and out["version"] == 2 and store.latest()["algorithm"] == "linucb"
+    assert out["ope"]["estimator"] == "cascade-dr"  # a deterministic candidate, valued per position
+    assert out["current_ope"]["estimator"] == "snips"  # the random version on its own logs
+
+
 def test_trainer_publishes_resumes_after_a_crash_and_rolls_back(ray_session, tmp_path):
     ids, vecs, user_vecs, sim = _world()
     s = _trainer_settings(tmp_path)
