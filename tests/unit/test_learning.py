@@ -439,6 +439,8 @@ def test_cascade_dr_values_a_deterministic_candidate_without_a_click_model():
     whole = evaluate(ShowBestByPosition(), logged, **kw).ctr  # slate weights (the default)
     fallback = evaluate(ShowBest(), logged, dr_weights="cascade", **kw)  # no per-position probabilities
     assert fallback.estimator == "dr" and fallback.ctr.value == pytest.approx(whole.value)
+    thin = evaluate(ShowBestByPosition(), logged, dr_weights="cascade", **{**kw, "min_ess": cascade.ess + 1})
+    assert thin.estimator == "dr" and thin.ctr.value == pytest.approx(whole.value)  # too little top evidence
     assert cascade.low <= truth <= cascade.high
     assert abs(cascade.value - truth) < 0.1 * truth
     assert cascade.high - cascade.low < 0.8 * (whole.high - whole.low)
