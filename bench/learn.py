@@ -80,9 +80,13 @@ def _expected_ctr(core: RankingCore, sim, contexts, k: int, rng: np.random.Gener
     the simulator's slate click probability over slates the policy draws for them (nothing logged)."""
     if not contexts:
         return float("nan")
-    ctr = [1.0 - float(np.prod(1.0 - sim.click_probs(u, core.rank(p, None, ctx, k, rng).items, ctx)))
-           for u, ctx, p in contexts]
-    return float(np.mean(ctr))
+    return float(np.mean([_slate_ctr(sim.click_probs(u, core.rank(p, None, ctx, k, rng).items, ctx))
+                          for u, ctx, p in contexts]))
+
+
+def _slate_ctr(click_p: np.ndarray) -> float:
+    """P(at least one click) on a slate from its (K,) per-item click probabilities."""
+    return 1.0 - float(np.prod(1.0 - click_p))
 
 
 def run_policy(algorithm, lam, penalty, args, world, bootstrap, tmp) -> dict:
@@ -147,7 +151,7 @@ def run_policy(algorithm, lam, penalty, args, world, bootstrap, tmp) -> dict:
                 clicks_all.append(clicked)
                 by_version[r.version][0] += 1
                 by_version[r.version][1] += clicked
-                by_version[r.version][2] += 1.0 - float(np.prod(1.0 - click_p))
+                by_version[r.version][2] += _slate_ctr(click_p)
                 ilds.append(ild(item_vecs[[item_row[i] for i in r.items]]))
                 shown.extend(r.items)
             done += len(tick)

@@ -65,17 +65,22 @@ def bare_loop(bootstrap: str, s, total: int) -> float:
     c = KafkaConsumer(t.impressions, t.feedback, bootstrap_servers=bootstrap, group_id=f"bare-{uuid.uuid4().hex[:6]}",
                       auto_offset_reset="earliest", enable_auto_commit=False, max_poll_records=5_000,
                       fetch_max_wait_ms=100)
-    n, t0 = 0, None
-    deadline = time.monotonic() + 300
-    while n < total and time.monotonic() < deadline:
-        for recs in c.poll(100).values():
-            if t0 is None:
-                t0 = time.perf_counter()
-            n += len(recs)
-    dt = time.perf_counter() - t0
+    rate = _steady_rate(lambda: sum(len(recs) for recs in c.poll(100).values()), total)
     c.commit()
     c.close()
-    return n / dt
+    return rate
+
+
+def _steady_rate(poll, total: int, timeout_s: float = 300.0) -> float:
+    """Records/s of ``poll()`` (records it got) from its first record until ``total`` (the group join excluded)."""
+    n, t0 = 0, None
+    deadline = time.monotonic() + timeout_s
+    while n < total and time.monotonic() < deadline:
+        got = poll()
+        if got and t0 is None:
+            t0 = time.perf_counter()
+        n += got
+    return n / (time.perf_counter() - t0)
 
 
 def ingest_rate(bootstrap: str, s, total_imps: int) -> tuple[float, dict]:
@@ -166,16 +171,9 @@ def bare_librdkafka_loop(bootstrap: str, s, total: int) -> float:
                   "auto.offset.reset": "earliest", "enable.auto.commit": False, "session.timeout.ms": 10_000,
                   "fetch.wait.max.ms": 100})
     c.subscribe([t.impressions, t.feedback])
-    n, t0 = 0, None
-    deadline = time.monotonic() + 300
-    while n < total and time.monotonic() < deadline:
-        msgs = c.consume(2_000, 0.1)
-        if msgs and t0 is None:
-            t0 = time.perf_counter()
-        n += sum(1 for m in msgs if m.error() is None)
-    dt = time.perf_counter() - t0
+    rate = _steady_rate(lambda: sum(1 for m in c.consume(2_000, 0.1) if m.error() is None), total)
     c.close()
-    return n / dt
+    return rate
 
 
 def main(argv=None) -> int:

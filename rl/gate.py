@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rl.diversity import ild_from_similarity, position_weights
-from rl.ope import Estimate, cascade_dr, dr, ips, snips
+from rl.ope import Estimate, cascade_dr, dr, effective_sample_size, ips, snips
 from rl.policies import bandit_features
 from rl.slate import cosine_similarity
 
@@ -207,7 +207,7 @@ def evaluate(policy, logged, *, estimator: str = "snips", rng: np.random.Generat
     else:
         pi = np.asarray([policy.slate_probability(o, s) for o, s in zip(logged.observations, logged.slates)])
     w = np.minimum(pi / mu, clip) if clip else pi / mu
-    ess = float(w.sum() ** 2 / (w ** 2).sum()) if (w ** 2).sum() > 0 else 0.0
+    ess = effective_sample_size(w)
     support = float(w.mean())
     name = estimator if ess >= min_ess and support >= min_support else "dr"
     out = {}
@@ -215,6 +215,10 @@ def evaluate(policy, logged, *, estimator: str = "snips", rng: np.random.Generat
         for key, r in (("reward", logged.batch.rewards), ("ctr", logged.ctr)):
             out[key] = (ips if name == "ips" else snips)(r, pi, mu, clip=clip)
         return GateReport(name, out["reward"], out["ctr"], support)
+    if pi_k is not None:  # a few large top-position weights (small holdout, uniform logger): too noisy
+        top = pi_k[:, 0] / mu_k[:, 0]
+        if effective_sample_size(np.minimum(top, clip) if clip else top) < min_ess:
+            pi_k = None
     # DR: one click model; the candidate's slate distribution serves both values
     k = logged.slates.shape[1]
     model = (click_model if click_model is not None and click_model.theta is not None
@@ -232,10 +236,7 @@ def evaluate(policy, logged, *, estimator: str = "snips", rng: np.random.Generat
         out["reward"] = cascade_dr(q_t[:, 0], clicked, p_l, pi_k, mu_k, weights=position_weights(k), clip=clip)
         out["ctr"] = cascade_dr(q_t[:, 1], first_click(clicked), first_click(p_l), pi_k, mu_k, clip=clip)
         name = "cascade-dr"
-        if out["reward"].ess < min_ess:  # a handful of large top-position weights: too noisy to trust
-            pi_k = None
-    if pi_k is None:
-        name = "dr"
+    else:
         for j, (key, r) in enumerate((("reward", logged.batch.rewards), ("ctr", logged.ctr))):
             out[key] = dr(r, pi, mu, q_t[:, j], q_l[:, j], clip=clip)
     return GateReport(name, out["reward"], out["ctr"], support)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Estimate", "ips", "snips", "dr", "cascade_dr", "importance_weights"]
+__all__ = ["Estimate", "ips", "snips", "dr", "cascade_dr", "importance_weights", "effective_sample_size"]
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,8 @@ def _rewards(r: np.ndarray, n: int) -> np.ndarray:
     return r
 
 
-def _ess(w: np.ndarray) -> float:
+def effective_sample_size(w: np.ndarray) -> float:
+    """(sum w)^2 / sum w^2 of importance weights w (0 when all are 0)."""
     s2 = float((w ** 2).sum())
     return float(w.sum() ** 2 / s2) if s2 > 0 else 0.0
 
@@ -69,7 +70,7 @@ def _mean_ci(x: np.ndarray, w: np.ndarray, z: float) -> Estimate:
     n = len(x)
     m = float(x.mean())
     se = float(x.std(ddof=1) / np.sqrt(n)) if n > 1 else float("inf")
-    return Estimate(m, m - z * se, m + z * se, n, _ess(w))
+    return Estimate(m, m - z * se, m + z * se, n, effective_sample_size(w))
 
 
 def ips(rewards, target_probs, logged_probs, *, z: float = 1.96, clip: float | None = None) -> Estimate:
@@ -88,7 +89,7 @@ def snips(rewards, target_probs, logged_probs, *, z: float = 1.96, clip: float |
     n = len(w)
     # delta method: var(V) ~ sum(w^2 (r - V)^2) / (sum w)^2
     se = float(np.sqrt((w ** 2 * (r - v) ** 2).sum()) / sw) if n > 1 else float("inf")
-    return Estimate(v, v - z * se, v + z * se, n, _ess(w))
+    return Estimate(v, v - z * se, v + z * se, n, effective_sample_size(w))
 
 
 def dr(rewards, target_probs, logged_probs, q_target, q_logged, *, z: float = 1.96,

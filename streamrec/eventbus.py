@@ -304,10 +304,10 @@ class KafkaEventSource:
     def assignment(self) -> set[tuple[str, int]]:
         return _tp_set(self._consumer.assignment())
 
-    def _high_watermarks(self) -> dict[tuple[str, int], int]:
-        """The high watermark of each owned partition as of its last fetch (no broker call)."""
+    def _high_watermarks(self, parts) -> dict[tuple[str, int], int]:
+        """The high watermark of each of ``parts`` (owned TopicPartitions) as of its last fetch (no broker call)."""
         out = {}
-        for tp in self._consumer.assignment():
+        for tp in parts:
             try:
                 _, hi = self._consumer.get_watermark_offsets(tp, cached=True)
             except Exception:
@@ -322,10 +322,11 @@ class KafkaEventSource:
         A partition-EOF event says so on any broker; the position at the fetched high watermark
         says so too (the embedded Tansu reports the last batch's base offset as its high watermark,
         so librdkafka never raises EOF there)."""
-        owned = self.assignment()
+        parts = self._consumer.assignment()
+        owned = _tp_set(parts)
         done = self._eof & owned
         nxt = self._next
-        for key, hi in self._high_watermarks().items():
+        for key, hi in self._high_watermarks(parts).items():
             pos = nxt.get(key)
             if pos is not None and pos >= hi:
                 done.add(key)
@@ -333,7 +334,8 @@ class KafkaEventSource:
 
     def lag(self) -> dict[str, int]:
         """Per ``topic/partition``: the high watermark from the last fetch minus our position."""
-        return {f"{t}/{p}": max(0, hi - self._next.get((t, p), hi)) for (t, p), hi in self._high_watermarks().items()}
+        hws = self._high_watermarks(self._consumer.assignment())
+        return {f"{t}/{p}": max(0, hi - self._next.get((t, p), hi)) for (t, p), hi in hws.items()}
 
     def close(self) -> None:
         self._consumer.close()
