@@ -46,7 +46,7 @@ class StreamIngest:
                  group_id: str, buffer, profile_store=None, reward_window_s: float = 30.0,
                  max_event_bytes: int = 1_000_000, max_poll_records: int = 2_000,
                  session_timeout_ms: int = 10_000, max_poll_interval_ms: int = 300_000,
-                 commit_interval_s: float = 0.5, name: str = "ingest"):
+                 commit_interval_s: float = 0.5, max_handoff: int = 20_000, name: str = "ingest"):
         self.name = name
         self.topics = {impressions_topic: "impression", feedback_topic: "feedback"}
         self.dlq_topic = dlq_topic
@@ -64,7 +64,10 @@ class StreamIngest:
         self._lag: dict[str, int] = {}
         self._error: str | None = None
         self._profile_refs: list = []
-        self._put = None  # (token, samples, ObjectRef) of the hand-off in flight
+        self._put = None  # (tokens, msgpack blob, ObjectRef) of the hand-off in flight
+        self._ready: list = []  # due samples waiting for the batch in flight
+        self._ready_tokens: list = []
+        self.max_handoff = max_handoff
         self.dlq = KafkaEventSink(bootstrap, client_id=f"{name}-dlq", linger_ms=0)
         self.source = KafkaEventSource(
             bootstrap, list(self.topics), group_id, on_revoke=self._on_revoke,
@@ -91,10 +94,13 @@ class StreamIngest:
                 owned, caught_up = self.source.progress()
                 token, samples = self.joiner.due(self.watermark.value(time.time(), owned, caught_up))
                 if samples:
-                    self._handoff(token, samples)
+                    self._ready.extend(samples)
+                    self._ready_tokens.append(token)
+                if self._ready:
+                    self._handoff()
                 now = time.monotonic()
                 if now - last_commit >= self.commit_interval_s:
-                    self._commit()
+                    self._commit(wait=False)
                     self._lag = self.source.lag()
                     last_commit = now
             self._commit()
@@ -150,18 +156,31 @@ class StreamIngest:
         self.joiner.skip((topic, part, offset))
         self.counts["dlq"] += 1
 
-    def _handoff(self, token, samples) -> None:
-        """Send a batch to the buffer; one batch stays in flight while the loop decodes the next."""
-        self._settle()
-        # msgpack-encoded in C: Ray's cloudpickle would walk every sample in Python
-        blob = encode_samples(samples)
-        self._put = (token, blob, self.buffer.put.remote(blob))
+    def _handoff(self, *, wait: bool = False) -> None:
+        """Send the due samples to the buffer, one batch in flight at a time.
 
-    def _settle(self) -> None:
-        """Wait for the batch in flight; on ``full``, pause and retry until it is accepted."""
+        While a batch is in flight, newly due samples wait here and leave together once it is
+        acknowledged: the loop blocks on the buffer only when ``max_handoff`` samples wait, or
+        with ``wait`` (commit on stop or revoke)."""
+        if self._put is not None:
+            self._settle(wait=wait or len(self._ready) >= self.max_handoff)
+        if self._put is not None or not self._ready:
+            return
+        # msgpack-encoded in C: Ray's cloudpickle would walk every sample in Python
+        blob = encode_samples(self._ready)
+        self._put = (self._ready_tokens, blob, self.buffer.put.remote(blob))
+        self._ready, self._ready_tokens = [], []
+
+    def _settle(self, wait: bool = True) -> None:
+        """Take the answer for the batch in flight; on ``full``, pause and retry until it is accepted.
+
+        ``wait=False``: only an answer that is already there (the loop must not stall on a put the
+        buffer is still decoding: waiting on it at every commit was a third of the loop's time)."""
         if self._put is None:
             return
-        token, samples, ref = self._put
+        tokens, blob, ref = self._put
+        if not wait and not ray.wait([ref], timeout=0, fetch_local=False)[0]:
+            return
         paused = False
         while True:
             try:
@@ -169,7 +188,8 @@ class StreamIngest:
             except ray.exceptions.GetTimeoutError:
                 res = {"full": True}
             if not res["full"]:
-                self.joiner.ack(token)
+                for token in tokens:
+                    self.joiner.ack(token)
                 self.counts["handoffs"] += 1
                 break
             if self._stop.is_set():
@@ -180,13 +200,18 @@ class StreamIngest:
                 self.source.pause()
                 paused = True
             self.source.poll(timeout_ms=200)
-            ref = self.buffer.put.remote(samples)
+            ref = self.buffer.put.remote(blob)
         if paused:
             self.source.resume()
         self._put = None
 
-    def _commit(self) -> None:
-        self._settle()
+    def _commit(self, wait: bool = True) -> None:
+        """Commit the offsets whose samples were acknowledged (``wait``: hand off and settle all due samples first)."""
+        if wait:
+            self._handoff(wait=True)  # settles the batch in flight, sends the samples that waited
+            self._settle(wait=True)
+        else:
+            self._settle(wait=False)
         offsets = self.joiner.commit_offsets()
         if not offsets:
             return

@@ -11,6 +11,7 @@ from streamrec.events import (
     Feedback,
     Impression,
     TrainingSample,
+    _fast,
     decode,
     decode_samples,
     dead_letter_headers,
@@ -85,8 +86,17 @@ def test_id_length_counts_characters_on_both_paths(chars, ok):
 def test_fast_path_needs_the_schema_field():
     d = json.loads(encode(imp()))
     del d["schema"]
+    assert _fast(json.dumps(d).encode(), "impression") is None
     out = decode(json.dumps(d).encode(), expect="impression")
     assert isinstance(out, DecodeError) and out.kind == "unknown_schema"
+
+
+def test_valid_events_take_the_one_pass_fast_path():
+    """The ingest hot path: a valid event is accepted by the C decoder alone (the schema-presence
+    check relies on msgspec filling a missing field with the default object itself)."""
+    assert _fast(encode(imp()), "impression") == imp()
+    fb = Feedback(event_id="e1", ts=1.0, user_id="u1", item_id="i1")
+    assert _fast(encode(fb), "feedback") == fb
 
 
 def test_event_on_the_wrong_topic():
