@@ -31,7 +31,7 @@ from typing import Hashable, Iterable, NamedTuple
 
 from streamrec.events import SAMPLE_SCHEMA, Feedback, Impression, TrainingSample
 
-_new_sample = _new_pending = tuple.__new__
+_new_sample = tuple.__new__
 _SAMPLE_FIELDS = ("event_id", "ts", "user_id", "items", "propensities", "policy_version", "rewards", "context",
                   "features", "feedback_types", "source", "schema")
 if TrainingSample._fields != _SAMPLE_FIELDS:  # RewardJoiner.due builds samples positionally
@@ -39,6 +39,7 @@ if TrainingSample._fields != _SAMPLE_FIELDS:  # RewardJoiner.due builds samples 
 
 __all__ = ["RewardJoiner", "JoinStats", "TopicPartition", "Watermark"]
 
+_ZEROS: dict[int, tuple[float, ...]] = {}  # K -> the rewards of a slate nobody reacted to
 _BUCKETS_PER_S = 64  # a power of two: close_at * 64 and key / 64 are exact in floating point
 _close_at = itemgetter(0)
 
@@ -143,16 +144,18 @@ class _Calendar:
         return out
 
 
-class _Pending(NamedTuple):
-    """An impression waiting for its window to close (a tuple: built at C speed, one per impression)."""
+class _Joined(NamedTuple):
+    """The feedback joined so far to one pending impression (only impressions that got some have one).
 
-    imp: Impression
-    source: Source
+    Pending impressions are held as ``(Impression, source)`` pairs: untracked by the cyclic GC
+    once scanned, where a record with lists inside stays tracked and is re-scanned by every
+    collection during the window."""
+
     rewards: list[float]
     """(K,) summed feedback value per position."""
     types: list[str]
     sources: list[Source]
-    """The impression's and its joined feedback's offsets (released on ack)."""
+    """The joined feedback's offsets (released on ack with the impression's)."""
 
 
 @dataclass
@@ -214,7 +217,8 @@ class RewardJoiner:
         self.retention_s = float(retention_s if retention_s is not None else max(4 * window_s, 60.0))
         self.stats = JoinStats()
         self._seq = itertools.count()
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict[str, tuple[Impression, Source]] = {}
+        self._joined: dict[str, _Joined] = {}
         self._closing = _Calendar()  # (close at, event_id) of pending impressions
         self._early: dict[str, list[tuple[Feedback, Source]]] = {}
         self._early_closing = _Calendar()  # (close at, seq, event_id, source) of early feedback
@@ -237,18 +241,17 @@ class RewardJoiner:
             self._inflight[tp].seen(source[2])
             return
         self._inflight[tp].add(source[2])
-        p = _new_pending(_Pending, (imp, source, [0.0] * len(imp.items), [], [source]))
-        self._pending[imp.event_id] = p
+        self._pending[imp.event_id] = (imp, source)
         self._closing.push((imp.ts + self.window_s, imp.event_id))
         for fb, fsrc in self._early.pop(imp.event_id, ()):  # feedback that came first
-            self._attach(p, fb, fsrc, already_inflight=True)
+            self._attach(imp, fb, fsrc, already_inflight=True)
 
     def add_feedback(self, fb: Feedback, source: Source) -> None:
         self.stats.feedback += 1
         tp = (source[0], source[1])
         p = self._pending.get(fb.event_id)
         if p is not None:
-            self._attach(p, fb, source)
+            self._attach(p[0], fb, source)
         elif fb.event_id in self._emitted:
             self.stats.late += 1
             self._inflight[tp].seen(source[2])
@@ -261,35 +264,46 @@ class RewardJoiner:
         """A record that needs no join (dead-lettered, already handled): just advance past it."""
         self._inflight[(source[0], source[1])].seen(source[2])
 
-    def _attach(self, p: _Pending, fb: Feedback, source: Source, already_inflight: bool = False) -> None:
+    def _attach(self, imp: Impression, fb: Feedback, source: Source, already_inflight: bool = False) -> None:
         if not already_inflight:
             self._inflight[(source[0], source[1])].add(source[2])
-        p.sources.append(source)
+        j = self._joined.get(imp.event_id)
+        if j is None:
+            j = self._joined[imp.event_id] = _Joined([0.0] * len(imp.items), [], [])
+        j.sources.append(source)
         try:
-            pos = p.imp.items.index(fb.item_id)
+            pos = imp.items.index(fb.item_id)
         except ValueError:
             self.stats.off_slate += 1
             return
         self.stats.joined += 1
-        p.rewards[pos] += fb.value
-        p.types.append(fb.type)
+        j.rewards[pos] += fb.value
+        j.types.append(fb.type)
 
     # -- output ------------------------------------------------------------------------------
     def due(self, watermark: float, *, flush: bool = False) -> tuple[Hashable | None, list[TrainingSample]]:
         """Samples whose window closed at ``watermark`` (all with ``flush``), and a token for :meth:`ack`."""
         out: list[TrainingSample] = []
         sources: list[Source] = []
-        pending = self._pending
+        pending, joined, zeros = self._pending, self._joined, _ZEROS
         for close_at, eid in self._closing.pop_closed(watermark, flush):
             p = pending.pop(eid, None)
             if p is None:
                 continue  # dropped with its partition
-            imp, source, rewards, types, srcs = p
+            imp, source = p
+            sources.append(source)
+            j = joined.pop(eid, None)
+            if j is None:
+                k = len(imp.items)
+                rewards = zeros.get(k) or zeros.setdefault(k, (0.0,) * k)
+                types = ()
+            else:
+                rewards, types = tuple(j.rewards), tuple(j.types)
+                sources.extend(j.sources)
             out.append(_new_sample(TrainingSample, (  # the NamedTuple's fields in order, built in C
-                eid, imp.ts, imp.user_id, imp.items, imp.propensities, imp.policy_version, tuple(rewards),
-                imp.context, imp.features, tuple(types), source, SAMPLE_SCHEMA,
+                eid, imp.ts, imp.user_id, imp.items, imp.propensities, imp.policy_version, rewards,
+                imp.context, imp.features, types, source, SAMPLE_SCHEMA,
             )))
-            sources.extend(srcs)
             forget_at = close_at + self.retention_s
             self._emitted[eid] = forget_at
             self._emitted_order.append((forget_at, eid))
@@ -341,8 +355,9 @@ class RewardJoiner:
         """Forget state fed by partitions this consumer lost (their new owner replays them)."""
         if not tps:
             return
-        for eid in [e for e, p in self._pending.items() if (p.source[0], p.source[1]) in tps]:
+        for eid in [e for e, (_, src) in self._pending.items() if (src[0], src[1]) in tps]:
             del self._pending[eid]
+            self._joined.pop(eid, None)
         pending = self._pending  # their calendar entries go too (a replay re-adds them)
         self._closing.retain(lambda entry: entry[1] in pending)
         self._early_closing.retain(lambda entry: (entry[3][0], entry[3][1]) not in tps)

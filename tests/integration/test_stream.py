@@ -142,7 +142,7 @@ def test_events_written_by_an_independent_client_are_consumed(broker, ray_sessio
     group.scale(1)
     imps, fbs = make_events(5, click_every=1, prefix="k")
     try:
-        from dataclasses import asdict
+        from msgspec.structs import asdict
         independent_client.write(s.kafka.topics.impressions, [(i.user_id, asdict(i)) for i in imps])
         independent_client.write(s.kafka.topics.feedback, [(f.user_id, asdict(f)) for f in fbs])
         got = drain(buffer, 5, timeout_s=60)
