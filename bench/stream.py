@@ -1,11 +1,13 @@
 """Stream benchmark: events/s through one StreamIngest actor next to bare kafka-python and librdkafka loops.
 
-    python -m bench.stream [--events 200000] [--soak-s 60]
+    python -m bench.stream [--events 150000] [--repeats 3] [--soak-s 60]
 
 Prints one JSON line. Both sides read the same topics on the same embedded broker in the same
-run; rates are steady state (first record to last, so the ~5 s group join is not counted).
-``--soak-s`` keeps a producer running at a fixed rate and reports the ingest actor's resident
-memory at the start and the end (the join state is bounded by the window, not by history).
+run, in ``--repeats`` interleaved pairs (the ratio is the median of the pairs'); rates are steady
+state (first record to last, so the ~5 s group join is not counted). ``--soak-s`` keeps a producer
+running at a fixed rate and reports produce->sample latency per minute next to a bare consumer's
+produce->receive latency (the broker's share), and the ingest actor's resident memory per minute
+(the join state is bounded by the window, not by history).
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import threading
 import time
 import uuid
 
+import msgspec
 import ray
 from kafka import KafkaConsumer, KafkaProducer
 
@@ -28,12 +32,13 @@ from streamrec.config import settings_from_args
 from streamrec.events import Feedback, Impression, encode
 
 
-def _settings(window_s: float):
-    tag = uuid.uuid4().hex[:6]
+def _settings(window_s: float, tag: str | None = None):
+    """Bench settings on topics named by ``tag`` (new ones by default), with a new consumer group."""
+    tag = tag or uuid.uuid4().hex[:6]
     return settings_from_args({
         "kafka": {"partitions": 3, "topics": {"impressions": f"b.imp.{tag}", "feedback": f"b.fb.{tag}",
                                               "dlq": f"b.dlq.{tag}"}},
-        "ingest": {"group_id": f"bench-{tag}", "reward_window_s": window_s, "max_poll_records": 5_000},
+        "ingest": {"group_id": f"bench-{uuid.uuid4().hex[:6]}", "reward_window_s": window_s, "max_poll_records": 5_000},
     }, env={})
 
 
@@ -130,7 +135,10 @@ def latency_and_soak(bootstrap: str, window_s: float, rate_per_s: int, seconds: 
         p.close()
 
     th = threading.Thread(target=producer, daemon=True)
-    time.sleep(6)  # let the group form before the clock starts
+    bare_lat: list[tuple[float, float]] = []  # (receive time, produce->receive seconds) of a bare consumer
+    peer = threading.Thread(target=_bare_latency, args=(bootstrap, t.impressions, stop, bare_lat), daemon=True)
+    peer.start()
+    time.sleep(6)  # let the groups form before the clock starts
     rss_start = group.metrics()[0]["rss_bytes"]
     th.start()
     lat = []
@@ -141,22 +149,61 @@ def latency_and_soak(bootstrap: str, window_s: float, rate_per_s: int, seconds: 
     while time.monotonic() < t_end:
         got = ray.get(buffer.take.remote(100_000))
         now = time.time()
-        lat.extend(now - x.ts for x in got)
+        lat.extend((now, now - x.ts) for x in got)
         if time.monotonic() >= next_rss:
             rss_series.append(round(group.metrics()[0]["rss_bytes"] / 2**20, 1))
             next_rss += 60
         time.sleep(0.05)
     stop.set()
     th.join()
+    peer.join(10)
     m = group.metrics()[0]
     group.stop()
-    lat.sort()
-    q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] if lat else float("nan")
+    wall0 = time.time() - (time.monotonic() - t_start)
+    ours = [x for _, x in lat]
     return {"window_s": window_s, "soak_s": seconds, "soak_rate_events_per_s": rate_per_s * 4 // 3,
-            "samples": len(lat), "latency_p50_s": q(0.50), "latency_p99_s": q(0.99),
-            "latency_p50_beyond_window_s": q(0.50) - window_s, "latency_p99_beyond_window_s": q(0.99) - window_s,
+            "samples": len(lat), "latency_p50_s": _quantile(ours, 0.50), "latency_p99_s": _quantile(ours, 0.99),
+            "latency_p50_beyond_window_s": _quantile(ours, 0.50) - window_s,
+            "latency_p99_beyond_window_s": _quantile(ours, 0.99) - window_s,
+            "latency_p50_every_60s_s": _per_minute(lat, wall0, 0.50),
+            "bare_consumer_latency_p50_s": _quantile([x for _, x in bare_lat], 0.50),
+            "bare_consumer_latency_p99_s": _quantile([x for _, x in bare_lat], 0.99),
+            "bare_consumer_latency_p50_every_60s_s": _per_minute(bare_lat, wall0, 0.50),
             "rss_start_mb": rss_start / 2**20, "rss_end_mb": m["rss_bytes"] / 2**20, "rss_every_60s_mb": rss_series,
             "join_state_end": m["join_state"]}
+
+
+def _quantile(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(p * len(xs)))] if xs else float("nan")
+
+
+def _per_minute(timed: list[tuple[float, float]], wall0: float, p: float) -> list[float]:
+    """The ``p`` quantile of each minute's values (``timed``: (wall time, value)) since ``wall0``."""
+    minutes: dict[int, list[float]] = {}
+    for t, x in timed:
+        minutes.setdefault(int((t - wall0) // 60), []).append(x)
+    return [round(_quantile(minutes[k], p), 3) for k in sorted(minutes) if k >= 0]
+
+
+def _bare_latency(bootstrap: str, topic: str, stop: threading.Event, out: list) -> None:
+    """The soak's latency peer: a bare librdkafka group consumer timing produce -> receive of each impression."""
+    from confluent_kafka import Consumer
+
+    ts_only = msgspec.json.Decoder(_Ts)
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bare-lat-{uuid.uuid4().hex[:6]}",
+                  "auto.offset.reset": "latest", "enable.auto.commit": False, "session.timeout.ms": 10_000,
+                  "fetch.wait.max.ms": 10})
+    c.subscribe([topic])
+    while not stop.is_set():
+        msgs = c.consume(5_000, 0.1)
+        now = time.time()
+        out.extend((now, now - ts_only.decode(m.value()).ts) for m in msgs if m.error() is None)
+    c.close()
+
+
+class _Ts(msgspec.Struct):
+    ts: float
 
 
 def bare_librdkafka_loop(bootstrap: str, s, total: int) -> float:
@@ -179,6 +226,8 @@ def bare_librdkafka_loop(bootstrap: str, s, total: int) -> float:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=150_000, help="impressions to pre-produce (plus 1/3 feedback)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="interleaved bare/ingest pairs on the same topics; the ratio reported is their median")
     ap.add_argument("--soak-s", type=float, default=60.0, help="seconds of sustained traffic for latency and memory")
     ap.add_argument("--soak-rate", type=int, default=2_000, help="impressions/s during the soak")
     args = ap.parse_args(argv)
@@ -187,23 +236,31 @@ def main(argv=None) -> int:
     broker = start_embedded_broker()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     try:
-        s = _settings(window_s=0.5)
+        tag = uuid.uuid4().hex[:6]
+        s = _settings(window_s=0.5, tag=tag)
         t = s.kafka.topics
         ensure_topics(broker.bootstrap, {t.impressions: 3, t.feedback: 3, t.dlq: 1})
         t0 = time.perf_counter()
         total = _produce(broker.bootstrap, s, _events(args.events))
         produce_rate = total / (time.perf_counter() - t0)
         print(f"produced {total} events ({produce_rate:,.0f}/s)", file=sys.stderr)
-        bare = bare_loop(broker.bootstrap, s, total)
-        print(f"bare kafka-python loop: {bare:,.0f} events/s", file=sys.stderr)
-        bare_rd = bare_librdkafka_loop(broker.bootstrap, s, total)
-        print(f"bare librdkafka loop: {bare_rd:,.0f} events/s", file=sys.stderr)
-        ours, m = ingest_rate(broker.bootstrap, s, args.events)
-        print(f"StreamIngest: {ours:,.0f} events/s", file=sys.stderr)
+        bares, bare_rds, ours, ratios = [], [], [], []
+        for r in range(args.repeats):  # interleaved pairs: the VM's speed drifts between minutes
+            bares.append(bare_loop(broker.bootstrap, s, total))
+            bare_rds.append(bare_librdkafka_loop(broker.bootstrap, s, total))
+            rate, m = ingest_rate(broker.bootstrap, _settings(window_s=0.5, tag=tag), args.events)
+            ours.append(rate)
+            ratios.append(rate / bares[-1])
+            print(f"pair {r + 1}: bare kafka-python {bares[-1]:,.0f}, bare librdkafka {bare_rds[-1]:,.0f}, "
+                  f"StreamIngest {rate:,.0f} events/s ({ratios[-1]:.2f}x)", file=sys.stderr)
         soak = latency_and_soak(broker.bootstrap, 0.5, args.soak_rate, args.soak_s)
-        out = {"bench": "stream", "events": total, "ingest_events_per_s": round(ours),
-               "bare_kafka_python_events_per_s": round(bare), "ratio": round(ours / bare, 3),
-               "bare_librdkafka_events_per_s": round(bare_rd), "ratio_to_librdkafka": round(ours / bare_rd, 3),
+        med = statistics.median
+        out = {"bench": "stream", "events": total, "repeats": args.repeats,
+               "ingest_events_per_s": round(med(ours)), "bare_kafka_python_events_per_s": round(med(bares)),
+               "ratio": round(med(ratios), 3), "ratio_per_pair": [round(x, 3) for x in ratios],
+               "ingest_events_per_s_per_pair": [round(x) for x in ours],
+               "bare_kafka_python_events_per_s_per_pair": [round(x) for x in bares],
+               "bare_librdkafka_events_per_s": round(med(bare_rds)), "ratio_to_librdkafka": round(med(ours) / med(bare_rds), 3),
                "produce_events_per_s": round(produce_rate), "ingest_join_hit_rate": round(m["join_hit_rate"], 4),
                **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in soak.items()}}
         print(json.dumps(out))
