@@ -64,7 +64,7 @@ class StreamIngest:
         self._lag: dict[str, int] = {}
         self._error: str | None = None
         self._profile_refs: list = []
-        self._put = None  # (tokens, msgpack blob, ObjectRef) of the hand-off in flight
+        self._put = None  # (tokens, (msgpack blob, event_ids), ObjectRef) of the hand-off in flight
         self._ready: list = []  # due samples waiting for the batch in flight
         self._ready_tokens: list = []
         self.max_handoff = max_handoff
@@ -168,7 +168,8 @@ class StreamIngest:
             return
         # msgpack-encoded in C: Ray's cloudpickle would walk every sample in Python
         blob = encode_samples(self._ready)
-        self._put = (self._ready_tokens, blob, self.buffer.put.remote(blob))
+        ids = [sample[0] for sample in self._ready]  # event_ids: the buffer dedups by them, keeps the blob encoded
+        self._put = (self._ready_tokens, (blob, ids), self.buffer.put.remote(blob, ids))
         self._ready, self._ready_tokens = [], []
 
     def _settle(self, wait: bool = True) -> None:
@@ -178,7 +179,7 @@ class StreamIngest:
         buffer is still decoding: waiting on it at every commit was a third of the loop's time)."""
         if self._put is None:
             return
-        tokens, blob, ref = self._put
+        tokens, (blob, ids), ref = self._put
         if not wait and not ray.wait([ref], timeout=0, fetch_local=False)[0]:
             return
         paused = False
@@ -200,7 +201,7 @@ class StreamIngest:
                 self.source.pause()
                 paused = True
             self.source.poll(timeout_ms=200)
-            ref = self.buffer.put.remote(blob)
+            ref = self.buffer.put.remote(blob, ids)
         if paused:
             self.source.resume()
         self._put = None
