@@ -121,20 +121,7 @@ def latency_and_soak(bootstrap: str, window_s: float, rate_per_s: int, seconds: 
     group.scale(1)
     stop = threading.Event()
 
-    def producer():
-        p = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=2)
-        i = 0
-        while not stop.is_set():
-            t0 = time.monotonic()
-            for ev in _events(rate_per_s // 10, start=i, now=time.time()):
-                p.send(t.impressions if isinstance(ev, Impression) else t.feedback, key=ev.user_id.encode(),
-                       value=encode(ev))
-            i += rate_per_s // 10
-            p.flush()
-            stop.wait(max(0.0, 0.1 - (time.monotonic() - t0)))
-        p.close()
-
-    th = threading.Thread(target=producer, daemon=True)
+    th = threading.Thread(target=_produce_steadily, args=(bootstrap, t, rate_per_s, stop), daemon=True)
     bare_lat: list[tuple[float, float]] = []  # (receive time, produce->receive seconds) of a bare consumer
     peer = threading.Thread(target=_bare_latency, args=(bootstrap, t.impressions, stop, bare_lat), daemon=True)
     peer.start()
@@ -171,6 +158,58 @@ def latency_and_soak(bootstrap: str, window_s: float, rate_per_s: int, seconds: 
             "bare_consumer_latency_p50_every_60s_s": _per_minute(bare_lat, wall0, 0.50),
             "rss_start_mb": rss_start / 2**20, "rss_end_mb": m["rss_bytes"] / 2**20, "rss_every_60s_mb": rss_series,
             "join_state_end": m["join_state"]}
+
+
+def _produce_steadily(bootstrap: str, topics, rate_per_s: int, stop: threading.Event) -> None:
+    """``rate_per_s`` impressions/s (and a third as much feedback), stamped with the wall clock, until ``stop``."""
+    p = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=2)
+    i = 0
+    while not stop.is_set():
+        t0 = time.monotonic()
+        for ev in _events(rate_per_s // 10, start=i, now=time.time()):
+            p.send(topics.impressions if isinstance(ev, Impression) else topics.feedback, key=ev.user_id.encode(),
+                   value=encode(ev))
+        i += rate_per_s // 10
+        p.flush()
+        stop.wait(max(0.0, 0.1 - (time.monotonic() - t0)))
+    p.close()
+
+
+def broker_soak(broker, rate_per_s: int, seconds: float) -> dict:
+    """The broker alone: the same steady producer and a bare consumer, no Ray and no ingest.
+
+    Produce->receive latency per minute and the broker's resident memory per minute: what the
+    ingest soak's latency is made of before any of streamrec's work."""
+    s = _settings(0.5)
+    t = s.kafka.topics
+    ensure_topics(broker.bootstrap, {t.impressions: 3, t.feedback: 3})
+    stop = threading.Event()
+    lat: list[tuple[float, float]] = []
+    peer = threading.Thread(target=_bare_latency, args=(broker.bootstrap, t.impressions, stop, lat), daemon=True)
+    peer.start()
+    time.sleep(6)
+    prod = threading.Thread(target=_produce_steadily, args=(broker.bootstrap, t, rate_per_s, stop), daemon=True)
+    wall0 = time.time()
+    prod.start()
+    rss = []
+    for _ in range(int(seconds // 60)):
+        time.sleep(60)
+        rss.append(round(_proc_rss(broker.pid) / 2**20, 1))
+    time.sleep(seconds % 60)
+    stop.set()
+    prod.join()
+    peer.join(10)
+    return {"bench": "stream-broker-only", "soak_s": seconds, "soak_rate_events_per_s": rate_per_s * 4 // 3,
+            "received": len(lat), "latency_p50_every_60s_s": _per_minute(lat, wall0, 0.50),
+            "latency_p99_every_60s_s": _per_minute(lat, wall0, 0.99), "broker_rss_every_60s_mb": rss}
+
+
+def _proc_rss(pid: int | None) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, TypeError):
+        return 0
 
 
 def _quantile(xs: list[float], p: float) -> float:
@@ -230,10 +269,18 @@ def main(argv=None) -> int:
                     help="interleaved bare/ingest pairs on the same topics; the ratio reported is their median")
     ap.add_argument("--soak-s", type=float, default=60.0, help="seconds of sustained traffic for latency and memory")
     ap.add_argument("--soak-rate", type=int, default=2_000, help="impressions/s during the soak")
+    ap.add_argument("--broker-only", action="store_true",
+                    help="only the soak's producer and a bare consumer on the broker (no Ray, no ingest)")
     args = ap.parse_args(argv)
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     broker = start_embedded_broker()
+    if args.broker_only:
+        try:
+            print(json.dumps(broker_soak(broker, args.soak_rate, args.soak_s)))
+        finally:
+            stop_broker(broker)
+        return 0
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     try:
         tag = uuid.uuid4().hex[:6]

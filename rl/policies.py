@@ -25,7 +25,8 @@ from rl.slate import cosine_similarity, greedy_slate, plackett_luce_position_pro
 from rl.weights import WeightsError
 
 __all__ = ["ALGORITHMS", "PolicySpec", "Observation", "SlateScorer", "NeuralPolicy", "BanditPolicy",
-           "make_policy", "policy_from_state", "bandit_features", "bandit_dim", "diverse_greedy", "expected_shapes"]
+           "make_policy", "policy_from_state", "bandit_features", "bandit_dim", "diverse_greedy", "diverse_greedy_batch",
+           "prefix_frequencies", "expected_shapes"]
 
 ALGORITHMS = ("ppo", "linucb", "thompson", "egreedy", "popularity", "random")
 
@@ -48,6 +49,8 @@ class PolicySpec:
     """Diversity penalty of the slate distribution (0 = plain Plackett-Luce / top-k)."""
     epsilon: float = 0.1
     alpha: float = 1.0
+    draws: int = 64
+    """Thompson: posterior draws per impression behind its logged propensities (Monte Carlo)."""
     hidden: int = 64
     embed: int = 32
     id_dim: int = 8
@@ -102,6 +105,34 @@ def diverse_greedy(scores: np.ndarray, sim: np.ndarray | None, k: int, penalty: 
         avail[out[j]] = False
         max_sim = sim[out[j]] if j == 0 else np.maximum(max_sim, sim[out[j]])
     return out
+
+
+def diverse_greedy_batch(scores: np.ndarray, sim: np.ndarray | None, k: int, penalty: float) -> np.ndarray:
+    """(M, K) :func:`diverse_greedy` of each row of (M, N) ``scores`` (same ties: lowest index first)."""
+    s = np.asarray(scores, np.float64)
+    if penalty <= 0 or sim is None:
+        return np.argsort(-s, axis=1, kind="stable")[:, :k]
+    m, n = s.shape
+    rows = np.arange(m)
+    avail = np.ones((m, n), bool)
+    max_sim = np.zeros((m, n))
+    out = np.empty((m, k), np.int64)
+    for j in range(k):
+        out[:, j] = np.argmax(np.where(avail, s - penalty * max_sim, -np.inf), axis=1)
+        avail[rows, out[:, j]] = False
+        max_sim = sim[out[:, j]] if j == 0 else np.maximum(max_sim, sim[out[:, j]])
+    return out
+
+
+def prefix_frequencies(slates: np.ndarray, slate: np.ndarray, include_target: bool = True) -> np.ndarray:
+    """(K,) P(slate[j] at position j | slate[:j] above), estimated from (M, K) sampled ``slates``.
+
+    The product down to position j is the fraction of samples that agree with ``slate`` on
+    positions 0..j. ``include_target``: ``slate`` is ``slates[0]`` (the sample that was served),
+    so every count is >= 1; otherwise a prefix no sample took has probability 0 from there on."""
+    agree = np.cumprod(np.asarray(slates) == np.asarray(slate)[None, :], axis=1).sum(0).astype(np.float64)  # (K,)
+    above = np.concatenate([[len(slates)], agree[:-1]])
+    return np.divide(agree, above, out=np.zeros_like(agree), where=above > 0)
 
 
 # -- the neural policy's serving model ------------------------------------------------------------
@@ -220,7 +251,10 @@ class BanditPolicy:
     clicks: np.ndarray = field(default=None)
     shows: np.ndarray = field(default=None)
 
+    _MC_SEED = 20221121  # the posterior draws position_probabilities uses
+
     def __post_init__(self):
+        self._chol = None  # Cholesky factor of Thompson's posterior covariance, per state
         a, d = self.spec.algorithm, bandit_dim(self.spec.m)
         if self.model is None and a in ("linucb", "thompson", "egreedy"):
             self.model = {"linucb": lambda: LinUCB(dim=d, alpha=self.spec.alpha),
@@ -245,20 +279,35 @@ class BanditPolicy:
         if a == "linucb":
             return self.model.scores(x)
         if a == "thompson" and rng is not None:
-            cov = (self.model.v ** 2) * (self.model.a_inv + self.model.a_inv.T) / 2
-            theta = rng.multivariate_normal(self.model.theta, cov, method="cholesky")
-            return x @ theta
+            return self._posterior_scores(x, rng, 1)[0]
         return x @ self.model.theta
+
+    def _posterior_scores(self, x: np.ndarray, rng: np.random.Generator, m: int) -> np.ndarray:
+        """(m, N) scores under m draws theta ~ N(A^-1 b, v^2 A^-1) (Thompson's posterior); x: (N, d)."""
+        if self._chol is None:
+            cov = (self.model.v ** 2) * (self.model.a_inv + self.model.a_inv.T) / 2
+            self._chol = np.linalg.cholesky(cov + 1e-12 * np.eye(len(cov)))
+        thetas = self.model.theta + rng.standard_normal((m, len(self._chol))) @ self._chol.T
+        return thetas @ x.T
+
+    def _thompson_slates(self, obs: Observation, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """((1 + draws, K) greedy slates under independent posterior draws, (N,) the first draw's scores)."""
+        s = self._posterior_scores(bandit_features(obs), rng, 1 + self.spec.draws)
+        sim = obs.similarity() if self.spec.penalty > 0 else None
+        return diverse_greedy_batch(s, sim, k, self.spec.penalty), s[0]
 
     def select(self, obs: Observation, k: int, rng: np.random.Generator):
         n, a = len(obs.rows), self.spec.algorithm
         if a == "random":
             slate = rng.permutation(n)[:k]
             return slate, 1.0 / (n - np.arange(k)), np.zeros(n)
+        if a == "thompson":  # serve the first draw's slate; the other draws estimate its probabilities
+            slates, s = self._thompson_slates(obs, k, rng)
+            return slates[0], prefix_frequencies(slates, slates[0]), s
         s = self.scores(obs, rng)
         greedy = self._greedy(obs, s, k)
         if a != "egreedy":
-            return greedy, np.ones(k), s  # deterministic given the state (Thompson: given its draw)
+            return greedy, np.ones(k), s  # deterministic given the state
         slate = rng.permutation(n)[:k] if rng.random() < self.spec.epsilon else greedy
         return slate, self._egreedy_probs(slate, greedy, n, k), s
 
@@ -273,6 +322,9 @@ class BanditPolicy:
             eps, n = self.spec.epsilon, len(obs.rows)
             return ([(self._greedy(obs, self.scores(obs), k), 1.0 - eps)]
                     + [(rng.permutation(n)[:k], eps / draws) for _ in range(draws)])
+        if a == "thompson":
+            slates, _ = self._thompson_slates(obs, k, rng)
+            return [(sl, 1.0 / draws) for sl in slates[:draws]]
         return [(self.select(obs, k, rng)[0], 1.0 / draws) for _ in range(draws)]
 
     def _greedy(self, obs: Observation, scores: np.ndarray, k: int) -> np.ndarray:
@@ -286,12 +338,16 @@ class BanditPolicy:
     def position_probabilities(self, obs: Observation, slate: np.ndarray) -> np.ndarray:
         """(K,) probability of each item of ``slate`` given the items above it (product: the slate's).
 
-        Deterministic policies (LinUCB, popularity; Thompson at its mean): 1 down to the first
-        position where ``slate`` leaves the greedy slate, 0 from there."""
+        Deterministic policies (LinUCB, popularity): 1 down to the first position where ``slate``
+        leaves the greedy slate, 0 from there. Thompson: estimated from ``draws`` posterior draws
+        (a fixed stream, so one version gives one answer)."""
         n, k, a = len(obs.rows), len(slate), self.spec.algorithm
         if a == "random":
             return 1.0 / (n - np.arange(k))
         slate = np.asarray(slate)
+        if a == "thompson":
+            slates, _ = self._thompson_slates(obs, k, np.random.default_rng(self._MC_SEED))
+            return prefix_frequencies(slates, slate, include_target=False)
         greedy = self._greedy(obs, self.scores(obs), k)
         if a == "egreedy":
             return self._egreedy_probs(slate, greedy, n, k)
@@ -309,6 +365,7 @@ class BanditPolicy:
             x = bandit_features(obs)[slate]
             for xj, cj in zip(x, clicks):
                 self.model.update(xj, float(cj > 0))
+            self._chol = None
 
     def state(self) -> dict[str, np.ndarray]:
         out = {"clicks": self.clicks.copy(), "shows": self.shows.copy()}
@@ -330,6 +387,7 @@ class BanditPolicy:
         if isinstance(self.model, _Linear):
             self.model.a_inv = np.asarray(tensors["a_inv"], np.float64).copy()
             self.model.b = np.asarray(tensors["b"], np.float64).copy()
+        self._chol = None
         return self
 
 

@@ -15,7 +15,7 @@ from rl.gate import ClickModel, GateReport, evaluate, first_click, promote
 from rl.logged import impression_features, samples_to_logged
 from rl.ope import Estimate
 from rl.policies import (BanditPolicy, Observation, PolicySpec, SlateScorer, bandit_dim, diverse_greedy,
-                         expected_shapes, policy_from_state)
+                         diverse_greedy_batch, expected_shapes, policy_from_state, prefix_frequencies)
 from rl.simulators import SyntheticUsers, position_bias
 from rl.slate import cosine_similarity, plackett_luce_position_probs, plackett_luce_sample
 from rl.weights import WeightsError, pack, unpack
@@ -132,6 +132,41 @@ def test_bandit_slate_probabilities_are_exact(algorithm):
     assert total == pytest.approx(1.0)
     slate, probs, _ = pol.select(obs, 2, rng)
     assert np.prod(probs) == pytest.approx(pol.slate_probability(obs, slate))
+
+
+def test_prefix_frequencies_by_hand():
+    slates = np.array([[0, 1], [0, 2], [0, 1], [3, 1]])
+    # position 0: 3 of 4 samples put 0 first; position 1: 2 of those 3 put 1 next
+    assert prefix_frequencies(slates, np.array([0, 1])) == pytest.approx([3 / 4, 2 / 3])
+    assert prefix_frequencies(slates, np.array([2, 0]), include_target=False) == pytest.approx([0.0, 0.0])
+
+
+@pytest.mark.parametrize("penalty", [0.0, 0.7])
+def test_diverse_greedy_batch_matches_the_single_slate_version(penalty):
+    rng = np.random.default_rng(5)
+    obs = _obs(rng, n=8)
+    scores = rng.normal(size=(6, 8))
+    batch = diverse_greedy_batch(scores, obs.similarity(), 3, penalty)
+    assert batch.tolist() == [diverse_greedy(s, obs.similarity(), 3, penalty).tolist() for s in scores]
+
+
+def test_thompson_logs_the_posterior_probability_of_its_slate():
+    """Thompson's slate is random (its posterior draw): the logged propensities are estimated from
+    the other draws, near 1/(number of candidates) a position with no data, near 1 with a lot."""
+    rng = np.random.default_rng(2)
+    spec = PolicySpec("thompson", m=3, num_candidates=6, slate_size=2, num_rows=7, draws=400)
+    pol = BanditPolicy(spec)
+    obs = _obs(rng)
+    slate, probs, _ = pol.select(obs, 2, rng)
+    assert 0.05 < probs[0] < 0.5 and np.all(probs > 0)       # wide prior: six candidates nearly tie
+    target = pol.position_probabilities(obs, slate)
+    assert np.array_equal(target, pol.position_probabilities(obs, slate))  # a fixed stream of draws
+    for _ in range(300):  # candidate 4 is clicked wherever it is shown
+        shown, _, _ = pol.select(obs, 2, rng)
+        pol.update(obs, shown, (shown == 4).astype(float))
+    slate, probs, _ = pol.select(obs, 2, rng)
+    assert slate[0] == 4 and probs[0] > 0.95
+    assert pol.position_probabilities(obs, slate)[0] > 0.95
 
 
 def test_linucb_learns_the_clicked_item_and_state_round_trips():
