@@ -50,7 +50,8 @@ def policy_spec(settings: StreamrecSettings, num_rows: int, text_dim: int) -> Po
     n = min(p.num_candidates, num_rows - 1)  # a catalog smaller than N: rank all of it
     return PolicySpec(algorithm=p.algorithm, m=p.feature_dim, num_candidates=n,
                       slate_size=min(p.slate_size, n), num_rows=num_rows, text_dim=text_dim, temperature=p.temperature,
-                      penalty=p.diversity_penalty, epsilon=p.epsilon, alpha=p.alpha)
+                      penalty=p.diversity_penalty, epsilon=p.epsilon, alpha=p.alpha,
+                      draws=p.thompson_draws)
 
 
 def _subset(logged: Logged, idx: np.ndarray) -> Logged:

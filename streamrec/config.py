@@ -203,6 +203,8 @@ class PolicySettings(_Section):
     """m: text vectors are projected to this many principal directions for the policy."""
     alpha: float = Field(1.0, ge=0, le=100)
     """LinUCB exploration width."""
+    thompson_draws: int = Field(64, ge=1, le=10_000)
+    """Thompson: posterior draws per impression behind its logged propensities."""
 
 
 class TrainerSettings(_Section):
