@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rl.slate import greedy_slate
+from rl.slate import greedy_slate, prefix_frequencies
 
 __all__ = ["egreedy_position_probs", "RandomPolicy", "PopularityPolicy", "EpsilonGreedy", "LinUCB", "LinearThompson", "sherman_morrison"]
 
@@ -153,12 +153,19 @@ class LinUCB(_Linear):
 
 @dataclass
 class LinearThompson(_Linear):
-    """Sample theta ~ N(A^-1 b, v^2 A^-1), rank by x.theta."""
+    """Sample theta ~ N(A^-1 b, v^2 A^-1), rank by x.theta.
+
+    The slate is random (it is the draw's), so ``select`` also draws ``draws`` more thetas and
+    gives, per position, the share that agree with the slate down to it: a Monte Carlo estimate
+    of the propensities (:func:`rl.slate.prefix_frequencies`)."""
 
     v: float = 0.5
+    draws: int = 64
 
     def select(self, x: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """((K,) the first draw's slate, (K,) its estimated per-position probabilities); x: (N, d)."""
         x = _features(x, self.dim)
         cov = (self.v ** 2) * (self.a_inv + self.a_inv.T) / 2
-        theta = rng.multivariate_normal(self.theta, cov, method="cholesky")
-        return greedy_slate(x @ theta, k), np.ones(k)
+        thetas = rng.multivariate_normal(self.theta, cov, size=1 + self.draws, method="cholesky")  # (M, d)
+        slates = np.argsort(-(thetas @ x.T), axis=1, kind="stable")[:, :k]
+        return slates[0], prefix_frequencies(slates, slates[0])

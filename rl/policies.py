@@ -21,12 +21,13 @@ import numpy as np
 
 from rl.bandits import EpsilonGreedy, LinearThompson, LinUCB, _Linear, egreedy_position_probs
 from rl.features import CONTEXT_DIM, ObsLayout
-from rl.slate import cosine_similarity, greedy_slate, plackett_luce_position_probs, plackett_luce_sample
+from rl.slate import (cosine_similarity, greedy_slate, plackett_luce_position_probs, plackett_luce_sample,
+                      prefix_frequencies)
 from rl.weights import WeightsError
 
 __all__ = ["ALGORITHMS", "PolicySpec", "Observation", "SlateScorer", "NeuralPolicy", "BanditPolicy",
            "make_policy", "policy_from_state", "bandit_features", "bandit_dim", "diverse_greedy", "diverse_greedy_batch",
-           "prefix_frequencies", "expected_shapes"]
+           "expected_shapes"]
 
 ALGORITHMS = ("ppo", "linucb", "thompson", "egreedy", "popularity", "random")
 
@@ -122,17 +123,6 @@ def diverse_greedy_batch(scores: np.ndarray, sim: np.ndarray | None, k: int, pen
         avail[rows, out[:, j]] = False
         max_sim = sim[out[:, j]] if j == 0 else np.maximum(max_sim, sim[out[:, j]])
     return out
-
-
-def prefix_frequencies(slates: np.ndarray, slate: np.ndarray, include_target: bool = True) -> np.ndarray:
-    """(K,) P(slate[j] at position j | slate[:j] above), estimated from (M, K) sampled ``slates``.
-
-    The product down to position j is the fraction of samples that agree with ``slate`` on
-    positions 0..j. ``include_target``: ``slate`` is ``slates[0]`` (the sample that was served),
-    so every count is >= 1; otherwise a prefix no sample took has probability 0 from there on."""
-    agree = np.cumprod(np.asarray(slates) == np.asarray(slate)[None, :], axis=1).sum(0).astype(np.float64)  # (K,)
-    above = np.concatenate([[len(slates)], agree[:-1]])
-    return np.divide(agree, above, out=np.zeros_like(agree), where=above > 0)
 
 
 # -- the neural policy's serving model ------------------------------------------------------------

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["plackett_luce_sample", "plackett_luce_position_probs", "plackett_luce_logp", "greedy_slate",
-           "cosine_similarity"]
+           "cosine_similarity", "prefix_frequencies"]
 
 
 def _logits(scores: np.ndarray, temperature: float) -> np.ndarray:
@@ -120,3 +120,14 @@ def greedy_slate(scores: np.ndarray, k: int) -> np.ndarray:
     s = np.asarray(scores, dtype=np.float64)
     _check_k(k, len(s))
     return np.argsort(-s, kind="stable")[:k]
+
+
+def prefix_frequencies(slates: np.ndarray, slate: np.ndarray, include_target: bool = True) -> np.ndarray:
+    """(K,) P(slate[j] at position j | slate[:j] above), estimated from (M, K) sampled ``slates``.
+
+    The product down to position j is the fraction of samples that agree with ``slate`` on
+    positions 0..j. ``include_target``: ``slate`` is ``slates[0]`` (the sample that was served),
+    so every count is >= 1; otherwise a prefix no sample took has probability 0 from there on."""
+    agree = np.cumprod(np.asarray(slates) == np.asarray(slate)[None, :], axis=1).sum(0).astype(np.float64)  # (K,)
+    above = np.concatenate([[len(slates)], agree[:-1]])
+    return np.divide(agree, above, out=np.zeros_like(agree), where=above > 0)

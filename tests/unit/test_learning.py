@@ -15,9 +15,9 @@ from rl.gate import ClickModel, GateReport, evaluate, first_click, promote
 from rl.logged import impression_features, samples_to_logged
 from rl.ope import Estimate
 from rl.policies import (BanditPolicy, Observation, PolicySpec, SlateScorer, bandit_dim, diverse_greedy,
-                         diverse_greedy_batch, expected_shapes, policy_from_state, prefix_frequencies)
+                         diverse_greedy_batch, expected_shapes, policy_from_state)
 from rl.simulators import SyntheticUsers, position_bias
-from rl.slate import cosine_similarity, plackett_luce_position_probs, plackett_luce_sample
+from rl.slate import cosine_similarity, plackett_luce_position_probs, plackett_luce_sample, prefix_frequencies
 from rl.weights import WeightsError, pack, unpack
 from streamrec.events import TrainingSample
 from streamrec.profile import blend_profile

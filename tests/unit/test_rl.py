@@ -84,8 +84,11 @@ def test_thompson_concentrates_with_data():
     for _ in range(200):
         p.update(np.array([1.0, 0.0]), 1.0)
         p.update(np.array([0.0, 1.0]), 0.0)
-    slate, _ = p.select(np.array([[0.0, 1.0], [1.0, 0.0]]), 1, np.random.default_rng(0))
-    assert slate.tolist() == [1]
+    slate, probs = p.select(np.array([[0.0, 1.0], [1.0, 0.0]]), 1, np.random.default_rng(0))
+    assert slate.tolist() == [1] and probs[0] == 1.0  # every posterior draw agrees
+    fresh = LinearThompson(dim=2, v=0.5, draws=2000)  # no data: the two items are a coin flip
+    _, probs = fresh.select(np.array([[0.0, 1.0], [1.0, 0.0]]), 1, np.random.default_rng(0))
+    assert 0.4 < probs[0] < 0.6
 
 
 @pytest.mark.parametrize("make, call, msg", [
