@@ -3,6 +3,8 @@
 Ingest actors ``put`` batches and wait for the answer before committing their offsets; a full
 buffer answers ``full`` and ingest pauses. Redelivered samples (after a crash or a rebalance)
 are dropped here, so no sample is trained twice. The memory of seen ids is bounded by time.
+An ingest batch arrives as msgpack bytes with its event ids beside it and stays encoded until
+``take`` (the trainer's side pays for decoding, not the ingest's wait for an answer).
 """
 
 from __future__ import annotations
