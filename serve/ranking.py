@@ -40,14 +40,29 @@ class Ranked:
 class RankingCore:
     def __init__(self, featurizer: Featurizer, index, policy, version: str, num_candidates: int,
                  retrieval_share: float = 0.5):
-        self.featurizer, self.index, self.policy, self.version = featurizer, index, policy, str(version)
+        self.index = index
+        self._live = (featurizer, policy, str(version))
         self.num_candidates = min(num_candidates, len(featurizer.item_ids))
         self.retrieval_share = retrieval_share
         self._all_ids = featurizer.item_ids.astype(str)
 
     def swap(self, featurizer: Featurizer, policy, version: str) -> None:
-        """Atomically replace what ranks (one tuple assignment; a request sees old or new, never half)."""
-        self.featurizer, self.policy, self.version = featurizer, policy, str(version)
+        """Atomically replace what ranks: one attribute holds the (featurizer, policy, version)
+        triple, so a request reads old or new, never half (three attribute stores could interleave
+        with a request's three reads)."""
+        self._live = (featurizer, policy, str(version))
+
+    @property
+    def featurizer(self) -> Featurizer:
+        return self._live[0]
+
+    @property
+    def policy(self):
+        return self._live[1]
+
+    @property
+    def version(self) -> str:
+        return self._live[2]
 
     def candidates(self, query: np.ndarray | None, rng: np.random.Generator, exclude: Sequence[str] = ()) -> list[str]:
         n = self.num_candidates
@@ -78,7 +93,7 @@ class RankingCore:
     def rank(self, profile: np.ndarray | None, context_vec: np.ndarray | None, context: dict | None, k: int,
              rng: np.random.Generator, *, ts: float | None = None, candidates: Sequence[str] | None = None,
              exclude: Sequence[str] = ()) -> Ranked:
-        featurizer, policy, version = self.featurizer, self.policy, self.version  # one consistent snapshot
+        featurizer, policy, version = self._live  # one consistent snapshot
         if candidates is None:
             query = None
             if profile is not None or context_vec is not None:
