@@ -22,6 +22,7 @@ import time
 import uuid
 
 import msgspec
+import psutil
 import ray
 from kafka import KafkaConsumer, KafkaProducer
 
@@ -194,7 +195,7 @@ def broker_soak(broker, rate_per_s: int, seconds: float) -> dict:
     rss = []
     for _ in range(int(seconds // 60)):
         time.sleep(60)
-        rss.append(round(_proc_rss(broker.pid) / 2**20, 1))
+        rss.append(round(psutil.Process(broker.pid).memory_info().rss / 2**20, 1))
     time.sleep(seconds % 60)
     stop.set()
     prod.join()
@@ -202,14 +203,6 @@ def broker_soak(broker, rate_per_s: int, seconds: float) -> dict:
     return {"bench": "stream-broker-only", "soak_s": seconds, "soak_rate_events_per_s": rate_per_s * 4 // 3,
             "received": len(lat), "latency_p50_every_60s_s": _per_minute(lat, wall0, 0.50),
             "latency_p99_every_60s_s": _per_minute(lat, wall0, 0.99), "broker_rss_every_60s_mb": rss}
-
-
-def _proc_rss(pid: int | None) -> int:
-    try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, TypeError):
-        return 0
 
 
 def _quantile(xs: list[float], p: float) -> float:

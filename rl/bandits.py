@@ -161,11 +161,22 @@ class LinearThompson(_Linear):
 
     v: float = 0.5
     draws: int = 64
+    _chol: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
+    _chol_of: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
+
+    def draw_scores(self, x: np.ndarray, rng: np.random.Generator, m: int) -> np.ndarray:
+        """(m, N) scores x . theta under m independent posterior draws; x: (N, d).
+
+        The covariance's Cholesky factor is kept until ``a_inv`` changes (every update and every
+        load replaces the array; none changes it in place)."""
+        x = _features(x, self.dim)
+        if self._chol_of is not self.a_inv:
+            cov = (self.v ** 2) * (self.a_inv + self.a_inv.T) / 2
+            self._chol, self._chol_of = np.linalg.cholesky(cov + 1e-12 * np.eye(self.dim)), self.a_inv
+        thetas = self.theta + rng.standard_normal((m, self.dim)) @ self._chol.T  # (m, d)
+        return thetas @ x.T
 
     def select(self, x: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """((K,) the first draw's slate, (K,) its estimated per-position probabilities); x: (N, d)."""
-        x = _features(x, self.dim)
-        cov = (self.v ** 2) * (self.a_inv + self.a_inv.T) / 2
-        thetas = rng.multivariate_normal(self.theta, cov, size=1 + self.draws, method="cholesky")  # (M, d)
-        slates = np.argsort(-(thetas @ x.T), axis=1, kind="stable")[:, :k]
+        slates = np.argsort(-self.draw_scores(x, rng, 1 + self.draws), axis=1, kind="stable")[:, :k]
         return slates[0], prefix_frequencies(slates, slates[0])

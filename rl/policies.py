@@ -21,7 +21,7 @@ import numpy as np
 
 from rl.bandits import EpsilonGreedy, LinearThompson, LinUCB, _Linear, egreedy_position_probs
 from rl.features import CONTEXT_DIM, ObsLayout
-from rl.slate import (cosine_similarity, greedy_slate, plackett_luce_position_probs, plackett_luce_sample,
+from rl.slate import (_check_k, cosine_similarity, plackett_luce_position_probs, plackett_luce_sample,
                       prefix_frequencies)
 from rl.weights import WeightsError
 
@@ -94,26 +94,16 @@ class Observation:
 
 def diverse_greedy(scores: np.ndarray, sim: np.ndarray | None, k: int, penalty: float) -> np.ndarray:
     """(K,) the zero-temperature limit of the diverse Plackett-Luce: argmax of score - penalty * max sim."""
-    if penalty <= 0 or sim is None:
-        return greedy_slate(scores, k)
-    s = np.asarray(scores, np.float64)
-    avail = np.ones(len(s), bool)
-    max_sim = np.zeros(len(s))
-    out = np.empty(k, np.int64)
-    for j in range(k):
-        z = np.where(avail, s - penalty * max_sim, -np.inf)
-        out[j] = int(np.argmax(z))
-        avail[out[j]] = False
-        max_sim = sim[out[j]] if j == 0 else np.maximum(max_sim, sim[out[j]])
-    return out
+    return diverse_greedy_batch(np.asarray(scores)[None, :], sim, k, penalty)[0]
 
 
 def diverse_greedy_batch(scores: np.ndarray, sim: np.ndarray | None, k: int, penalty: float) -> np.ndarray:
     """(M, K) :func:`diverse_greedy` of each row of (M, N) ``scores`` (same ties: lowest index first)."""
     s = np.asarray(scores, np.float64)
+    m, n = s.shape
+    _check_k(k, n)
     if penalty <= 0 or sim is None:
         return np.argsort(-s, axis=1, kind="stable")[:, :k]
-    m, n = s.shape
     rows = np.arange(m)
     avail = np.ones((m, n), bool)
     max_sim = np.zeros((m, n))
@@ -244,11 +234,10 @@ class BanditPolicy:
     _MC_SEED = 20221121  # the posterior draws position_probabilities uses
 
     def __post_init__(self):
-        self._chol = None  # Cholesky factor of Thompson's posterior covariance, per state
         a, d = self.spec.algorithm, bandit_dim(self.spec.m)
         if self.model is None and a in ("linucb", "thompson", "egreedy"):
             self.model = {"linucb": lambda: LinUCB(dim=d, alpha=self.spec.alpha),
-                          "thompson": lambda: LinearThompson(dim=d),
+                          "thompson": lambda: LinearThompson(dim=d, draws=self.spec.draws),
                           "egreedy": lambda: EpsilonGreedy(dim=d, epsilon=self.spec.epsilon)}[a]()
         if self.clicks is None:
             self.clicks = np.zeros(self.spec.num_rows)
@@ -269,20 +258,12 @@ class BanditPolicy:
         if a == "linucb":
             return self.model.scores(x)
         if a == "thompson" and rng is not None:
-            return self._posterior_scores(x, rng, 1)[0]
+            return self.model.draw_scores(x, rng, 1)[0]
         return x @ self.model.theta
-
-    def _posterior_scores(self, x: np.ndarray, rng: np.random.Generator, m: int) -> np.ndarray:
-        """(m, N) scores under m draws theta ~ N(A^-1 b, v^2 A^-1) (Thompson's posterior); x: (N, d)."""
-        if self._chol is None:
-            cov = (self.model.v ** 2) * (self.model.a_inv + self.model.a_inv.T) / 2
-            self._chol = np.linalg.cholesky(cov + 1e-12 * np.eye(len(cov)))
-        thetas = self.model.theta + rng.standard_normal((m, len(self._chol))) @ self._chol.T
-        return thetas @ x.T
 
     def _thompson_slates(self, obs: Observation, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """((1 + draws, K) greedy slates under independent posterior draws, (N,) the first draw's scores)."""
-        s = self._posterior_scores(bandit_features(obs), rng, 1 + self.spec.draws)
+        s = self.model.draw_scores(bandit_features(obs), rng, 1 + self.model.draws)
         sim = obs.similarity() if self.spec.penalty > 0 else None
         return diverse_greedy_batch(s, sim, k, self.spec.penalty), s[0]
 
@@ -355,7 +336,6 @@ class BanditPolicy:
             x = bandit_features(obs)[slate]
             for xj, cj in zip(x, clicks):
                 self.model.update(xj, float(cj > 0))
-            self._chol = None
 
     def state(self) -> dict[str, np.ndarray]:
         out = {"clicks": self.clicks.copy(), "shows": self.shows.copy()}
@@ -377,7 +357,6 @@ class BanditPolicy:
         if isinstance(self.model, _Linear):
             self.model.a_inv = np.asarray(tensors["a_inv"], np.float64).copy()
             self.model.b = np.asarray(tensors["b"], np.float64).copy()
-        self._chol = None
         return self
 
 
