@@ -40,7 +40,7 @@ def make_app(args: dict) -> FastAPI:
             vec = cache.get(req.context.text)
             if vec is None:
                 vec = cache[req.context.text] = encoder.encode([req.context.text])[0]
-        r = core.rank(req.model_dump(exclude_none=True), vec, None)
+        r = core.rank(req.model_dump(exclude_none=True), vec)
         return {"event_id": uuid.uuid4().hex, "policy_version": r["policy_version"],
                 "items": [{"item_id": i, "score": s, "propensity": p, "position": j}
                           for j, (i, s, p) in enumerate(zip(r["items"], r["scores"], r["propensities"]))]}

@@ -33,8 +33,8 @@ PHRASES = [f"something {a} about {b}" for a in ("funny", "dark", "gentle", "epic
 SERVE_FAST_PATH_ENV = {
     # Ray Serve's throughput-optimised mode (Ray >= 2.56): gRPC between replicas, user code and the
     # router on each replica's main event loop, GC frozen after start. Read by the controller, proxy
-    # and replicas, so it goes into the environment before Ray starts. Direct ingress stays off: it
-    # opens extra HTTP ports on Ingress replicas beside the proxy's binding (and our API-key rule).
+    # and replicas, so it goes into the environment before Ray starts. Direct ingress stays off here
+    # (`--serve-mode haproxy` measures it, the way `serve.proxy: haproxy` runs it).
     # Measured here: no change in CPU per request, so streamrec does not switch it on.
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
@@ -146,7 +146,7 @@ def _serve_processes() -> dict[str, list[int]]:
         cmd = " ".join(p.info["cmdline"] or [])
         if p.pid == me.pid:
             role = "driver+load generator"
-        elif "ProxyActor" in cmd:
+        elif "ProxyActor" in cmd or "haproxy" in cmd:
             role = "proxy"
         elif "ServeController" in cmd:
             role = "controller"
@@ -183,8 +183,9 @@ def main(argv=None) -> int:
     ap.add_argument("--users", type=int, default=1000)
     ap.add_argument("--cpu-at", type=float, default=25.0,
                     help="also measure CPU ms per request by process at this rate (0: skip)")
-    ap.add_argument("--serve-mode", choices=["optimized", "default"], default="default",
-                    help="Ray Serve's throughput-optimised mode (SERVE_FAST_PATH_ENV) or Serve's defaults")
+    ap.add_argument("--serve-mode", choices=["optimized", "default", "haproxy"], default="default",
+                    help="Serve's Python proxy (default), its HAProxy ingress (serve.proxy: haproxy), or its "
+                         "throughput-optimised mode (SERVE_FAST_PATH_ENV)")
     ap.add_argument("--only-cpu", action="store_true", help="only the CPU breakdown (no load ramp, no publishes)")
     args = ap.parse_args(argv)
 
@@ -217,6 +218,8 @@ def main(argv=None) -> int:
     if args.serve_mode == "optimized":
         for k, v in SERVE_FAST_PATH_ENV.items():
             os.environ.setdefault(k, v)
+    if args.serve_mode == "haproxy":  # what `serve.proxy: haproxy` sets before Ray starts
+        os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
     out["serve_mode"] = args.serve_mode
     ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False, namespace=NAMESPACE)
     store = PolicyStore.options(name=STORE_NAME, namespace=NAMESPACE).remote(s.trainer.store_dir, 50)

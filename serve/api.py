@@ -132,7 +132,7 @@ def check_bearer(header: str | None, keys: Sequence[bytes]) -> bool:
 
 
 class Metrics:
-    """Counters and a latency histogram, rendered as Prometheus text (one per Ingress replica)."""
+    """Counters and a latency histogram, rendered as Prometheus text (one per Ranker replica)."""
 
     BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, float("inf"))
 
@@ -175,7 +175,7 @@ class Metrics:
 
 
 class GuardState:
-    """What the HTTP guard middleware checks; the Ingress replica fills it in at start."""
+    """What the HTTP guard middleware checks; the Ranker replica (the HTTP ingress) fills it in at start."""
 
     def __init__(self):
         self.keys: list[bytes] = []

@@ -2,10 +2,16 @@
 
 ::
 
-    HTTP -> Ingress (FastAPI: auth, limits, /v1/recommend, /v1/feedback, /healthz, /metrics, /docs)
-              |-- ContextEncoder.encode(text)        (batched, cached; only when the request has text)
-              |-- Ranker.rank(request, context_vec)  (retrieval, policy, exploration, version)
-              '-- EventSink -> Kafka                 (impression / feedback; never waited on)
+    HTTP -> Ranker (FastAPI: auth, limits, /v1/recommend, /v1/feedback, /healthz, /metrics, /docs)
+              |-- ContextEncoder.encode(text)   (batched, cached; a handle call only when the request has text)
+              |-- RankerCore.rank(...)          (in process: retrieval, profile, policy, exploration, version)
+              '-- EventSink -> Kafka            (impression / feedback; never waited on)
+            background thread: newer policy versions and changed user profiles (RankerCore.tick)
+
+The Ranker is the HTTP ingress itself: ranking is a millisecond of numpy, and a separate
+HTTP-only deployment in front of it cost more CPU per request (an extra handle call on each
+side) than the ranking. Scaling Ranker replicas scales the HTTP layer with it; the encoder, the
+one heavy model, stays its own autoscaling deployment with dynamic batching.
 
 Serve calls ``build_app`` with the application's ``args``; they are validated first, so a bad
 value fails the deploy with its key path instead of failing inside a replica. Deployment
@@ -15,6 +21,7 @@ only ever come from the PolicyStore.
 """
 
 
+import threading
 import time
 import uuid
 from typing import Any
@@ -28,11 +35,11 @@ from ray.serve.handle import DeploymentHandle
 import serve.api as contract
 from serve.api import FeedbackRequest, RecommendRequest, RecommendResponse, check_bearer, validation_message
 from serve.context_encoder import ContextEncoder
-from serve.ranker import Ranker
+from serve.ranker import ProfileMirror, RankerCore
 from streamrec.config import settings_from_args
 from streamrec.events import Feedback, Impression, encode
 
-__all__ = ["build_app", "build_app_from_config", "Ingress", "api"]
+__all__ = ["build_app", "build_app_from_config", "Ranker", "api"]
 
 api = FastAPI(title="streamrec", version="1",
               description="A streaming recommender that learns while it serves. Send `Authorization: Bearer <key>` "
@@ -117,22 +124,45 @@ class Guard:
 api.add_middleware(Guard)
 
 
-@serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.2})
+@serve.deployment(name="Ranker", ray_actor_options={"num_cpus": 0.2}, health_check_period_s=2,
+                  health_check_timeout_s=10)
 @serve.ingress(api)
-class Ingress:
-    def __init__(self, args: dict[str, Any], encoder: DeploymentHandle, ranker: DeploymentHandle):
+class Ranker:
+    def __init__(self, args: dict[str, Any], encoder: DeploymentHandle):
+        import ray
+
+        from actors.policy_store import NAMESPACE, get_or_create_store
         from streamrec.eventbus import KafkaEventSink
 
-        self.settings = settings_from_args(args)  # env overrides (API keys) are read here, in the replica
-        self.encoder, self.ranker = encoder, ranker
-        contract.GUARD.keys = [k.get_secret_value().encode() for k in self.settings.auth.api_keys]
-        contract.GUARD.max_body = self.settings.serve.max_body_bytes
+        self.settings = s = settings_from_args(args)  # env overrides (API keys) are read here, in the replica
+        self.encoder = encoder
+        contract.GUARD.keys = [k.get_secret_value().encode() for k in s.auth.api_keys]
+        contract.GUARD.max_body = s.serve.max_body_bytes
         self.metrics = contract.GUARD.metrics
-        k = self.settings.kafka
+        k = s.kafka
         self.topics = k.topics
         self.sink = (KafkaEventSink(k.bootstrap_servers, buffer_events=k.producer_buffer_events,
                                     idempotent=k.idempotent_producer) if k.bootstrap_servers else None)
         self.events_without_kafka = 0
+        store = get_or_create_store(s.trainer.store_dir, s.trainer.keep_versions)  # the cluster's one store
+        try:
+            profiles = ray.get_actor("streamrec-profiles", namespace=NAMESPACE)
+            mirror = ProfileMirror(lambda epoch, seq, limit: ray.get(
+                profiles.changes_since.remote(epoch, seq, limit), timeout=30), s.serve.profile_mirror_users)
+        except ValueError:
+            mirror = None  # deployed without the stream: profiles from user text only
+        self.core = RankerCore(s, store, mirror)
+        self.poll_s = s.serve.policy_poll_s
+        self._stop = threading.Event()
+        threading.Thread(target=self._follow, name="policy-and-profiles", daemon=True).start()
+
+    def _follow(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self.core.tick()
+
+    def reconfigure(self, user_config: dict) -> None:
+        """Runtime knobs (never weights): ``policy_poll_s``."""
+        self.poll_s = float(user_config.get("policy_poll_s", self.poll_s))
 
     def _emit(self, topic: str, key: str, value: bytes) -> None:
         if self.sink is None:
@@ -154,8 +184,7 @@ class Ingress:
             vec = None
             if req.context is not None and req.context.text:
                 vec = await self.encoder.encode.remote(req.context.text)
-            request = req.model_dump(exclude_none=True)
-            ranked = await self.ranker.rank.remote(request, vec)
+            ranked = self.core.rank(req.model_dump(exclude_none=True), vec)
         except BackPressureError:
             return _error(503, "overloaded: too many requests in flight, retry shortly", {"Retry-After": "1"})
         except ValueError as e:  # e.g. every candidate excluded: the request cannot be served as asked
@@ -165,10 +194,9 @@ class Ingress:
                 return _error(503, "no policy version loaded yet, retry shortly", {"Retry-After": "2"})
             raise
         event_id = uuid.uuid4().hex
-        now = time.time()
         context = req.context.model_dump(exclude_none=True) if req.context else {}
         self._emit(self.topics.impressions, req.user_id, encode(Impression(
-            event_id, now, req.user_id, tuple(ranked["items"]), tuple(ranked["propensities"]),
+            event_id, time.time(), req.user_id, tuple(ranked["items"]), tuple(ranked["propensities"]),
             ranked["policy_version"], context, ranked["features"])))
         self.metrics.set("policy_version", float(ranked["policy_version"]))
         items = [{"item_id": i, "score": s, "propensity": p, "position": j}
@@ -185,7 +213,10 @@ class Ingress:
 
     @api.get("/metrics", response_class=PlainTextResponse)
     def prometheus(self) -> str:
-        extra: dict[str, float] = {"events_without_kafka": self.events_without_kafka}
+        st = self.core.status()
+        extra: dict[str, float] = {"events_without_kafka": self.events_without_kafka,
+                                   "policy_swaps": st["swaps"], "policy_refused": st["refused"],
+                                   "profiles_mirrored": st["profiles"] or 0}
         if self.sink is not None:
             extra.update({f"events_{k}": v for k, v in self.sink.metrics().items()})
         return self.metrics.render(extra)
@@ -194,6 +225,15 @@ class Ingress:
     def public_settings(self) -> dict[str, Any]:
         """The effective settings, secrets masked."""
         return self.settings.public_dict()
+
+    def status(self) -> dict:
+        return self.core.status()
+
+    def check_health(self) -> None:
+        self.core.healthy()
+
+    def __del__(self):
+        self._stop.set()
 
 
 def build_app(args: dict[str, Any] | None = None):
@@ -204,7 +244,7 @@ def build_app(args: dict[str, Any] | None = None):
     """
     args = dict(args or {})
     settings_from_args(args)
-    return Ingress.bind(args, ContextEncoder.bind(args), Ranker.bind(args))
+    return Ranker.bind(args, ContextEncoder.bind(args))
 
 
 def build_app_from_config(args: dict[str, Any], deployments: list[dict[str, Any]]):
@@ -214,10 +254,9 @@ def build_app_from_config(args: dict[str, Any], deployments: list[dict[str, Any]
     """
     settings_from_args(args)
     opts = {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in deployments}
-    known = {"Ingress", "ContextEncoder", "Ranker"}
+    known = {"ContextEncoder", "Ranker"}
     unknown = set(opts) - known
     if unknown:
         raise ValueError(f"deployments: unknown deployment(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
     enc = ContextEncoder.options(**opts.get("ContextEncoder", {})).bind(args)
-    rank = Ranker.options(**opts.get("Ranker", {})).bind(args)
-    return Ingress.options(**opts.get("Ingress", {})).bind(args, enc, rank)
+    return Ranker.options(**opts.get("Ranker", {})).bind(args, enc)

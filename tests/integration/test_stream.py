@@ -12,6 +12,7 @@ from kafka import KafkaConsumer
 from actors.ingest import IngestGroup
 from actors.profile_store import ProfileStore
 from actors.sample_buffer import SampleBuffer
+from serve.ranker import ProfileMirror
 from streamrec.events import encode
 from tests.integration.stream_helpers import create_topics, drain, make_events, produce, stream_settings
 
@@ -177,17 +178,24 @@ def test_profile_store_is_fed_live_and_survives_restart(broker, ray_session, tmp
         assert [len(h) for h in hist] == [3, 3, 0]  # bounded history
         prof = ray.get(store.profiles.remote(["u0", "nobody"]))
         assert prof.shape == (2, 97) and np.isclose(np.linalg.norm(prof[0]), 1.0) and not prof[1].any()
+        mirror = ProfileMirror(lambda e, seq, n: ray.get(store.changes_since.remote(e, seq, n)), capacity=100)
+        assert mirror.sync() == 2 and np.allclose(mirror.get("u0"), prof[0]) and mirror.get("nobody") is None
+        assert mirror.sync() == 0  # nothing changed since
         ray.get(store.snapshot.remote())
         ray.kill(store, no_restart=False)
         deadline = time.monotonic() + 30
+        epoch = mirror.epoch
         while True:
             try:
                 restored = ray.get(store.histories.remote(["u0"]), timeout=10)
+                synced = mirror.sync()
                 break
-            except ray.exceptions.RayActorError:
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
                 assert time.monotonic() < deadline
                 time.sleep(0.5)
         assert restored == hist[:1]
+        assert synced == 2 and mirror.epoch != epoch  # a restarted store: mirrored again from scratch
+        assert np.allclose(mirror.get("u0"), prof[0], atol=1e-5)
     finally:
         group.stop()
 

@@ -124,3 +124,16 @@ def test_history_book_is_bounded_and_snapshots(tmp_path):
     assert len(b) == 2 and b.history("u2") == []  # u2 was least recently used
     p = b.snapshot(tmp_path / "s.json")
     assert HistoryBook.restore(p).history("u3") == [("z", 1.0)]
+
+
+def test_history_book_lists_users_changed_since_a_seq_newest_first():
+    b = HistoryBook(history_length=3, max_users=3)
+    b.record([("u1", "a", 1), ("u2", "a", 1), ("u1", "b", 2)])
+    assert b.seq == 3
+    assert b.changed_since(0, 10) == ["u1", "u2"]
+    assert b.changed_since(2, 10) == ["u1"]  # u2 last changed at 2
+    assert b.changed_since(3, 10) == []
+    assert b.changed_since(0, 1) == ["u1"]  # the limit keeps the newest
+    b.record([("u3", "c", 3), ("u4", "d", 4)])  # u2 is evicted (max_users 3), and forgotten
+    assert b.changed_since(0, 10) == ["u4", "u3", "u1"]
+    assert b.changed_since(3, 10) == ["u4", "u3"] and b.changed_since(4, 10) == ["u4"]
