@@ -26,73 +26,44 @@ import httpx
 import numpy as np
 import ray
 
+from bench.loadgen import closed_loop, open_loop
+
+from streamrec.config import SERVE_MODE_ENV
+
 PHRASES = [f"something {a} about {b}" for a in ("funny", "dark", "gentle", "epic", "true") for b in
            ("space", "love", "crime", "war", "music", "dragons", "sports", "the ocean")]
 
 
-SERVE_FAST_PATH_ENV = {
-    # Ray Serve's throughput-optimised mode (Ray >= 2.56): gRPC between replicas, user code and the
-    # router on each replica's main event loop, GC frozen after start. Read by the controller, proxy
-    # and replicas, so it goes into the environment before Ray starts. Direct ingress stays off here
-    # (`--serve-mode haproxy` measures it, the way `serve.proxy: haproxy` runs it).
-    # Measured here: no change in CPU per request, so streamrec does not switch it on.
-    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
+SERVE_MODES = {
+    # Environment read by Serve's controller, proxy and replicas when they start, so it goes into the
+    # environment before Ray starts. `standard` and `throughput` are serve.mode's. The third adds
+    # Serve's throughput-optimised flag (user code on the replica's main loop, gRPC between
+    # replicas, GC frozen): ~1.5 ms less CPU a request here, but its replicas never scaled out
+    # (Ray 2.60; their load did not reach the autoscaler), so serve.mode does not set it.
+    **SERVE_MODE_ENV,
+    "throughput+optimized": {**SERVE_MODE_ENV["throughput"], "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
 }
 
 
-def _pct(xs, q):
-    return round(float(np.percentile(xs, q)) * 1000, 1) if len(xs) else None
+def _bodies(n: int, users: int, seed: int, text_share: float = 0.3) -> list[bytes]:
+    """``n`` encoded /v1/recommend bodies: random users, hour and age, a context text in ``text_share``."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        body = {"user_id": f"user{rng.integers(users)}", "k": 10,
+                "context": {"hour": int(rng.integers(24)), "age": int(rng.integers(15, 70))}}
+        if rng.random() < text_share:
+            body["context"]["text"] = PHRASES[rng.integers(len(PHRASES))]
+        out.append(json.dumps(body).encode())
+    return out
 
 
-async def _open_loop(url: str, rate: float, seconds: float, users: int) -> dict:
-    lat, codes = [], {}
-    rng = np.random.default_rng(int(rate))
-    async with httpx.AsyncClient(base_url=url, timeout=10, limits=httpx.Limits(max_connections=512)) as c:
-        async def one():
-            body = {"user_id": f"user{rng.integers(users)}", "k": 10,
-                    "context": {"hour": int(rng.integers(24)), "age": int(rng.integers(15, 70))}}
-            if rng.random() < 0.3:
-                body["context"]["text"] = PHRASES[rng.integers(len(PHRASES))]
-            t = time.perf_counter()
-            try:
-                r = await c.post("/v1/recommend", json=body)
-                code = r.status_code
-            except httpx.HTTPError as e:
-                code = type(e).__name__
-            codes[code] = codes.get(code, 0) + 1
-            if code == 200:
-                lat.append(time.perf_counter() - t)
-
-        tasks = []
-        start = time.perf_counter()
-        n = int(rate * seconds)
-        for i in range(n):
-            delay = start + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one()))
-        await asyncio.gather(*tasks)
-        wall = time.perf_counter() - start
-    return {"rate": rate, "achieved_rps": round(codes.get(200, 0) / wall, 1), "p50_ms": _pct(lat, 50),
-            "p95_ms": _pct(lat, 95), "p99_ms": _pct(lat, 99), "codes": {str(k): v for k, v in codes.items()}}
+def _open_loop(url: str, rate: float, seconds: float, users: int) -> dict:
+    return asyncio.run(open_loop(url, "/v1/recommend", _bodies(int(rate * seconds), users, int(rate)), rate))
 
 
-async def _closed_loop(url: str, concurrency: int, seconds: float, users: int) -> float:
-    done = 0
-    stop = time.perf_counter() + seconds
-    async with httpx.AsyncClient(base_url=url, timeout=10, limits=httpx.Limits(max_connections=256)) as c:
-        async def worker(w):
-            nonlocal done
-            rng = np.random.default_rng(w)
-            while time.perf_counter() < stop:
-                r = await c.post("/v1/recommend", json={"user_id": f"user{rng.integers(users)}", "k": 10,
-                                                        "context": {"hour": 12}})
-                done += r.status_code == 200
-
-        t = time.perf_counter()
-        await asyncio.gather(*(worker(w) for w in range(concurrency)))
-        return round(done / (time.perf_counter() - t), 1)
+def _closed_loop(url: str, concurrency: int, seconds: float, users: int) -> float:
+    return asyncio.run(closed_loop(url, "/v1/recommend", _bodies(4096, users, 7, text_share=0.0), concurrency, seconds))
 
 
 def _replicas() -> dict:
@@ -166,7 +137,7 @@ def cpu_per_request(url: str, rate: float, seconds: float, users: int) -> dict:
     """Open loop at ``rate``; CPU milliseconds per request by process role (where serving time goes)."""
     procs = _serve_processes()
     before = _process_cpu(procs)
-    r = asyncio.run(_open_loop(url, rate, seconds, users))
+    r = _open_loop(url, rate, seconds, users)
     after = _process_cpu(procs)
     n = max(1, r["codes"].get("200", 0))
     per = {k: round((after[k] - before[k]) * 1000 / n, 2) for k in after}
@@ -183,9 +154,8 @@ def main(argv=None) -> int:
     ap.add_argument("--users", type=int, default=1000)
     ap.add_argument("--cpu-at", type=float, default=25.0,
                     help="also measure CPU ms per request by process at this rate (0: skip)")
-    ap.add_argument("--serve-mode", choices=["optimized", "default", "haproxy"], default="default",
-                    help="Serve's Python proxy (default), its HAProxy ingress (serve.proxy: haproxy), or its "
-                         "throughput-optimised mode (SERVE_FAST_PATH_ENV)")
+    ap.add_argument("--serve-mode", choices=sorted(SERVE_MODES), default="standard",
+                    help="serve.mode standard or throughput, or one part of throughput (SERVE_MODES)")
     ap.add_argument("--only-cpu", action="store_true", help="only the CPU breakdown (no load ramp, no publishes)")
     args = ap.parse_args(argv)
 
@@ -215,11 +185,8 @@ def main(argv=None) -> int:
     app_args = {"kafka": {"bootstrap_servers": broker.bootstrap}, "embedding": {"output_dir": f"{tmp}/emb"},
                 "trainer": {"store_dir": f"{tmp}/store"}, "catalog": {"num_items": args.items}}
     s = settings_from_args(app_args, env={})
-    if args.serve_mode == "optimized":
-        for k, v in SERVE_FAST_PATH_ENV.items():
-            os.environ.setdefault(k, v)
-    if args.serve_mode == "haproxy":  # what `serve.proxy: haproxy` sets before Ray starts
-        os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
+    for k, v in SERVE_MODES[args.serve_mode].items():
+        os.environ.setdefault(k, v)
     out["serve_mode"] = args.serve_mode
     ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False, namespace=NAMESPACE)
     store = PolicyStore.options(name=STORE_NAME, namespace=NAMESPACE).remote(s.trainer.store_dir, 50)
@@ -234,7 +201,7 @@ def main(argv=None) -> int:
 
     raw = load_serve_config(os.path.join(os.path.dirname(__file__), "..", "ray_config.yaml"))
     deployments = raw["applications"][0]["deployments"]
-    port = free_port()
+    port = free_port(outside_ephemeral=True)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app_from_config(app_args, deployments), name="streamrec", route_prefix="/")
     serve_url = f"http://127.0.0.1:{port}"
@@ -246,12 +213,12 @@ def main(argv=None) -> int:
     try:
         for u in (serve_url, bare_url):
             wait_http(u + "/healthz", timeout_s=300)
-        timeline, stop = [], threading.Event()
+        timeline, stop, phase = [], threading.Event(), ["start"]
 
         def watch():
             t0 = time.time()
             while not stop.wait(1.0):
-                timeline.append({"t": round(time.time() - t0), **_replicas()})
+                timeline.append({"t": round(time.time() - t0), "phase": phase[0], **_replicas()})
 
         if args.cpu_at:
             out["cpu_breakdown"] = {"serve": cpu_per_request(serve_url, args.cpu_at, args.seconds, args.users),
@@ -262,13 +229,23 @@ def main(argv=None) -> int:
                 return 0
         threading.Thread(target=watch, daemon=True).start()
         rates = [float(r) for r in args.rates.split(",")]
-        out["serve"] = [asyncio.run(_open_loop(serve_url, r, args.seconds, args.users)) for r in rates]
-        out["serve_peak_rps"] = asyncio.run(_closed_loop(serve_url, 32, args.seconds, args.users))
+        out["serve"] = []
+        for r in rates:
+            phase[0] = f"{r:g} rps"
+            out["serve"].append(_open_loop(serve_url, r, args.seconds, args.users))
+        phase[0] = "peak"
+        out["serve_peak_rps"] = _closed_loop(serve_url, 32, args.seconds, args.users)
+        phase[0] = "after"
+        time.sleep(5)
         stop.set()
         out["replicas_over_time"] = timeline[::max(1, len(timeline) // 40)]
+        out["ranker_replicas_by_phase"] = {}  # the most Ranker replicas running during each phase
+        for row in timeline:
+            by = out["ranker_replicas_by_phase"]
+            by[row["phase"]] = max(by.get(row["phase"], 0), row.get("Ranker", 0))
         out["replica_rss_mb"] = _replica_rss()
-        out["bare"] = [asyncio.run(_open_loop(bare_url, r, args.seconds, args.users)) for r in rates]
-        out["bare_peak_rps"] = asyncio.run(_closed_loop(bare_url, 32, args.seconds, args.users))
+        out["bare"] = [_open_loop(bare_url, r, args.seconds, args.users) for r in rates]
+        out["bare_peak_rps"] = _closed_loop(bare_url, 32, args.seconds, args.users)
         out["peak_ratio"] = round(out["serve_peak_rps"] / max(out["bare_peak_rps"], 1e-9), 3)
         # publish -> every Ranker replica answers with the new version
         lat = []

@@ -84,10 +84,20 @@ def tansu_binary() -> Path:
     return p
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+def free_port(host: str = "127.0.0.1", *, outside_ephemeral: bool = False) -> int:
+    """A port nobody listens on now. ``outside_ephemeral``: from 20000-29999, below Linux's ephemeral
+    range, for a port that is bound only later (HAProxy binds Serve's port after Ray's processes have
+    taken dozens of ephemeral ports, one of which could be the one picked here)."""
+    if not outside_ephemeral:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            return s.getsockname()[1]
+    import random
+
+    for port in random.sample(range(20_000, 30_000), 200):
+        if not _port_busy(host, port):
+            return port
+    raise OSError("no free port in 20000-29999")
 
 
 def _port_busy(host: str, port: int) -> bool:

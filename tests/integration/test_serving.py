@@ -87,7 +87,7 @@ def stack(broker, ray_session, tmp_path_factory):
     serve.run(build_app_from_config(args, _deployments(2)), name="streamrec", route_prefix="/")
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/healthz", timeout_s=120)
-    yield {"url": url, "store": store, "trainer": trainer, "buffer": buffer, "settings": s,
+    yield {"url": url, "store": store, "trainer": trainer, "buffer": buffer, "settings": s, "args": args,
            "headers": {"Authorization": f"Bearer {KEY}"}, "users": users}
     serve.shutdown()
     group.stop()
@@ -228,6 +228,34 @@ def test_killing_a_ranker_replica_under_load_costs_a_retrying_client_nothing(sta
         for t in threads:
             t.join()
     assert failures == []
+
+
+def test_overload_answers_503_with_retry_after_never_500(stack):
+    """A Ranker with room for one request in flight and one queued, sent 40 at once."""
+    import asyncio
+
+    from ray import serve
+
+    from serve.app import build_app_from_config
+
+    deps = _deployments(1)
+    for d in deps:
+        if d["name"] == "Ranker":
+            d.update(max_ongoing_requests=1, max_queued_requests=1)
+    serve.run(build_app_from_config(stack["args"], deps), name="overload", route_prefix="/overload")
+
+    async def burst():
+        async with httpx.AsyncClient(base_url=stack["url"], headers=stack["headers"], timeout=60,
+                                     limits=httpx.Limits(max_connections=64)) as c:
+            return await asyncio.gather(*(c.post("/overload/v1/recommend", json={"user_id": f"user{i}", "k": 5})
+                                          for i in range(40)))
+    try:
+        answers = asyncio.run(burst())
+    finally:
+        serve.delete("overload")
+    codes = sorted({r.status_code for r in answers})
+    assert codes == [200, 503], codes  # some served, the rest refused at once; never a 500
+    assert all(r.headers.get("retry-after") == "1" for r in answers if r.status_code == 503)
 
 
 @pytest.mark.parametrize("body, status, message", [

@@ -123,8 +123,9 @@ def test_kuberay_manifest_embeds_ray_config_unchanged():
     assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     env = {e["name"] for e in gpu["template"]["spec"]["containers"][0]["env"]}
     assert "STREAMREC_API_KEYS" in env and "RAY_SERVE_ENABLE_HA_PROXY" not in env
-    haproxy = text.replace("      auth:\n", "      serve:\n        proxy: haproxy\n      auth:\n", 1)
-    assert haproxy != text
-    for group in render(haproxy)["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
+    throughput = text.replace("      auth:\n", "      serve:\n        mode: throughput\n      auth:\n", 1)
+    assert throughput != text
+    m = render(throughput)
+    for group in [m["spec"]["rayClusterConfig"]["headGroupSpec"], *m["spec"]["rayClusterConfig"]["workerGroupSpecs"]]:
         env = {e["name"]: e.get("value") for e in group["template"]["spec"]["containers"][0]["env"]}
         assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"  # a cluster-wide setting: every node's environment
