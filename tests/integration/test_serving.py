@@ -129,6 +129,15 @@ def test_recommend_feedback_sample_train_and_the_new_version_is_served(stack):
         assert version >= 2, ray.get(stack["trainer"].metrics.remote())
         m = c.get("/metrics").text
         assert "streamrec_policy_version" in m and 'route="/v1/recommend",status="200"' in m
+        # the clicks reached the replicas' profile mirrors (ingest -> ProfileStore -> changes_since)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            mirrored = [float(line.split()[-1]) for line in c.get("/metrics").text.splitlines()
+                        if line.startswith("streamrec_profiles_mirrored ")]
+            if mirrored and mirrored[0] > 0:
+                break
+            time.sleep(1)
+        assert mirrored and mirrored[0] > 0, mirrored
     tm = ray.get(stack["trainer"].metrics.remote())
     assert tm["samples"] > 0 and tm["skipped"] == 0
 
