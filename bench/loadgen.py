@@ -76,14 +76,21 @@ def _target(url: str) -> tuple[str, int]:
     return u.hostname or "127.0.0.1", u.port or 80
 
 
-def summarize(latencies: list[float], codes: dict, wall_s: float) -> dict:
+def summarize(latencies: list[float], codes: dict, wall_s: float, sent_at: list[float] | None = None) -> dict:
+    """Percentiles of ``latencies`` (s); with ``sent_at`` (s from the start, one per latency) also the
+    seconds whose p99 passed 50 ms, as {second: [p50_ms, p99_ms, n]}: where a tail comes from."""
     import numpy as np
 
-    def pct(q):
-        return round(float(np.percentile(latencies, q)) * 1000, 1) if latencies else None
+    def pct(xs, q):
+        return round(float(np.percentile(xs, q)) * 1000, 1) if len(xs) else None
 
-    return {"achieved_rps": round(codes.get(200, 0) / wall_s, 1), "p50_ms": pct(50), "p95_ms": pct(95),
-            "p99_ms": pct(99), "codes": {str(k): v for k, v in codes.items()}}
+    out = {"achieved_rps": round(codes.get(200, 0) / wall_s, 1), "p50_ms": pct(latencies, 50),
+           "p95_ms": pct(latencies, 95), "p99_ms": pct(latencies, 99), "codes": {str(k): v for k, v in codes.items()}}
+    if sent_at is not None and latencies:
+        lat, sec = np.asarray(latencies), np.asarray(sent_at).astype(int)
+        out["slow_seconds"] = {int(t): [pct(lat[sec == t], 50), pct(lat[sec == t], 99), int((sec == t).sum())]
+                               for t in np.unique(sec) if np.percentile(lat[sec == t], 99) > 0.05}
+    return out
 
 
 async def open_loop(url: str, path: str, bodies: list[bytes], rate: float, *, connections: int = 256,
@@ -94,6 +101,7 @@ async def open_loop(url: str, path: str, bodies: list[bytes], rate: float, *, co
     for _ in range(connections):
         pool.put_nowait(Connection(host, port, headers))
     lat: list[float] = []
+    sent: list[float] = []
     codes: dict = {}
 
     async def one(body: bytes, scheduled: float) -> None:
@@ -107,6 +115,7 @@ async def open_loop(url: str, path: str, bodies: list[bytes], rate: float, *, co
         codes[status] = codes.get(status, 0) + 1
         if status == 200:
             lat.append(time.perf_counter() - scheduled)
+            sent.append(scheduled - start)
 
     tasks = []
     start = time.perf_counter()
@@ -120,7 +129,7 @@ async def open_loop(url: str, path: str, bodies: list[bytes], rate: float, *, co
     wall = time.perf_counter() - start
     while not pool.empty():
         pool.get_nowait().close()
-    return {"rate": rate, **summarize(lat, codes, wall)}
+    return {"rate": rate, **summarize(lat, codes, wall, sent)}
 
 
 async def closed_loop(url: str, path: str, bodies: list[bytes], concurrency: int, seconds: float, *,

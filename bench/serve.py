@@ -73,6 +73,9 @@ def _replicas() -> dict:
     for app in serve.status().applications.values():
         for name, d in app.deployments.items():
             out[name] = sum(n for s, n in d.replica_states.items() if "RUNNING" in str(s))
+            starting = sum(n for s, n in d.replica_states.items() if "STARTING" in str(s))
+            if starting:
+                out[f"{name} starting"] = starting
     return out
 
 
@@ -240,9 +243,10 @@ def main(argv=None) -> int:
         stop.set()
         out["replicas_over_time"] = timeline[::max(1, len(timeline) // 40)]
         out["ranker_replicas_by_phase"] = {}  # the most Ranker replicas running during each phase
+        out["ranker_starting_by_phase"] = {}  # ... and the most starting up (their start-up costs CPU too)
         for row in timeline:
-            by = out["ranker_replicas_by_phase"]
-            by[row["phase"]] = max(by.get(row["phase"], 0), row.get("Ranker", 0))
+            for key, by in (("Ranker", out["ranker_replicas_by_phase"]), ("Ranker starting", out["ranker_starting_by_phase"])):
+                by[row["phase"]] = max(by.get(row["phase"], 0), row.get(key, 0))
         out["replica_rss_mb"] = _replica_rss()
         out["bare"] = [_open_loop(bare_url, r, args.seconds, args.users) for r in rates]
         out["bare_peak_rps"] = _closed_loop(bare_url, 32, args.seconds, args.users)
