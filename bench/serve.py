@@ -42,6 +42,7 @@ SERVE_MODES = {
     # (Ray 2.60; their load did not reach the autoscaler), so serve.mode does not set it.
     **SERVE_MODE_ENV,
     "throughput+optimized": {**SERVE_MODE_ENV["throughput"], "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+    "throughput+main-loop": {**SERVE_MODE_ENV["throughput"], "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"},
 }
 
 
