@@ -27,7 +27,6 @@ import numpy as np
 import ray
 
 from bench.loadgen import closed_loop, open_loop
-
 from streamrec.config import SERVE_MODE_ENV
 
 PHRASES = [f"something {a} about {b}" for a in ("funny", "dark", "gentle", "epic", "true") for b in

@@ -57,7 +57,6 @@ class LocalStack:
 
             progress("ray")
             from cluster import local_ray
-
             from streamrec.config import SERVE_MODE_ENV
 
             for k, v in SERVE_MODE_ENV[self.settings.serve.mode].items():  # read by Serve's processes at start

@@ -45,7 +45,6 @@ class ProfileMirror:
         self.fetch, self.capacity = fetch, capacity
         self.epoch: str | None = None
         self.seq = 0
-        self.syncs = 0
         self._profiles: OrderedDict[str, np.ndarray] = OrderedDict()
 
     def sync(self) -> int:
@@ -56,17 +55,16 @@ class ProfileMirror:
             profiles = OrderedDict()
         for user, vec in zip(reversed(users), vectors[::-1]):  # answered newest first: apply oldest first
             profiles.pop(user, None)
-            profiles[user] = vec
+            if vec.any():  # zeros: no item of the history is in the catalog, so no profile
+                profiles[user] = vec
         while len(profiles) > self.capacity:
             profiles.popitem(last=False)
         self._profiles, self.epoch, self.seq = profiles, epoch, seq
-        self.syncs += 1
         return len(users)
 
     def get(self, user_id: str) -> np.ndarray | None:
         """(d,) pooled profile of ``user_id``, or None when the user has no known history."""
-        v = self._profiles.get(user_id)
-        return v if v is not None and v.any() else None
+        return self._profiles.get(user_id)
 
     def __len__(self) -> int:
         return len(self._profiles)
