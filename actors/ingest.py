@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import operator
 import os
 import threading
 import time
@@ -24,12 +25,13 @@ from typing import Any
 import ray
 
 from streamrec.eventbus import KafkaEventSink, KafkaEventSource
-from streamrec.events import Feedback, Impression, dead_letter_headers, decode, encode_samples
+from streamrec.events import dead_letter_headers, decode_batch, encode_samples
 from streamrec.join import RewardJoiner, Watermark
 
 __all__ = ["StreamIngest", "IngestGroup"]
 
 log = logging.getLogger(__name__)
+_event_ts = operator.attrgetter("ts")
 
 
 def _rss_bytes() -> int:
@@ -116,30 +118,29 @@ class StreamIngest:
             os._exit(1)  # crash-restart: a fresh consumer replays from the last commit
 
     def _process(self, batches) -> None:
+        """Decode, dead-letter and join one poll's records, a partition batch at a time."""
         profile_events = []
-        add_impression, add_feedback = self.joiner.add_impression, self.joiner.add_feedback
+        joiner, topics, max_bytes = self.joiner, self.topics, self.max_event_bytes
         n_rec = n_imp = n_fb = 0
-        max_bytes, topics = self.max_event_bytes, self.topics
-        for topic, part, recs in batches:
-            expect = topics.get(topic)
-            newest = -1e300  # event-time high mark of this partition in this batch
-            n_rec += len(recs)
-            for offset, key, value in recs:
-                ev = decode(value, max_bytes=max_bytes, expect=expect)
-                cls = type(ev)
-                if cls is Impression:
-                    add_impression(ev, (topic, part, offset))
-                    n_imp += 1
-                elif cls is Feedback:
-                    add_feedback(ev, (topic, part, offset))
-                    n_fb += 1
-                    profile_events.append((ev.user_id, ev.item_id, ev.ts))
-                else:
-                    self._dead_letter(ev, topic, part, offset, key, value)
+        for topic, part, offsets, keys, values in batches:
+            kind = topics[topic]  # the consumer subscribes to these two topics only
+            n_rec += len(offsets)
+            events, bad = decode_batch(values, kind, max_bytes=max_bytes)
+            if bad:
+                for i in bad:
+                    self._dead_letter(events[i], topic, part, offsets[i], keys[i], values[i])
+                good = sorted(set(range(len(events))) - set(bad))
+                offsets, events = [offsets[i] for i in good], [events[i] for i in good]
+                if not events:
                     continue
-                if ev.ts > newest:
-                    newest = ev.ts
-            self.watermark.observe((topic, part), newest)
+            if kind == "impression":
+                joiner.add_impressions(topic, part, offsets, events)
+                n_imp += len(events)
+            else:
+                joiner.add_feedbacks(topic, part, offsets, events)
+                n_fb += len(events)
+                profile_events.extend([(ev.user_id, ev.item_id, ev.ts) for ev in events])
+            self.watermark.observe((topic, part), max(map(_event_ts, events)))
         self.counts["records"] += n_rec
         self.counts["impressions"] += n_imp
         self.counts["feedback"] += n_fb

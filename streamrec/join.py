@@ -27,7 +27,7 @@ import math
 from operator import itemgetter
 from collections import defaultdict, deque
 from dataclasses import dataclass
-from typing import Hashable, Iterable, NamedTuple
+from typing import Hashable, Iterable, NamedTuple, Sequence
 
 from streamrec.events import SAMPLE_SCHEMA, Feedback, Impression, TrainingSample
 
@@ -42,6 +42,7 @@ __all__ = ["RewardJoiner", "JoinStats", "TopicPartition", "Watermark"]
 _ZEROS: dict[int, tuple[float, ...]] = {}  # K -> the rewards of a slate nobody reacted to
 _BUCKETS_PER_S = 64  # a power of two: close_at * 64 and key / 64 are exact in floating point
 _close_at = itemgetter(0)
+_floor = math.floor
 
 TopicPartition = tuple[str, int]
 Source = tuple[str, int, int]  # topic, partition, offset
@@ -72,6 +73,20 @@ class _InFlight:
                 bisect.insort(order, offset)
         if offset + 1 > self.next_offset:
             self.next_offset = offset + 1
+
+    def add_all(self, offsets: list[int]) -> None:
+        """:meth:`add` for offsets in increasing order (one poll's records of this partition)."""
+        if not offsets:
+            return
+        order = self.order
+        if not order or offsets[0] > order[-1]:  # past everything held: all new, append in C
+            self.counts.update(dict.fromkeys(offsets, 1))
+            order.extend(offsets)
+            if offsets[-1] + 1 > self.next_offset:
+                self.next_offset = offsets[-1] + 1
+        else:
+            for offset in offsets:
+                self.add(offset)
 
     def seen(self, offset: int) -> None:
         if offset + 1 > self.next_offset:
@@ -105,13 +120,18 @@ class _Calendar:
         self.keys: list[int] = []
 
     def push(self, entry: tuple) -> None:
-        key = math.floor(entry[0] * _BUCKETS_PER_S)
-        bucket = self.buckets.get(key)
-        if bucket is None:
-            self.buckets[key] = [entry]
-            heapq.heappush(self.keys, key)
-        else:
-            bucket.append(entry)
+        self.push_all((entry,))
+
+    def push_all(self, entries: Iterable[tuple]) -> None:
+        buckets, keys = self.buckets, self.keys
+        for entry in entries:
+            key = _floor(entry[0] * _BUCKETS_PER_S)
+            bucket = buckets.get(key)
+            if bucket is None:
+                buckets[key] = [entry]
+                heapq.heappush(keys, key)
+            else:
+                bucket.append(entry)
 
     def retain(self, keep) -> None:
         """Keep only the entries for which ``keep(entry)`` is true."""
@@ -234,39 +254,66 @@ class RewardJoiner:
 
     # -- input -------------------------------------------------------------------------------
     def add_impression(self, imp: Impression, source: Source) -> None:
-        self.stats.impressions += 1
-        tp = (source[0], source[1])
-        if imp.event_id in self._pending or imp.event_id in self._emitted:
-            self.stats.duplicates += 1
-            self._inflight[tp].seen(source[2])
-            return
-        self._inflight[tp].add(source[2])
-        self._pending[imp.event_id] = (imp, source)
-        self._closing.push((imp.ts + self.window_s, imp.event_id))
-        for fb, fsrc in self._early.pop(imp.event_id, ()):  # feedback that came first
-            self._attach(imp, fb, fsrc, already_inflight=True)
+        self.add_impressions(source[0], source[1], [source[2]], [imp])
 
     def add_feedback(self, fb: Feedback, source: Source) -> None:
-        self.stats.feedback += 1
-        tp = (source[0], source[1])
-        p = self._pending.get(fb.event_id)
-        if p is not None:
-            self._attach(p[0], fb, source)
-        elif fb.event_id in self._emitted:
-            self.stats.late += 1
-            self._inflight[tp].seen(source[2])
-        else:
-            self._inflight[tp].add(source[2])
-            self._early.setdefault(fb.event_id, []).append((fb, source))
-            self._early_closing.push((fb.ts + self.window_s, next(self._seq), fb.event_id, source))
+        self.add_feedbacks(source[0], source[1], [source[2]], [fb])
+
+    def add_impressions(self, topic: str, partition: int, offsets: Sequence[int], imps: Sequence[Impression]) -> None:
+        """Impressions read from one partition, ``offsets`` increasing (the hot path: one call a poll)."""
+        pending, emitted, early = self._pending, self._emitted, self._early
+        window = self.window_s
+        fresh: list[int] = []  # offsets of the impressions that became pending
+        closing: list[tuple[float, str]] = []
+        for offset, imp in zip(offsets, imps):
+            eid = imp.event_id
+            if eid in pending or eid in emitted:
+                continue  # a redelivery: counted below, its offset only seen
+            fresh.append(offset)
+            pending[eid] = (imp, (topic, partition, offset))
+            closing.append((imp.ts + window, eid))
+            if early and eid in early:  # feedback that came first
+                for fb, fsrc in early.pop(eid):
+                    self._attach(imp, fb, fsrc)
+        self._closing.push_all(closing)
+        self.stats.impressions += len(offsets)
+        self.stats.duplicates += len(offsets) - len(fresh)
+        flight = self._inflight[(topic, partition)]
+        flight.add_all(fresh)
+        if offsets:
+            flight.seen(offsets[-1])
+
+    def add_feedbacks(self, topic: str, partition: int, offsets: Sequence[int], fbs: Sequence[Feedback]) -> None:
+        """Feedback read from one partition, ``offsets`` increasing."""
+        pending, emitted, early = self._pending, self._emitted, self._early
+        held: list[int] = []  # offsets that stay in flight: joined, or waiting for their impression
+        late = 0
+        for offset, fb in zip(offsets, fbs):
+            eid = fb.event_id
+            p = pending.get(eid)
+            if p is not None:
+                held.append(offset)
+                self._attach(p[0], fb, (topic, partition, offset))
+            elif eid in emitted:
+                late += 1
+            else:
+                held.append(offset)
+                source = (topic, partition, offset)
+                early.setdefault(eid, []).append((fb, source))
+                self._early_closing.push((fb.ts + self.window_s, next(self._seq), eid, source))
+        self.stats.feedback += len(offsets)
+        self.stats.late += late
+        flight = self._inflight[(topic, partition)]
+        flight.add_all(held)
+        if offsets:
+            flight.seen(offsets[-1])
 
     def skip(self, source: Source) -> None:
         """A record that needs no join (dead-lettered, already handled): just advance past it."""
         self._inflight[(source[0], source[1])].seen(source[2])
 
-    def _attach(self, imp: Impression, fb: Feedback, source: Source, already_inflight: bool = False) -> None:
-        if not already_inflight:
-            self._inflight[(source[0], source[1])].add(source[2])
+    def _attach(self, imp: Impression, fb: Feedback, source: Source) -> None:
+        """Join ``fb`` to its pending impression (the caller keeps ``source`` in flight)."""
         j = self._joined.get(imp.event_id)
         if j is None:
             j = self._joined[imp.event_id] = _Joined([0.0] * len(imp.items), [], [])

@@ -13,6 +13,7 @@ from streamrec.events import (
     TrainingSample,
     _fast,
     decode,
+    decode_batch,
     decode_samples,
     dead_letter_headers,
     encode,
@@ -173,6 +174,7 @@ def test_property_fast_path_agrees_with_the_explaining_path(kind, data):
     raw = json.dumps(d).encode()
     slow = decode(raw)
     fast = decode(raw, expect=kind)
+    assert decode_batch([raw], kind) == ([fast], [0] if isinstance(fast, DecodeError) else [])
     if isinstance(slow, DecodeError) or type(slow).__name__.lower() == kind:
         assert fast == slow
     else:
@@ -186,3 +188,16 @@ def test_sample_batches_round_trip_and_bad_bytes_are_named():
     assert decode_samples(encode_samples([s, s._replace(event_id="e2")])) == [s, s._replace(event_id="e2")]
     with pytest.raises(ValueError, match="not a msgpack batch of TrainingSamples"):
         decode_samples(b"\x93\x01")
+
+
+def test_a_batch_decodes_each_record_like_decode_and_points_at_the_bad_ones():
+    good = encode(imp())
+    nan_ts = good.replace(b"\"ts\":1.5", b"\"ts\":NaN")
+    raws = [good, b"not json", None, good, b"x" * 2_000, encode(Feedback(event_id="e", ts=1.0, user_id="u", item_id="i")),
+            nan_ts, good]
+    events, bad = decode_batch(raws, "impression", max_bytes=1_000)
+    assert events == [decode(r, max_bytes=1_000, expect="impression") for r in raws]
+    assert bad == [1, 2, 4, 5, 6]
+    assert [events[i].kind for i in bad] == ["not_json", "invalid", "too_large", "invalid", "invalid"]
+    assert decode_batch([good] * 3, "impression") == ([imp()] * 3, [])
+    assert decode_batch([], "feedback") == ([], [])

@@ -144,3 +144,33 @@ def test_watermark_is_the_clock_when_caught_up_and_the_laggard_otherwise():
     assert w.value(100.0, owned, caught_up=[(FB, 0)]) == 40.0
     w.observe((FB, 0), 20.0)
     assert w.value(100.0, owned, caught_up=[]) == 20.0
+
+
+def test_a_polled_batch_joins_like_the_same_records_one_by_one():
+    """add_impressions/add_feedbacks (one call a partition batch): duplicates inside the batch,
+    feedback that came first, late feedback, and the offsets safe to commit."""
+    j = RewardJoiner(5)
+    j.add_feedbacks(FB, 0, [40, 41], [fb("e2", "c", ts=0.5), fb("ghost", ts=0.5)])  # before their impressions
+    j.add_impressions(IMP, 0, [10, 11, 12, 13], [imp("e1", ts=0), imp("e2", ts=1), imp("e1", ts=0), imp("e3", ts=2)])
+    assert j.stats.impressions == 4 and j.stats.duplicates == 1 and j.pending == 3
+    j.add_feedbacks(FB, 0, [42], [fb("e1", "a")])
+    assert j.commit_offsets() == {(IMP, 0): 10, (FB, 0): 40}
+    token, samples = j.due(6.5)  # e1 and e2 close; ghost is an orphan
+    assert {s.event_id: s.rewards for s in samples} == {"e1": (1.0, 0.0, 0.0), "e2": (0.0, 0.0, 1.0)}
+    assert j.stats.orphans == 1 and j.stats.joined == 2
+    j.ack(token)
+    assert j.commit_offsets() == {(IMP, 0): 13, (FB, 0): 43}  # e3 (offset 13) still pending
+    j.add_feedbacks(FB, 0, [43], [fb("e1", "b")])
+    assert j.stats.late == 1
+    assert j.commit_offsets() == {(IMP, 0): 13, (FB, 0): 44}  # late feedback: nothing to wait for
+
+
+def test_in_flight_offsets_added_out_of_order_keep_the_oldest_first():
+    j = RewardJoiner(5)
+    j.add_impressions(IMP, 0, [20, 21], [imp("a", ts=0), imp("b", ts=9)])
+    j.add_impressions(IMP, 0, [5, 6], [imp("c", ts=0), imp("d", ts=0)])  # an older run (not seen in one assignment)
+    assert j.commit_offsets() == {(IMP, 0): 5}
+    token, samples = j.due(5)
+    assert sorted(s.event_id for s in samples) == ["a", "c", "d"]
+    j.ack(token)
+    assert j.commit_offsets() == {(IMP, 0): 21}
