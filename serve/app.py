@@ -132,7 +132,7 @@ class Ranker:
         import ray
 
         from actors.policy_store import NAMESPACE, get_or_create_store
-        from streamrec.eventbus import KafkaEventSink
+        from streamrec.eventbus import make_event_sink
 
         self.settings = s = settings_from_args(args)  # env overrides (API keys) are read here, in the replica
         self.encoder = encoder
@@ -142,8 +142,7 @@ class Ranker:
         self.metrics = contract.GUARD.metrics
         k = s.kafka
         self.topics = k.topics
-        self.sink = (KafkaEventSink(k.bootstrap_servers, buffer_events=k.producer_buffer_events,
-                                    idempotent=k.idempotent_producer) if k.bootstrap_servers else None)
+        self.sink = make_event_sink(k) if k.bootstrap_servers else None
         self.events_without_kafka = 0
         store = get_or_create_store(s.trainer.store_dir, s.trainer.keep_versions)  # the cluster's one store
         try:

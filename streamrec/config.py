@@ -103,6 +103,8 @@ class KafkaSettings(_Section):
     request_timeout_ms: int = Field(10_000, ge=1_000, le=300_000)
     idempotent_producer: bool = False
     """Ask for an idempotent producer; off by default because the embedded Tansu does not grant producer ids."""
+    producer_client: Literal["librdkafka", "kafka-python"] = "librdkafka"
+    """The serving replicas' producer: librdkafka (C threads, off the GIL; default) or kafka-python."""
     producer_buffer_events: int = Field(10_000, ge=1, le=10_000_000)
     """Events the producer may hold while the broker is unreachable; beyond that they are dropped and counted."""
     max_event_bytes: int = Field(1_000_000, ge=1_024, le=16_000_000)

@@ -1,14 +1,16 @@
-"""The one I/O boundary to Kafka: :class:`KafkaEventSink` (produce) and :class:`KafkaEventSource` (consume).
+"""The one I/O boundary to Kafka: the event sinks (produce) and :class:`KafkaEventSource` (consume).
 
-Everything above these two classes (ingest, join, serving) sees plain records and never imports
-a Kafka client, so it is testable without a broker. The sink produces with kafka-python; the
-source consumes with librdkafka (confluent-kafka), whose C fetch/parse path keeps up with the
-ingest loop. Both are imported lazily.
+Everything above these classes (ingest, join, serving) sees plain records and never imports a
+Kafka client, so it is testable without a broker. Two sinks keep one promise (:class:`EventSink`):
+:class:`RdKafkaEventSink` on librdkafka (serving's default, ``kafka.producer_client``) and
+:class:`KafkaEventSink` on kafka-python. The source consumes with librdkafka (confluent-kafka),
+whose C fetch/parse path keeps up with the ingest loop. Clients are imported lazily.
 
-``KafkaEventSink.send`` never blocks the caller: events go to a bounded in-process queue that a
-background thread hands to the producer (``acks=all``, retries, delivery callbacks). When the
-broker is unreachable the queue fills up to its bound, then further events are dropped and
-counted, and the request that produced them is served on time all the same.
+``send`` never blocks the caller: events go to a bounded buffer (librdkafka's queue, or an
+in-process queue that a background thread hands to kafka-python's producer) with ``acks=all``,
+retries and delivery callbacks. When the broker is unreachable the buffer fills up to its
+bound, then further events are dropped and counted, and the request that produced them is
+served on time all the same.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ __all__ = [
     "KafkaEventSink",
     "SinkStats",
     "PartitionBatch",
+    "RdKafkaEventSink",
+    "make_event_sink",
     "KafkaEventSource",
     "reset_group_offsets",
     "group_lag",
@@ -174,6 +178,92 @@ class KafkaEventSink:
             except Exception as e:  # metadata timeout etc.: counted as failed
                 log.warning("event sink: send to %s failed: %s", topic, e)
                 self._done(False)(e)
+
+
+class RdKafkaEventSink:
+    """The same promise as :class:`KafkaEventSink` on librdkafka (confluent-kafka): serving's sink.
+
+    ``send`` is one C call that queues the record (``BufferError`` when ``buffer_events`` are
+    held: dropped and counted); batching, retries, ``acks=all`` and the sockets run in
+    librdkafka's threads without the GIL, and a thread of ours waits in ``poll`` to count the
+    deliveries. kafka-python's producer runs all of that in Python threads of the serving
+    replica, where it cost CPU and GIL hand-offs on every request (README, "Serving").
+    """
+
+    def __init__(self, bootstrap: str, *, buffer_events: int = 10_000, idempotent: bool = False,
+                 client_id: str = "streamrec-sink", request_timeout_ms: int = 10_000,
+                 linger_ms: int = 5, max_request_size: int = 16 * 1024 * 1024, delivery_timeout_ms: int = 30_000):
+        from confluent_kafka import Producer
+
+        self.bootstrap = bootstrap
+        self.stats = SinkStats()
+        self._lock = threading.Lock()
+        self._producer = Producer({
+            "bootstrap.servers": bootstrap, "client.id": client_id, "acks": "all",
+            "enable.idempotence": idempotent, "linger.ms": linger_ms,
+            "queue.buffering.max.messages": buffer_events, "message.max.bytes": max_request_size,
+            "request.timeout.ms": request_timeout_ms, "message.timeout.ms": delivery_timeout_ms,
+            "message.send.max.retries": 5, "logger": log,
+        })
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve_callbacks, name="event-sink", daemon=True)
+        self._thread.start()
+
+    def send(self, topic: str, key: str | bytes | None, value: bytes,
+             headers: Sequence[tuple[str, bytes]] | None = None) -> bool:
+        """Queue one event; False when the buffer is full (counted as dropped) or the record is refused."""
+        try:
+            self._producer.produce(topic, value, _key_bytes(key), headers=list(headers) if headers else None,
+                                   on_delivery=self._delivered)
+        except BufferError:
+            with self._lock:
+                self.stats.dropped += 1
+            return False
+        except Exception as e:  # e.g. larger than max_request_size: never raised into a request
+            log.warning("event sink: %s refused: %s", topic, e)
+            with self._lock:
+                self.stats.queued += 1
+                self.stats.failed += 1
+            return False
+        with self._lock:
+            self.stats.queued += 1
+        return True
+
+    def _delivered(self, err, _msg) -> None:
+        with self._lock:
+            if err is None:
+                self.stats.delivered += 1
+            else:
+                self.stats.failed += 1
+
+    def _serve_callbacks(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.1)  # waits in C, GIL released
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until everything queued so far is acknowledged or failed; False on timeout."""
+        return self._producer.flush(timeout_s) == 0
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Deliver what is buffered within ``timeout_s``; the rest is purged and counted as failed."""
+        if not self.flush(timeout_s):
+            self._producer.purge()
+            self._producer.flush(1.0)  # serves the purged records' callbacks
+        self._stop.set()
+        self._thread.join(timeout_s)
+
+    def metrics(self) -> dict[str, int]:
+        with self._lock:
+            d = self.stats.as_dict()
+        d["buffered"] = d["queued"] - d["delivered"] - d["failed"]  # not yet called back
+        return d
+
+
+def make_event_sink(kafka, client_id: str = "streamrec-sink") -> EventSink:
+    """The sink ``kafka.producer_client`` names, configured from :class:`~streamrec.config.KafkaSettings`."""
+    cls = RdKafkaEventSink if kafka.producer_client == "librdkafka" else KafkaEventSink
+    return cls(kafka.bootstrap_servers, buffer_events=kafka.producer_buffer_events, idempotent=kafka.idempotent_producer,
+               client_id=client_id)
 
 
 class PartitionBatch(NamedTuple):

@@ -121,3 +121,21 @@ def test_missing_binary_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("STREAMREC_TANSU_BIN", str(tmp_path / "nope"))
     with pytest.raises(BrokerError, match="Tansu broker binary not found at"):
         start_embedded_broker()
+
+
+@pytest.mark.parametrize("client", ["librdkafka", "kafka-python"])
+def test_each_event_sink_delivers_with_keys_headers_and_order(broker, topic, client):
+    from streamrec.eventbus import make_event_sink
+
+    s = settings_from_args({"kafka": {"bootstrap_servers": broker.bootstrap, "producer_client": client}}, env={})
+    sink = make_event_sink(s.kafka)
+    for i in range(20):
+        assert sink.send(topic, "user7", f"v{i}".encode(), headers=[("streamrec.test", b"h")])
+    assert sink.flush(10)
+    assert sink.metrics() == {"queued": 20, "delivered": 20, "failed": 0, "dropped": 0, "buffered": 0}
+    sink.close()
+    c = KafkaConsumer(topic, bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=5_000)
+    recs = list(c)
+    c.close()
+    assert [r.value for r in recs] == [f"v{i}".encode() for i in range(20)]  # one key: one partition, in order
+    assert {r.key for r in recs} == {b"user7"} and all(r.headers == [("streamrec.test", b"h")] for r in recs)

@@ -3,7 +3,7 @@
 import threading
 import time
 
-from streamrec.eventbus import KafkaEventSink
+from streamrec.eventbus import KafkaEventSink, RdKafkaEventSink
 
 
 class FakeFuture:
@@ -57,3 +57,16 @@ def test_unreachable_broker_fills_the_bound_then_drops_without_blocking():
     assert m["dropped"] == 7 and m["buffered"] == 3
     assert not sink.flush(0.2)
     sink._stop.set()
+
+
+def test_the_librdkafka_sink_with_no_broker_fills_its_bound_then_drops_without_blocking():
+    sink = RdKafkaEventSink("127.0.0.1:1", buffer_events=3)  # nothing listens on port 1
+    t0 = time.monotonic()
+    results = [sink.send("t", "u", b"v") for _ in range(10)]
+    assert time.monotonic() - t0 < 0.5  # never waits on Kafka
+    assert results == [True] * 3 + [False] * 7
+    m = sink.metrics()
+    assert m["dropped"] == 7 and m["buffered"] == 3
+    assert not sink.flush(0.2)
+    sink.close(0.2)
+    assert sink.metrics() == {"queued": 3, "delivered": 0, "failed": 3, "dropped": 7, "buffered": 0}
