@@ -11,6 +11,8 @@ a free connection counts (no coordinated omission).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import time
 from urllib.parse import urlsplit
 
@@ -93,6 +95,20 @@ def summarize(latencies: list[float], codes: dict, wall_s: float, sent_at: list[
     return out
 
 
+@contextlib.contextmanager
+def no_gc_pauses():
+    """No cyclic-GC collection while load is generated: a full one in a process holding Ray and a
+    torch model takes ~320 ms here, and every request scheduled meanwhile would count it."""
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()
+
+
 async def open_loop(url: str, path: str, bodies: list[bytes], rate: float, *, connections: int = 256,
                     timeout_s: float = 10.0, headers: dict[str, str] | None = None) -> dict:
     """Send ``bodies`` at ``rate`` per second whatever the answers; latency p50/p95/p99 of the 200s."""
@@ -118,15 +134,16 @@ async def open_loop(url: str, path: str, bodies: list[bytes], rate: float, *, co
             sent.append(scheduled - start)
 
     tasks = []
-    start = time.perf_counter()
-    for i, body in enumerate(bodies):
-        at = start + i / rate
-        delay = at - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(body, at)))
-    await asyncio.gather(*tasks)
-    wall = time.perf_counter() - start
+    with no_gc_pauses():
+        start = time.perf_counter()
+        for i, body in enumerate(bodies):
+            at = start + i / rate
+            delay = at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(body, at)))
+        await asyncio.gather(*tasks)
+        wall = time.perf_counter() - start
     while not pool.empty():
         pool.get_nowait().close()
     return {"rate": rate, **summarize(lat, codes, wall, sent)}
@@ -154,6 +171,7 @@ async def closed_loop(url: str, path: str, bodies: list[bytes], concurrency: int
         finally:
             conn.close()
 
-    t = time.perf_counter()
-    await asyncio.gather(*(client(w) for w in range(concurrency)))
-    return round(done / (time.perf_counter() - t), 1)
+    with no_gc_pauses():
+        t = time.perf_counter()
+        await asyncio.gather(*(client(w) for w in range(concurrency)))
+        return round(done / (time.perf_counter() - t), 1)

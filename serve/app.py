@@ -21,6 +21,7 @@ only ever come from the PolicyStore.
 """
 
 
+import gc
 import threading
 import time
 import uuid
@@ -155,6 +156,12 @@ class Ranker:
         self.poll_s = s.serve.policy_poll_s
         self._stop = threading.Event()
         threading.Thread(target=self._follow, name="policy-and-profiles", daemon=True).start()
+        # Everything imported and built so far lives as long as the replica: out of the cyclic GC's
+        # reach, so a full collection scans only what requests leave behind (measured here: a full
+        # collection of a process with Ray, Serve and FastAPI imported takes ~110 ms, with the
+        # encoder model ~320 ms: a stall every request in flight waits out).
+        gc.collect()
+        gc.freeze()
 
     def _follow(self) -> None:
         while not self._stop.wait(self.poll_s):

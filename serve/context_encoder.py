@@ -7,6 +7,7 @@ concurrent requests into one forward pass; an LRU cache answers repeated texts w
 
 from __future__ import annotations
 
+import gc
 from collections import OrderedDict
 from typing import Any
 
@@ -53,6 +54,8 @@ class ContextEncoder:
         self.cache = LRU(s.serve.encoder_cache_size)
         self.encode_batch.set_max_batch_size(s.serve.encoder_batch_size)
         self.encode_batch.set_batch_wait_timeout_s(s.serve.encoder_batch_wait_s)
+        gc.collect()
+        gc.freeze()  # the model and its imports live as long as the replica (see Ranker.__init__)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
