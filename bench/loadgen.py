@@ -150,11 +150,14 @@ async def open_loop(url: str, path: str, bodies: list[bytes], rate: float, *, co
 
 
 async def closed_loop(url: str, path: str, bodies: list[bytes], concurrency: int, seconds: float, *,
-                      headers: dict[str, str] | None = None) -> float:
-    """``concurrency`` clients, each sending its next request when the last is answered; 200s per second."""
+                      warmup_s: float = 0.0, headers: dict[str, str] | None = None) -> float:
+    """``concurrency`` clients, each sending its next request when the last is answered: 200s per
+    second over ``seconds``, after ``warmup_s`` of the same load that is not counted (the time an
+    autoscaler takes to answer it)."""
     host, port = _target(url)
     done = 0
-    stop = time.perf_counter() + seconds
+    counted_from = time.perf_counter() + warmup_s
+    stop = counted_from + seconds
 
     async def client(w: int) -> None:
         nonlocal done
@@ -166,12 +169,11 @@ async def closed_loop(url: str, path: str, bodies: list[bytes], concurrency: int
                 except (OSError, asyncio.IncompleteReadError, ValueError):
                     conn.close()
                     continue
-                done += status == 200
+                done += status == 200 and time.perf_counter() >= counted_from
                 i += concurrency
         finally:
             conn.close()
 
     with no_gc_pauses():
-        t = time.perf_counter()
         await asyncio.gather(*(client(w) for w in range(concurrency)))
-        return round(done / (time.perf_counter() - t), 1)
+        return round(done / (time.perf_counter() - counted_from), 1)

@@ -6,7 +6,8 @@ One JSON line. Both sides serve the same catalog (2,000 synthetic items, real Mi
 the same published PPO version, the same RankerCore and TextEncoder code, on this machine in
 the same run. Open-loop load at each rate (requests start on schedule whether or not earlier
 ones finished; 30% carry context text from a pool of 40 phrases); then a closed loop with 32
-concurrent clients for peak throughput. The Serve side also reports Ranker replicas over time,
+concurrent clients for peak throughput, counted after ``--peak-warmup-s`` of it (the autoscaler
+starts replicas under that load; their start-up is not the steady state). The Serve side also reports Ranker replicas over time,
 each replica's resident memory, and publish -> every replica serving the version (20 publishes).
 """
 
@@ -62,8 +63,9 @@ def _open_loop(url: str, rate: float, seconds: float, users: int) -> dict:
     return asyncio.run(open_loop(url, "/v1/recommend", _bodies(int(rate * seconds), users, int(rate)), rate))
 
 
-def _closed_loop(url: str, concurrency: int, seconds: float, users: int) -> float:
-    return asyncio.run(closed_loop(url, "/v1/recommend", _bodies(4096, users, 7, text_share=0.0), concurrency, seconds))
+def _closed_loop(url: str, concurrency: int, seconds: float, users: int, warmup_s: float) -> float:
+    return asyncio.run(closed_loop(url, "/v1/recommend", _bodies(4096, users, 7, text_share=0.0), concurrency, seconds,
+                                   warmup_s=warmup_s))
 
 
 def _replicas() -> dict:
@@ -153,6 +155,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rates", default="25,50,100,200")
     ap.add_argument("--seconds", type=float, default=15)
     ap.add_argument("--publishes", type=int, default=20)
+    ap.add_argument("--peak-warmup-s", type=float, default=15.0,
+                    help="closed-loop load before the peak is counted (both sides): the autoscaler's time to answer it")
     ap.add_argument("--items", type=int, default=2000)
     ap.add_argument("--users", type=int, default=1000)
     ap.add_argument("--cpu-at", type=float, default=25.0,
@@ -236,8 +240,9 @@ def main(argv=None) -> int:
         for r in rates:
             phase[0] = f"{r:g} rps"
             out["serve"].append(_open_loop(serve_url, r, args.seconds, args.users))
-        phase[0] = "peak"
-        out["serve_peak_rps"] = _closed_loop(serve_url, 32, args.seconds, args.users)
+        phase[0] = "peak warm-up"
+        threading.Timer(args.peak_warmup_s, lambda: phase.__setitem__(0, "peak")).start()
+        out["serve_peak_rps"] = _closed_loop(serve_url, 32, args.seconds, args.users, args.peak_warmup_s)
         phase[0] = "after"
         time.sleep(5)
         stop.set()
@@ -249,7 +254,7 @@ def main(argv=None) -> int:
                 by[row["phase"]] = max(by.get(row["phase"], 0), row.get(key, 0))
         out["replica_rss_mb"] = _replica_rss()
         out["bare"] = [_open_loop(bare_url, r, args.seconds, args.users) for r in rates]
-        out["bare_peak_rps"] = _closed_loop(bare_url, 32, args.seconds, args.users)
+        out["bare_peak_rps"] = _closed_loop(bare_url, 32, args.seconds, args.users, args.peak_warmup_s)
         out["peak_ratio"] = round(out["serve_peak_rps"] / max(out["bare_peak_rps"], 1e-9), 3)
         # publish -> every Ranker replica answers with the new version
         lat = []
