@@ -7,8 +7,9 @@ the same published PPO version, the same RankerCore and TextEncoder code, on thi
 the same run. Open-loop load at each rate (requests start on schedule whether or not earlier
 ones finished; 30% carry context text from a pool of 40 phrases); then a closed loop with 32
 concurrent clients for peak throughput, counted after ``--peak-warmup-s`` of it (the autoscaler
-starts replicas under that load; their start-up is not the steady state). The Serve side also reports Ranker replicas over time,
-each replica's resident memory, and publish -> every replica serving the version (20 publishes).
+starts replicas under that load; their start-up is not the steady state). The Serve side also
+reports Ranker replicas over time, each replica's resident memory, and publish -> every replica
+serving the version (20 publishes).
 """
 
 from __future__ import annotations
