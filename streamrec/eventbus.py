@@ -288,7 +288,7 @@ class KafkaEventSource:
 
     Consumes through librdkafka (confluent-kafka): fetching and record parsing run in C threads
     outside the GIL, where kafka-python parsed every record in Python (a third of the ingest
-    loop's CPU, measured). Producing stays on kafka-python (:class:`KafkaEventSink`).
+    loop's CPU, measured). Producing: :class:`RdKafkaEventSink` or :class:`KafkaEventSink`.
 
     "Caught up" (for the join's watermark): a partition-EOF event, or our position at the high
     watermark of the last fetch (see :meth:`progress`).
