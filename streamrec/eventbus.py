@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 
 _PARTITION_EOF = -191  # confluent_kafka.KafkaError._PARTITION_EOF
 _is_not_none = functools.partial(operator.is_not, None)
-_Message: Any = None  # confluent_kafka.Message, set on the first KafkaEventSource (imported lazily)
 
 
 class EventSink(Protocol):
@@ -300,10 +299,9 @@ class KafkaEventSource:
                  session_timeout_ms: int = 10_000, max_poll_interval_ms: int = 300_000,
                  max_poll_records: int = 2_000, client_id: str = "streamrec-ingest",
                  auto_offset_reset: str = "earliest"):
-        global _Message
         from confluent_kafka import Consumer, Message
 
-        _Message = Message
+        self._message = Message  # its methods, mapped over a poll's messages in C
         self._consumer = Consumer({
             "bootstrap.servers": bootstrap, "group.id": group_id, "client.id": client_id,
             "enable.auto.commit": False, "enable.auto.offset.store": False,
@@ -362,18 +360,19 @@ class KafkaEventSource:
             msgs, self._held = self._held + msgs, []
         if not msgs:
             return []
-        errors = list(map(_Message.error, msgs))
+        msg_cls = self._message
+        errors = list(map(msg_cls.error, msgs))
         at_end: set[tuple[str, int]] = set()
         if any(map(_is_not_none, errors)):  # (not errors.count(None): KafkaError's == breaks on None)
             msgs, at_end = self._drop_errors(msgs, errors)
             if not msgs:
                 self._eof.update(at_end)
                 return []
-        topics = list(map(_Message.topic, msgs))
-        parts = list(map(_Message.partition, msgs))
-        offsets = list(map(_Message.offset, msgs))
-        keys = list(map(_Message.key, msgs))
-        values = list(map(_Message.value, msgs))
+        topics = list(map(msg_cls.topic, msgs))
+        parts = list(map(msg_cls.partition, msgs))
+        offsets = list(map(msg_cls.offset, msgs))
+        keys = list(map(msg_cls.key, msgs))
+        values = list(map(msg_cls.value, msgs))
         # consume() returns each partition's messages in order, in runs: one batch a run
         tps = list(zip(topics, parts))
         starts = [0, *itertools.compress(range(1, len(tps)), map(operator.ne, tps, tps[1:])), len(tps)]

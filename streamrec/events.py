@@ -282,7 +282,8 @@ def decode_batch(raws: Sequence[bytes | None], kind: Literal["impression", "feed
 
     The ingest's hot path, one call per polled partition batch: the size limit is checked once
     for the batch, and each valid event costs one C parse and the cross-field rules, without a
-    function call of its own. Anything else takes :func:`decode`, which names the problem."""
+    function call of its own. Anything else takes :func:`decode`'s explaining path, which names the
+    problem."""
     out: list[Event | DecodeError] = []
     bad: list[int] = []
     try:
@@ -304,9 +305,9 @@ def decode_batch(raws: Sequence[bytes | None], kind: Literal["impression", "feed
             if ok(ev):
                 append(ev)
                 continue
-        except (msgspec.DecodeError, RecursionError):
+        except (msgspec.DecodeError, RecursionError, TypeError):
             pass
-        ev = decode(raw, max_bytes=max_bytes, expect=kind)
+        ev = _explained(raw, kind)  # the size is checked: only the explaining parse is left
         if type(ev) is DecodeError:
             bad.append(len(out))
         append(ev)
@@ -331,6 +332,11 @@ def decode(raw: bytes | None, *, max_bytes: int = 1_000_000,
         ev = _fast(raw, expect)
         if ev is not None:
             return ev
+    return _explained(raw, expect)
+
+
+def _explained(raw: bytes, expect: Literal["impression", "feedback", None]) -> Event | DecodeError:
+    """The Python path of :func:`decode` (size already checked): the event, or why it is not one."""
     try:
         d = orjson.loads(raw)
     except orjson.JSONDecodeError:
