@@ -4,7 +4,8 @@
 
     store_dir/
       LATEST                  {"version": 12}           (replaced atomically)
-      v000012/manifest.json   version, parent, sha256, created, spec, trained_through, ope, ...
+      CANARY                  {"version": 13, "share": 0.2}   (only while a canary runs)
+      v000012/manifest.json   version, parent, sha256, created, spec, trained_through, ope, stage, ...
       v000012/weights.safetensors
 
 :class:`PolicyDirectory` is the whole logic (no Ray): ``publish`` validates before anything is
@@ -13,6 +14,13 @@ sha256 it was sent with) and refuses with :class:`rl.weights.WeightsError`; ``la
 (replicas poll it); ``get`` returns the bytes; ``rollback`` republishes an earlier good version's
 weights as a *new* version (``rollback_of`` names it), so versions only ever go forward and a
 replica never has to serve backwards. The last ``keep`` versions stay on disk.
+
+Canaries (``trainer.canary_share``): ``publish_canary`` stores a validated candidate without moving
+LATEST; replicas serve it on a share of requests (:class:`serve.ranking.RankingCore`), logging the
+mixture's exact propensities, so the gate's off-policy estimate of the candidate rests on
+evidence the logs support. Then ``promote`` makes it LATEST, or ``end_canary`` refuses it. A
+manifest's ``stage`` says which: ``live`` (served as LATEST at some point), ``canary`` or
+``refused``; a refused version is never a rollback target.
 :class:`PolicyStore` is the named, detached Ray actor around it.
 """
 
@@ -80,6 +88,18 @@ class PolicyDirectory:
             raise KeyError(f"policy version {version} is not in the store (kept: {self.versions()})")
         return json.loads(p.read_text())
 
+    def canary(self) -> dict | None:
+        """The manifest of the version on canary, with its traffic ``share`` (None when none runs)."""
+        try:
+            c = json.loads((self.path / "CANARY").read_text())
+            return {**self.manifest(c["version"]), "share": float(c["share"])}
+        except (FileNotFoundError, KeyError, ValueError):
+            return None
+
+    def serving(self) -> dict:
+        """What replicas should serve, in one call: ``{"latest": manifest | None, "canary": manifest | None}``."""
+        return {"latest": self.latest(), "canary": self.canary()}
+
     def get(self, version: int | None = None) -> tuple[dict, bytes]:
         """(manifest, safetensors bytes) of a version (default: latest)."""
         if version is None:
@@ -92,7 +112,57 @@ class PolicyDirectory:
 
     # -- writing -------------------------------------------------------------------------------
     def publish(self, blob: bytes, manifest: dict) -> dict:
-        """Validate and store a new version; returns its full manifest. Raises WeightsError."""
+        """Validate and store a new version and serve it (LATEST); returns its full manifest.
+        Raises WeightsError. A canary still running is ended: this version supersedes it."""
+        full = self._store(blob, {**manifest, "stage": "live"})
+        self._end_running_canary(f"superseded by version {full['version']}")
+        _write_json(self.path / "LATEST", {"version": full["version"]})
+        self._prune()
+        return full
+
+    def publish_canary(self, blob: bytes, manifest: dict, share: float) -> dict:
+        """Validate and store a candidate that replicas serve on ``share`` of requests; LATEST stays."""
+        if not 0.0 < share < 1.0:
+            raise ValueError(f"canary share must be in (0, 1), got {share}")
+        running = self.canary()
+        if running is not None:
+            raise ValueError(f"version {running['version']} is already on canary: promote or end it first")
+        if self.latest() is None:
+            raise ValueError("a canary needs a live version to share traffic with: publish one first")
+        full = self._store(blob, {**manifest, "stage": "canary", "canary_share": share})
+        _write_json(self.path / "CANARY", {"version": full["version"], "share": share})
+        self._prune()
+        return full
+
+    def promote(self, version: int, extra: dict | None = None) -> dict:
+        """Make the canary ``version`` the served one (LATEST); ``extra`` (the gate's figures) joins its manifest."""
+        running = self.canary()
+        if running is None or int(running["version"]) != int(version):
+            raise ValueError(f"version {version} is not on canary "
+                             f"(canary: {None if running is None else running['version']})")
+        full = {**self.manifest(version), **(extra or {}), "stage": "live", "promoted": time.time()}
+        _write_json(self._dir(version) / "manifest.json", full)
+        _write_json(self.path / "LATEST", {"version": int(version)})
+        (self.path / "CANARY").unlink(missing_ok=True)
+        return full
+
+    def end_canary(self, version: int, reason: str, extra: dict | None = None) -> dict:
+        """Stop serving the canary ``version`` and mark it refused (kept on disk for the record)."""
+        running = self.canary()
+        if running is None or int(running["version"]) != int(version):
+            raise ValueError(f"version {version} is not on canary "
+                             f"(canary: {None if running is None else running['version']})")
+        full = {**self.manifest(version), **(extra or {}), "stage": "refused", "refused_because": reason}
+        _write_json(self._dir(version) / "manifest.json", full)
+        (self.path / "CANARY").unlink(missing_ok=True)
+        return full
+
+    def _end_running_canary(self, reason: str) -> None:
+        running = self.canary()
+        if running is not None:
+            self.end_canary(running["version"], reason)
+
+    def _store(self, blob: bytes, manifest: dict) -> dict:
         try:
             spec = PolicySpec.from_dict(manifest.get("spec") or {})
         except (TypeError, ValueError) as e:
@@ -113,8 +183,6 @@ class PolicyDirectory:
         (tmp / "weights.safetensors").write_bytes(blob)
         _write_json(tmp / "manifest.json", full)
         os.replace(tmp, d)
-        _write_json(self.path / "LATEST", {"version": version})
-        self._prune(keep_also=version)
         return full
 
     def rollback(self, to: int | None = None) -> dict:
@@ -126,19 +194,23 @@ class PolicyDirectory:
         if target is None:
             raise KeyError(f"version {current['version']} has no parent to roll back to")
         m, blob = self.get(target)
-        keep = {k: v for k, v in m.items() if k not in ("version", "parent", "created")}
+        if m.get("stage", "live") != "live":
+            raise ValueError(f"version {target} was never served ({m['stage']}): not a rollback target")
+        keep = {k: v for k, v in m.items() if k not in ("version", "parent", "created", "stage", "promoted")}
         return self.publish(blob, {**keep, "rollback_of": target, "rolled_back": current["version"],
                                    "rollback_of_parent": m.get("parent")})
 
-    def _prune(self, keep_also: int) -> None:
-        vs = self.versions()
-        for v in vs[:-self.keep]:
-            if v != keep_also:
+    def _prune(self) -> None:
+        """Keep the newest ``keep`` versions, and always the served one and the canary."""
+        pinned = {m["version"] for m in (self.latest(), self.canary()) if m is not None}
+        for v in self.versions()[:-self.keep]:
+            if v not in pinned:
                 shutil.rmtree(self._dir(v), ignore_errors=True)
 
     def metrics(self) -> dict:
-        m = self.latest()
-        return {"latest": m["version"] if m else None, "kept": len(self.versions()), "refused": self.refused}
+        m, c = self.latest(), self.canary()
+        return {"latest": m["version"] if m else None, "canary": c["version"] if c else None,
+                "kept": len(self.versions()), "refused": self.refused}
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3)

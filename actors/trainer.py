@@ -9,6 +9,14 @@ One round (:meth:`TrainerLoop.round`)::
     report   <- rl.gate.evaluate(candidate, holdout) vs the serving version on the same holdout
     publish to the PolicyStore when rl.gate.promote(...) says so; checkpoint the learner
 
+With ``trainer.canary_share`` > 0 a candidate is judged on evidence gathered for it instead
+(:meth:`TrainerLoop._canary_round`)::
+
+    train on every sample; no canary running: freeze a copy, PolicyStore.publish_canary(copy, share)
+    replicas serve it on ``share`` of requests, logging the mixture's exact propensities
+    once ``canary_samples`` samples logged since it went live are in: rl.gate.evaluate(copy, them)
+    vs the serving version on the same samples -> PolicyStore.promote or end_canary
+
 :class:`TrainerLoop` holds no Ray handles of its own beyond the two it is given (the buffer and
 the store, either Ray actors or plain objects), so tests drive it round by round.
 :class:`Trainer` is the Ray actor that runs rounds on a cadence in a thread.
@@ -54,12 +62,15 @@ def policy_spec(settings: StreamrecSettings, num_rows: int, text_dim: int) -> Po
                       draws=p.thompson_draws)
 
 
+_PER_SAMPLE = ("propensities", "ts", "versions", "mixture", "mixture_versions")  # Logged's optional (B, ...) arrays
+
+
 def _subset(logged: Logged, idx: np.ndarray) -> Logged:
     b = logged.batch
     batch = LoggedBatch(b.obs[idx], b.actions[idx], b.logp[idx], b.rewards[idx],
                         None if b.dist_inputs is None else b.dist_inputs[idx])
-    props = logged.propensities[idx] if logged.propensities is not None else None
-    return Logged(batch, [logged.observations[i] for i in idx], logged.slates[idx], logged.clicks[idx], 0, props)
+    extra = {f: None if getattr(logged, f) is None else getattr(logged, f)[idx] for f in _PER_SAMPLE}
+    return Logged(batch, [logged.observations[i] for i in idx], logged.slates[idx], logged.clicks[idx], 0, **extra)
 
 
 def _concat(parts: list[Logged]) -> Logged:
@@ -67,10 +78,38 @@ def _concat(parts: list[Logged]) -> Logged:
     batch = LoggedBatch(np.concatenate([x.obs for x in b]), np.concatenate([x.actions for x in b]),
                         np.concatenate([x.logp for x in b]), np.concatenate([x.rewards for x in b]),
                         np.concatenate([x.dist_inputs for x in b]))
-    props = (np.concatenate([p.propensities for p in parts])
-             if all(p.propensities is not None for p in parts) else None)
+    extra = {f: None if any(getattr(p, f) is None for p in parts) else np.concatenate([getattr(p, f) for p in parts])
+             for f in _PER_SAMPLE}
     return Logged(batch, [o for p in parts for o in p.observations], np.concatenate([p.slates for p in parts]),
-                  np.concatenate([p.clicks for p in parts]), 0, props)
+                  np.concatenate([p.clicks for p in parts]), 0, **extra)
+
+
+@dataclasses.dataclass
+class _Canary:
+    """The candidate on canary: a frozen copy, and the samples logged since it was published."""
+
+    policy: Any
+    version: int
+    pending: list[Logged] = dataclasses.field(default_factory=list)
+    live_since: float = float("inf")
+    """ts of the first impression it served: samples from then on were logged by the mixture."""
+
+    def add(self, logged: Logged) -> None:
+        self.pending.append(logged)
+        mine = logged.versions == str(self.version)
+        if mine.any():
+            self.live_since = min(self.live_since, float(logged.ts[mine].min()))
+
+    @property
+    def seen(self) -> int:
+        return sum(len(p.observations) for p in self.pending)
+
+    def evidence(self) -> Logged | None:
+        """The pending samples logged since it went live (None before it served one)."""
+        if self.live_since == float("inf") or not self.pending:
+            return None
+        every = _concat(self.pending)
+        return _subset(every, np.flatnonzero(every.ts >= self.live_since))
 
 
 class TrainerLoop:
@@ -125,8 +164,12 @@ class TrainerLoop:
         # model of the recent holdout alone is too small to value a much better candidate
         self.click_model = ClickModel()
         self.stats = {"rounds": 0, "samples": 0, "skipped": 0, "published": 0, "rejected": 0, "deferred": 0,
-                      "last": None}
+                      "canaries": 0, "last": None}
         self._last_publish = time.monotonic() if latest is not None else float("-inf")
+        self.canary: _Canary | None = None
+        running = _call(store, "canary")
+        if running is not None:  # its evidence died with the previous trainer: start over
+            _call(store, "end_canary", running["version"], "the trainer restarted before judging it")
 
     # -- one round -------------------------------------------------------------------------------
     def round(self) -> dict | None:
@@ -141,6 +184,8 @@ class TrainerLoop:
         n = len(logged.observations)
         if n < 2:
             return None
+        if t.canary_share > 0 and self.serving is not None:
+            return self._canary_round(samples, logged)
         order = np.arange(n)  # the buffer hands samples over in arrival order: the newest are last
         n_hold = max(1, int(round(n * t.holdout_fraction)))
         train, fresh = _subset(logged, order[:-n_hold]), _subset(logged, order[-n_hold:])
@@ -149,18 +194,11 @@ class TrainerLoop:
             self.holdout.pop(0)
         hold = _concat(self.holdout)
         started = time.monotonic()
-        learner_metrics: dict[str, float] = {}
-        if self.learner is not None:
-            learner_metrics = self.learner.update(train.batch)
-            candidate = self.learner.serving_policy()
-        else:
-            for o, s, c in zip(train.observations, train.slates, train.clicks):
-                self.policy.update(o, s, c)
-            candidate = self.policy
+        learner_metrics = self._train(train)
+        candidate = self.learner.serving_policy() if self.learner is not None else self.policy
         if train.observations:
             self.click_model.add(train.observations, train.slates, train.clicks)
-        gate = dict(estimator=t.ope_estimator, rng=self.rng, min_ess=t.min_ess, min_support=t.min_support,
-                    lam=self.settings.policy.diversity_lambda, click_model=self.click_model, dr_weights=t.dr_weights)
+        gate = self._gate_options()
         report = evaluate(candidate, hold, **gate)
         current = evaluate(self.serving, hold, **gate) if self.serving is not None else None
         ok, why = promote(report, current, t.gate_tolerance)
@@ -187,12 +225,95 @@ class TrainerLoop:
         else:
             self.stats["deferred" if deferred else "rejected"] += 1
         if isinstance(self.policy, BanditPolicy):  # the new holdout has been scored; now learn from it too
-            for o, s, c in zip(fresh.observations, fresh.slates, fresh.clicks):
-                self.policy.update(o, s, c)
+            self._train(fresh)
         self.stats["rounds"] += 1
         self.stats["samples"] += n
         self.stats["last"] = out
         return out
+
+    def _gate_options(self) -> dict:
+        t = self.settings.trainer
+        return dict(estimator=t.ope_estimator, rng=self.rng, min_ess=t.min_ess, min_support=t.min_support,
+                    lam=self.settings.policy.diversity_lambda, click_model=self.click_model, dr_weights=t.dr_weights)
+
+    def _train(self, logged: Logged) -> dict[str, float]:
+        if self.learner is not None:
+            return self.learner.update(logged.batch)
+        self.policy.update_batch(logged.observations, logged.slates, logged.clicks)
+        return {}
+
+    def _snapshot(self):
+        """A frozen copy of the policy being trained (what a canary serves)."""
+        if self.learner is not None:
+            return self.learner.serving_policy()
+        return policy_from_state(self.spec, self.policy.state())
+
+    def _canary_round(self, samples, logged: Logged) -> dict:
+        """Train on everything; judge the running canary once it has evidence, else start one."""
+        t = self.settings.trainer
+        started = time.monotonic()
+        learner_metrics = self._train(logged)
+        self._advance_offsets(samples)
+        n = len(logged.observations)
+        out: dict[str, Any] = {"samples": n, "train": n, "ok": False, "deferred": False, "learner": learner_metrics,
+                               "measured_ctr": float(logged.ctr.mean())}
+        c = self.canary
+        if c is None:
+            self.click_model.add(logged.observations, logged.slates, logged.clicks)
+        else:
+            c.add(logged)
+            evidence = c.evidence()
+            out["canary"] = c.version
+            out["holdout"] = 0 if evidence is None else len(evidence.observations)
+            if evidence is not None and len(evidence.observations) >= t.canary_samples:
+                self._judge(c, evidence, out)
+            elif evidence is None and c.seen >= 3 * t.canary_samples:
+                why = f"no replica served it in {c.seen} samples"
+                _call(self.store, "end_canary", c.version, why)
+                self._close_canary(c)
+                out["why"] = why
+                self.stats["rejected"] += 1
+        wait = t.publish_every_s - (time.monotonic() - self._last_publish)
+        if self.canary is None and wait <= 0:
+            policy = self._snapshot()
+            manifest = self._publish(policy, None, canary_share=t.canary_share)
+            self.canary = _Canary(policy, manifest["version"])
+            self.stats["canaries"] += 1
+            out["canary"] = manifest["version"]
+        out["train_s"] = round(time.monotonic() - started, 3)
+        self.stats["rounds"] += 1
+        self.stats["samples"] += n
+        self.stats["last"] = out
+        return out
+
+    def _judge(self, c: _Canary, evidence: Logged, out: dict) -> None:
+        gate = self._gate_options()
+        # both versions' probabilities of each slate as the replicas computed them (NaN where the
+        # impression was served without this canary: the gate computes those itself)
+        ours = (evidence.mixture_versions == (str(self.serving_version), str(c.version))).all(1)[:, None]
+        report = evaluate(c.policy, evidence, target_probs=np.where(ours, evidence.mixture[:, 1], np.nan), **gate)
+        current = evaluate(self.serving, evidence, target_probs=np.where(ours, evidence.mixture[:, 0], np.nan), **gate)
+        ok, why = promote(report, current, self.settings.trainer.gate_tolerance)
+        figures = {"ope": report.to_dict(), "current_ope": current.to_dict(), "ope_samples": len(evidence.observations),
+                   "ope_canary_samples": int((evidence.versions == str(c.version)).sum())}
+        out.update({"ok": ok, "why": why, "ope": report.to_dict(), "current_ope": current.to_dict(),
+                    "holdout": len(evidence.observations)})
+        if ok:
+            _call(self.store, "promote", c.version, figures)
+            self.serving, self.serving_version = c.policy, c.version
+            self.stats["published"] += 1
+            self._last_publish = time.monotonic()
+            out["version"] = c.version
+        else:
+            _call(self.store, "end_canary", c.version, why, figures)
+            self.stats["rejected"] += 1
+        self._close_canary(c)
+
+    def _close_canary(self, c: _Canary) -> None:
+        """The canary's samples were evidence; now the click model may learn from them too."""
+        for p in c.pending:
+            self.click_model.add(p.observations, p.slates, p.clicks)
+        self.canary = None
 
     def _advance_offsets(self, samples) -> None:
         for s in samples:
@@ -201,13 +322,14 @@ class TrainerLoop:
                 key = f"{topic}:{part}"
                 self.trained_through[key] = max(self.trained_through.get(key, -1), int(off))
 
-    def _publish(self, policy, report: GateReport) -> dict:
+    def _publish(self, policy, report: GateReport | None, canary_share: float | None = None) -> dict:
         tensors = {**policy.state(), "projection": self.featurizer.projection}
         blob, sha = pack(tensors)
-        manifest = _call(self.store, "publish", blob, {
-            "sha256": sha, "spec": self.spec.to_dict(), "algorithm": self.spec.algorithm,
-            "trained_through": dict(self.trained_through), "ope": report.to_dict(),
-            "samples_trained": self.stats["samples"]})
+        manifest = {"sha256": sha, "spec": self.spec.to_dict(), "algorithm": self.spec.algorithm,
+                    "trained_through": dict(self.trained_through), "ope": report.to_dict() if report else None,
+                    "samples_trained": self.stats["samples"]}
+        manifest = (_call(self.store, "publish", blob, manifest) if canary_share is None
+                    else _call(self.store, "publish_canary", blob, manifest, canary_share))
         if self.learner is not None:
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
             self.learner.save(str((self.checkpoint_dir / "learner").resolve()))
@@ -238,7 +360,8 @@ class TrainerLoop:
 
     def rollback(self, to: int | None = None) -> dict:
         """Roll the store back and continue training from the weights now served."""
-        manifest = _call(self.store, "rollback", to)
+        manifest = _call(self.store, "rollback", to)  # ends a running canary too
+        self.canary = None
         _, blob = _call(self.store, "get", manifest["version"])
         tensors = unpack(blob, sha256=manifest["sha256"])
         if self.learner is not None:

@@ -63,7 +63,8 @@ def _settings(algorithm: str, lam: float, penalty: float, args, tmp: str):
                     "ope_estimator": args.estimator, "dr_weights": args.dr_weights, "gate_tolerance": args.tolerance,
                     "publish_every_s": args.publish_every_s, "min_holdout": args.min_holdout,
                     "min_support": args.min_support,
-                    "holdout_window": args.holdout_window},
+                    "holdout_window": args.holdout_window, "canary_share": args.canary_share,
+                    "canary_samples": args.canary_samples},
         "catalog": {"num_items": max(1, args.items), "num_users": max(1, args.users)},
     }, env={})
 
@@ -108,14 +109,19 @@ def run_policy(algorithm, lam, penalty, args, world, bootstrap, tmp) -> dict:
     follower.poll()
     index = ItemIndex.build(item_ids, item_vecs)
     cur = follower.current
-    core = RankingCore(cur.featurizer, index, cur.policy, cur.version, s.policy.num_candidates,
-                       retrieval_share=args.retrieval_share)
+
+    def live_core(cur) -> RankingCore:  # the live version alone (no canary share)
+        return RankingCore(cur.featurizer, index, cur.policy, cur.version, s.policy.num_candidates,
+                           retrieval_share=args.retrieval_share)
+
+    core = live_core(cur)
     sink = KafkaEventSink(bootstrap, buffer_events=200_000)
     rng = np.random.default_rng(args.seed)
     user_row = {u: i for i, u in enumerate(users.column("user_id").to_pylist())}
     item_row = {i: r for r, i in enumerate(item_ids)}
     clicks_all, ilds, shown = [], [], []
-    by_version = defaultdict(lambda: [0, 0, 0.0])  # impressions, sampled clicks, expected clicks
+    by_version = defaultdict(lambda: [0, 0, 0.0])  # impressions as the live version, sampled clicks, expected clicks
+    on_canary = defaultdict(int)  # impressions served as a canary (the gate's evidence, not its measurement)
     recent = deque(maxlen=args.cf_contexts)  # (user row, context, profile) of the latest impressions
     on_gate_contexts: dict[str, float] = {}  # version -> its on-policy CTR on the contexts before it
     cf_rng = np.random.default_rng(args.seed + 1)
@@ -126,9 +132,11 @@ def run_policy(algorithm, lam, penalty, args, world, bootstrap, tmp) -> dict:
         while done < args.impressions:
             if time.monotonic() - last_poll > 1.0:
                 if follower.poll():
-                    cur = follower.current
-                    core.swap(cur.featurizer, cur.policy, cur.version)
-                    on_gate_contexts[str(cur.version)] = _expected_ctr(core, sim, recent, s.policy.slate_size, cf_rng)
+                    if follower.current is not cur:
+                        cur = follower.current
+                        on_gate_contexts[str(cur.version)] = _expected_ctr(live_core(cur), sim, recent,
+                                                                           s.policy.slate_size, cf_rng)
+                    core.swap(cur.featurizer, cur.policy, cur.version, follower.canary)
                 last_poll = time.monotonic()
             tick = [sim.sample_user(rng) for _ in range(min(args.tick, args.impressions - done))]
             uids = [u[1] for u in tick]
@@ -149,9 +157,12 @@ def run_policy(algorithm, lam, penalty, args, world, bootstrap, tmp) -> dict:
                         sink.send(t.feedback, uid, encode(Feedback(eid, now, uid, item)))
                 clicked = float(c.max() > 0)
                 clicks_all.append(clicked)
-                by_version[r.version][0] += 1
-                by_version[r.version][1] += clicked
-                by_version[r.version][2] += _slate_ctr(click_p)
+                if r.version == core.version:
+                    by_version[r.version][0] += 1
+                    by_version[r.version][1] += clicked
+                    by_version[r.version][2] += _slate_ctr(click_p)
+                else:
+                    on_canary[r.version] += 1
                 ilds.append(ild(item_vecs[[item_row[i] for i in r.items]]))
                 shown.extend(r.items)
             done += len(tick)
@@ -179,6 +190,8 @@ def run_policy(algorithm, lam, penalty, args, world, bootstrap, tmp) -> dict:
             ray.kill(a)
     ope_vs_measured = []
     for m in manifests:
+        if m.get("stage", "live") != "live":
+            continue
         n, c, e = by_version.get(str(m["version"]), (0, 0, 0.0))
         if m.get("ope") and n >= args.min_version_impressions:
             # on-policy CTR of the version: the mean over its impressions of the simulator's probability
@@ -190,6 +203,9 @@ def run_policy(algorithm, lam, penalty, args, world, bootstrap, tmp) -> dict:
                    "sampled_ctr": round(c / n, 4), "impressions": n,
                    "rel_error": round(abs(m["ope"]["ctr"] - measured) / max(measured, 1e-9), 4),
                    "rel_error_sampled": round(abs(m["ope"]["ctr"] - c / n) / max(c / n, 1e-9), 4)}
+            if m.get("ope_canary_samples") is not None:
+                row.update({"ope_samples": m["ope_samples"], "ope_canary_samples": m["ope_canary_samples"],
+                            "canary_impressions": on_canary.get(str(m["version"]), 0)})
             gate_ctx = on_gate_contexts.get(str(m["version"]))
             if gate_ctx is not None:
                 row["on_gate_contexts_ctr"] = round(gate_ctx, 4)
@@ -213,7 +229,8 @@ def run_policy(algorithm, lam, penalty, args, world, bootstrap, tmp) -> dict:
             "ild": round(float(np.mean(ilds[-args.tail:])), 4),
             "coverage": round(coverage([shown[-args.tail * args.k:]], len(item_ids)), 4),
             "versions_published": tm["published"], "versions_rejected": tm["rejected"],
-            "versions_deferred": tm.get("deferred", 0),
+            "versions_deferred": tm.get("deferred", 0), "canaries": tm.get("canaries", 0),
+            "canary_share": args.canary_share,
             "trainer_rounds": tm["rounds"], "samples_trained": tm["samples"], "trainer_error": tm["error"],
             "ingest_join": joins,
             "ope_summary": ope_summary, "ope_vs_measured": ope_vs_measured, "seconds": round(elapsed, 1),
@@ -250,6 +267,10 @@ def main(argv=None) -> int:
     ap.add_argument("--holdout-window", type=int, default=2000, help="held-out samples the gate scores on (rolling)")
     ap.add_argument("--publish-every-s", type=float, default=0.0,
                     help="least seconds between publications (longer-lived versions: more impressions to measure each on)")
+    ap.add_argument("--canary-share", type=float, default=0.2,
+                    help="share of impressions each candidate serves before the gate judges it (0: gate on held-out logs only)")
+    ap.add_argument("--canary-samples", type=int, default=2000,
+                    help="samples logged during a canary before the gate judges it")
     ap.add_argument("--tail", type=int, default=10_000)
     ap.add_argument("--min-version-impressions", type=int, default=300,
                     help="versions served fewer times are left out of the OPE-vs-measured comparison")

@@ -116,6 +116,24 @@ class _Linear:
         self.b = self.b + _reward(reward) * x
         self.n += 1
 
+    def update_many(self, x: np.ndarray, rewards: np.ndarray) -> None:
+        """The same state as ``update`` on each row of (M, d) ``x`` in turn, in one step:
+        A^-1 <- (A + X^T X)^-1 (Woodbury for M < d, else inverting A once), b <- b + X^T r."""
+        x = _features(np.atleast_2d(x), self.dim)
+        r = np.asarray(rewards, dtype=np.float64)
+        if r.shape != (len(x),) or not np.isfinite(r).all():
+            raise ValueError(f"rewards must be {len(x)} finite values, one per feature row, got shape {r.shape}")
+        if len(x) == 0:
+            return
+        if len(x) < self.dim:
+            ax = self.a_inv @ x.T  # (d, M)
+            self.a_inv = self.a_inv - ax @ np.linalg.solve(np.eye(len(x)) + x @ ax, ax.T)
+        else:
+            self.a_inv = np.linalg.inv(np.linalg.inv(self.a_inv) + x.T @ x)
+        self.a_inv = (self.a_inv + self.a_inv.T) / 2
+        self.b = self.b + x.T @ r
+        self.n += len(x)
+
     def state(self) -> dict[str, np.ndarray]:
         """Tensors to publish (safetensors): the inverse design matrix and b."""
         return {"a_inv": self.a_inv.copy(), "b": self.b.copy()}

@@ -177,7 +177,8 @@ DR_WEIGHTS = ("slate", "cascade")
 
 def evaluate(policy, logged, *, estimator: str = "snips", rng: np.random.Generator, min_ess: float = 20.0,
              min_support: float = 0.7, clip: float | None = 100.0, model_samples: int = 4,
-             lam: float = 0.0, click_model: ClickModel | None = None, dr_weights: str = "slate") -> GateReport:
+             lam: float = 0.0, click_model: ClickModel | None = None, dr_weights: str = "slate",
+             target_probs: np.ndarray | None = None) -> GateReport:
     """Off-policy value of ``policy`` (rl.policies) on ``logged`` (rl.logged.Logged) held-out samples.
 
     ``lam`` is the diversity weight the logged rewards were formed with (the direct-method model
@@ -188,7 +189,9 @@ def evaluate(policy, logged, *, estimator: str = "snips", rng: np.random.Generat
     where the policy gives per-position probabilities and the logs carry them, reported as
     ``cascade-dr``; slate weights otherwise, and when the top position's weights have an ESS below
     ``min_ess``: a few matches weighted 1/mu each, as after a uniform logger on a small holdout,
-    valued one closed-loop version at 2.6x its CTR).
+    valued one closed-loop version at 2.6x its CTR). ``target_probs``: (B, K) the policy's
+    per-position probabilities of the logged slates where already known (logged beside a canary),
+    NaN rows where not (computed from the policy).
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be ips, snips or dr, got {estimator!r}")
@@ -199,13 +202,21 @@ def evaluate(policy, logged, *, estimator: str = "snips", rng: np.random.Generat
         raise ValueError("no held-out samples to evaluate on")
     mu = np.exp(logged.batch.logp)
     positional = getattr(policy, "position_probabilities", None)
+    known = np.zeros(n, bool)
+    if target_probs is not None:
+        target_probs = np.asarray(target_probs, np.float64)
+        if target_probs.shape != logged.slates.shape:
+            raise ValueError(f"target_probs must be {logged.slates.shape} like the logged slates, got {target_probs.shape}")
+        known = np.isfinite(target_probs).all(1)
     pi_k = mu_k = None
     if dr_weights == "cascade" and positional is not None and logged.propensities is not None:
-        pi_k = np.stack([positional(o, s) for o, s in zip(logged.observations, logged.slates)])  # (B, K)
+        pi_k = np.stack([target_probs[i] if known[i] else positional(o, s)
+                         for i, (o, s) in enumerate(zip(logged.observations, logged.slates))])  # (B, K)
         mu_k = logged.propensities
         pi = pi_k.prod(1)
     else:
-        pi = np.asarray([policy.slate_probability(o, s) for o, s in zip(logged.observations, logged.slates)])
+        pi = np.asarray([target_probs[i].prod() if known[i] else policy.slate_probability(o, s)
+                         for i, (o, s) in enumerate(zip(logged.observations, logged.slates))])
     w = np.minimum(pi / mu, clip) if clip else pi / mu
     ess = effective_sample_size(w)
     support = float(w.mean())

@@ -30,10 +30,29 @@ def b64_array(s: str, dtype=np.float32) -> np.ndarray:
     return np.frombuffer(base64.b64decode(s), dtype=dtype)
 
 
-def impression_features(candidate_ids: Sequence[str], user: np.ndarray, scores: np.ndarray, algorithm: str) -> dict:
-    """Impression.features: the candidates, the user part of the observation, the behaviour scores."""
-    return {"candidates": list(map(str, candidate_ids)), "user": array_b64(user),
-            "scores": array_b64(scores, np.float16), "algorithm": algorithm}
+def impression_features(candidate_ids: Sequence[str], user: np.ndarray, scores: np.ndarray, algorithm: str,
+                        mixture: dict | None = None) -> dict:
+    """Impression.features: the candidates, the user part of the observation, the behaviour scores,
+    and while a canary runs, ``mixture``: both versions' (K,) probabilities of the slate
+    (``live``, ``canary``), their version strings and the canary's share."""
+    out = {"candidates": list(map(str, candidate_ids)), "user": array_b64(user),
+           "scores": array_b64(scores, np.float16), "algorithm": algorithm}
+    if mixture is not None:
+        out["mixture"] = mixture
+    return out
+
+
+def _mixture_probs(f: dict, k: int) -> tuple[np.ndarray, str, str]:
+    """((2, K) the live and canary versions' logged probabilities, live version, canary version);
+    NaN and "" when the impression was not served beside a canary (or its record is malformed)."""
+    m = f.get("mixture")
+    try:
+        probs = np.asarray([m["live"], m["canary"]], np.float64)
+        if probs.shape == (2, k) and np.isfinite(probs).all() and (probs >= 0).all() and (probs <= 1).all():
+            return probs, str(m["live_version"]), str(m["canary_version"])
+    except (KeyError, TypeError, ValueError):
+        pass
+    return np.full((2, k), np.nan), "", ""
 
 
 @dataclass
@@ -50,6 +69,15 @@ class Logged:
     """Samples that could not be rebuilt (another layout, missing features)."""
     propensities: np.ndarray | None = None
     """(B, K) the behaviour policy's probability of each shown item given the items above it."""
+    ts: np.ndarray | None = None
+    """(B,) when each impression was served (epoch seconds)."""
+    versions: np.ndarray | None = None
+    """(B,) the policy version that chose each slate (str)."""
+    mixture: np.ndarray | None = None
+    """(B, 2, K) the live and the canary version's per-position probabilities of each slate, as
+    logged while a canary ran beside the live version (NaN for other samples)."""
+    mixture_versions: np.ndarray | None = None
+    """(B, 2) the (live, canary) version strings of ``mixture`` ("" for other samples)."""
 
     @property
     def ctr(self) -> np.ndarray:
@@ -60,7 +88,8 @@ class Logged:
 def samples_to_logged(samples: Sequence, featurizer: Featurizer, spec: PolicySpec, lam: float) -> Logged:
     """TrainingSamples -> observations, slates and rewards (position-weighted clicks + lam * ILD)."""
     lay = spec.layout
-    obs, acts, logps, rewards, dis, observations, clicks, props = [], [], [], [], [], [], [], []
+    obs, acts, logps, rewards, dis, observations, clicks, props, ts, versions = [], [], [], [], [], [], [], [], [], []
+    mixture, mixture_versions = [], []
     skipped = 0
     pw = position_weights(spec.slate_size)
     for s in samples:
@@ -93,9 +122,16 @@ def samples_to_logged(samples: Sequence, featurizer: Featurizer, spec: PolicySpe
         dis.append(scores / spec.temperature if scores is not None else np.zeros(len(cands), np.float32))
         observations.append(o)
         clicks.append(c)
+        ts.append(s.ts)
+        versions.append(str(s.policy_version))
+        m, live_v, canary_v = _mixture_probs(f, spec.slate_size)
+        mixture.append(m)
+        mixture_versions.append((live_v, canary_v))
     k, n = spec.slate_size, spec.num_candidates
     batch = LoggedBatch(np.asarray(obs, np.float32).reshape(-1, lay.size), np.asarray(acts, np.int64).reshape(-1, k),
                         np.asarray(logps, np.float64), np.asarray(rewards, np.float64),
                         np.asarray(dis, np.float32).reshape(-1, n))
     return Logged(batch, observations, batch.actions, np.asarray(clicks, np.float64).reshape(-1, k), skipped,
-                  np.asarray(props, np.float64).reshape(-1, k))
+                  np.asarray(props, np.float64).reshape(-1, k), np.asarray(ts, np.float64),
+                  np.asarray(versions, dtype=object), np.asarray(mixture, np.float64).reshape(-1, 2, k),
+                  np.asarray(mixture_versions, dtype=object).reshape(-1, 2))

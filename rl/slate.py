@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["plackett_luce_sample", "plackett_luce_position_probs", "plackett_luce_logp", "greedy_slate",
-           "cosine_similarity", "prefix_frequencies"]
+           "cosine_similarity", "prefix_frequencies", "mixture_position_probs"]
 
 
 def _logits(scores: np.ndarray, temperature: float) -> np.ndarray:
@@ -131,3 +131,24 @@ def prefix_frequencies(slates: np.ndarray, slate: np.ndarray, include_target: bo
     agree = np.cumprod(np.asarray(slates) == np.asarray(slate)[None, :], axis=1).sum(0).astype(np.float64)  # (K,)
     above = np.concatenate([[len(slates)], agree[:-1]])
     return np.divide(agree, above, out=np.zeros_like(agree), where=above > 0)
+
+
+def mixture_position_probs(served: np.ndarray, other: np.ndarray, served_share: float) -> np.ndarray:
+    """(K,) per-position probabilities of one slate under a mixture of two slate policies.
+
+    A request is served by policy A with probability ``served_share`` and by B otherwise (a canary
+    beside the live version). ``served`` and ``other``: (K,) each policy's probability of the
+    slate's item at each position given the items above it. The mixture's probability of the
+    slate's first k items is a * prod_{j<=k} served_j + (1 - a) * prod_{j<=k} other_j; the result is
+    the ratio of consecutive prefixes, so its product is the slate's mixture probability and the
+    cascade weights of :func:`rl.ope.cascade_dr` stay exact. Positive wherever ``served`` is.
+    """
+    a = float(served_share)
+    if not 0.0 <= a <= 1.0:
+        raise ValueError(f"served_share must be in [0, 1], got {served_share}")
+    p, q = np.asarray(served, dtype=np.float64), np.asarray(other, dtype=np.float64)
+    if p.shape != q.shape or p.ndim != 1:
+        raise ValueError(f"served and other must be (K,) alike, got {p.shape} and {q.shape}")
+    prefix = a * np.cumprod(p) + (1.0 - a) * np.cumprod(q)
+    above = np.concatenate([[1.0], prefix[:-1]])
+    return np.divide(prefix, above, out=np.zeros_like(prefix), where=above > 0)

@@ -209,7 +209,6 @@ class Ranker:
         self._emit(self.topics.impressions, req.user_id, encode(Impression(
             event_id, time.time(), req.user_id, tuple(ranked["items"]), tuple(ranked["propensities"]),
             ranked["policy_version"], context, ranked["features"])))
-        self.metrics.set("policy_version", float(ranked["policy_version"]))
         items = [{"item_id": i, "score": s, "propensity": p, "position": j}
                  for j, (i, s, p) in enumerate(zip(ranked["items"], ranked["scores"], ranked["propensities"]))]
         return JSONResponse({"event_id": event_id, "policy_version": ranked["policy_version"], "items": items},
@@ -227,6 +226,8 @@ class Ranker:
         st = self.core.status()
         extra: dict[str, float] = {"events_without_kafka": self.events_without_kafka,
                                    "policy_swaps": st["swaps"], "policy_refused": st["refused"],
+                                   "policy_version": float(st["version"] or 0),
+                                   "policy_canary_version": float(st["canary"] or 0),
                                    "profiles_mirrored": st["profiles"] or 0}
         if self.sink is not None:
             extra.update({f"events_{k}": v for k, v in self.sink.metrics().items()})

@@ -3,13 +3,15 @@
 Every Ranker replica (and the benchmark's in-process clients) holds one::
 
     follower = PolicyFollower(store, item_ids, item_vectors)
-    follower.poll()            # cheap: asks the store for the latest manifest; fetches only when newer
+    follower.poll()            # cheap: one store call for the latest and canary manifests; fetches only what is new
     follower.current           # (featurizer, policy, version) — replaced in one assignment
+    follower.canary            # a candidate served on a share of requests (Canary), or None
 
 A new version is fetched, checked (sha256, finite, the tensor names and shapes its spec
 implies), converted into the serving model and warmed up on a dummy request before the swap.
 Anything wrong leaves the old version serving and is counted in ``refused``/``last_error``.
-Versions only move forward.
+Versions only move forward. A canary (:meth:`actors.policy_store.PolicyDirectory.publish_canary`)
+is loaded the same way; it is dropped when the store ends or promotes it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from rl.features import Featurizer
 from rl.policies import Observation, PolicySpec, expected_shapes, policy_from_state
 from rl.weights import WeightsError, unpack
 
-__all__ = ["PolicyFollower", "Served"]
+__all__ = ["PolicyFollower", "Served", "Canary"]
 
 
 def _call(obj, method: str, *args):
@@ -41,6 +43,15 @@ class Served:
     loaded_at: float = field(default_factory=time.time)
 
 
+@dataclass(frozen=True, eq=False)
+class Canary:
+    """A candidate version served on ``share`` of requests beside the live one (same featurizer)."""
+
+    policy: object
+    version: int
+    share: float
+
+
 class PolicyFollower:
     def __init__(self, store, item_ids, item_vectors: np.ndarray, *, explore: bool = True):
         self.store = store
@@ -48,6 +59,7 @@ class PolicyFollower:
         self.item_vectors = np.asarray(item_vectors, np.float32)
         self.explore = explore
         self.current: Served | None = None
+        self.canary: Canary | None = None
         self.refused = 0
         self.swaps = 0
         self.last_error: str | None = None
@@ -58,22 +70,46 @@ class PolicyFollower:
         return self.current.version if self.current else None
 
     def poll(self) -> bool:
-        """Swap to the store's latest version if it is newer and valid; True when a swap happened."""
-        latest = _call(self.store, "latest")
-        if latest is None:
-            return False
-        v = int(latest["version"])
-        if (self.current is not None and v <= self.current.version) or v in self._refused_versions:
-            return False
+        """Follow the store: swap to a newer valid latest version, start or stop serving its canary.
+        True when what is served changed."""
+        state = _call(self.store, "serving")
+        changed = False
+        latest, canary = state["latest"], state["canary"]
+        if latest is not None:
+            v = int(latest["version"])
+            if (self.current is None or v > self.current.version) and v not in self._refused_versions:
+                loaded = self._load_or_refuse(v)
+                if loaded is not None:
+                    self.current = loaded
+                    self.swaps += 1
+                    changed = True
+        want = None if canary is None or self.current is None else int(canary["version"])
+        if want is not None and want <= self.current.version:
+            want = None  # promoted meanwhile (or older than what serves): nothing to share traffic with
+        if want is None:
+            changed |= self.canary is not None
+            self.canary = None
+        elif self.canary is None or self.canary.version != want:
+            loaded = None if want in self._refused_versions else self._load_or_refuse(want)
+            if loaded is not None and not np.array_equal(loaded.featurizer.projection, self.current.featurizer.projection):
+                self._refuse(want, "its item projection differs from the live version's")
+                loaded = None
+            new = None if loaded is None else Canary(loaded.policy, want, float(canary["share"]))
+            changed |= new is not None or self.canary is not None
+            self.canary = new
+        return changed
+
+    def _load_or_refuse(self, version: int) -> Served | None:
         try:
-            self.current = self.load(*_call(self.store, "get", v))
+            return self.load(*_call(self.store, "get", version))
         except (WeightsError, ValueError, KeyError) as e:
-            self.refused += 1
-            self._refused_versions.add(v)
-            self.last_error = f"version {v} refused: {e}"
-            return False
-        self.swaps += 1
-        return True
+            self._refuse(version, str(e))
+            return None
+
+    def _refuse(self, version: int, why: str) -> None:
+        self.refused += 1
+        self._refused_versions.add(version)
+        self.last_error = f"version {version} refused: {why}"
 
     def load(self, manifest: dict, blob: bytes) -> Served:
         """Validate and build a servable version (raises WeightsError/ValueError; nothing is swapped here)."""

@@ -103,8 +103,7 @@ class RankerCore:
             if self.core is None:
                 self.core = RankingCore(cur.featurizer, self.index, cur.policy, cur.version,
                                         self.settings.policy.num_candidates)
-            else:
-                self.core.swap(cur.featurizer, cur.policy, cur.version)
+            self.core.swap(cur.featurizer, cur.policy, cur.version, self.follower.canary)
         return swapped
 
     def tick(self, now: float | None = None) -> None:
@@ -145,7 +144,8 @@ class RankerCore:
 
     def status(self) -> dict:
         f = self.follower
-        return {"replica": self.replica, "version": f.version, "swaps": f.swaps, "refused": f.refused,
+        return {"replica": self.replica, "version": f.version, "canary": f.canary.version if f.canary else None,
+                "swaps": f.swaps, "refused": f.refused,
                 "last_error": self.last_error or f.last_error,
                 "profiles": None if self.profiles is None else len(self.profiles)}
 

@@ -8,6 +8,15 @@ simulated clients all rank through this class, so they run the same code::
     r.items, r.scores, r.propensities       # (K,) each
     r.features                              # Impression.features: what training needs to rebuild the input
 
+Canary: ``swap(..., canary=Canary(policy, version, share))`` serves a candidate version on
+``share`` of requests. Every impression then logs the *mixture's* exact per-position
+probabilities (:func:`rl.slate.mixture_position_probs`: its own policy's, and the other policy's
+probability of the same slate), so importance weights against either version stay bounded (a
+candidate's by 1 / share) and the promotion gate's estimate of the candidate is supported by the
+logs. ``Ranked.version`` says which version chose the slate; ``features["mixture"]`` keeps both
+versions' own probabilities of it (the gate reads them back instead of recomputing, which for
+Thompson sampling would be a second, noisier Monte Carlo estimate).
+
 Candidates: half retrieved from the item index by the user's query vector (profile + context
 text), the rest drawn uniformly from the catalog (exploration; a new item can be shown before
 anyone clicked it). An unknown user with no context text gets uniformly drawn candidates and
@@ -24,6 +33,7 @@ import numpy as np
 from rl.features import Featurizer, context_features
 from rl.logged import impression_features
 from rl.policies import Observation
+from rl.slate import mixture_position_probs
 
 __all__ = ["RankingCore", "Ranked"]
 
@@ -41,16 +51,20 @@ class RankingCore:
     def __init__(self, featurizer: Featurizer, index, policy, version: str, num_candidates: int,
                  retrieval_share: float = 0.5):
         self.index = index
-        self._live = (featurizer, policy, str(version))
+        self._live = (featurizer, policy, str(version), None)
         self.num_candidates = min(num_candidates, len(featurizer.item_ids))
         self.retrieval_share = retrieval_share
         self._all_ids = featurizer.item_ids.astype(str)
 
-    def swap(self, featurizer: Featurizer, policy, version: str) -> None:
-        """Atomically replace what ranks: one attribute holds the (featurizer, policy, version)
-        triple, so a request reads old or new, never half (three attribute stores could interleave
-        with a request's three reads)."""
-        self._live = (featurizer, policy, str(version))
+    def swap(self, featurizer: Featurizer, policy, version: str, canary=None) -> None:
+        """Atomically replace what ranks: one attribute holds the (featurizer, policy, version,
+        canary) tuple, so a request reads old or new, never half (separate attribute stores could
+        interleave with a request's reads). ``canary``: a :class:`serve.follower.Canary` or None."""
+        self._live = (featurizer, policy, str(version), canary)
+
+    @property
+    def canary(self):
+        return self._live[3]
 
     @property
     def featurizer(self) -> Featurizer:
@@ -93,7 +107,8 @@ class RankingCore:
     def rank(self, profile: np.ndarray | None, context_vec: np.ndarray | None, context: dict | None, k: int,
              rng: np.random.Generator, *, ts: float | None = None, candidates: Sequence[str] | None = None,
              exclude: Sequence[str] = ()) -> Ranked:
-        featurizer, policy, version = self._live  # one consistent snapshot
+        featurizer, policy, version, canary = self._live  # one consistent snapshot
+        live_version = version
         if candidates is None:
             query = None
             if profile is not None or context_vec is not None:
@@ -108,7 +123,22 @@ class RankingCore:
         k = min(k, len(candidates))
         user = featurizer.user_features(profile, context_vec, context_features(context, ts))
         obs = Observation(user, featurizer.candidate_features(candidates), featurizer.rows(candidates))
+        other = None
+        if canary is not None:
+            share = canary.share
+            if rng.random() < share:
+                policy, other, version = canary.policy, policy, str(canary.version)
+            else:
+                other, share = canary.policy, 1.0 - share
         slate, probs, scores = policy.select(obs, k, rng)
+        mixture = None
+        if other is not None:
+            theirs = other.position_probabilities(obs, slate)
+            live, cand = (theirs, probs) if version == str(canary.version) else (probs, theirs)
+            mixture = {"live_version": live_version, "canary_version": str(canary.version),
+                       "canary_share": canary.share, "live": [float(x) for x in live],
+                       "canary": [float(x) for x in cand]}
+            probs = mixture_position_probs(probs, theirs, share)
         items = [candidates[i] for i in slate]
         return Ranked(items, np.asarray(scores)[slate], np.asarray(probs),
-                      impression_features(candidates, user, scores, policy.algorithm), version)
+                      impression_features(candidates, user, scores, policy.algorithm, mixture), version)

@@ -237,6 +237,14 @@ class TrainerSettings(_Section):
     """Least time between two publications. Rounds in between keep training; a candidate that passes
     the gate sooner is deferred (counted), not published. Longer-lived versions give replicas fewer
     swaps and each version's on-policy CTR more impressions to be measured on. 0: every passing round."""
+    canary_share: float = Field(0.0, ge=0, lt=1)
+    """Share of requests that serve each candidate before it is judged (0: judge on the held-out logs
+    alone and publish at once). Impressions then log the mixture's exact probabilities, so the
+    candidate's importance weights stay below 1 / canary_share and the gate's estimate is
+    supported by the logs (README, "Learning": without it, deterministic bandits' new picks have
+    probability epsilon / N or 0 in the logs)."""
+    canary_samples: int = Field(2_000, ge=1)
+    """Samples logged while a canary runs (all versions) before the gate judges it on them."""
     keep_versions: int = Field(10, ge=1, le=10_000)
     store_dir: str = ".streamrec/policies"
     checkpoint_dir: str = ".streamrec/trainer"

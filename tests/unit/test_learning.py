@@ -17,7 +17,8 @@ from rl.ope import Estimate
 from rl.policies import (BanditPolicy, Observation, PolicySpec, SlateScorer, bandit_dim, diverse_greedy,
                          diverse_greedy_batch, expected_shapes, policy_from_state)
 from rl.simulators import SyntheticUsers, position_bias
-from rl.slate import cosine_similarity, plackett_luce_position_probs, plackett_luce_sample, prefix_frequencies
+from rl.slate import (cosine_similarity, mixture_position_probs, plackett_luce_position_probs, plackett_luce_sample,
+                      prefix_frequencies)
 from rl.weights import WeightsError, pack, unpack
 from streamrec.events import TrainingSample
 from streamrec.profile import blend_profile
@@ -277,6 +278,91 @@ def test_policy_directory_refuses_bad_versions_and_keeps_serving(tmp_path):
     with pytest.raises(WeightsError, match="manifest spec is invalid"):
         store.publish(blob, {"sha256": sha, "spec": {"algorithm": "ppo"}})
     assert store.latest()["version"] == 1 and store.refused == 3
+
+
+def test_policy_directory_canary_lifecycle(tmp_path):
+    """A canary is stored and validated like any version but LATEST stays until it is promoted;
+    a refused one stays on disk for the record and is never a rollback target."""
+    spec, t = _spec_and_tensors()
+    store = PolicyDirectory(tmp_path, keep=2)
+    blob, sha = pack(t)
+    man = {"sha256": sha, "spec": spec.to_dict()}
+    with pytest.raises(ValueError, match="a canary needs a live version"):
+        store.publish_canary(blob, man, 0.2)
+    store.publish(blob, man)
+    c = store.publish_canary(blob, man, 0.2)
+    assert (c["version"], c["stage"], c["parent"]) == (2, "canary", 1)
+    assert store.latest()["version"] == 1 and store.canary()["share"] == 0.2
+    assert store.serving()["canary"]["version"] == 2 and store.metrics()["canary"] == 2
+    with pytest.raises(ValueError, match="version 2 is already on canary"):
+        store.publish_canary(blob, man, 0.2)
+    live = store.promote(2, {"ope": {"ctr": 0.5}})
+    assert live["stage"] == "live" and live["ope"] == {"ctr": 0.5}
+    assert store.latest()["version"] == 2 and store.canary() is None
+    store.publish_canary(blob, man, 0.3)
+    refused = store.end_canary(3, "lower bound 0.1 < current 0.5 - 0.1")
+    assert refused["stage"] == "refused" and store.canary() is None and store.latest()["version"] == 2
+    with pytest.raises(ValueError, match="version 3 was never served"):
+        store.rollback(3)
+    store.publish_canary(blob, man, 0.3)  # a direct publish (or a rollback) supersedes a running canary
+    assert store.publish(blob, man)["version"] == 5
+    assert store.canary() is None and store.manifest(4)["refused_because"] == "superseded by version 5"
+    assert store.versions() == [4, 5]  # keep=2
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda s, b, m: s.publish_canary(b, m, 0.0), r"canary share must be in \(0, 1\), got 0.0"),
+    (lambda s, b, m: s.publish_canary(b, m, 1.0), r"canary share must be in \(0, 1\), got 1.0"),
+    (lambda s, b, m: s.promote(1), "version 1 is not on canary"),
+    (lambda s, b, m: s.end_canary(7, "why"), "version 7 is not on canary"),
+])
+def test_policy_directory_canary_refusals(tmp_path, call, message):
+    spec, t = _spec_and_tensors()
+    store = PolicyDirectory(tmp_path)
+    blob, sha = pack(t)
+    store.publish(blob, {"sha256": sha, "spec": spec.to_dict()})
+    with pytest.raises(ValueError, match=message):
+        call(store, blob, {"sha256": sha, "spec": spec.to_dict()})
+
+
+def test_policy_directory_refuses_bad_canary_weights(tmp_path):
+    spec, t = _spec_and_tensors()
+    store = PolicyDirectory(tmp_path)
+    blob, sha = pack(t)
+    store.publish(blob, {"sha256": sha, "spec": spec.to_dict()})
+    from safetensors.numpy import save
+
+    bad = save({**t, "b": np.full(15, np.nan, np.float32)})  # pack() itself refuses NaN
+    with pytest.raises(WeightsError, match="tensor 'b' contains NaN or infinity"):
+        store.publish_canary(bad, {"spec": spec.to_dict()}, 0.2)
+    assert store.canary() is None and store.versions() == [1] and store.refused == 1
+
+
+def test_mixture_position_probs_by_hand():
+    """80% a deterministic slate, 20% uniform over 4 candidates (k = 3): the greedy slate's prefixes
+    have mixture probability 0.8 + 0.2 / 4, 0.8 + 0.2 / 12, 0.8 + 0.2 / 24."""
+    served, other = np.ones(3), np.array([1 / 4, 1 / 3, 1 / 2])
+    got = mixture_position_probs(served, other, 0.8)
+    prefix = np.array([0.85, 0.8 + 0.2 / 12, 0.8 + 0.2 / 24])
+    assert got == pytest.approx([prefix[0], prefix[1] / prefix[0], prefix[2] / prefix[1]])
+    assert np.prod(got) == pytest.approx(0.8 + 0.2 / 24)
+    # the same slate served by the uniform canary (share 0.2), the greedy policy agreeing: same numbers
+    assert mixture_position_probs(other, served, 0.2) == pytest.approx(got)
+    # a slate the greedy policy would not show: only the canary's probability, times its share
+    assert np.prod(mixture_position_probs(other, np.zeros(3), 0.2)) == pytest.approx(0.2 / 24)
+    # the greedy policy agrees at the top only: it still adds there
+    p = mixture_position_probs(other, np.array([1.0, 0.0, 0.0]), 0.2)
+    assert p[0] == pytest.approx(0.85) and np.prod(p) == pytest.approx(0.2 / 24)
+
+
+@pytest.mark.parametrize("served, other, share, message", [
+    (np.ones(3), np.ones(2), 0.5, r"served and other must be \(K,\) alike"),
+    (np.ones((2, 2)), np.ones((2, 2)), 0.5, r"served and other must be \(K,\) alike"),
+    (np.ones(3), np.ones(3), 1.5, r"served_share must be in \[0, 1\], got 1.5"),
+])
+def test_mixture_position_probs_refuses(served, other, share, message):
+    with pytest.raises(ValueError, match=message):
+        mixture_position_probs(served, other, share)
 
 
 # -- logged samples, the gate ------------------------------------------------------------------------

@@ -52,6 +52,28 @@ def test_sherman_morrison_is_exact():
     assert np.allclose(sherman_morrison(np.linalg.inv(a), x), np.linalg.inv(a + np.outer(x, x)))
 
 
+@pytest.mark.parametrize("m", [3, 12])  # fewer rows than dimensions (Woodbury), more (one inversion)
+def test_update_many_equals_one_sherman_morrison_step_per_row(m):
+    rng = np.random.default_rng(m)
+    x, r = rng.normal(size=(m, 5)), rng.integers(0, 2, size=m).astype(float)
+    one, many = LinUCB(dim=5, reg=0.5), LinUCB(dim=5, reg=0.5)
+    for xi, ri in zip(x, r):
+        one.update(xi, ri)
+    many.update_many(x, r)
+    assert np.allclose(many.a_inv, one.a_inv) and np.allclose(many.b, one.b) and many.n == one.n == m
+    assert np.allclose(many.a_inv, np.linalg.inv(0.5 * np.eye(5) + x.T @ x))
+
+
+@pytest.mark.parametrize("x, r, message", [
+    (np.ones((2, 5)), np.ones(3), r"rewards must be 2 finite values, one per feature row, got shape \(3,\)"),
+    (np.ones((2, 5)), np.array([1.0, np.nan]), "rewards must be 2 finite values"),
+    (np.ones((2, 4)), np.ones(2), r"features must be \(N, 5\), got shape \(2, 4\)"),
+])
+def test_update_many_refuses(x, r, message):
+    with pytest.raises(ValueError, match=message):
+        LinUCB(dim=5).update_many(x, r)
+
+
 def test_linucb_scores_and_updates_by_hand():
     p = LinUCB(dim=2, reg=1.0, alpha=2.0)
     p.update(np.array([1.0, 0.0]), reward=1.0)
