@@ -90,19 +90,19 @@ class _Canary:
 
     policy: Any
     version: int
+    published_at: float = dataclasses.field(default_factory=time.time)
     pending: list[Logged] = dataclasses.field(default_factory=list)
     live_since: float = float("inf")
     """ts of the first impression it served: samples from then on were logged by the mixture."""
+    seen_since_published: int = 0
+    """Samples logged after it was published (a trainer behind the stream first reads older ones)."""
 
     def add(self, logged: Logged) -> None:
         self.pending.append(logged)
+        self.seen_since_published += int((logged.ts >= self.published_at).sum())
         mine = logged.versions == str(self.version)
         if mine.any():
             self.live_since = min(self.live_since, float(logged.ts[mine].min()))
-
-    @property
-    def seen(self) -> int:
-        return sum(len(p.observations) for p in self.pending)
 
     def evidence(self) -> Logged | None:
         """The pending samples logged since it went live (None before it served one)."""
@@ -267,8 +267,8 @@ class TrainerLoop:
             out["holdout"] = 0 if evidence is None else len(evidence.observations)
             if evidence is not None and len(evidence.observations) >= t.canary_samples:
                 self._judge(c, evidence, out)
-            elif evidence is None and c.seen >= 3 * t.canary_samples:
-                why = f"no replica served it in {c.seen} samples"
+            elif evidence is None and c.seen_since_published >= 3 * t.canary_samples:
+                why = f"no replica served it in {c.seen_since_published} samples logged since it was published"
                 _call(self.store, "end_canary", c.version, why)
                 self._close_canary(c)
                 out["why"] = why

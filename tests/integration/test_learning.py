@@ -289,6 +289,26 @@ def test_canary_gathers_evidence_then_is_promoted_or_refused(tmp_path):
     assert follower.poll() and follower.canary is None
 
 
+def test_a_canary_no_replica_serves_is_ended_counting_only_samples_logged_after_it(tmp_path):
+    """A trainer behind the stream first reads samples logged before the canary existed: those do not
+    count against it. 3 * canary_samples samples logged after it without one of its slates end it."""
+    ids, vecs, user_vecs, sim = _world()
+    buffer, store = _ListBuffer(), PolicyDirectory(tmp_path / "store", 10)
+    s = _trainer_settings(tmp_path, algorithm="linucb", canary_share=0.3, canary_samples=100, min_samples=100)
+    loop = TrainerLoop(s, ids, vecs, buffer, store)
+    loop.publish_initial()
+    core = RankingCore(loop.featurizer, ItemIndex.build(ids, vecs), loop.serving, 1, 20)  # never takes the canary
+    rng = np.random.default_rng(0)
+    buffer.items = _samples(core, sim, user_vecs, 300, rng)
+    assert loop.round()["canary"] == 2
+    buffer.items = _samples(core, sim, user_vecs, 400, rng, t0=300)  # logged long before it (ts 300-699)
+    assert loop.round()["canary"] == 2 and store.canary()["version"] == 2
+    buffer.items = _samples(core, sim, user_vecs, 300, rng, t0=int(time.time()) + 1)
+    out = loop.round()
+    assert out["why"] == "no replica served it in 300 samples logged since it was published"
+    assert store.manifest(2)["stage"] == "refused" and out["canary"] == 3 and loop.stats["rejected"] == 1
+
+
 def test_trainer_publishes_resumes_after_a_crash_and_rolls_back(ray_session, tmp_path):
     ids, vecs, user_vecs, sim = _world()
     s = _trainer_settings(tmp_path)
