@@ -319,3 +319,40 @@ def test_body_limit_and_auth_rules(stack):
     assert httpx.get(url + "/docs").status_code == 200
     r = httpx.get(url + "/openapi.json")
     assert "/v1/recommend" in r.json()["paths"]
+
+
+def test_a_canary_is_served_on_its_share_beside_the_live_version(stack):
+    """Real replicas follow the store's canary slot: a canary at share 0.5 chooses about half the
+    slates (the response names the version that chose it), /metrics shows both versions, and once
+    the store ends it every slate is the live version's again. Last in the module: it stops the
+    trainer, so no direct publish supersedes the canary meanwhile."""
+    ray.get(stack["trainer"].stop.remote())
+    time.sleep(1.0)  # a version the trainer published just before stopping reaches both replicas
+    store = stack["store"]
+    with httpx.Client(base_url=stack["url"], headers=stack["headers"], timeout=30) as c:
+        live = int(_recommend(c).json()["policy_version"])  # what replicas serve (the store's latest may be refused)
+    manifest, blob = ray.get(store.get.remote(live))
+    tensors = unpack(blob)
+    tensors["item_bias.weight"] = tensors["item_bias.weight"] + 0.01
+    new_blob, sha = pack(tensors)
+    canary = ray.get(store.publish_canary.remote(new_blob, {"sha256": sha, "spec": manifest["spec"], "algorithm": "ppo"},
+                                                 0.5))["version"]
+    with httpx.Client(base_url=stack["url"], headers=stack["headers"], timeout=30) as c:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and int(_recommend(c).json()["policy_version"]) != canary:
+            time.sleep(0.05)
+        time.sleep(1.0)  # both replicas poll every 0.25 s
+        answers = [_recommend(c, user=f"user{i % 60}") for i in range(80)]
+        assert all(r.status_code == 200 for r in answers)
+        versions = [int(r.json()["policy_version"]) for r in answers]
+        assert set(versions) == {live, canary} and 20 <= versions.count(canary) <= 60, versions
+        for r in answers:
+            p = [i["propensity"] for i in r.json()["items"]]
+            assert all(0 < x <= 1 for x in p)
+        m = c.get("/metrics").text
+        assert f"streamrec_policy_version {float(live)}" in m and f"streamrec_policy_canary_version {float(canary)}" in m
+        ray.get(store.end_canary.remote(canary, "the test is over"))
+        time.sleep(1.0)
+        after = [int(_recommend(c).json()["policy_version"]) for _ in range(30)]
+        assert set(after) == {live}
+        assert "streamrec_policy_canary_version 0.0" in c.get("/metrics").text
