@@ -136,10 +136,7 @@ class PolicyDirectory:
 
     def promote(self, version: int, extra: dict | None = None) -> dict:
         """Make the canary ``version`` the served one (LATEST); ``extra`` (the gate's figures) joins its manifest."""
-        running = self.canary()
-        if running is None or int(running["version"]) != int(version):
-            raise ValueError(f"version {version} is not on canary "
-                             f"(canary: {None if running is None else running['version']})")
+        self._check_on_canary(version)
         full = {**self.manifest(version), **(extra or {}), "stage": "live", "promoted": time.time()}
         _write_json(self._dir(version) / "manifest.json", full)
         _write_json(self.path / "LATEST", {"version": int(version)})
@@ -148,14 +145,17 @@ class PolicyDirectory:
 
     def end_canary(self, version: int, reason: str, extra: dict | None = None) -> dict:
         """Stop serving the canary ``version`` and mark it refused (kept on disk for the record)."""
-        running = self.canary()
-        if running is None or int(running["version"]) != int(version):
-            raise ValueError(f"version {version} is not on canary "
-                             f"(canary: {None if running is None else running['version']})")
+        self._check_on_canary(version)
         full = {**self.manifest(version), **(extra or {}), "stage": "refused", "refused_because": reason}
         _write_json(self._dir(version) / "manifest.json", full)
         (self.path / "CANARY").unlink(missing_ok=True)
         return full
+
+    def _check_on_canary(self, version: int) -> None:
+        running = self.canary()
+        if running is None or int(running["version"]) != int(version):
+            raise ValueError(f"version {version} is not on canary "
+                             f"(canary: {None if running is None else running['version']})")
 
     def _end_running_canary(self, reason: str) -> None:
         running = self.canary()

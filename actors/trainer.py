@@ -5,7 +5,7 @@ One round (:meth:`TrainerLoop.round`)::
     samples  <- SampleBuffer.take()                    (ingest's hand-off; committed offsets behind it)
     logged   <- rl.logged.samples_to_logged(...)        rebuild the exact serving-time inputs
     train    <- all but the newest holdout_fraction     holdout <- the newest ones
-    PPO: SlateLearner.update(train)  |  bandits: policy.update(...) per sample
+    PPO: SlateLearner.update(train)  |  bandits: policy.update_batch(train)
     report   <- rl.gate.evaluate(candidate, holdout) vs the serving version on the same holdout
     publish to the PolicyStore when rl.gate.promote(...) says so; checkpoint the learner
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rl.slate import greedy_slate, prefix_frequencies
+from rl.slate import greedy_slate, mixture_position_probs, prefix_frequencies
 
 __all__ = ["egreedy_position_probs", "RandomPolicy", "PopularityPolicy", "EpsilonGreedy", "LinUCB", "LinearThompson", "sherman_morrison"]
 
@@ -49,13 +49,12 @@ def _uniform_slate_probs(n: int, k: int) -> np.ndarray:
 def egreedy_position_probs(slate: np.ndarray, greedy: np.ndarray, n: int, epsilon: float) -> np.ndarray:
     """(K,) per-position conditional probabilities of an epsilon-greedy slate; their product is exact.
 
-    P(first j items) = eps * prod_{l<=j} 1/(n-l) + (1-eps) * [first j items == greedy's];
-    position j's probability is P(first j) / P(first j-1).
+    Epsilon-greedy is a mixture: uniform slates (share eps) and the greedy one (share 1 - eps), so
+    P(first j items) = eps * prod_{l<=j} 1/(n-l) + (1-eps) * [first j items == greedy's]
+    (:func:`rl.slate.mixture_position_probs`).
     """
-    k = len(slate)
-    prefix = epsilon * np.cumprod(_uniform_slate_probs(n, k)) + (1 - epsilon) * np.cumprod(
-        np.asarray(slate) == np.asarray(greedy)).astype(float)
-    return prefix / np.concatenate([[1.0], prefix[:-1]])
+    on_greedy = (np.asarray(slate) == np.asarray(greedy)).astype(float)
+    return mixture_position_probs(_uniform_slate_probs(n, len(slate)), on_greedy, epsilon)
 
 
 @dataclass

@@ -329,13 +329,7 @@ class BanditPolicy:
 
     def update(self, obs: Observation, slate: np.ndarray, clicks: np.ndarray) -> None:
         """Learn from one logged slate: (K,) candidate indices and (K,) click values."""
-        rows = obs.rows[slate]
-        np.add.at(self.shows, np.clip(rows, 0, len(self.shows) - 1), 1.0)
-        np.add.at(self.clicks, np.clip(rows, 0, len(self.clicks) - 1), np.asarray(clicks, float) > 0)
-        if isinstance(self.model, _Linear):
-            x = bandit_features(obs)[slate]
-            for xj, cj in zip(x, clicks):
-                self.model.update(xj, float(cj > 0))
+        self.update_batch([obs], [slate], [clicks])
 
     def update_batch(self, observations, slates, clicks) -> None:
         """``update`` on every logged slate at once: B observations, (B, K) slates and (B, K) clicks
