@@ -24,6 +24,7 @@ from typing import Any
 
 import ray
 
+from actors.registry import INGEST_PREFIX
 from streamrec.eventbus import KafkaEventSink, KafkaEventSource
 from streamrec.events import dead_letter_headers, decode_batch, encode_samples
 from streamrec.join import RewardJoiner, Watermark
@@ -258,7 +259,7 @@ class IngestGroup:
     """Driver-side handle on N StreamIngest actors in one consumer group; ``scale`` changes N."""
 
     def __init__(self, *, bootstrap: str, kafka_settings, ingest_settings, buffer, profile_store=None,
-                 name_prefix: str = "streamrec-ingest"):
+                 name_prefix: str = INGEST_PREFIX):
         self.kwargs = dict(
             bootstrap=bootstrap, impressions_topic=kafka_settings.topics.impressions,
             feedback_topic=kafka_settings.topics.feedback, dlq_topic=kafka_settings.topics.dlq,

@@ -5,7 +5,7 @@
     store_dir/
       LATEST                  {"version": 12}           (replaced atomically)
       CANARY                  {"version": 13, "share": 0.2}   (only while a canary runs)
-      v000012/manifest.json   version, parent, sha256, created, spec, trained_through, ope, stage, ...
+      v000012/manifest.json   an rl.manifest.PolicyManifest: version, parent, sha256, created, spec, stage, ...
       v000012/weights.safetensors
 
 :class:`PolicyDirectory` is the whole logic (no Ray): ``publish`` validates before anything is
@@ -13,10 +13,12 @@ written (safetensors only, finite, the tensor names and shapes the spec's policy
 sha256 it was sent with) and refuses with :class:`rl.weights.WeightsError`; ``latest`` is cheap
 (replicas poll it); ``get`` returns the bytes; ``rollback`` republishes an earlier good version's
 weights as a *new* version (``rollback_of`` names it), so versions only ever go forward and a
-replica never has to serve backwards. The last ``keep`` versions stay on disk.
+replica never has to serve backwards. The last ``keep`` versions stay on disk. Manifests go in
+and come out as plain dicts (they cross Ray as JSON-like data) and are checked as
+:class:`rl.manifest.PolicyManifest` on the way in.
 
 Canaries (``trainer.canary_share``): ``publish_canary`` stores a validated candidate without moving
-LATEST; replicas serve it on a share of requests (:class:`serve.ranking.RankingCore`), logging the
+LATEST; replicas serve it on a share of requests (:class:`serve.ranking.Ranking`), logging the
 mixture's exact propensities, so the gate's off-policy estimate of the candidate rests on
 evidence the logs support. Then ``promote`` makes it LATEST, or ``end_canary`` refuses it. A
 manifest's ``stage`` says which: ``live`` (served as LATEST at some point), ``canary`` or
@@ -36,13 +38,11 @@ from typing import Any
 
 import ray
 
-from rl.policies import PolicySpec, expected_shapes
+from rl.manifest import PolicyManifest
+from rl.policies import expected_shapes
 from rl.weights import WeightsError, sha256_hex, unpack
 
-__all__ = ["PolicyDirectory", "PolicyStore", "STORE_NAME", "get_or_create_store"]
-
-STORE_NAME = "streamrec-policy-store"
-NAMESPACE = "streamrec"
+__all__ = ["PolicyDirectory", "PolicyStore"]
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -137,7 +137,7 @@ class PolicyDirectory:
     def promote(self, version: int, extra: dict | None = None) -> dict:
         """Make the canary ``version`` the served one (LATEST); ``extra`` (the gate's figures) joins its manifest."""
         self._check_on_canary(version)
-        full = {**self.manifest(version), **(extra or {}), "stage": "live", "promoted": time.time()}
+        full = self._checked({**self.manifest(version), **(extra or {}), "stage": "live", "promoted": time.time()})
         _write_json(self._dir(version) / "manifest.json", full)
         _write_json(self.path / "LATEST", {"version": int(version)})
         (self.path / "CANARY").unlink(missing_ok=True)
@@ -146,10 +146,16 @@ class PolicyDirectory:
     def end_canary(self, version: int, reason: str, extra: dict | None = None) -> dict:
         """Stop serving the canary ``version`` and mark it refused (kept on disk for the record)."""
         self._check_on_canary(version)
-        full = {**self.manifest(version), **(extra or {}), "stage": "refused", "refused_because": reason}
+        full = self._checked({**self.manifest(version), **(extra or {}), "stage": "refused",
+                              "refused_because": reason})
         _write_json(self._dir(version) / "manifest.json", full)
         (self.path / "CANARY").unlink(missing_ok=True)
         return full
+
+    @staticmethod
+    def _checked(manifest: dict) -> dict:
+        """The manifest as :class:`rl.manifest.PolicyManifest` writes it (ValueError on an unknown key)."""
+        return PolicyManifest.from_dict(manifest).to_dict()
 
     def _check_on_canary(self, version: int) -> None:
         running = self.canary()
@@ -164,20 +170,18 @@ class PolicyDirectory:
 
     def _store(self, blob: bytes, manifest: dict) -> dict:
         try:
-            spec = PolicySpec.from_dict(manifest.get("spec") or {})
+            m = PolicyManifest.from_dict({"sha256": sha256_hex(blob), **manifest})
         except (TypeError, ValueError) as e:
             self.refused += 1
-            raise WeightsError(f"manifest spec is invalid: {e}") from None
-        sha = manifest.get("sha256") or sha256_hex(blob)
+            raise WeightsError(str(e)) from None
         try:
-            unpack(blob, sha256=sha, expect=expected_shapes(spec))
+            unpack(blob, sha256=m.sha256, expect=expected_shapes(m.spec))
         except WeightsError:
             self.refused += 1
             raise
         current = self.latest()
         version = (max(self.versions()) if self.versions() else 0) + 1
-        full = {**manifest, "version": version, "parent": current["version"] if current else None,
-                "sha256": sha, "created": time.time(), "spec": spec.to_dict()}
+        full = m.replace(version=version, parent=current["version"] if current else None, created=time.time()).to_dict()
         d = self._dir(version)
         tmp = Path(tempfile.mkdtemp(dir=self.path, prefix=".publish."))
         (tmp / "weights.safetensors").write_bytes(blob)
@@ -190,7 +194,12 @@ class PolicyDirectory:
         current = self.latest()
         if current is None:
             raise KeyError("nothing to roll back: no policy has been published")
-        target = to if to is not None else current.get("rollback_of_parent", current.get("parent"))
+        if to is not None:
+            target = to
+        elif current.get("rollback_of") is not None:  # a rollback's own parent is the version it replaced
+            target = current.get("rollback_of_parent")
+        else:
+            target = current.get("parent")
         if target is None:
             raise KeyError(f"version {current['version']} has no parent to roll back to")
         m, blob = self.get(target)
@@ -215,12 +224,4 @@ class PolicyDirectory:
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3)
 class PolicyStore(PolicyDirectory):
-    """The named, detached actor (``streamrec-policy-store``); restarts re-read the directory."""
-
-
-def get_or_create_store(store_dir: str, keep: int = 10, detached: bool = True):
-    """The store actor of this cluster, created on first use."""
-    opts: dict[str, Any] = {"name": STORE_NAME, "namespace": NAMESPACE, "get_if_exists": True}
-    if detached:
-        opts["lifetime"] = "detached"
-    return PolicyStore.options(**opts).remote(str(Path(store_dir).resolve()), keep)
+    """The named, detached actor (:data:`actors.registry.STORE`); restarts re-read the directory."""

@@ -17,11 +17,12 @@ import ray
 
 from streamrec.events import TrainingSample, decode_samples
 
-__all__ = ["SampleBuffer"]
+__all__ = ["SampleQueue", "SampleBuffer"]
 
 
-@ray.remote(num_cpus=0.1, max_restarts=0)
-class SampleBuffer:
+class SampleQueue:
+    """The buffer's logic, without Ray (:data:`SampleBuffer` is this class as an actor)."""
+
     def __init__(self, capacity: int = 100_000, dedup_retention_s: float = 600.0):
         self.capacity = capacity
         self.retention_s = dedup_retention_s
@@ -97,3 +98,7 @@ class SampleBuffer:
             if now - t <= self.retention_s:
                 break
             del self._seen[eid]
+
+
+SampleBuffer = ray.remote(num_cpus=0.1, max_restarts=0)(SampleQueue)
+"""The named actor (:data:`actors.registry.SAMPLES`) the ingest group hands samples to."""

@@ -17,14 +17,14 @@ from fastapi import FastAPI
 
 from actors.policy_store import PolicyDirectory
 from serve.api import RecommendRequest
-from serve.ranker import RankerCore
+from serve.replica import Replica
 from streamrec.config import settings_from_args
 from streamrec.encoder import TextEncoder
 
 
 def make_app(args: dict) -> FastAPI:
     settings = settings_from_args(args)
-    core = RankerCore(settings, PolicyDirectory(settings.trainer.store_dir))
+    core = Replica(settings, PolicyDirectory(settings.trainer.store_dir))
     encoder = TextEncoder(settings.encoder.model, max_length=settings.encoder.max_length)
     cache: dict[str, object] = {}
     app = FastAPI()

@@ -4,7 +4,7 @@
                           [--lambda-check ppo,linucb]
 
 For each policy, on one embedded broker and one local Ray: simulated users (rl.simulators, the
-synthetic population) ask the in-process RankingCore for slates; the slate's impression and its
+synthetic population) ask the in-process Ranking for slates; the slate's impression and its
 clicks go to Kafka through the EventSink; StreamIngest joins them into samples; the Trainer
 actor trains, gates and publishes to the PolicyStore; the clients follow the store like Serve
 replicas do. Clients make ``--rate`` impressions per second (default 250: what ingest + trainer keep up with
@@ -31,17 +31,14 @@ from collections import defaultdict, deque
 import numpy as np
 import ray
 
-from actors.ingest import IngestGroup
-from actors.policy_store import PolicyStore
-from actors.profile_store import ProfileStore
-from actors.sample_buffer import SampleBuffer
-from actors.trainer import Trainer
+from actors.remote import Blocking
 from cluster.broker import ensure_topics, start_embedded_broker, stop_broker
+from cluster.loop import start_learning, start_stream
 from rl.diversity import ild
 from rl.metrics import coverage
 from rl.simulators import SyntheticUsers
 from serve.follower import PolicyFollower
-from serve.ranking import RankingCore
+from serve.ranking import Ranking
 from streamrec.config import settings_from_args
 from streamrec.data.synthetic import synthetic_items, synthetic_users
 from streamrec.eventbus import KafkaEventSink
@@ -55,7 +52,9 @@ def _settings(algorithm: str, lam: float, penalty: float, args, tmp: str):
     return settings_from_args({
         "kafka": {"partitions": 2, "topics": {"impressions": f"l.imp.{tag}", "feedback": f"l.fb.{tag}",
                                               "dlq": f"l.dlq.{tag}"}},
-        "ingest": {"group_id": f"learn-{tag}", "reward_window_s": args.window_s},
+        "ingest": {"group_id": f"learn-{tag}", "reward_window_s": args.window_s, "parallelism": 1,
+                   "sample_buffer_capacity": 200_000},
+        "profile": {"history_length": 50, "half_life_s": 3600.0},
         "policy": {"algorithm": algorithm, "slate_size": args.k, "num_candidates": args.candidates,
                    "diversity_lambda": lam, "diversity_penalty": penalty, "feature_dim": 16},
         "trainer": {"train_every_s": args.train_every_s, "min_samples": 500, "max_batch": 2048,
@@ -64,7 +63,7 @@ def _settings(algorithm: str, lam: float, penalty: float, args, tmp: str):
                     "publish_every_s": args.publish_every_s, "min_holdout": args.min_holdout,
                     "min_support": args.min_support,
                     "holdout_window": args.holdout_window, "canary_share": args.canary_share,
-                    "canary_samples": args.canary_samples},
+                    "canary_samples": args.canary_samples, "keep_versions": 50},
         "catalog": {"num_items": max(1, args.items), "num_users": max(1, args.users)},
     }, env={})
 
@@ -76,7 +75,7 @@ def _embed(items, users):
     return enc.encode(items.column("text").to_pylist()), enc.encode(users.column("text").to_pylist())
 
 
-def _expected_ctr(core: RankingCore, sim, contexts, k: int, rng: np.random.Generator) -> float:
+def _expected_ctr(core: Ranking, sim, contexts, k: int, rng: np.random.Generator) -> float:
     """The serving policy's exact on-policy CTR on given (user, context, profile) triples: the mean of
     the simulator's slate click probability over slates the policy draws for them (nothing logged)."""
     if not contexts:
@@ -96,22 +95,17 @@ def run_policy(algorithm, lam, penalty, args, world, bootstrap, tmp) -> dict:
     t = s.kafka.topics
     ensure_topics(bootstrap, {t.impressions: 2, t.feedback: 2, t.dlq: 1})
     item_ids = items.column("item_id").to_pylist()
-    buffer = SampleBuffer.remote(capacity=200_000)
-    profiles = ProfileStore.remote(history_length=50, half_life_s=3600.0)
-    ray.get(profiles.set_item_vectors.remote(item_ids, item_vecs))
-    ingest = IngestGroup(bootstrap=bootstrap, kafka_settings=s.kafka, ingest_settings=s.ingest, buffer=buffer,
-                         profile_store=profiles)
-    ingest.scale(1)
-    store = PolicyStore.remote(s.trainer.store_dir, 50)
-    trainer = Trainer.remote(s.model_dump(mode="python"), item_ids, item_vecs, buffer, store, seed=args.seed)
-    ray.get(trainer.metrics.remote())
-    follower = PolicyFollower(store, item_ids, item_vecs)
+    stream = start_stream(s, bootstrap, item_ids, item_vecs, named=False)
+    buffer, profiles, ingest = stream.samples, stream.profiles, stream.ingest
+    learning = start_learning(s, buffer, item_ids, item_vecs, named=False, seed=args.seed)
+    store, trainer = learning.store, learning.trainer
+    follower = PolicyFollower(Blocking(store), item_ids, item_vecs)
     follower.poll()
     index = ItemIndex.build(item_ids, item_vecs)
     cur = follower.current
 
-    def live_core(cur) -> RankingCore:  # the live version alone (no canary share)
-        return RankingCore(cur.featurizer, index, cur.policy, cur.version, s.policy.num_candidates,
+    def live_core(cur) -> Ranking:  # the live version alone (no canary share)
+        return Ranking(cur.featurizer, index, cur.policy, cur.version, s.policy.num_candidates,
                            retrieval_share=args.retrieval_share)
 
     core = live_core(cur)
@@ -134,7 +128,7 @@ def run_policy(algorithm, lam, penalty, args, world, bootstrap, tmp) -> dict:
                 if follower.poll():
                     if follower.current is not cur:
                         cur = follower.current
-                        on_gate_contexts[str(cur.version)] = _expected_ctr(live_core(cur), sim, recent,
+                        on_gate_contexts[cur.version] = _expected_ctr(live_core(cur), sim, recent,
                                                                            s.policy.slate_size, cf_rng)
                     core.swap(cur.featurizer, cur.policy, cur.version, follower.canary)
                 last_poll = time.monotonic()
@@ -151,7 +145,7 @@ def run_policy(algorithm, lam, penalty, args, world, bootstrap, tmp) -> dict:
                 eid = uuid.uuid4().hex
                 sink.send(t.impressions, uid, encode(Impression(
                     eid, now, uid, tuple(r.items), tuple(float(x) for x in r.propensities), r.version, ctx,
-                    r.features)))
+                    r.features.to_dict())))
                 for item, ci in zip(r.items, c):
                     if ci > 0:
                         sink.send(t.feedback, uid, encode(Feedback(eid, now, uid, item)))
@@ -192,7 +186,7 @@ def run_policy(algorithm, lam, penalty, args, world, bootstrap, tmp) -> dict:
     for m in manifests:
         if m.get("stage", "live") != "live":
             continue
-        n, c, e = by_version.get(str(m["version"]), (0, 0, 0.0))
+        n, c, e = by_version.get(m["version"], (0, 0, 0.0))
         if m.get("ope") and n >= args.min_version_impressions:
             # on-policy CTR of the version: the mean over its impressions of the simulator's probability
             # that the slate got a click (the expectation of the sampled clicks, without their coin-flip
@@ -205,8 +199,8 @@ def run_policy(algorithm, lam, penalty, args, world, bootstrap, tmp) -> dict:
                    "rel_error_sampled": round(abs(m["ope"]["ctr"] - c / n) / max(c / n, 1e-9), 4)}
             if m.get("ope_canary_samples") is not None:
                 row.update({"ope_samples": m["ope_samples"], "ope_canary_samples": m["ope_canary_samples"],
-                            "canary_impressions": on_canary.get(str(m["version"]), 0)})
-            gate_ctx = on_gate_contexts.get(str(m["version"]))
+                            "canary_impressions": on_canary.get(m["version"], 0)})
+            gate_ctx = on_gate_contexts.get(m["version"])
             if gate_ctx is not None:
                 row["on_gate_contexts_ctr"] = round(gate_ctx, 4)
                 row["rel_error_on_gate_contexts"] = round(abs(m["ope"]["ctr"] - gate_ctx) / max(gate_ctx, 1e-9), 4)

@@ -6,7 +6,7 @@ Protocol (RecBole's published setting): every rating is a positive; each user's 
 split at random 8:1:1 (train / valid / test); every item is ranked for every user (full ranking),
 items seen in train (and valid) masked out; Recall@10 and NDCG@10 over test.
 
-"The policy's ranker" is the network PPO trains online (rl.module.SlateScorerModule): a user's
+"The policy's ranker" is the network PPO trains online (rl.learners.module.SlateScorerModule): a user's
 profile is the pooled text vectors of their training items (streamrec.profile.pool_profile,
 as serving does), scored against every item's text vector, learnable item-id embedding and
 bias. Offline it is warm-started with a softmax loss over all items (each user's training
@@ -70,8 +70,8 @@ def train_ranker(item_vecs, train_items_by_user, epochs: int, m: int = 32, lr: f
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
     from rl.features import CONTEXT_DIM, Featurizer, fit_projection
-    from rl.module import SlateScorerModule, module_spaces
-    from rl.policies import PolicySpec
+    from rl.learners.module import SlateScorerModule, module_spaces
+    from rl.spec import PolicySpec
     from streamrec.profile import pool_profile
 
     torch.manual_seed(seed)

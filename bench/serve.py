@@ -3,7 +3,7 @@
     python -m bench.serve [--rates 25,50,100,200] [--seconds 15] [--publishes 20]
 
 One JSON line. Both sides serve the same catalog (2,000 synthetic items, real MiniLM vectors),
-the same published PPO version, the same RankerCore and TextEncoder code, on this machine in
+the same published PPO version, the same Replica and TextEncoder code, on this machine in
 the same run. Open-loop load at each rate (requests start on schedule whether or not earlier
 ones finished; 30% carry context text from a pool of 40 phrases); then a closed loop with 32
 concurrent clients for peak throughput, counted after ``--peak-warmup-s`` of it (the autoscaler
@@ -169,14 +169,14 @@ def main(argv=None) -> int:
 
     from ray import serve
 
-    from actors.policy_store import NAMESPACE, STORE_NAME, PolicyStore
+    from actors import registry
     from cluster.broker import free_port, start_embedded_broker, stop_broker
     from cluster.stack import wait_http
     from rl.features import fit_projection
-    from rl.policies import PolicySpec
-    from rl.ppo import SlateLearner
+    from rl.learners.ppo import SlateLearner
+    from rl.spec import PolicySpec
     from rl.weights import pack, unpack
-    from serve.app import build_app_from_config
+    from cluster.loop import serving_app
     from streamrec.config import load_serve_config, settings_from_args
     from streamrec.data.synthetic import synthetic_items, synthetic_users
     from streamrec.encoder import TextEncoder
@@ -196,8 +196,8 @@ def main(argv=None) -> int:
     for k, v in SERVE_MODES[args.serve_mode].items():
         os.environ.setdefault(k, v)
     out["serve_mode"] = args.serve_mode
-    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False, namespace=NAMESPACE)
-    store = PolicyStore.options(name=STORE_NAME, namespace=NAMESPACE).remote(s.trainer.store_dir, 50)
+    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False, namespace=registry.NAMESPACE)
+    store = registry.policy_store(s.trainer.store_dir, 50, detached=False)
     p = s.policy
     spec = PolicySpec("ppo", m=p.feature_dim, num_candidates=p.num_candidates, slate_size=p.slate_size,
                       num_rows=args.items + 1, text_dim=iv.shape[1], temperature=p.temperature, penalty=p.diversity_penalty)
@@ -211,7 +211,7 @@ def main(argv=None) -> int:
     deployments = raw["applications"][0]["deployments"]
     port = free_port(outside_ephemeral=True)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app_from_config(app_args, deployments), name="streamrec", route_prefix="/")
+    serve.run(serving_app(app_args, deployments), name="streamrec", route_prefix="/")
     serve_url = f"http://127.0.0.1:{port}"
 
     bare_port = free_port()

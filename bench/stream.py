@@ -47,7 +47,7 @@ def _events(n: int, start: int = 0, now: float | None = None):
     for i in range(start, start + n):
         items = tuple(f"item{(i * 7 + j) % 5000}" for j in range(10))
         imp = Impression(event_id=f"ev{i}", ts=now or time.time(), user_id=f"user{i % 1000}", items=items,
-                         propensities=(0.1,) * 10, policy_version="1", context={"hour": i % 24})
+                         propensities=(0.1,) * 10, policy_version=1, context={"hour": i % 24})
         yield imp
         if i % 3 == 0:
             yield Feedback(event_id=imp.event_id, ts=imp.ts, user_id=imp.user_id, item_id=items[i % 10])

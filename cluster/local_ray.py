@@ -9,9 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 
-__all__ = ["RayHandle", "start_or_connect", "ray_processes", "shutdown"]
-
-NAMESPACE = "streamrec"
+__all__ = ["RayHandle", "start_or_connect", "shutdown"]
 
 @dataclass(frozen=True)
 class RayHandle:
@@ -27,24 +25,12 @@ class RayHandle:
         return d
 
 
-def ray_processes() -> tuple[int, ...]:
-    """Pids of the Ray node processes this driver started (empty when it joined a cluster)."""
-    try:
-        from ray._private import worker
-
-        node = worker._global_node
-        pids = []
-        for infos in node.all_processes.values():
-            for info in infos:
-                pids.append(info.process.pid)
-        return tuple(pids)
-    except Exception:
-        return ()
-
-
 def start_or_connect(ray_settings, *, dashboard_port: int | None = None) -> RayHandle:
     import ray
 
+    from actors.registry import NAMESPACE
+
+    before = _descendants({os.getpid()}, depth=1)
     address = ray_settings.address or os.environ.get("RAY_ADDRESS") or None
     if address:
         ctx = ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
@@ -73,12 +59,13 @@ def start_or_connect(ray_settings, *, dashboard_port: int | None = None) -> RayH
     if dash and not dash.startswith("http"):
         dash = f"http://{dash}"
     gcs = ray.get_runtime_context().gcs_address
-    return RayHandle(gcs_address=gcs, dashboard_url=dash, started_here=started,
-                     pids=ray_processes() if started else ())
+    # a head started here: its node processes (GCS, raylet, dashboard, ...) are this process's new children
+    pids = tuple(sorted(_descendants({os.getpid()}, depth=1) - before)) if started else ()
+    return RayHandle(gcs_address=gcs, dashboard_url=dash, started_here=started, pids=pids)
 
 
-def _descendants(pids) -> set[int]:
-    """Every process below ``pids`` (Linux /proc; empty elsewhere): the raylet's agents and workers."""
+def _descendants(pids, depth: int | None = None) -> set[int]:
+    """The processes below ``pids``, ``depth`` levels down (all by default; Linux /proc, empty elsewhere)."""
     children: dict[int, list[int]] = {}
     try:
         for d in os.listdir("/proc"):
@@ -92,16 +79,19 @@ def _descendants(pids) -> set[int]:
     except OSError:
         return set()
     out: set[int] = set()
-    todo = list(pids)
+    todo = [(p, 0) for p in pids]
     while todo:
-        for c in children.get(todo.pop(), []):
+        p, level = todo.pop()
+        if depth is not None and level >= depth:
+            continue
+        for c in children.get(p, []):
             if c not in out:
                 out.add(c)
-                todo.append(c)
+                todo.append((c, level + 1))
     return out
 
 
-def shutdown(timeout_s: float = 20.0) -> None:
+def shutdown(pids: tuple[int, ...] = (), timeout_s: float = 20.0) -> None:
     """Stop the local Ray this process started and wait until all of its processes are gone.
 
     The raylet's own children (dashboard agent, runtime-env agent, workers) outlive it by a few
@@ -113,8 +103,7 @@ def shutdown(timeout_s: float = 20.0) -> None:
 
     if not ray.is_initialized():
         return
-    ours = set(ray_processes())
-    ours |= _descendants(ours)
+    ours = set(pids) | _descendants(pids)
     ray.shutdown()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

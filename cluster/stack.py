@@ -62,7 +62,7 @@ class LocalStack:
             for k, v in SERVE_MODE_ENV[self.settings.serve.mode].items():  # read by Serve's processes at start
                 os.environ.setdefault(k, v)
             self.ray = local_ray.start_or_connect(self.settings.ray, dashboard_port=self.dashboard_port)
-            self._stops.append(("ray", local_ray.shutdown))
+            self._stops.append(("ray", lambda: local_ray.shutdown(self.ray.pids)))
             self.run_dir.update(ray=self.ray.to_dict())
 
             progress("embeddings")
@@ -88,26 +88,22 @@ class LocalStack:
                                         **{k: {"count": v["count"], "embedded": v["embedded"]}
                                            for k, v in manifest["outputs"].items()}})
 
+    def _effective(self) -> StreamrecSettings:
+        """The settings every part runs with: the file's, plus what this stack decided (broker, paths)."""
+        from streamrec.config import settings_from_args
+
+        return settings_from_args(self.app_args())
+
     def _start_stream(self) -> None:
         """ProfileStore, the trainer's SampleBuffer, and the StreamIngest consumer group."""
         import ray
 
-        from actors.ingest import IngestGroup
-        from actors.profile_store import ProfileStore
-        from actors.sample_buffer import SampleBuffer
+        from cluster.loop import start_stream
         from streamrec.vectors import load_vectors
 
-        p, i = self.settings.profile, self.settings.ingest
-        self.profiles = ProfileStore.options(name="streamrec-profiles", get_if_exists=True).remote(
-            history_length=p.history_length, half_life_s=p.half_life_s,
-            snapshot_path=str(Path(p.snapshot_dir).resolve() / "profiles.json"), snapshot_every_s=p.snapshot_every_s)
         ids, vectors, _ = load_vectors(self.settings.embedding.output_dir)
-        ray.get(self.profiles.set_item_vectors.remote(list(ids), vectors))
-        self.samples = SampleBuffer.options(name="streamrec-samples", get_if_exists=True).remote(
-            capacity=i.sample_buffer_capacity, dedup_retention_s=max(600.0, 4 * i.reward_window_s))
-        self.ingest = IngestGroup(bootstrap=self.broker.bootstrap, kafka_settings=self.settings.kafka,
-                                  ingest_settings=i, buffer=self.samples, profile_store=self.profiles)
-        self.ingest.scale(i.parallelism)
+        stream = start_stream(self._effective(), self.broker.bootstrap, ids, vectors)
+        self.profiles, self.samples, self.ingest = stream.profiles, stream.samples, stream.ingest
         self._stops.append(("ingest", self.ingest.stop))
         self._stops.append(("profiles", lambda: ray.get(self.profiles.snapshot.remote(), timeout=30)))
 
@@ -115,19 +111,14 @@ class LocalStack:
         """The PolicyStore (named, detached) and the Trainer, which publishes version 1 before serving starts."""
         import ray
 
-        from actors.policy_store import NAMESPACE as STORE_NS, STORE_NAME, get_or_create_store
-        from actors.trainer import TRAINER_NAME, Trainer
+        from actors import registry
+        from cluster.loop import start_learning
         from streamrec.vectors import load_vectors
 
-        t = self.settings.trainer
-        self.store = get_or_create_store(str(Path(t.store_dir).resolve()), t.keep_versions)
-        self._stops.append(("policy store", lambda: ray.kill(ray.get_actor(STORE_NAME, namespace=STORE_NS))))
         ids, vectors, _ = load_vectors(self.settings.embedding.output_dir)
-        args = self.app_args()
-        from streamrec.config import settings_from_args
-
-        self.trainer = Trainer.options(name=TRAINER_NAME, get_if_exists=True).remote(
-            settings_from_args(args).model_dump(mode="python"), list(ids), vectors, self.samples, self.store)
+        learning = start_learning(self._effective(), self.samples, ids, vectors)
+        self.store, self.trainer = learning.store, learning.trainer
+        self._stops.append(("policy store", lambda: ray.kill(registry.lookup(registry.STORE))))
         self._stops.append(("trainer", lambda: ray.get(self.trainer.stop.remote(), timeout=60)))
         m = ray.get(self.trainer.metrics.remote(), timeout=300)
         self.run_dir.update(policy={"algorithm": m["algorithm"], "version": m["serving_version"]})
@@ -166,8 +157,8 @@ class LocalStack:
         """serve.start with the file's http_options; the app with the file's per-deployment options."""
         from ray import serve
 
+        from cluster.loop import serving_app
         from serve.api import require_keys_off_loopback
-        from serve.app import build_app_from_config
 
         http, app = self._serve_config()
         host, port = http.get("host", "127.0.0.1"), int(http.get("port", 8000))
@@ -176,8 +167,8 @@ class LocalStack:
                                                                           "keep_alive_timeout_s")})
         self._stops.append(("serve", serve.shutdown))
         name = app.get("name", "streamrec")
-        serve._run(build_app_from_config(self.app_args(), app.get("deployments") or []), name=name,
-                   route_prefix=app.get("route_prefix", "/"), _blocking=False)
+        serve.run(serving_app(self.app_args(), app.get("deployments") or []), name=name,
+                  route_prefix=app.get("route_prefix", "/"), wait_for_applications_running=False)
         _wait_app_running(name, timeout_s=300)
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         self.http_url = f"http://{shown}:{port}"

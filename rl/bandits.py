@@ -1,48 +1,58 @@
-"""Slate bandits as small numpy dataclasses with no I/O (baselines and cold-start fallbacks).
+"""Slate bandits: one small class per algorithm, behind the serving interface of :mod:`rl.policies`.
 
-Each policy scores N candidates from their (N, d) features, and picks a slate of K. Linear
-policies learn per (feature, reward) pair with exact rank-one (Sherman-Morrison) updates of the
-inverse design matrix, so an update costs O(d^2) and never inverts.
+Every bandit ranks an :class:`rl.spec.Observation` and says exactly how likely its slate was::
 
-    pol = LinUCB(dim=16, alpha=1.0)
-    slate, probs = pol.select(X, k=5, rng)     # (K,) indices, (K,) per-position probabilities
-    pol.update(X[slate[0]], reward=1.0)
+    pol = LinUCBPolicy(spec)
+    slate, probs, scores = pol.select(obs, k, rng)   # (K,) candidate indices, (K,) per-position probs, (N,)
+    pol.position_probabilities(obs, slate)           # (K,): what the gate's importance weights use
+    pol.update_batch(observations, slates, clicks)   # learn from logged slates
+    tensors = pol.state()                            # what the PolicyStore publishes
+
+:class:`RandomPolicy` and :class:`PopularityPolicy` are baselines; :class:`EpsilonGreedyPolicy`,
+:class:`LinUCBPolicy` and :class:`ThompsonPolicy` rank with a :class:`rl.linear.LinearModel` over
+:func:`bandit_features`. Every bandit counts shows and clicks per item row (popularity ranks by
+them; the others publish them for the record).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Mapping
 
 import numpy as np
 
-from rl.slate import greedy_slate, mixture_position_probs, prefix_frequencies
+from rl.features import CONTEXT_DIM
+from rl.linear import LinearModel
+from rl.slate import diverse_greedy, diverse_greedy_batch, mixture_position_probs, prefix_frequencies
+from rl.spec import Observation, PolicySpec
 
-__all__ = ["egreedy_position_probs", "RandomPolicy", "PopularityPolicy", "EpsilonGreedy", "LinUCB", "LinearThompson", "sherman_morrison"]
-
-
-def sherman_morrison(a_inv: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """(A + x x^T)^-1 from A^-1 in O(d^2)."""
-    ax = a_inv @ x
-    return a_inv - np.outer(ax, ax) / (1.0 + x @ ax)
+__all__ = ["bandit_features", "bandit_dim", "egreedy_position_probs", "uniform_position_probs", "BanditPolicy",
+           "RandomPolicy", "PopularityPolicy", "EpsilonGreedyPolicy", "LinUCBPolicy", "ThompsonPolicy"]
 
 
-def _features(x: np.ndarray, dim: int) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 2 or x.shape[1] != dim:
-        raise ValueError(f"features must be (N, {dim}), got shape {x.shape}")
-    if not np.isfinite(x).all():
-        raise ValueError("features contain NaN or infinity")
-    return x
+def bandit_features(obs: Observation) -> np.ndarray:
+    """(N, 1 + 7m) per-candidate features of the linear bandits.
+
+    [1, item, profile*item, context-text*item, daypart one-hot (x) item] — the last block lets a
+    linear model learn tastes that change with the time of day.
+    """
+    m = obs.items.shape[1]
+    u = obs.user
+    items = obs.items.astype(np.float64)
+    dayparts = u[2 * m + 2: 2 * m + 6]
+    n = len(items)
+    return np.concatenate([np.ones((n, 1)), items, items * u[:m], items * u[m:2 * m],
+                           (items[:, None, :] * dayparts[None, :, None]).reshape(n, -1)], 1)
 
 
-def _reward(r: float) -> float:
-    r = float(r)
-    if not np.isfinite(r):
-        raise ValueError(f"reward must be finite, got {r}")
-    return r
+def bandit_dim(m: int) -> int:
+    return 1 + 3 * m + 4 * m
 
 
-def _uniform_slate_probs(n: int, k: int) -> np.ndarray:
+assert CONTEXT_DIM == 8  # bandit_features reads the dayparts at user[2m+2 : 2m+6]
+
+
+def uniform_position_probs(n: int, k: int) -> np.ndarray:
+    """(K,) a uniformly random slate's per-position probabilities: 1 / (N - j)."""
     return 1.0 / (n - np.arange(k))
 
 
@@ -54,146 +64,207 @@ def egreedy_position_probs(slate: np.ndarray, greedy: np.ndarray, n: int, epsilo
     (:func:`rl.slate.mixture_position_probs`).
     """
     on_greedy = (np.asarray(slate) == np.asarray(greedy)).astype(float)
-    return mixture_position_probs(_uniform_slate_probs(n, len(slate)), on_greedy, epsilon)
+    return mixture_position_probs(uniform_position_probs(n, len(slate)), on_greedy, epsilon)
 
 
-@dataclass
-class RandomPolicy:
-    """Uniform slates: position j has probability 1/(N - j)."""
+class BanditPolicy:
+    """What every bandit shares: per-row show and click counts, the diverse greedy slate, the state."""
 
-    def select(self, x: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        n = len(x)
-        if not 1 <= k <= n:
-            raise ValueError(f"slate size k must be in [1, {n}], got {k}")
-        return rng.permutation(n)[:k], _uniform_slate_probs(n, k)
+    algorithm = ""
 
+    def __init__(self, spec: PolicySpec):
+        if spec.algorithm != self.algorithm:
+            raise ValueError(f"{type(self).__name__} serves {self.algorithm!r}, not {spec.algorithm!r}")
+        self.spec = spec
+        self.clicks = np.zeros(spec.num_rows)
+        self.shows = np.zeros(spec.num_rows)
 
-@dataclass
-class PopularityPolicy:
-    """Rank by (smoothed) past click-through counts per item id."""
+    def scores(self, obs: Observation, rng: np.random.Generator | None = None) -> np.ndarray:
+        raise NotImplementedError
 
-    prior: float = 1.0
-    clicks: dict = field(default_factory=dict)
-    shows: dict = field(default_factory=dict)
+    def select(self, obs: Observation, k: int, rng: np.random.Generator):
+        raise NotImplementedError
 
-    def scores(self, item_ids) -> np.ndarray:
-        return np.array([(self.clicks.get(i, 0.0) + self.prior * 0.1) / (self.shows.get(i, 0.0) + self.prior)
-                         for i in item_ids])
+    def position_probabilities(self, obs: Observation, slate: np.ndarray) -> np.ndarray:
+        """(K,) probability of each item of ``slate`` given the items above it (product: the slate's)."""
+        raise NotImplementedError
 
-    def select(self, item_ids, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return greedy_slate(self.scores(item_ids), k), np.ones(k)
+    def slate_mixture(self, obs: Observation, k: int, rng: np.random.Generator, draws: int = 4):
+        """The slate distribution as (slate, weight) pairs (what the off-policy direct method averages
+        its click model over): ``draws`` samples unless a policy knows it exactly."""
+        return [(self.select(obs, k, rng)[0], 1.0 / draws) for _ in range(draws)]
 
-    def update(self, item_id, reward: float) -> None:
-        self.shows[item_id] = self.shows.get(item_id, 0.0) + 1
-        self.clicks[item_id] = self.clicks.get(item_id, 0.0) + _reward(reward)
+    def slate_probability(self, obs: Observation, slate: np.ndarray) -> float:
+        return float(np.prod(self.position_probabilities(obs, slate)))
 
+    def _greedy(self, obs: Observation, scores: np.ndarray, k: int) -> np.ndarray:
+        """(K,) the deterministic slate for these scores (the diversity penalty applied)."""
+        sim = obs.similarity() if self.spec.penalty > 0 else None
+        return diverse_greedy(scores, sim, k, self.spec.penalty)
 
-@dataclass
-class _Linear:
-    dim: int
-    reg: float = 1.0
-    a_inv: np.ndarray = field(init=False)
-    b: np.ndarray = field(init=False)
-    n: int = field(default=0, init=False)
+    def update(self, obs: Observation, slate: np.ndarray, clicks: np.ndarray) -> None:
+        """Learn from one logged slate: (K,) candidate indices and (K,) click values."""
+        self.update_batch([obs], [slate], [clicks])
 
-    def __post_init__(self):
-        if self.dim < 1:
-            raise ValueError(f"dim must be >= 1, got {self.dim}")
-        if self.reg <= 0:
-            raise ValueError(f"reg must be > 0, got {self.reg}")
-        self.a_inv = np.eye(self.dim) / self.reg
-        self.b = np.zeros(self.dim)
-
-    @property
-    def theta(self) -> np.ndarray:
-        """(d,) ridge estimate A^-1 b."""
-        return self.a_inv @ self.b
-
-    def update(self, x: np.ndarray, reward: float) -> None:
-        x = _features(np.atleast_2d(x), self.dim)[0]
-        self.a_inv = sherman_morrison(self.a_inv, x)
-        self.b = self.b + _reward(reward) * x
-        self.n += 1
-
-    def update_many(self, x: np.ndarray, rewards: np.ndarray) -> None:
-        """The same state as ``update`` on each row of (M, d) ``x`` in turn, in one step:
-        A^-1 <- (A + X^T X)^-1 (Woodbury for M < d, else inverting A once), b <- b + X^T r."""
-        x = _features(np.atleast_2d(x), self.dim)
-        r = np.asarray(rewards, dtype=np.float64)
-        if r.shape != (len(x),) or not np.isfinite(r).all():
-            raise ValueError(f"rewards must be {len(x)} finite values, one per feature row, got shape {r.shape}")
-        if len(x) == 0:
+    def update_batch(self, observations, slates, clicks) -> None:
+        """Learn from B logged slates at once: B observations, (B, K) slates and (B, K) clicks."""
+        slates, clicks = np.asarray(slates), np.asarray(clicks, float)
+        if len(slates) == 0:
             return
-        if len(x) < self.dim:
-            ax = self.a_inv @ x.T  # (d, M)
-            self.a_inv = self.a_inv - ax @ np.linalg.solve(np.eye(len(x)) + x @ ax, ax.T)
-        else:
-            self.a_inv = np.linalg.inv(np.linalg.inv(self.a_inv) + x.T @ x)
-        self.a_inv = (self.a_inv + self.a_inv.T) / 2
-        self.b = self.b + x.T @ r
-        self.n += len(x)
+        rows = np.concatenate([o.rows[s] for o, s in zip(observations, slates)])
+        np.add.at(self.shows, np.clip(rows, 0, len(self.shows) - 1), 1.0)
+        np.add.at(self.clicks, np.clip(rows, 0, len(self.clicks) - 1), clicks.reshape(-1) > 0)
+        self._learn(observations, slates, clicks)
+
+    def _learn(self, observations, slates, clicks) -> None:
+        """What a policy learns beyond the counts (nothing by default)."""
 
     def state(self) -> dict[str, np.ndarray]:
-        """Tensors to publish (safetensors): the inverse design matrix and b."""
-        return {"a_inv": self.a_inv.copy(), "b": self.b.copy()}
+        return {"clicks": self.clicks.copy(), "shows": self.shows.copy()}
+
+    def load_state(self, tensors: Mapping[str, np.ndarray]) -> "BanditPolicy":
+        self.clicks = np.asarray(tensors["clicks"], np.float64).copy()
+        self.shows = np.asarray(tensors["shows"], np.float64).copy()
+        return self
+
+    @staticmethod
+    def expected_shapes(spec: PolicySpec) -> dict[str, tuple[int, ...]]:
+        return {"clicks": (spec.num_rows,), "shows": (spec.num_rows,)}
 
 
-@dataclass
-class EpsilonGreedy(_Linear):
-    """Greedy on the ridge estimate; with probability epsilon a uniform slate instead."""
+class RandomPolicy(BanditPolicy):
+    """Uniform slates: position j has probability 1/(N - j)."""
 
-    epsilon: float = 0.1
+    algorithm = "random"
 
-    def select(self, x: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        x = _features(x, self.dim)
-        n = len(x)
-        greedy = greedy_slate(x @ self.theta, k)
-        slate = rng.permutation(n)[:k] if rng.random() < self.epsilon else greedy
-        # exact: P(slate) = eps * P_uniform(slate) + (1 - eps) * [slate == greedy], factored by position
-        return slate, egreedy_position_probs(slate, greedy, n, self.epsilon)
+    def scores(self, obs: Observation, rng: np.random.Generator | None = None) -> np.ndarray:
+        return np.zeros(len(obs.rows))
 
+    def select(self, obs: Observation, k: int, rng: np.random.Generator):
+        n = len(obs.rows)
+        if not 1 <= k <= n:
+            raise ValueError(f"slate size k must be in [1, {n}], got {k}")
+        return rng.permutation(n)[:k], uniform_position_probs(n, k), np.zeros(n)
 
-@dataclass
-class LinUCB(_Linear):
-    """Score = x.theta + alpha * sqrt(x^T A^-1 x); deterministic top-k."""
-
-    alpha: float = 1.0
-
-    def scores(self, x: np.ndarray) -> np.ndarray:
-        x = _features(x, self.dim)
-        width = np.sqrt(np.maximum(((x @ self.a_inv) * x).sum(1), 0.0))  # diag(X A^-1 X^T) via BLAS
-        return x @ self.theta + self.alpha * width
-
-    def select(self, x: np.ndarray, k: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
-        return greedy_slate(self.scores(x), k), np.ones(k)
+    def position_probabilities(self, obs: Observation, slate: np.ndarray) -> np.ndarray:
+        return uniform_position_probs(len(obs.rows), len(slate))
 
 
-@dataclass
-class LinearThompson(_Linear):
-    """Sample theta ~ N(A^-1 b, v^2 A^-1), rank by x.theta.
+class _GreedyPolicy(BanditPolicy):
+    """A deterministic policy: the diverse greedy slate of its scores, probability 1."""
 
-    The slate is random (it is the draw's), so ``select`` also draws ``draws`` more thetas and
-    gives, per position, the share that agree with the slate down to it: a Monte Carlo estimate
-    of the propensities (:func:`rl.slate.prefix_frequencies`)."""
+    def select(self, obs: Observation, k: int, rng: np.random.Generator):
+        s = self.scores(obs, rng)
+        return self._greedy(obs, s, k), np.ones(k), s
 
-    v: float = 0.5
-    draws: int = 64
-    _chol: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
-    _chol_of: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
+    def position_probabilities(self, obs: Observation, slate: np.ndarray) -> np.ndarray:
+        """1 down to the first position where ``slate`` leaves the greedy slate, 0 from there."""
+        slate = np.asarray(slate)
+        return np.cumprod(slate == self._greedy(obs, self.scores(obs), len(slate))).astype(np.float64)
 
-    def draw_scores(self, x: np.ndarray, rng: np.random.Generator, m: int) -> np.ndarray:
-        """(m, N) scores x . theta under m independent posterior draws; x: (N, d).
+    def slate_mixture(self, obs: Observation, k: int, rng: np.random.Generator, draws: int = 4):
+        return [(self._greedy(obs, self.scores(obs), k), 1.0)]
 
-        The covariance's Cholesky factor is kept until ``a_inv`` changes (every update and every
-        load replaces the array; none changes it in place)."""
-        x = _features(x, self.dim)
-        if self._chol_of is not self.a_inv:
-            cov = (self.v ** 2) * (self.a_inv + self.a_inv.T) / 2
-            self._chol, self._chol_of = np.linalg.cholesky(cov + 1e-12 * np.eye(self.dim)), self.a_inv
-        thetas = self.theta + rng.standard_normal((m, self.dim)) @ self._chol.T  # (m, d)
-        return thetas @ x.T
 
-    def select(self, x: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """((K,) the first draw's slate, (K,) its estimated per-position probabilities); x: (N, d)."""
-        slates = np.argsort(-self.draw_scores(x, rng, 1 + self.draws), axis=1, kind="stable")[:, :k]
-        return slates[0], prefix_frequencies(slates, slates[0])
+class PopularityPolicy(_GreedyPolicy):
+    """Rank by smoothed click-through per item row: (clicks + 0.1) / (shows + 1)."""
+
+    algorithm = "popularity"
+
+    def scores(self, obs: Observation, rng: np.random.Generator | None = None) -> np.ndarray:
+        rows = np.clip(obs.rows, 0, len(self.clicks) - 1)
+        return (self.clicks[rows] + 0.1) / (self.shows[rows] + 1.0)
+
+
+class _LinearPolicy(BanditPolicy):
+    """A bandit over a ridge regression of clicks on :func:`bandit_features`."""
+
+    def __init__(self, spec: PolicySpec):
+        super().__init__(spec)
+        self.model = LinearModel(dim=bandit_dim(spec.m))
+
+    def _learn(self, observations, slates, clicks) -> None:
+        x = np.concatenate([bandit_features(o)[s] for o, s in zip(observations, slates)])
+        self.model.update_many(x, (clicks.reshape(-1) > 0).astype(np.float64))
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {**super().state(), **self.model.state()}
+
+    def load_state(self, tensors: Mapping[str, np.ndarray]) -> "BanditPolicy":
+        super().load_state(tensors)
+        self.model.load_state(tensors)
+        return self
+
+    @staticmethod
+    def expected_shapes(spec: PolicySpec) -> dict[str, tuple[int, ...]]:
+        d = bandit_dim(spec.m)
+        return {**BanditPolicy.expected_shapes(spec), "a_inv": (d, d), "b": (d,)}
+
+
+class LinUCBPolicy(_LinearPolicy, _GreedyPolicy):
+    """Score = x.theta + alpha * sqrt(x^T A^-1 x); the deterministic diverse top-k."""
+
+    algorithm = "linucb"
+
+    def scores(self, obs: Observation, rng: np.random.Generator | None = None) -> np.ndarray:
+        return self.model.ucb_scores(bandit_features(obs), self.spec.alpha)
+
+
+class EpsilonGreedyPolicy(_LinearPolicy):
+    """Greedy on the ridge estimate; with probability epsilon a uniform slate instead (exact propensities)."""
+
+    algorithm = "egreedy"
+
+    def scores(self, obs: Observation, rng: np.random.Generator | None = None) -> np.ndarray:
+        return self.model.mean_scores(bandit_features(obs))
+
+    def select(self, obs: Observation, k: int, rng: np.random.Generator):
+        n, s = len(obs.rows), self.scores(obs)
+        greedy = self._greedy(obs, s, k)
+        slate = rng.permutation(n)[:k] if rng.random() < self.spec.epsilon else greedy
+        return slate, egreedy_position_probs(slate, greedy, n, self.spec.epsilon), s
+
+    def position_probabilities(self, obs: Observation, slate: np.ndarray) -> np.ndarray:
+        greedy = self._greedy(obs, self.scores(obs), len(slate))
+        return egreedy_position_probs(slate, greedy, len(obs.rows), self.spec.epsilon)
+
+    def slate_mixture(self, obs: Observation, k: int, rng: np.random.Generator, draws: int = 4):
+        """Exact for the greedy part (1 - eps); ``draws`` uniform samples share eps."""
+        eps, n = self.spec.epsilon, len(obs.rows)
+        return ([(self._greedy(obs, self.scores(obs), k), 1.0 - eps)]
+                + [(rng.permutation(n)[:k], eps / draws) for _ in range(draws)])
+
+
+class ThompsonPolicy(_LinearPolicy):
+    """Sample theta ~ N(A^-1 b, v^2 A^-1) and serve that draw's diverse greedy slate.
+
+    The slate is random (it is the draw's), so ``select`` also draws ``spec.draws`` more thetas and
+    logs, per position, the share that agree with the slate down to it: a Monte Carlo estimate of
+    the propensities (:func:`rl.slate.prefix_frequencies`). ``position_probabilities`` estimates
+    them the same way from a fixed stream of draws, so one version gives one answer."""
+
+    algorithm = "thompson"
+    _MC_SEED = 20221121
+
+    def scores(self, obs: Observation, rng: np.random.Generator | None = None) -> np.ndarray:
+        """One posterior draw's scores with ``rng``; the posterior mean's without."""
+        x = bandit_features(obs)
+        return self.model.mean_scores(x) if rng is None else self.model.draw_scores(x, rng, 1)[0]
+
+    def _slates(self, obs: Observation, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """((1 + draws, K) greedy slates under independent posterior draws, (N,) the first draw's scores)."""
+        s = self.model.draw_scores(bandit_features(obs), rng, 1 + self.spec.draws)
+        sim = obs.similarity() if self.spec.penalty > 0 else None
+        return diverse_greedy_batch(s, sim, k, self.spec.penalty), s[0]
+
+    def select(self, obs: Observation, k: int, rng: np.random.Generator):
+        slates, s = self._slates(obs, k, rng)
+        return slates[0], prefix_frequencies(slates, slates[0]), s
+
+    def position_probabilities(self, obs: Observation, slate: np.ndarray) -> np.ndarray:
+        slates, _ = self._slates(obs, len(slate), np.random.default_rng(self._MC_SEED))
+        return prefix_frequencies(slates, np.asarray(slate), include_target=False)
+
+    def slate_mixture(self, obs: Observation, k: int, rng: np.random.Generator, draws: int = 4):
+        slates, _ = self._slates(obs, k, rng)
+        return [(sl, 1.0 / draws) for sl in slates[:draws]]

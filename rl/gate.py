@@ -6,7 +6,7 @@
 Slate-level importance weights: w = pi(slate) / mu(slate), mu being the logged (behaviour)
 probability of the whole slate and pi the candidate's exact probability of the same slate
 (Plackett-Luce for the neural policy; 0/1 for deterministic bandits). Where the weights carry
-too little evidence, SNIPS/IPS fall back to DR, whose direct-method term (:class:`ClickModel`,
+too little evidence, SNIPS/IPS fall back to DR, whose direct-method term (:class:`rl.click_model.ClickModel`,
 ridge on the shown items' features and positions) still gives an estimate. Two checks:
 
 * effective sample size below ``min_ess`` (a deterministic bandit whose slate rarely equals the
@@ -22,7 +22,7 @@ ratios of positions 1..k, so a logged slate that starts like the candidate's sti
 click model at the top, where whole-slate weights need all K items to agree. That needs logs with
 support: a deterministic logger (LinUCB, Thompson at its mean) gives none for a candidate's new
 picks, which is why a bandit's first version serves uniformly random slates
-(:meth:`actors.trainer.TrainerLoop.publish_initial`).
+(:meth:`rl.trainer_loop.TrainerLoop.publish_initial`).
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rl.diversity import ild_from_similarity, position_weights
+from rl.bandits import bandit_features
+from rl.click_model import ClickModel, slate_reward_ctr
+from rl.diversity import position_weights
 from rl.ope import Estimate, cascade_dr, dr, effective_sample_size, ips, snips
-from rl.policies import bandit_features
-from rl.slate import cosine_similarity
 
-__all__ = ["ClickModel", "evaluate", "promote", "GateReport"]
+__all__ = ["evaluate", "promote", "GateReport", "first_click"]
 
 
 @dataclass
@@ -55,104 +55,6 @@ class GateReport:
                 "ess": e.ess, "support": self.support, "ctr": c.value, "ctr_low": c.low, "ctr_high": c.high}
 
 
-class ClickModel:
-    """Direct-method model of clicks: one ridge regression per slate position.
-
-    P(click | item at position p) = clip(theta_p . [x, redundancy], 0, 1), x being the item's bandit
-    features (:func:`rl.policies.bandit_features`) and redundancy its largest cosine similarity to
-    the items above it (0 at the top). One model per position, not one with an additive position
-    effect: examination multiplies an item's appeal (a strong item gains most at the top), and a
-    ranker puts its best item first, so an additive model under-values exactly the slates a good
-    candidate shows (measured: top-position click rate predicted 0.17 where it was 0.33). Slate
-    values follow from the per-item probabilities as the logged rewards were formed:
-    CTR = 1 - prod_p (1 - P_p), reward = sum_p w_p P_p + lam * ILD.
-    """
-
-    def __init__(self, reg: float = 1.0):
-        self.reg = reg
-        self.theta: np.ndarray | None = None
-        """(K * (D + 1),) the K position models, concatenated."""
-        self.xtx: np.ndarray | None = None
-        """(K, D + 1, D + 1) per-position X^T X."""
-        self.xty: np.ndarray | None = None
-        self.n = 0
-        """Slates folded in."""
-
-    @staticmethod
-    def rows(features: np.ndarray, items: np.ndarray, slate) -> tuple[np.ndarray, np.ndarray]:
-        """((K, D + 1) [bandit features, redundancy] of the shown items, (K, K) their cosine similarities).
-
-        features: (N, D) the candidates' bandit features; items: (N, m) their vectors."""
-        slate = np.asarray(slate)
-        sim = cosine_similarity(items[slate])
-        k = len(slate)
-        redundancy = np.zeros((k, 1))
-        for p in range(1, k):
-            redundancy[p, 0] = sim[p, :p].max()
-        return np.concatenate([features[slate], redundancy], 1), sim
-
-    def fit(self, observations, slates, clicks) -> "ClickModel":
-        """observations: B Observations; slates: (B, K) candidate indices; clicks: (B, K) feedback."""
-        self.xtx = self.xty = None
-        self.n = 0
-        return self.add(observations, slates, clicks)
-
-    def add(self, observations, slates, clicks) -> "ClickModel":
-        """Fold more logged slates into the fit (sufficient statistics, so a trainer can grow one
-        model round after round on its training samples, disjoint from the gate's held-out ones)."""
-        y = (np.asarray(clicks, np.float64) > 0)
-        slates = np.asarray(slates)
-        if y.shape != slates.shape:
-            raise ValueError(f"clicks must be (B, K) like slates: {y.size} values for {slates.size} shown items")
-        x = np.stack([self.rows(bandit_features(o), o.items, s)[0] for o, s in zip(observations, slates)])  # (B, K, D+1)
-        if self.xtx is None or self.xtx.shape[::2] != x.shape[1:]:
-            k, d = x.shape[1:]
-            self.xtx, self.xty, self.n = np.zeros((k, d, d)), np.zeros((k, d)), 0
-        self.xtx += np.einsum("bki,bkj->kij", x, x)
-        self.xty += np.einsum("bki,bk->ki", x, y)
-        self.n += len(x)
-        eye = self.reg * np.eye(self.xtx.shape[1])
-        self.theta = np.concatenate([np.linalg.solve(a + eye, b) for a, b in zip(self.xtx, self.xty)])
-        return self
-
-    def _probs(self, rows: np.ndarray) -> np.ndarray:
-        if self.theta is None:
-            raise RuntimeError("ClickModel.fit first")
-        k, d = rows.shape
-        return np.clip(np.einsum("kd,kd->k", rows, self.theta.reshape(-1, d)[:k]), 0.0, 1.0)
-
-    def item_probs(self, obs, slate) -> np.ndarray:
-        """(K,) click probability of each shown item."""
-        return self._probs(self.rows(bandit_features(obs), obs.items, slate)[0])
-
-    def slate_probs(self, features: np.ndarray, items: np.ndarray, slate) -> tuple[np.ndarray, np.ndarray]:
-        """((K,) click probability of each shown item, (K, K) their cosine similarities), given the
-        candidates' (N, D) bandit features and (N, m) vectors."""
-        rows, sim = self.rows(features, items, slate)
-        return self._probs(rows), sim
-
-    def slate_values(self, features: np.ndarray, items: np.ndarray, slate, lam: float = 0.0) -> tuple[float, float]:
-        """(reward, CTR) of one slate, given the candidates' (N, D) bandit features and (N, m) vectors."""
-        p, sim = self.slate_probs(features, items, slate)
-        return _reward_ctr(p, sim, lam)
-
-    def values(self, obs, slate, lam: float = 0.0) -> tuple[float, float]:
-        """(reward, CTR) of one slate from one pass over its items."""
-        return self.slate_values(bandit_features(obs), obs.items, slate, lam)
-
-    def ctr(self, obs, slate) -> float:
-        return self.values(obs, slate)[1]
-
-    def reward(self, obs, slate, lam: float = 0.0) -> float:
-        return self.values(obs, slate, lam)[0]
-
-
-def _reward_ctr(p: np.ndarray, sim: np.ndarray, lam: float) -> tuple[float, float]:
-    """(reward, CTR) of a slate from its (K,) click probabilities and (K, K) similarities."""
-    diversity = ild_from_similarity(sim) if lam else 0.0
-    return float(p @ position_weights(len(p)) + lam * diversity), float(1.0 - np.prod(1.0 - p))
-
-
 def first_click(clicks: np.ndarray) -> np.ndarray:
     """(B, K) P(the first click is at position k) from (B, K) click probabilities (or 0/1 clicks):
     c_k * prod_{j<k} (1 - c_j). Their sum over k is the slate's CTR, and position k depends on
@@ -160,15 +62,6 @@ def first_click(clicks: np.ndarray) -> np.ndarray:
     c = np.asarray(clicks, dtype=np.float64)
     above = np.cumprod(np.concatenate([np.ones((c.shape[0], 1)), 1.0 - c[:, :-1]], 1), axis=1)
     return c * above
-
-
-def _target_slates(policy, obs, k: int, rng: np.random.Generator, draws: int) -> list[tuple[np.ndarray, float]]:
-    """The candidate's slate distribution on one observation as (slate, weight) pairs for the direct
-    method: the policy's own ``slate_mixture`` when it has one (exact), else ``draws`` samples."""
-    mixture = getattr(policy, "slate_mixture", None)
-    if mixture is not None:
-        return mixture(obs, k, rng, draws)
-    return [(policy.select(obs, k, rng)[0], 1.0 / draws) for _ in range(draws)]
 
 
 ESTIMATORS = ("ips", "snips", "dr")
@@ -179,14 +72,14 @@ def evaluate(policy, logged, *, estimator: str = "snips", rng: np.random.Generat
              min_support: float = 0.7, clip: float | None = 100.0, model_samples: int = 4,
              lam: float = 0.0, click_model: ClickModel | None = None, dr_weights: str = "slate",
              target_probs: np.ndarray | None = None) -> GateReport:
-    """Off-policy value of ``policy`` (rl.policies) on ``logged`` (rl.logged.Logged) held-out samples.
+    """Off-policy value of ``policy`` (an :class:`rl.policies.Policy`) on ``logged`` (rl.logged.Logged) held-out samples.
 
     ``lam`` is the diversity weight the logged rewards were formed with (the direct-method model
     of DR rebuilds rewards the same way). ``click_model``: DR's direct method, fitted on other
     samples than ``logged`` (the trainer's, grown every round); without one (or an empty one) it
     is fitted on ``logged`` itself. ``dr_weights``: DR's importance weights, ``slate`` (whole-slate
     ratios) or ``cascade`` (per position, the ratios down to it: :func:`rl.ope.cascade_dr`; used
-    where the policy gives per-position probabilities and the logs carry them, reported as
+    where the logs carry per-position propensities, reported as
     ``cascade-dr``; slate weights otherwise, and when the top position's weights have an ESS below
     ``min_ess``: a few matches weighted 1/mu each, as after a uniform logger on a small holdout,
     valued one closed-loop version at 2.6x its CTR). ``target_probs``: (B, K) the policy's
@@ -201,7 +94,6 @@ def evaluate(policy, logged, *, estimator: str = "snips", rng: np.random.Generat
     if n == 0:
         raise ValueError("no held-out samples to evaluate on")
     mu = np.exp(logged.batch.logp)
-    positional = getattr(policy, "position_probabilities", None)
     known = np.zeros(n, bool)
     if target_probs is not None:
         target_probs = np.asarray(target_probs, np.float64)
@@ -209,8 +101,8 @@ def evaluate(policy, logged, *, estimator: str = "snips", rng: np.random.Generat
             raise ValueError(f"target_probs must be {logged.slates.shape} like the logged slates, got {target_probs.shape}")
         known = np.isfinite(target_probs).all(1)
     pi_k = mu_k = None
-    if dr_weights == "cascade" and positional is not None and logged.propensities is not None:
-        pi_k = np.stack([target_probs[i] if known[i] else positional(o, s)
+    if dr_weights == "cascade" and logged.propensities is not None:
+        pi_k = np.stack([target_probs[i] if known[i] else policy.position_probabilities(o, s)
                          for i, (o, s) in enumerate(zip(logged.observations, logged.slates))])  # (B, K)
         mu_k = logged.propensities
         pi = pi_k.prod(1)
@@ -238,8 +130,8 @@ def evaluate(policy, logged, *, estimator: str = "snips", rng: np.random.Generat
     for i, (o, s) in enumerate(zip(logged.observations, logged.slates)):
         x = bandit_features(o)
         p_l[i], sim = model.slate_probs(x, o.items, s)
-        q_l[i] = _reward_ctr(p_l[i], sim, lam)
-        for t, wt in _target_slates(policy, o, k, rng, model_samples):
+        q_l[i] = slate_reward_ctr(p_l[i], sim, lam)
+        for t, wt in policy.slate_mixture(o, k, rng, model_samples):
             q_t[i] += wt * np.asarray(model.slate_values(x, o.items, t, lam))
     if pi_k is not None:
         # per position: the evidence of every logged slate that agrees with the candidate down to it

@@ -1,9 +1,10 @@
 """The logged policy input: what an impression carries so the trainer can rebuild it exactly.
 
-Serving writes :func:`impression_features` into ``Impression.features``; the trainer reads
-samples back into a :class:`rl.ppo.LoggedBatch` (and the per-sample observations the bandits
-and the off-policy estimators need) with :func:`samples_to_logged`. Vectors travel as base64
-little-endian float32 (float16 for the behaviour scores): compact JSON, exact where it matters.
+Serving writes an :class:`ImpressionFeatures` (as a JSON object) into ``Impression.features``;
+the trainer reads samples back into a :class:`rl.logged_batch.LoggedBatch` (and the per-sample
+observations the bandits and the off-policy estimators need) with :func:`samples_to_logged`.
+Vectors travel as base64 little-endian float32 (float16 for the behaviour scores): compact
+JSON, exact where it matters.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import numpy as np
 
 from rl.diversity import ild, position_weights
 from rl.features import Featurizer
-from rl.policies import Observation, PolicySpec
-from rl.ppo import LoggedBatch
+from rl.logged_batch import LoggedBatch
+from rl.spec import Observation, PolicySpec
 
-__all__ = ["impression_features", "samples_to_logged", "Logged", "b64_array", "array_b64"]
+__all__ = ["ImpressionFeatures", "CanaryMixture", "samples_to_logged", "Logged", "b64_array", "array_b64"]
 
 
 def array_b64(a: np.ndarray, dtype=np.float32) -> str:
@@ -30,29 +31,59 @@ def b64_array(s: str, dtype=np.float32) -> np.ndarray:
     return np.frombuffer(base64.b64decode(s), dtype=dtype)
 
 
-def impression_features(candidate_ids: Sequence[str], user: np.ndarray, scores: np.ndarray, algorithm: str,
-                        mixture: dict | None = None) -> dict:
-    """Impression.features: the candidates, the user part of the observation, the behaviour scores,
-    and while a canary runs, ``mixture``: both versions' (K,) probabilities of the slate
-    (``live``, ``canary``), their version strings and the canary's share."""
-    out = {"candidates": list(map(str, candidate_ids)), "user": array_b64(user),
-           "scores": array_b64(scores, np.float16), "algorithm": algorithm}
-    if mixture is not None:
-        out["mixture"] = mixture
-    return out
+@dataclass(frozen=True)
+class CanaryMixture:
+    """Both versions' own (K,) probabilities of a slate served while a canary ran beside the live version."""
+
+    live_version: int
+    canary_version: int
+    canary_share: float
+    live: tuple[float, ...]
+    canary: tuple[float, ...]
 
 
-def _mixture_probs(f: dict, k: int) -> tuple[np.ndarray, str, str]:
-    """((2, K) the live and canary versions' logged probabilities, live version, canary version);
-    NaN and "" when the impression was not served beside a canary (or its record is malformed)."""
-    m = f.get("mixture")
+@dataclass(frozen=True)
+class ImpressionFeatures:
+    """``Impression.features``: the serving-time policy input, enough to rebuild it exactly.
+
+    On the wire a JSON object: ``candidates`` (N ids), ``user`` (base64 float32, the user part of
+    the observation), ``scores`` (base64 float16, the behaviour scores), ``algorithm``, and
+    ``mixture`` (a :class:`CanaryMixture`) while a canary runs."""
+
+    candidates: tuple[str, ...]
+    user: np.ndarray
+    scores: np.ndarray | None
+    algorithm: str
+    mixture: CanaryMixture | None = None
+
+    def to_dict(self) -> dict:
+        out = {"candidates": list(map(str, self.candidates)), "user": array_b64(self.user),
+               "scores": array_b64(self.scores, np.float16), "algorithm": self.algorithm}
+        if self.mixture is not None:
+            m = self.mixture
+            out["mixture"] = {"live_version": m.live_version, "canary_version": m.canary_version,
+                              "canary_share": m.canary_share, "live": list(m.live), "canary": list(m.canary)}
+        return out
+
+    @classmethod
+    def from_dict(cls, f: dict) -> "ImpressionFeatures":
+        """Raises KeyError/TypeError/ValueError when a required field is missing or malformed; a
+        malformed ``mixture`` reads as None (the gate then computes those probabilities itself)."""
+        scores = b64_array(f["scores"], np.float16).astype(np.float32) if "scores" in f else None
+        return cls(tuple(f["candidates"]), b64_array(f["user"]), scores, str(f.get("algorithm", "")),
+                   _mixture(f.get("mixture")))
+
+
+def _mixture(m) -> CanaryMixture | None:
     try:
-        probs = np.asarray([m["live"], m["canary"]], np.float64)
-        if probs.shape == (2, k) and np.isfinite(probs).all() and (probs >= 0).all() and (probs <= 1).all():
-            return probs, str(m["live_version"]), str(m["canary_version"])
+        live, canary = tuple(map(float, m["live"])), tuple(map(float, m["canary"]))
+        probs = np.asarray([live, canary], np.float64)
+        if probs.ndim == 2 and np.isfinite(probs).all() and (probs >= 0).all() and (probs <= 1).all():
+            return CanaryMixture(int(m["live_version"]), int(m["canary_version"]), float(m["canary_share"]),
+                                 live, canary)
     except (KeyError, TypeError, ValueError):
         pass
-    return np.full((2, k), np.nan), "", ""
+    return None
 
 
 @dataclass
@@ -72,17 +103,42 @@ class Logged:
     ts: np.ndarray | None = None
     """(B,) when each impression was served (epoch seconds)."""
     versions: np.ndarray | None = None
-    """(B,) the policy version that chose each slate (str)."""
+    """(B,) the policy version that chose each slate (int)."""
     mixture: np.ndarray | None = None
     """(B, 2, K) the live and the canary version's per-position probabilities of each slate, as
     logged while a canary ran beside the live version (NaN for other samples)."""
     mixture_versions: np.ndarray | None = None
-    """(B, 2) the (live, canary) version strings of ``mixture`` ("" for other samples)."""
+    """(B, 2) the (live, canary) versions of ``mixture`` (0 for other samples)."""
+
+    _PER_SAMPLE = ("propensities", "ts", "versions", "mixture", "mixture_versions")
+
+    def __len__(self) -> int:
+        return len(self.observations)
 
     @property
     def ctr(self) -> np.ndarray:
         """(B,) 1 when the impression got any click."""
         return (self.clicks > 0).any(1).astype(np.float64)
+
+    def subset(self, idx: np.ndarray) -> "Logged":
+        """The samples at ``idx``, every per-sample view alike."""
+        b = self.batch
+        batch = LoggedBatch(b.obs[idx], b.actions[idx], b.logp[idx], b.rewards[idx],
+                            None if b.dist_inputs is None else b.dist_inputs[idx])
+        extra = {f: None if getattr(self, f) is None else getattr(self, f)[idx] for f in self._PER_SAMPLE}
+        return Logged(batch, [self.observations[i] for i in idx], self.slates[idx], self.clicks[idx], 0, **extra)
+
+    @staticmethod
+    def concat(parts: Sequence["Logged"]) -> "Logged":
+        """One Logged of ``parts`` in order."""
+        b = [p.batch for p in parts]
+        batch = LoggedBatch(np.concatenate([x.obs for x in b]), np.concatenate([x.actions for x in b]),
+                            np.concatenate([x.logp for x in b]), np.concatenate([x.rewards for x in b]),
+                            np.concatenate([x.dist_inputs for x in b]))
+        extra = {f: None if any(getattr(p, f) is None for p in parts)
+                 else np.concatenate([getattr(p, f) for p in parts]) for f in Logged._PER_SAMPLE}
+        return Logged(batch, [o for p in parts for o in p.observations], np.concatenate([p.slates for p in parts]),
+                      np.concatenate([p.clicks for p in parts]), 0, **extra)
 
 
 def samples_to_logged(samples: Sequence, featurizer: Featurizer, spec: PolicySpec, lam: float) -> Logged:
@@ -93,14 +149,12 @@ def samples_to_logged(samples: Sequence, featurizer: Featurizer, spec: PolicySpe
     skipped = 0
     pw = position_weights(spec.slate_size)
     for s in samples:
-        f = s.features or {}
         try:
-            cands = f["candidates"]
-            user = b64_array(f["user"])
-            scores = b64_array(f["scores"], np.float16).astype(np.float32) if "scores" in f else None
+            f = ImpressionFeatures.from_dict(s.features or {})
         except (KeyError, TypeError, ValueError):
             skipped += 1
             continue
+        cands, user, scores = f.candidates, f.user, f.scores
         if (len(cands) != spec.num_candidates or len(user) != lay.user_dim or len(s.items) != spec.slate_size
                 or (scores is not None and len(scores) != len(cands))):
             skipped += 1
@@ -123,15 +177,19 @@ def samples_to_logged(samples: Sequence, featurizer: Featurizer, spec: PolicySpe
         observations.append(o)
         clicks.append(c)
         ts.append(s.ts)
-        versions.append(str(s.policy_version))
-        m, live_v, canary_v = _mixture_probs(f, spec.slate_size)
-        mixture.append(m)
-        mixture_versions.append((live_v, canary_v))
+        versions.append(int(s.policy_version))
+        m = f.mixture
+        if m is not None and len(m.live) == len(m.canary) == spec.slate_size:
+            mixture.append((m.live, m.canary))
+            mixture_versions.append((m.live_version, m.canary_version))
+        else:
+            mixture.append(np.full((2, spec.slate_size), np.nan))
+            mixture_versions.append((0, 0))
     k, n = spec.slate_size, spec.num_candidates
     batch = LoggedBatch(np.asarray(obs, np.float32).reshape(-1, lay.size), np.asarray(acts, np.int64).reshape(-1, k),
                         np.asarray(logps, np.float64), np.asarray(rewards, np.float64),
                         np.asarray(dis, np.float32).reshape(-1, n))
     return Logged(batch, observations, batch.actions, np.asarray(clicks, np.float64).reshape(-1, k), skipped,
                   np.asarray(props, np.float64).reshape(-1, k), np.asarray(ts, np.float64),
-                  np.asarray(versions, dtype=object), np.asarray(mixture, np.float64).reshape(-1, 2, k),
-                  np.asarray(mixture_versions, dtype=object).reshape(-1, 2))
+                  np.asarray(versions, np.int64), np.asarray(mixture, np.float64).reshape(-1, 2, k),
+                  np.asarray(mixture_versions, np.int64).reshape(-1, 2))

@@ -3,7 +3,7 @@
 Diversity-aware variant: with a (N, N) similarity matrix ``sim`` and ``penalty`` > 0, the
 logit of item i at position j is ``(s_i - penalty * max_{c placed before j} sim[i, c]) / T``, so
 an item like one already placed becomes less likely; the per-position probabilities stay exact
-(the torch twin in :mod:`rl.module` computes the same numbers for PPO).
+(the torch twin in :mod:`rl.learners.module` computes the same numbers for PPO).
 
 The serving policy scores N candidates; a slate is drawn position by position from the softmax
 over the items not yet placed. The probability of the slate is the product of those per-position
@@ -16,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["plackett_luce_sample", "plackett_luce_position_probs", "plackett_luce_logp", "greedy_slate",
-           "cosine_similarity", "prefix_frequencies", "mixture_position_probs"]
+           "diverse_greedy", "diverse_greedy_batch", "cosine_similarity", "prefix_frequencies",
+           "mixture_position_probs"]
 
 
 def _logits(scores: np.ndarray, temperature: float) -> np.ndarray:
@@ -120,6 +121,29 @@ def greedy_slate(scores: np.ndarray, k: int) -> np.ndarray:
     s = np.asarray(scores, dtype=np.float64)
     _check_k(k, len(s))
     return np.argsort(-s, kind="stable")[:k]
+
+
+def diverse_greedy(scores: np.ndarray, sim: np.ndarray | None, k: int, penalty: float) -> np.ndarray:
+    """(K,) the zero-temperature limit of the diverse Plackett-Luce: argmax of score - penalty * max sim."""
+    return diverse_greedy_batch(np.asarray(scores)[None, :], sim, k, penalty)[0]
+
+
+def diverse_greedy_batch(scores: np.ndarray, sim: np.ndarray | None, k: int, penalty: float) -> np.ndarray:
+    """(M, K) :func:`diverse_greedy` of each row of (M, N) ``scores`` (same ties: lowest index first)."""
+    s = np.asarray(scores, np.float64)
+    m, n = s.shape
+    _check_k(k, n)
+    if penalty <= 0 or sim is None:
+        return np.argsort(-s, axis=1, kind="stable")[:, :k]
+    rows = np.arange(m)
+    avail = np.ones((m, n), bool)
+    max_sim = np.zeros((m, n))
+    out = np.empty((m, k), np.int64)
+    for j in range(k):
+        out[:, j] = np.argmax(np.where(avail, s - penalty * max_sim, -np.inf), axis=1)
+        avail[rows, out[:, j]] = False
+        max_sim = sim[out[:, j]] if j == 0 else np.maximum(max_sim, sim[out[:, j]])
+    return out
 
 
 def prefix_frequencies(slates: np.ndarray, slate: np.ndarray, include_target: bool = True) -> np.ndarray:

@@ -20,7 +20,7 @@ from streamrec.events import FEEDBACK_TYPES, MAX_ID_CHARS
 
 __all__ = ["RecommendRequest", "RequestContext", "FeedbackRequest", "RecommendResponse", "RankedItem",
            "validation_message", "check_bearer", "is_loopback", "require_keys_off_loopback", "Metrics",
-           "AuthConfigError", "GuardState", "GUARD"]
+           "AuthConfigError", "GuardState"]
 
 Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
 
@@ -83,7 +83,7 @@ class RankedItem(BaseModel):
 
 class RecommendResponse(BaseModel):
     event_id: str
-    policy_version: str
+    policy_version: int
     items: list[RankedItem]
 
 
@@ -175,13 +175,9 @@ class Metrics:
 
 
 class GuardState:
-    """What the HTTP guard middleware checks; the Ranker replica (the HTTP ingress) fills it in at start."""
+    """What the HTTP guard checks (keys, body limit) and counts (metrics) for one Ranker replica."""
 
-    def __init__(self):
-        self.keys: list[bytes] = []
-        self.max_body = 1_000_000
+    def __init__(self, keys: Sequence[bytes] = (), max_body: int = 1_000_000):
+        self.keys: list[bytes] = list(keys)
+        self.max_body = max_body
         self.metrics = Metrics()
-
-
-#: one per replica process (read through the module, so Serve's pickling of the app never copies it)
-GUARD = GuardState()

@@ -18,26 +18,31 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
-import ray
 
 from rl.features import Featurizer
-from rl.policies import Observation, PolicySpec, expected_shapes, policy_from_state
+from rl.manifest import PolicyManifest
+from rl.policies import Policy, expected_shapes, policy_from_state
+from rl.spec import Observation, PolicySpec
 from rl.weights import WeightsError, unpack
 
-__all__ = ["PolicyFollower", "Served", "Canary"]
+__all__ = ["PolicyFollower", "Served", "Canary", "StoreReader"]
 
 
-def _call(obj, method: str, *args):
-    f = getattr(obj, method)
-    return ray.get(f.remote(*args), timeout=30) if hasattr(f, "remote") else f(*args)
+class StoreReader(Protocol):
+    """The two store calls a follower makes (the PolicyStore actor behind :class:`actors.remote.Blocking`)."""
+
+    def serving(self) -> dict: ...
+
+    def get(self, version: int | None = None) -> tuple[dict, bytes]: ...
 
 
 @dataclass
 class Served:
     featurizer: Featurizer
-    policy: object
+    policy: Policy
     version: int
     spec: PolicySpec
     loaded_at: float = field(default_factory=time.time)
@@ -47,13 +52,13 @@ class Served:
 class Canary:
     """A candidate version served on ``share`` of requests beside the live one (same featurizer)."""
 
-    policy: object
+    policy: Policy
     version: int
     share: float
 
 
 class PolicyFollower:
-    def __init__(self, store, item_ids, item_vectors: np.ndarray, *, explore: bool = True):
+    def __init__(self, store: StoreReader, item_ids, item_vectors: np.ndarray, *, explore: bool = True):
         self.store = store
         self.item_ids = np.asarray(item_ids)
         self.item_vectors = np.asarray(item_vectors, np.float32)
@@ -72,7 +77,7 @@ class PolicyFollower:
     def poll(self) -> bool:
         """Follow the store: swap to a newer valid latest version, start or stop serving its canary.
         True when what is served changed."""
-        state = _call(self.store, "serving")
+        state = self.store.serving()
         changed = False
         latest, canary = state["latest"], state["canary"]
         if latest is not None:
@@ -101,7 +106,7 @@ class PolicyFollower:
 
     def _load_or_refuse(self, version: int) -> Served | None:
         try:
-            return self.load(*_call(self.store, "get", version))
+            return self.load(*self.store.get(version))
         except (WeightsError, ValueError, KeyError) as e:
             self._refuse(version, str(e))
             return None
@@ -111,14 +116,15 @@ class PolicyFollower:
         self._refused_versions.add(version)
         self.last_error = f"version {version} refused: {why}"
 
-    def load(self, manifest: dict, blob: bytes) -> Served:
+    def load(self, raw: dict, blob: bytes) -> Served:
         """Validate and build a servable version (raises WeightsError/ValueError; nothing is swapped here)."""
-        spec = PolicySpec.from_dict(manifest["spec"])
+        manifest = PolicyManifest.from_dict(raw)
+        spec = manifest.spec
         if spec.num_rows != len(self.item_ids) + 1 or spec.text_dim != self.item_vectors.shape[1]:
-            raise WeightsError(f"version {manifest['version']} was built for {spec.num_rows - 1} items of "
+            raise WeightsError(f"version {manifest.version} was built for {spec.num_rows - 1} items of "
                                f"dimension {spec.text_dim}; this replica serves {len(self.item_ids)} of "
                                f"dimension {self.item_vectors.shape[1]}")
-        tensors = unpack(blob, sha256=manifest["sha256"], expect=expected_shapes(spec))
+        tensors = unpack(blob, sha256=manifest.sha256, expect=expected_shapes(spec))
         featurizer = Featurizer(self.item_ids, self.item_vectors, tensors["projection"])
         policy = policy_from_state(spec, tensors, explore=self.explore)
         # warm up on a dummy request: a version that cannot score does not get swapped in
@@ -127,5 +133,5 @@ class PolicyFollower:
                           np.arange(1, n + 1))
         s = policy.scores(obs)
         if not np.isfinite(s).all():
-            raise WeightsError(f"version {manifest['version']} scores NaN or infinity")
-        return Served(featurizer, policy, int(manifest["version"]), spec)
+            raise WeightsError(f"version {manifest.version} scores NaN or infinity")
+        return Served(featurizer, policy, manifest.version, spec)

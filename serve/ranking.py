@@ -1,12 +1,12 @@
-"""RankingCore: one request's ranking, from user and context to a logged slate. No Serve, no Kafka.
+"""Ranking: one request's ranking, from user and context to a logged slate. No Serve, no Kafka.
 
 The Ranker deployment, the bare-process peer in ``bench/serve.py`` and the learning benchmark's
 simulated clients all rank through this class, so they run the same code::
 
-    core = RankingCore(featurizer, index, policy, version="3", num_candidates=200)
-    r = core.rank(profile, context_vec, context, k=10, rng=rng)
+    ranking = Ranking(featurizer, index, policy, version=3, num_candidates=200)
+    r = ranking.rank(profile, context_vec, context, k=10, rng=rng)
     r.items, r.scores, r.propensities       # (K,) each
-    r.features                              # Impression.features: what training needs to rebuild the input
+    r.features                              # rl.logged.ImpressionFeatures: what training needs to rebuild the input
 
 Canary: ``swap(..., canary=Canary(policy, version, share))`` serves a candidate version on
 ``share`` of requests. Every impression then logs the *mixture's* exact per-position
@@ -31,11 +31,12 @@ from typing import Sequence
 import numpy as np
 
 from rl.features import Featurizer, context_features
-from rl.logged import impression_features
-from rl.policies import Observation
+from rl.logged import CanaryMixture, ImpressionFeatures
+from rl.policies import Policy
 from rl.slate import mixture_position_probs
+from rl.spec import Observation
 
-__all__ = ["RankingCore", "Ranked"]
+__all__ = ["Ranking", "Ranked"]
 
 
 @dataclass
@@ -43,24 +44,24 @@ class Ranked:
     items: list[str]
     scores: np.ndarray
     propensities: np.ndarray
-    features: dict
-    version: str
+    features: ImpressionFeatures
+    version: int
 
 
-class RankingCore:
-    def __init__(self, featurizer: Featurizer, index, policy, version: str, num_candidates: int,
+class Ranking:
+    def __init__(self, featurizer: Featurizer, index, policy: Policy, version: int, num_candidates: int,
                  retrieval_share: float = 0.5):
         self.index = index
-        self._live = (featurizer, policy, str(version), None)
+        self._live = (featurizer, policy, int(version), None)
         self.num_candidates = min(num_candidates, len(featurizer.item_ids))
         self.retrieval_share = retrieval_share
         self._all_ids = featurizer.item_ids.astype(str)
 
-    def swap(self, featurizer: Featurizer, policy, version: str, canary=None) -> None:
+    def swap(self, featurizer: Featurizer, policy: Policy, version: int, canary=None) -> None:
         """Atomically replace what ranks: one attribute holds the (featurizer, policy, version,
         canary) tuple, so a request reads old or new, never half (separate attribute stores could
         interleave with a request's reads). ``canary``: a :class:`serve.follower.Canary` or None."""
-        self._live = (featurizer, policy, str(version), canary)
+        self._live = (featurizer, policy, int(version), canary)
 
     @property
     def canary(self):
@@ -75,7 +76,7 @@ class RankingCore:
         return self._live[1]
 
     @property
-    def version(self) -> str:
+    def version(self) -> int:
         return self._live[2]
 
     def candidates(self, query: np.ndarray | None, rng: np.random.Generator, exclude: Sequence[str] = ()) -> list[str]:
@@ -127,18 +128,17 @@ class RankingCore:
         if canary is not None:
             share = canary.share
             if rng.random() < share:
-                policy, other, version = canary.policy, policy, str(canary.version)
+                policy, other, version = canary.policy, policy, canary.version
             else:
                 other, share = canary.policy, 1.0 - share
         slate, probs, scores = policy.select(obs, k, rng)
         mixture = None
         if other is not None:
             theirs = other.position_probabilities(obs, slate)
-            live, cand = (theirs, probs) if version == str(canary.version) else (probs, theirs)
-            mixture = {"live_version": live_version, "canary_version": str(canary.version),
-                       "canary_share": canary.share, "live": [float(x) for x in live],
-                       "canary": [float(x) for x in cand]}
+            live, cand = (theirs, probs) if version == canary.version else (probs, theirs)
+            mixture = CanaryMixture(live_version, canary.version, canary.share, tuple(map(float, live)),
+                                    tuple(map(float, cand)))
             probs = mixture_position_probs(probs, theirs, share)
         items = [candidates[i] for i in slate]
         return Ranked(items, np.asarray(scores)[slate], np.asarray(probs),
-                      impression_features(candidates, user, scores, policy.algorithm, mixture), version)
+                      ImpressionFeatures(tuple(candidates), user, np.asarray(scores), policy.algorithm, mixture), version)

@@ -1,4 +1,4 @@
-"""streamrec: the kernel every part shares (settings, events, data, the text encoder, the CLI).
+"""streamrec: the kernel every part shares (settings, events, the Kafka boundary, the join, data, the text encoder).
 
 Importing it starts nothing: no Ray, no Kafka connection, no model load.
 """

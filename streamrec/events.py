@@ -72,11 +72,13 @@ class Impression(msgspec.Struct, gc=False):
     """Shown item ids, best position first (K)."""
     propensities: tuple[Probability, ...]
     """(K,) probability of each shown item at its position under the serving policy, in (0, 1]."""
-    policy_version: Annotated[str, Meta(min_length=1)]
+    policy_version: Annotated[int, Meta(ge=1)]
+    """The policy version that chose the slate (the store's version number)."""
     context: dict[str, Any] = msgspec.field(default_factory=dict)
     """Typed request context and free text."""
     features: dict[str, Any] = msgspec.field(default_factory=dict)
-    """What the trainer needs to rebuild the serving-time policy input (candidate ids, profile...)."""
+    """What the trainer needs to rebuild the serving-time policy input: an
+    :class:`rl.logged.ImpressionFeatures` as a JSON object (candidate ids, user vector, scores)."""
     schema: str = IMPRESSION_SCHEMA
 
 
@@ -103,7 +105,7 @@ class TrainingSample(NamedTuple):
     user_id: str
     items: tuple[str, ...]
     propensities: tuple[float, ...]
-    policy_version: str
+    policy_version: int
     rewards: tuple[float, ...]
     """(K,) summed feedback value at each position."""
     context: dict[str, Any] = {}
@@ -219,10 +221,9 @@ def _impression(d: dict) -> Impression:
             raise _Invalid(f"field 'propensities' must hold probabilities in (0, 1], got {p!r}")
         out.append(float(p))
     version = d.get("policy_version")
-    if isinstance(version, int) and not isinstance(version, bool):
-        version = str(version)
-    if not isinstance(version, str) or not version:
-        raise _Invalid("missing field 'policy_version'" if version is None else "field 'policy_version' must be a string")
+    if type(version) is not int or version < 1:
+        raise _Invalid("missing field 'policy_version'" if version is None
+                       else f"field 'policy_version' must be an integer >= 1, got {version!r}")
     return Impression(
         event_id=_str(d, "event_id"), ts=_num(d, "ts"), user_id=_str(d, "user_id"), items=tuple(items),
         propensities=tuple(out), policy_version=version, context=_obj(d, "context"), features=_obj(d, "features"),

@@ -34,6 +34,9 @@ def topic(broker):
     return name
 
 
+_session: dict[str, str] = {}
+
+
 @pytest.fixture(scope="session")
 def ray_session(tmp_path_factory):
     """One local Ray for the whole session (dashboard + job server on 127.0.0.1), shut down at the end."""
@@ -54,7 +57,7 @@ def ray_session(tmp_path_factory):
                 break
             except OSError:
                 time.sleep(1)
-    ray.init(
+    ctx = ray.init(
         num_cpus=4,
         include_dashboard=True,
         dashboard_host="127.0.0.1",
@@ -64,8 +67,15 @@ def ray_session(tmp_path_factory):
         namespace="streamrec-tests",
         log_to_driver=False,
     )
+    _session["dashboard"] = f"http://{ctx.dashboard_url}"
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def ray_dashboard(ray_session) -> str:
+    """The session Ray's dashboard (job server) URL."""
+    return _session["dashboard"]
 
 
 class IndependentClient:

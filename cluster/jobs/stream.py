@@ -3,9 +3,9 @@
     ray job submit --working-dir . -- python -m cluster.jobs.stream --config ray_config.yaml
 
 What ``streamrec up`` runs locally, for a cluster whose Serve app was deployed by KubeRay
-(``serveConfigV2``) or ``serve deploy``: the ProfileStore (``streamrec-profiles``) and the
-SampleBuffer (``streamrec-samples``) as named detached actors (Ranker replicas and the training
-job find them by name), and ``ingest.parallelism`` StreamIngest actors in one consumer group.
+(``serveConfigV2``) or ``serve deploy``: :func:`cluster.loop.start_stream` with the ProfileStore
+and the SampleBuffer as named detached actors (Ranker replicas and the training job find them
+by name, :mod:`actors.registry`), and ``ingest.parallelism`` StreamIngest actors in one consumer group.
 The job runs until stopped (``ray job stop``), showing the ingest figures live; stopping it
 stops ingest (committed offsets stay with the group, so the next run continues from there).
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 __all__ = ["main"]
 
@@ -23,11 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from rich.live import Live
 
-    from actors.ingest import IngestGroup
-    from actors.profile_store import ProfileStore
-    from actors.sample_buffer import SampleBuffer
-    from cluster.local_ray import NAMESPACE
+    from actors.registry import NAMESPACE
     from cluster.jobs import job_parser, job_settings
+    from cluster.loop import start_stream
     from streamrec.vectors import load_vectors
 
     ap = job_parser("cluster.jobs.stream", __doc__)
@@ -40,17 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         print("kafka.bootstrap_servers (or STREAMREC_KAFKA_BOOTSTRAP) is required on a cluster", file=sys.stderr)
         return 2
     ray.init(address=settings.ray.address or "auto", namespace=NAMESPACE, log_to_driver=False)
-    p, i = settings.profile, settings.ingest
-    profiles = ProfileStore.options(name="streamrec-profiles", get_if_exists=True, lifetime="detached").remote(
-        history_length=p.history_length, half_life_s=p.half_life_s,
-        snapshot_path=str(Path(p.snapshot_dir) / "profiles.json"), snapshot_every_s=p.snapshot_every_s)
     ids, vectors, _ = load_vectors(settings.embedding.output_dir)
-    ray.get(profiles.set_item_vectors.remote(list(ids), vectors))
-    buffer = SampleBuffer.options(name="streamrec-samples", get_if_exists=True, lifetime="detached").remote(
-        capacity=i.sample_buffer_capacity, dedup_retention_s=max(600.0, 4 * i.reward_window_s))
-    group = IngestGroup(bootstrap=settings.kafka.bootstrap_servers, kafka_settings=settings.kafka,
-                        ingest_settings=i, buffer=buffer, profile_store=profiles)
-    group.scale(i.parallelism)
+    stream = start_stream(settings, settings.kafka.bootstrap_servers, ids, vectors, detached=True)
+    group, buffer, profiles = stream.ingest, stream.samples, stream.profiles
     started = time.monotonic()
 
     def line() -> str:

@@ -3,9 +3,9 @@
     ray job submit --working-dir . -- python -m cluster.jobs.train --config ray_config.yaml [--duration-s 600]
     python -m cluster.jobs.train --rollback            # serve the previous good version again
 
-It joins the cluster (``RAY_ADDRESS``), finds the ingest's SampleBuffer (``streamrec-samples``)
-and the PolicyStore (``streamrec-policy-store``, created if missing), and starts the named
-``streamrec-trainer`` actor — or attaches to the one ``streamrec up`` started. The Trainer resumes
+It joins the cluster (``RAY_ADDRESS``), finds the ingest's SampleBuffer by name
+(:mod:`actors.registry`), and starts the PolicyStore (created if missing) and the named Trainer
+through :func:`cluster.loop.start_learning` — or attaches to the ones ``streamrec up`` started. The Trainer resumes
 a published lineage from the store and its checkpoint directory, so resubmitting the job after a
 crash continues where the last published version left off. Progress is a live table.
 """
@@ -24,10 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     from rich.live import Live
     from rich.table import Table
 
-    from actors.policy_store import get_or_create_store
-    from actors.trainer import TRAINER_NAME, Trainer
-    from cluster.local_ray import NAMESPACE
+    from actors import registry
     from cluster.jobs import job_parser, job_settings
+    from cluster.loop import start_learning
     from streamrec.vectors import load_vectors
 
     ap = job_parser("cluster.jobs.train", __doc__)
@@ -37,18 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     settings = job_settings(args.config)
     if settings is None:
         return 2
-    ray.init(address=settings.ray.address or "auto", namespace=NAMESPACE, log_to_driver=False)
-    try:
-        buffer = ray.get_actor("streamrec-samples", namespace=NAMESPACE)
-    except ValueError:
-        print("no SampleBuffer 'streamrec-samples' on this cluster: start the stream first (streamrec up)",
-              file=sys.stderr)
+    ray.init(address=settings.ray.address or "auto", namespace=registry.NAMESPACE, log_to_driver=False)
+    buffer = registry.lookup(registry.SAMPLES)
+    if buffer is None:
+        print(f"no SampleBuffer {registry.SAMPLES!r} on this cluster: start the stream first "
+              "(python -m cluster.jobs.stream, or streamrec up)", file=sys.stderr)
         return 1
-    t = settings.trainer
-    store = get_or_create_store(t.store_dir, t.keep_versions)
     ids, vectors, _ = load_vectors(settings.embedding.output_dir)
-    trainer = Trainer.options(name=TRAINER_NAME, namespace=NAMESPACE, get_if_exists=True, lifetime="detached").remote(
-        settings.model_dump(mode="python"), list(ids), vectors, buffer, store)
+    trainer = start_learning(settings, buffer, ids, vectors, detached=True).trainer
     if args.rollback:
         print(json.dumps(ray.get(trainer.rollback.remote())))
         return 0

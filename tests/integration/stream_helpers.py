@@ -32,7 +32,7 @@ def make_events(n: int, click_every: int = 3, users: int = 50, prefix: str = "e"
     for i in range(n):
         items = tuple(f"i{(i + j) % 97}" for j in range(5))
         imp = Impression(event_id=f"{prefix}{i}", ts=time.time(), user_id=f"u{i % users}", items=items,
-                         propensities=(0.2,) * 5, policy_version="1")
+                         propensities=(0.2,) * 5, policy_version=1)
         imps.append(imp)
         if i % click_every == 0:
             fbs.append(Feedback(event_id=imp.event_id, ts=time.time(), user_id=imp.user_id, item_id=items[1]))

@@ -18,7 +18,7 @@ from cluster.broker import free_port
 from streamrec.runstate import pid_alive
 
 ROOT = Path(__file__).resolve().parents[2]
-STREAMREC = [sys.executable, "-m", "streamrec.cli"]
+STREAMREC = [sys.executable, "-m", "cluster.cli"]
 
 
 def _cli(*args, **kw):

@@ -65,7 +65,7 @@ def test_synthetic_catalog_embeds_items_and_user_text(ray_session, tmp_path):
     assert len(uids) == 20 and uvecs.shape == (20, 384)
 
 
-def test_the_job_runs_through_the_clusters_job_server(ray_session, tmp_path):
+def test_the_job_runs_through_the_clusters_job_server(ray_session, ray_dashboard, tmp_path):
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     cat = tmp_path / "catalog.csv"
@@ -79,8 +79,7 @@ def test_the_job_runs_through_the_clusters_job_server(ray_session, tmp_path):
         "embedding": {"output_dir": str(tmp_path / "out")}, "encoder": {"device": "cpu"}})
     cfg.write_text(yaml.safe_dump(raw))
     ctx = ray_session.get_runtime_context()
-    dashboard = ray_session._private.worker.get_dashboard_url()
-    client = JobSubmissionClient(f"http://{dashboard}")
+    client = JobSubmissionClient(ray_dashboard)
     deadline = time.monotonic() + 120
     while True:  # the dashboard agent registers a little after ray.init; the job server says so
         try:

@@ -15,11 +15,6 @@ import pytest
 import ray
 import yaml
 
-from actors.ingest import IngestGroup
-from actors.policy_store import NAMESPACE, STORE_NAME, PolicyStore
-from actors.profile_store import ProfileStore
-from actors.sample_buffer import SampleBuffer
-from actors.trainer import Trainer
 from cluster.broker import ensure_topics, free_port
 from cluster.stack import wait_http
 from rl.weights import pack, unpack
@@ -47,7 +42,7 @@ def stack(broker, ray_session, tmp_path_factory):
     """Embeddings, topics, ingest, trainer, store and the Serve app with two Ranker replicas."""
     from ray import serve
 
-    from serve.app import build_app_from_config
+    from cluster.loop import serving_app, start_learning, start_stream
 
     tmp = tmp_path_factory.mktemp("serving")
     items, users = synthetic_items(0, 300, 0), synthetic_users(60, 0)
@@ -61,7 +56,8 @@ def stack(broker, ray_session, tmp_path_factory):
     args = {
         "kafka": {"bootstrap_servers": broker.bootstrap, "partitions": 2,
                   "topics": {"impressions": f"s.imp.{tag}", "feedback": f"s.fb.{tag}", "dlq": f"s.dlq.{tag}"}},
-        "ingest": {"group_id": f"s-{tag}", "reward_window_s": 1.0},
+        "ingest": {"group_id": f"s-{tag}", "reward_window_s": 1.0, "parallelism": 1},
+        "profile": {"snapshot_dir": str(tmp / "profiles")},
         "embedding": {"output_dir": str(emb)},
         "catalog": {"num_items": 300, "num_users": 60},
         "policy": {"algorithm": "ppo", "slate_size": 5, "num_candidates": 40},
@@ -72,19 +68,14 @@ def stack(broker, ray_session, tmp_path_factory):
     s = settings_from_args(args, env={})
     t = s.kafka.topics
     ensure_topics(broker.bootstrap, {t.impressions: 2, t.feedback: 2, t.dlq: 1})
-    buffer = SampleBuffer.remote()
-    profiles = ProfileStore.options(name="streamrec-profiles", namespace=NAMESPACE).remote()
-    ray.get(profiles.set_item_vectors.remote(items.column("item_id").to_pylist(), item_vecs))
-    group = IngestGroup(bootstrap=broker.bootstrap, kafka_settings=s.kafka, ingest_settings=s.ingest, buffer=buffer,
-                        profile_store=profiles, name_prefix=f"s-{tag}")
-    group.scale(1)
-    store = PolicyStore.options(name=STORE_NAME, namespace=NAMESPACE).remote(s.trainer.store_dir, 50)
-    trainer = Trainer.remote(s.model_dump(mode="python"), items.column("item_id").to_pylist(), item_vecs, buffer,
-                             store)
-    ray.get(trainer.metrics.remote())
+    item_ids = items.column("item_id").to_pylist()
+    stream = start_stream(s, broker.bootstrap, item_ids, item_vecs)  # named: the Ranker replicas find them
+    buffer, profiles, group = stream.samples, stream.profiles, stream.ingest
+    learning = start_learning(s, buffer, item_ids, item_vecs)
+    store, trainer = learning.store, learning.trainer
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app_from_config(args, _deployments(2)), name="streamrec", route_prefix="/")
+    serve.run(serving_app(args, _deployments(2)), name="streamrec", route_prefix="/")
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/healthz", timeout_s=120)
     yield {"url": url, "store": store, "trainer": trainer, "buffer": buffer, "settings": s, "args": args,
@@ -109,7 +100,7 @@ def test_recommend_feedback_sample_train_and_the_new_version_is_served(stack):
         first = _recommend(c, context={"text": "a scary night in a haunted cabin", "hour": 23})
         assert first.status_code == 200, first.text
         body = first.json()
-        assert len(body["items"]) == 5 and body["policy_version"] == "1"
+        assert len(body["items"]) == 5 and body["policy_version"] == 1
         assert [i["position"] for i in body["items"]] == [0, 1, 2, 3, 4]
         assert all(0 < i["propensity"] <= 1 for i in body["items"])
         deadline = time.monotonic() + 180
@@ -245,13 +236,13 @@ def test_overload_answers_503_with_retry_after_never_500(stack):
 
     from ray import serve
 
-    from serve.app import build_app_from_config
+    from cluster.loop import serving_app
 
     deps = _deployments(1)
     for d in deps:
         if d["name"] == "Ranker":
             d.update(max_ongoing_requests=1, max_queued_requests=1)
-    serve.run(build_app_from_config(stack["args"], deps), name="overload", route_prefix="/overload")
+    serve.run(serving_app(stack["args"], deps), name="overload", route_prefix="/overload")
 
     async def burst():
         async with httpx.AsyncClient(base_url=stack["url"], headers=stack["headers"], timeout=60,

@@ -12,7 +12,7 @@ from kafka import KafkaConsumer
 from actors.ingest import IngestGroup
 from actors.profile_store import ProfileStore
 from actors.sample_buffer import SampleBuffer
-from serve.ranker import ProfileMirror
+from serve.profile_mirror import ProfileMirror
 from streamrec.events import encode
 from tests.integration.stream_helpers import create_topics, drain, make_events, produce, stream_settings
 

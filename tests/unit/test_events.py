@@ -23,7 +23,7 @@ from streamrec.events import (
 
 def imp(**kw):
     base = dict(event_id="e1", ts=1.5, user_id="u1", items=("a", "b"), propensities=(0.5, 0.25),
-                policy_version="3", context={"device": "ios"}, features={"candidates": ["a", "b", "c"]})
+                policy_version=3, context={"device": "ios"}, features={"candidates": ["a", "b", "c"]})
     base.update(kw)
     return Impression(**base)
 
@@ -62,6 +62,9 @@ def _raw(**kw):
         (_raw(items=[]), "field 'items' must be a non-empty list"),
         (_raw(items=["a", "a"]), "field 'items' repeats an item"),
         (_raw(context=[1]), "field 'context' must be an object, got list"),
+        (_raw(policy_version="3"), "field 'policy_version' must be an integer >= 1, got '3'"),
+        (_raw(policy_version=0), "field 'policy_version' must be an integer >= 1, got 0"),
+        (_raw(policy_version=True), "field 'policy_version' must be an integer >= 1, got True"),
         (b'{"schema":"streamrec.feedback.v1","event_id":"e","ts":1,"user_id":"u","item_id":"i","type":"poke"}',
          "field 'type' must be one of click, purchase, like, dislike, dwell, skip, got 'poke'"),
         (b"x" * 2_000_001, "payload of 2000001 bytes exceeds the 1000000-byte limit"),
@@ -118,7 +121,7 @@ finite = st.floats(allow_nan=False, allow_infinity=False, min_value=-1e12, max_v
 
 @settings(max_examples=200, deadline=None)
 @given(eid=ids, ts=finite, uid=ids, items=st.lists(ids, min_size=1, max_size=10, unique=True),
-       p=st.floats(min_value=1e-9, max_value=1.0), ver=ids,
+       p=st.floats(min_value=1e-9, max_value=1.0), ver=st.integers(min_value=1, max_value=2**63 - 1),
        ctx=st.dictionaries(st.text(max_size=5), st.one_of(st.integers(min_value=-2**63, max_value=2**63 - 1), st.text(max_size=10), st.booleans())))
 def test_property_impression_round_trip(eid, ts, uid, items, p, ver, ctx):
     i = Impression(event_id=eid, ts=ts, user_id=uid, items=tuple(items), propensities=tuple([p] * len(items)),
@@ -183,7 +186,7 @@ def test_property_fast_path_agrees_with_the_explaining_path(kind, data):
 
 def test_sample_batches_round_trip_and_bad_bytes_are_named():
     s = TrainingSample(event_id="e1", ts=1.5, user_id="u1", items=("a", "b"), propensities=(0.5, 0.25),
-                       policy_version="3", rewards=(0.0, 1.0), context={"hour": 3}, features={"c": [1, 2]},
+                       policy_version=3, rewards=(0.0, 1.0), context={"hour": 3}, features={"c": [1, 2]},
                        feedback_types=("click",), source=("t", 1, 7))
     assert decode_samples(encode_samples([s, s._replace(event_id="e2")])) == [s, s._replace(event_id="e2")]
     with pytest.raises(ValueError, match="not a msgpack batch of TrainingSamples"):

@@ -10,7 +10,7 @@ from streamrec.join import RewardJoiner, Watermark
 
 def imp(eid, ts=0.0, items=("a", "b", "c")):
     return Impression(event_id=eid, ts=ts, user_id="u", items=items, propensities=(0.5,) * len(items),
-                      policy_version="1")
+                      policy_version=1)
 
 
 def fb(eid, item="b", value=1.0, t="click", ts=0.0):

@@ -11,14 +11,17 @@ import pytest
 from actors.policy_store import PolicyDirectory
 from rl.features import CONTEXT_DIM, Featurizer, ObsLayout, context_features, fit_projection
 from rl.diversity import ild
-from rl.gate import ClickModel, GateReport, evaluate, first_click, promote
-from rl.logged import impression_features, samples_to_logged
+from rl.bandits import bandit_dim
+from rl.click_model import ClickModel
+from rl.gate import GateReport, evaluate, first_click, promote
+from rl.logged import ImpressionFeatures, samples_to_logged
+from rl.neural import SlateScorer
 from rl.ope import Estimate
-from rl.policies import (BanditPolicy, Observation, PolicySpec, SlateScorer, bandit_dim, diverse_greedy,
-                         diverse_greedy_batch, expected_shapes, policy_from_state)
+from rl.policies import expected_shapes, make_policy, policy_from_state
+from rl.spec import Observation, PolicySpec
 from rl.simulators import SyntheticUsers, position_bias
-from rl.slate import (cosine_similarity, mixture_position_probs, plackett_luce_position_probs, plackett_luce_sample,
-                      prefix_frequencies)
+from rl.slate import (cosine_similarity, diverse_greedy, diverse_greedy_batch, mixture_position_probs,
+                      plackett_luce_position_probs, plackett_luce_sample, prefix_frequencies)
 from rl.weights import WeightsError, pack, unpack
 from streamrec.events import TrainingSample
 from streamrec.profile import blend_profile
@@ -125,7 +128,7 @@ def _obs(rng, n=6, m=3):
 def test_bandit_slate_probabilities_are_exact(algorithm):
     rng = np.random.default_rng(3)
     spec = PolicySpec(algorithm, m=3, num_candidates=4, slate_size=2, num_rows=5, epsilon=0.3)
-    pol = BanditPolicy(spec)
+    pol = make_policy(spec)
     obs = _obs(rng, n=4)
     for _ in range(5):
         pol.update(obs, np.array([0, 1]), np.array([1.0, 0.0]))
@@ -156,7 +159,7 @@ def test_thompson_logs_the_posterior_probability_of_its_slate():
     the other draws, near 1/(number of candidates) a position with no data, near 1 with a lot."""
     rng = np.random.default_rng(2)
     spec = PolicySpec("thompson", m=3, num_candidates=6, slate_size=2, num_rows=7, draws=400)
-    pol = BanditPolicy(spec)
+    pol = make_policy(spec)
     obs = _obs(rng)
     slate, probs, _ = pol.select(obs, 2, rng)
     assert 0.05 < probs[0] < 0.5 and np.all(probs > 0)       # wide prior: six candidates nearly tie
@@ -173,7 +176,7 @@ def test_thompson_logs_the_posterior_probability_of_its_slate():
 def test_linucb_learns_the_clicked_item_and_state_round_trips():
     rng = np.random.default_rng(0)
     spec = PolicySpec("linucb", m=3, num_candidates=6, slate_size=2, num_rows=7, alpha=0.1)
-    pol = BanditPolicy(spec)
+    pol = make_policy(spec)
     obs = _obs(rng)
     for _ in range(50):
         slate, _, _ = pol.select(obs, 2, rng)
@@ -373,7 +376,7 @@ def _logged_world(n_samples=300, algorithm="egreedy", seed=0):
     ids = np.array([f"i{i}" for i in range(20)])
     fz = Featurizer(ids, vecs, fit_projection(vecs, 3))
     spec = PolicySpec(algorithm, m=3, num_candidates=6, slate_size=2, num_rows=21, text_dim=8, epsilon=0.5)
-    behaviour = BanditPolicy(spec)
+    behaviour = make_policy(spec)
     samples = []
     for e in range(n_samples):
         cands = list(rng.choice(ids, 6, replace=False))
@@ -382,8 +385,8 @@ def _logged_world(n_samples=300, algorithm="egreedy", seed=0):
         slate, probs, scores = behaviour.select(obs, 2, rng)
         clicks = tuple(float(cands[i] in ("i1", "i2")) for i in slate)
         samples.append(TrainingSample(f"e{e}", float(e), "u", tuple(cands[i] for i in slate),
-                                      tuple(map(float, probs)), "1", clicks,
-                                      features=impression_features(cands, user, scores, algorithm)))
+                                      tuple(map(float, probs)), 1, clicks,
+                                      features=ImpressionFeatures(tuple(cands), user, scores, algorithm).to_dict()))
     return fz, spec, behaviour, samples
 
 
@@ -409,7 +412,7 @@ def test_gate_estimates_the_behaviour_policy_at_its_own_ctr():
 def test_gate_falls_back_to_dr_for_deterministic_candidates():
     fz, spec, _, samples = _logged_world(300)
     logged = samples_to_logged(samples, fz, spec, lam=0.0)
-    cand = BanditPolicy(PolicySpec("linucb", m=3, num_candidates=6, slate_size=2, num_rows=21, text_dim=8))
+    cand = make_policy(PolicySpec("linucb", m=3, num_candidates=6, slate_size=2, num_rows=21, text_dim=8))
     report = evaluate(cand, logged, estimator="snips", rng=np.random.default_rng(0), min_ess=50)
     assert report.estimator == "dr" and np.isfinite(report.estimate.value)
 
@@ -448,7 +451,7 @@ def test_gate_falls_back_to_dr_when_the_logs_do_not_cover_the_candidate():
     of the candidate's probability mass has no logged evidence; SNIPS would renormalise it away."""
     fz, spec, behaviour, samples = _logged_world(400)
     logged = samples_to_logged(samples, fz, spec, lam=0.0)
-    cand = BanditPolicy(spec)
+    cand = make_policy(spec)
     for o, sl, c in zip(logged.observations, logged.slates, logged.clicks):
         cand.update(o, sl, c)
     report = evaluate(cand, logged, estimator="snips", rng=np.random.default_rng(0), min_ess=20)
@@ -471,7 +474,7 @@ def test_evaluate_refuses_unknown_dr_weights():
     fz, spec, _, samples = _logged_world(20)
     logged = samples_to_logged(samples, fz, spec, lam=0.0)
     with pytest.raises(ValueError, match="dr_weights must be slate or cascade, got 'position'"):
-        evaluate(BanditPolicy(spec), logged, rng=np.random.default_rng(0), dr_weights="position")
+        evaluate(make_policy(spec), logged, rng=np.random.default_rng(0), dr_weights="position")
 
 
 @pytest.mark.parametrize("call, error, message", [
@@ -483,6 +486,25 @@ def test_click_model_refuses(call, error, message):
     logged = samples_to_logged(samples, fz, spec, lam=0.0)
     with pytest.raises(error, match=message):
         call(ClickModel(), logged)
+
+
+class ShowBest:
+    """A deterministic candidate (the Policy protocol, no learning): the top k by ``p_click(obs)``."""
+
+    def __init__(self, p_click):
+        self.p_click = p_click
+
+    def select(self, obs, k, rng):
+        return np.argsort(-self.p_click(obs))[:k], np.ones(k), self.p_click(obs)
+
+    def position_probabilities(self, obs, slate):
+        return np.cumprod(np.asarray(slate) == self.select(obs, len(slate), None)[0]).astype(float)
+
+    def slate_probability(self, obs, slate):
+        return float(np.prod(self.position_probabilities(obs, slate)))
+
+    def slate_mixture(self, obs, k, rng, draws=4):
+        return [(self.select(obs, k, rng)[0], 1.0)]
 
 
 def test_dr_with_the_click_model_recovers_a_better_candidates_ctr():
@@ -501,16 +523,9 @@ def test_dr_with_the_click_model_recovers_a_better_candidates_ctr():
     samples = [smp._replace(rewards=tuple(c)) for smp, c in zip(samples, clicks)]
     logged = samples_to_logged(samples, fz, spec, lam=0.0)
 
-    class ShowBest:
-        def select(self, obs, k, rng):
-            return np.argsort(-p_click(obs))[:k], np.ones(k), p_click(obs)
-
-        def slate_probability(self, obs, slate):
-            return float(list(slate) == list(self.select(obs, len(slate), None)[0]))
-
-    best = [ShowBest().select(o, 2, None)[0] for o in logged.observations]
+    best = [ShowBest(p_click).select(o, 2, None)[0] for o in logged.observations]
     truth = np.mean([1 - np.prod(1 - p_click(o)[b]) for o, b in zip(logged.observations, best)])
-    report = evaluate(ShowBest(), logged, estimator="dr", rng=rng)
+    report = evaluate(ShowBest(p_click), logged, estimator="dr", rng=rng)
     assert report.estimator == "dr"
     assert abs(report.ctr.value - truth) < 0.1 * truth  # the issue's bound for OPE vs on-policy CTR
     assert report.ctr.value > logged.ctr.mean() + 0.1  # well above what the behaviour policy got
@@ -539,28 +554,16 @@ def test_cascade_dr_values_a_deterministic_candidate_without_a_click_model():
     clicks = [(rng.random(2) < p_click(o)[s]).astype(float) for o, s in zip(logged.observations, logged.slates)]
     logged = samples_to_logged([smp._replace(rewards=tuple(c)) for smp, c in zip(samples, clicks)], fz, spec, lam=0.0)
 
-    class ShowBest:
-        def select(self, obs, k, rng):
-            return np.argsort(-p_click(obs))[:k], np.ones(k), p_click(obs)
-
-        def slate_probability(self, obs, slate):
-            return float(list(slate) == list(self.select(obs, len(slate), None)[0]))
-
-    class ShowBestByPosition(ShowBest):
-        def position_probabilities(self, obs, slate):
-            return np.cumprod(np.asarray(slate) == self.select(obs, len(slate), None)[0]).astype(float)
-
-    truth = np.mean([1 - np.prod(1 - p_click(o)[ShowBest().select(o, 2, None)[0]]) for o in logged.observations])
+    best = ShowBest(p_click)
+    truth = np.mean([1 - np.prod(1 - p_click(o)[best.select(o, 2, None)[0]]) for o in logged.observations])
     useless = ClickModel()
     useless.theta = np.zeros(2 * (bandit_dim(3) + 1))
     kw = dict(estimator="dr", rng=np.random.default_rng(0), click_model=useless)
-    report = evaluate(ShowBestByPosition(), logged, dr_weights="cascade", **kw)
+    report = evaluate(best, logged, dr_weights="cascade", **kw)
     assert report.estimator == "cascade-dr"
     cascade = report.ctr
-    whole = evaluate(ShowBestByPosition(), logged, **kw).ctr  # slate weights (the default)
-    fallback = evaluate(ShowBest(), logged, dr_weights="cascade", **kw)  # no per-position probabilities
-    assert fallback.estimator == "dr" and fallback.ctr.value == pytest.approx(whole.value)
-    thin = evaluate(ShowBestByPosition(), logged, dr_weights="cascade", **{**kw, "min_ess": cascade.ess + 1})
+    whole = evaluate(best, logged, **kw).ctr  # slate weights (the default)
+    thin = evaluate(best, logged, dr_weights="cascade", **{**kw, "min_ess": cascade.ess + 1})
     assert thin.estimator == "dr" and thin.ctr.value == pytest.approx(whole.value)  # too little top evidence
     assert cascade.low <= truth <= cascade.high
     assert abs(cascade.value - truth) < 0.1 * truth

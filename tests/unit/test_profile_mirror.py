@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serve.ranker import ProfileMirror
+from serve.profile_mirror import ProfileMirror
 from streamrec.profile import HistoryBook
 
 

@@ -5,11 +5,15 @@ import math
 import numpy as np
 import pytest
 
-from rl.bandits import egreedy_position_probs, EpsilonGreedy, LinearThompson, LinUCB, PopularityPolicy, RandomPolicy, sherman_morrison
+from rl.bandits import bandit_features, egreedy_position_probs
+from rl.features import ObsLayout
+from rl.linear import LinearModel, sherman_morrison
 from rl.diversity import ild, mmr_rerank, position_weights, slate_reward
 from rl.metrics import coverage, ctr, gini, hit_at_k, ndcg_at_k, novelty, recall_at_k
 from rl.ope import cascade_dr, dr, ips, snips
+from rl.policies import POLICIES, make_policy
 from rl.slate import greedy_slate, plackett_luce_logp, plackett_luce_position_probs, plackett_luce_sample
+from rl.spec import Observation, PolicySpec
 
 
 def test_plackett_luce_probabilities_by_hand():
@@ -45,6 +49,16 @@ def test_plackett_luce_bad_inputs(scores, k, t, msg):
         plackett_luce_sample(scores, k, np.random.default_rng(0), t)
 
 
+def _spec(algorithm, n=3, k=2, **kw):
+    return PolicySpec(algorithm, m=1, num_candidates=n, slate_size=k, num_rows=n + 1, **kw)
+
+
+def _obs(items, m=1):
+    """An observation of len(items) candidates with 1-d vectors ``items``, no profile, no context."""
+    items = np.asarray(items, np.float32).reshape(-1, m)
+    return Observation(np.zeros(ObsLayout(m, len(items)).user_dim, np.float32), items, np.arange(1, len(items) + 1))
+
+
 def test_sherman_morrison_is_exact():
     rng = np.random.default_rng(0)
     a = np.eye(3) * 2 + 0.1
@@ -56,7 +70,7 @@ def test_sherman_morrison_is_exact():
 def test_update_many_equals_one_sherman_morrison_step_per_row(m):
     rng = np.random.default_rng(m)
     x, r = rng.normal(size=(m, 5)), rng.integers(0, 2, size=m).astype(float)
-    one, many = LinUCB(dim=5, reg=0.5), LinUCB(dim=5, reg=0.5)
+    one, many = LinearModel(dim=5, reg=0.5), LinearModel(dim=5, reg=0.5)
     for xi, ri in zip(x, r):
         one.update(xi, ri)
     many.update_many(x, r)
@@ -71,56 +85,52 @@ def test_update_many_equals_one_sherman_morrison_step_per_row(m):
 ])
 def test_update_many_refuses(x, r, message):
     with pytest.raises(ValueError, match=message):
-        LinUCB(dim=5).update_many(x, r)
+        LinearModel(dim=5).update_many(x, r)
 
 
-def test_linucb_scores_and_updates_by_hand():
-    p = LinUCB(dim=2, reg=1.0, alpha=2.0)
-    p.update(np.array([1.0, 0.0]), reward=1.0)
+def test_ucb_scores_and_updates_by_hand():
+    model = LinearModel(dim=2, reg=1.0)
+    model.update(np.array([1.0, 0.0]), reward=1.0)
     # A = diag(2, 1), b = (1, 0): theta = (0.5, 0); widths sqrt(1/2), sqrt(1)
-    assert np.allclose(p.theta, [0.5, 0.0])
-    assert np.allclose(p.scores(np.array([[1.0, 0.0], [0.0, 1.0]])), [0.5 + 2 * math.sqrt(0.5), 2.0])
-    slate, probs = p.select(np.array([[1.0, 0.0], [0.0, 1.0]]), 1)
-    assert slate.tolist() == [1]  # the unexplored direction wins
+    assert np.allclose(model.theta, [0.5, 0.0])
+    assert np.allclose(model.ucb_scores(np.array([[1.0, 0.0], [0.0, 1.0]]), 2.0), [0.5 + 2 * math.sqrt(0.5), 2.0])
+
+
+def test_linucb_serves_the_top_k_of_its_upper_bounds():
+    pol = make_policy(_spec("linucb", n=4, alpha=2.0))
+    obs = _obs([1.0, -0.5, 0.2, 0.0])
+    pol.update_batch([obs] * 20, [[0, 1]] * 20, [[1.0, 0.0]] * 20)
+    ucb = pol.model.ucb_scores(bandit_features(obs), 2.0)
+    slate, probs, scores = pol.select(obs, 2, np.random.default_rng(0))
+    assert slate.tolist() == np.argsort(-ucb)[:2].tolist() and np.allclose(scores, ucb)
+    assert probs.tolist() == [1.0, 1.0]  # deterministic given the state
 
 
 def test_epsilon_greedy_propensities_are_exact():
-    p = EpsilonGreedy(dim=1, epsilon=0.2)
-    p.update(np.array([1.0]), 1.0)
-    x = np.array([[3.0], [2.0], [1.0]])
+    pol = make_policy(_spec("egreedy", epsilon=0.2))
+    obs = _obs([3.0, 2.0, 1.0])
+    pol.update(obs, np.array([0, 1]), np.array([1.0, 0.0]))
+    greedy = np.argsort(-pol.model.mean_scores(bandit_features(obs)), kind="stable")[:2]
     rng = np.random.default_rng(1)
-    slate, probs = p.select(x, 2, rng)
-    greedy = np.array([0, 1])
-    # P(slate) = eps * 1/(3*2) + (1 - eps) * [slate == greedy]: the per-position factors multiply to it
-    expected = 0.2 / 6 + 0.8 * float(np.array_equal(slate, greedy))
-    assert np.prod(probs) == pytest.approx(expected)
-    assert np.prod(egreedy_position_probs(greedy, greedy, 3, 0.2)) == pytest.approx(0.2 / 6 + 0.8)
+    for _ in range(20):
+        slate, probs, _ = pol.select(obs, 2, rng)
+        # P(slate) = eps * 1/(3*2) + (1 - eps) * [slate == greedy]: the per-position factors multiply to it
+        assert np.prod(probs) == pytest.approx(0.2 / 6 + 0.8 * float(np.array_equal(slate, greedy)))
+        assert np.allclose(probs, pol.position_probabilities(obs, slate))
     assert egreedy_position_probs(greedy, greedy, 3, 0.2)[0] == pytest.approx(0.2 / 3 + 0.8)
-    total = sum(np.prod(egreedy_position_probs(np.array(s), greedy, 3, 0.2))
-                for s in [(a, b) for a in range(3) for b in range(3) if a != b])
+    total = sum(pol.slate_probability(obs, np.array(s)) for s in [(a, b) for a in range(3) for b in range(3) if a != b])
     assert total == pytest.approx(1.0)
 
 
-def test_thompson_concentrates_with_data():
-    p = LinearThompson(dim=2, v=0.1)
-    for _ in range(200):
-        p.update(np.array([1.0, 0.0]), 1.0)
-        p.update(np.array([0.0, 1.0]), 0.0)
-    slate, probs = p.select(np.array([[0.0, 1.0], [1.0, 0.0]]), 1, np.random.default_rng(0))
-    assert slate.tolist() == [1] and probs[0] == 1.0  # every posterior draw agrees
-    fresh = LinearThompson(dim=2, v=0.5, draws=2000)  # no data: the two items are a coin flip
-    _, probs = fresh.select(np.array([[0.0, 1.0], [1.0, 0.0]]), 1, np.random.default_rng(0))
-    assert 0.4 < probs[0] < 0.6
-
-
 @pytest.mark.parametrize("make, call, msg", [
-    (lambda: LinUCB(dim=0), None, "dim must be >= 1, got 0"),
-    (lambda: LinUCB(dim=2, reg=0), None, "reg must be > 0, got 0"),
-    (lambda: LinUCB(dim=2), lambda p: p.scores(np.ones((3, 3))), r"features must be \(N, 2\), got shape \(3, 3\)"),
-    (lambda: LinUCB(dim=2), lambda p: p.update(np.ones(2), float("nan")), "reward must be finite, got nan"),
-    (lambda: LinUCB(dim=2), lambda p: p.scores(np.array([[np.inf, 0.0]])), "features contain NaN or infinity"),
-    (lambda: RandomPolicy(), lambda p: p.select(np.ones((2, 1)), 3, np.random.default_rng(0)),
+    (lambda: LinearModel(dim=0), None, "dim must be >= 1, got 0"),
+    (lambda: LinearModel(dim=2, reg=0), None, "reg must be > 0, got 0"),
+    (lambda: LinearModel(dim=2), lambda p: p.ucb_scores(np.ones((3, 3)), 1.0), r"features must be \(N, 2\), got shape \(3, 3\)"),
+    (lambda: LinearModel(dim=2), lambda p: p.update(np.ones(2), float("nan")), "reward must be finite, got nan"),
+    (lambda: LinearModel(dim=2), lambda p: p.mean_scores(np.array([[np.inf, 0.0]])), "features contain NaN or infinity"),
+    (lambda: make_policy(_spec("random", n=2, k=1)), lambda p: p.select(_obs([0.0, 1.0]), 3, np.random.default_rng(0)),
      r"slate size k must be in \[1, 2\], got 3"),
+    (lambda: POLICIES["linucb"](_spec("random")), None, "LinUCBPolicy serves 'linucb', not 'random'"),
 ])
 def test_bandit_bad_inputs(make, call, msg):
     with pytest.raises(ValueError, match=msg):
@@ -129,17 +139,19 @@ def test_bandit_bad_inputs(make, call, msg):
 
 
 def test_random_policy_propensities():
-    _, probs = RandomPolicy().select(np.ones((5, 1)), 3, np.random.default_rng(0))
-    assert np.allclose(probs, [1 / 5, 1 / 4, 1 / 3])
+    pol = make_policy(_spec("random", n=5, k=3))
+    obs = _obs(np.zeros(5))
+    slate, probs, _ = pol.select(obs, 3, np.random.default_rng(0))
+    assert np.allclose(probs, [1 / 5, 1 / 4, 1 / 3]) and np.allclose(pol.position_probabilities(obs, slate), probs)
 
 
 def test_popularity_ranks_by_smoothed_ctr():
-    p = PopularityPolicy(prior=1.0)
-    for _ in range(10):
-        p.update("a", 1.0)
-        p.update("b", 0.0)
-    slate, _ = p.select(["b", "a", "c"], 2)
-    assert slate.tolist() == [1, 2]  # a (ctr ~0.92), then unseen c (0.1) before b (~0.01)
+    pol = make_policy(_spec("popularity"))
+    obs = _obs([0.0, 0.0, 0.0])  # rows 1, 2, 3
+    pol.update_batch([obs] * 10, [[1, 0]] * 10, [[1.0, 0.0]] * 10)  # row 2 always clicked, row 1 never
+    slate, _, scores = pol.select(obs, 2, np.random.default_rng(0))
+    assert np.allclose(scores, [0.1 / 11, 10.1 / 11, 0.1])
+    assert slate.tolist() == [1, 2]  # row 2 (ctr ~0.92), then unseen row 3 (0.1) before row 1 (~0.01)
 
 
 def test_ild_and_reward_by_hand():

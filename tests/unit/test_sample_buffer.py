@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from actors.sample_buffer import SampleBuffer
+from actors.sample_buffer import SampleQueue as Buffer
 from streamrec.events import TrainingSample, encode_samples
-
-Buffer = SampleBuffer.__ray_actor_class__
 
 
 def sample(i: int) -> TrainingSample:
     return TrainingSample(event_id=f"e{i}", ts=float(i), user_id="u", items=("a", "b"), propensities=(0.5, 0.5),
-                          policy_version="1", rewards=(0.0, 1.0 * (i % 2)), source=("t", 0, i))
+                          policy_version=1, rewards=(0.0, 1.0 * (i % 2)), source=("t", 0, i))
 
 
 def put_encoded(buf, samples):

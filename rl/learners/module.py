@@ -14,7 +14,7 @@ Its ``logp`` is exact and equals :func:`rl.slate.plackett_luce_logp` (tested), w
 serving side logs, so PPO's ratios compare like with like. ``entropy``/``kl`` are those of the
 first position (exact ones over slates are intractable); PPO here runs with ``use_kl_loss=False``.
 
-The serving model is a different object (:class:`rl.scorer.SlateScorer`, numpy), converted from
+The serving model is a different object (:class:`rl.neural.SlateScorer`, numpy), converted from
 this module's state dict; the conversion is tested for equal scores.
 """
 

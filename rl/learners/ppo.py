@@ -11,7 +11,7 @@ the serving fleet is the rollout worker, Kafka the queue.
 
     learner = SlateLearner(spec, PPOHyper(lr=1e-3))
     metrics = learner.update(batch)                 # a LoggedBatch
-    policy = learner.serving_policy()               # rl.policies.NeuralPolicy (numpy)
+    policy = learner.serving_policy()               # rl.neural.NeuralPolicy (numpy)
 """
 
 from __future__ import annotations
@@ -20,10 +20,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
+from ray.rllib.algorithms.ppo import PPOConfig
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 
-from rl.policies import NeuralPolicy, PolicySpec, SlateScorer
+from rl.learners.module import SlateScorerModule, module_spaces
+from rl.logged_batch import LoggedBatch
+from rl.neural import NeuralPolicy, SlateScorer
+from rl.spec import PolicySpec
 
-__all__ = ["PPOHyper", "LoggedBatch", "SlateLearner"]
+__all__ = ["PPOHyper", "SlateLearner"]
 
 
 @dataclass(frozen=True)
@@ -43,44 +51,10 @@ class PPOHyper:
     seed: int = 0
 
 
-@dataclass
-class LoggedBatch:
-    """B logged impressions ready for the learner.
-
-    obs: (B, size) float32; actions: (B, K) int64 candidate indices; logp: (B,) behaviour log-prob
-    of each slate; rewards: (B,) slate rewards; dist_inputs: (B, N) behaviour logits (zeros if not logged).
-    """
-
-    obs: np.ndarray
-    actions: np.ndarray
-    logp: np.ndarray
-    rewards: np.ndarray
-    dist_inputs: np.ndarray | None = None
-
-    def __post_init__(self):
-        b = len(self.obs)
-        for name in ("actions", "logp", "rewards"):
-            if len(getattr(self, name)) != b:
-                raise ValueError(f"{name} has {len(getattr(self, name))} rows for {b} observations")
-        if not np.isfinite(self.logp).all() or (self.logp > 1e-6).any():
-            raise ValueError("logp must be finite log-probabilities (<= 0)")
-        if not np.isfinite(self.rewards).all():
-            raise ValueError("rewards contain NaN or infinity")
-
-    def __len__(self) -> int:
-        return len(self.obs)
-
-
 class SlateLearner:
-    """An RLlib PPO LearnerGroup holding one :class:`rl.module.SlateScorerModule`."""
+    """An RLlib PPO LearnerGroup holding one :class:`rl.learners.module.SlateScorerModule`."""
 
     def __init__(self, spec: PolicySpec, hyper: PPOHyper = PPOHyper()):
-        import torch
-        from ray.rllib.algorithms.ppo import PPOConfig
-        from ray.rllib.core.rl_module.rl_module import RLModuleSpec
-
-        from rl.module import SlateScorerModule, module_spaces
-
         if spec.algorithm != "ppo":
             raise ValueError(f"SlateLearner trains the ppo policy, not {spec.algorithm!r}")
         torch.manual_seed(hyper.seed)
@@ -89,6 +63,7 @@ class SlateLearner:
         model_config = {"m": spec.m, "num_candidates": spec.num_candidates, "slate_size": spec.slate_size,
                         "num_rows": spec.num_rows, "hidden": spec.hidden, "embed": spec.embed,
                         "id_dim": spec.id_dim, "temperature": spec.temperature, "penalty": spec.penalty}
+        self.model_config = model_config
         config = (
             PPOConfig()
             .api_stack(enable_rl_module_and_learner=True, enable_env_runner_and_connector_v2=True)
@@ -105,9 +80,6 @@ class SlateLearner:
         self.updates = 0
 
     def _episodes(self, batch: LoggedBatch) -> list:
-        from ray.rllib.core.columns import Columns
-        from ray.rllib.env.single_agent_episode import SingleAgentEpisode
-
         n = self.spec.num_candidates
         di = batch.dist_inputs if batch.dist_inputs is not None else np.zeros((len(batch), n), np.float32)
         if self.spec.penalty > 0 and di.shape[1] == n:  # the distribution also reads the candidates' features
@@ -140,9 +112,14 @@ class SlateLearner:
                 for k, v in state.items()}
 
     def set_module_state(self, state: dict[str, np.ndarray]) -> None:
-        import torch
-
         self.group.set_weights({"default_policy": {k: torch.as_tensor(v) for k, v in state.items()}})
+
+    def module(self) -> SlateScorerModule:
+        """A torch copy of the learner's network with its current weights (for checks beside the serving model)."""
+        m = SlateScorerModule(observation_space=self.obs_space, action_space=self.act_space,
+                              model_config=self.model_config)
+        m.load_state_dict({k: torch.as_tensor(v) for k, v in self.module_state().items()})
+        return m.eval()
 
     def serving_policy(self, explore: bool = True) -> NeuralPolicy:
         return NeuralPolicy(self.spec, SlateScorer.from_module_state(self.spec.layout, self.module_state()), explore)

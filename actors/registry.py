@@ -1,0 +1,43 @@
+"""Where the loop's named actors live: the namespace, each actor's name, and how to reach them.
+
+Every part that finds another by name (the Ranker replicas, the job entrypoints, the local stack,
+the benches and tests) goes through here; :mod:`cluster.loop` creates them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import ray
+
+__all__ = ["NAMESPACE", "STORE", "PROFILES", "SAMPLES", "TRAINER", "INGEST_PREFIX", "lookup", "policy_store"]
+
+NAMESPACE = "streamrec"
+STORE = "streamrec-policy-store"
+"""The PolicyStore (detached): versioned weights, the canary slot."""
+PROFILES = "streamrec-profiles"
+"""The ProfileStore: users' recent items and pooled profile vectors."""
+SAMPLES = "streamrec-samples"
+"""The SampleBuffer: joined training samples waiting for the trainer."""
+TRAINER = "streamrec-trainer"
+INGEST_PREFIX = "streamrec-ingest"
+"""StreamIngest actors are ``streamrec-ingest-<i>``."""
+
+
+def lookup(name: str) -> Any | None:
+    """The named actor's handle in the streamrec namespace, or None when it does not exist."""
+    try:
+        return ray.get_actor(name, namespace=NAMESPACE)
+    except ValueError:
+        return None
+
+
+def policy_store(store_dir: str, keep: int = 10, *, detached: bool = True):
+    """The cluster's one PolicyStore, created on first use (``get_if_exists``)."""
+    from actors.policy_store import PolicyStore
+
+    opts: dict[str, Any] = {"name": STORE, "namespace": NAMESPACE, "get_if_exists": True}
+    if detached:
+        opts["lifetime"] = "detached"
+    return PolicyStore.options(**opts).remote(str(Path(store_dir).resolve()), keep)

@@ -1,0 +1,386 @@
+"""The learning loop as plain code: train, gate, canary, publish, roll back. No Ray in here.
+
+One round (:meth:`TrainerLoop.round`)::
+
+    samples  <- source.take()                           (ingest's hand-off; committed offsets behind it)
+    logged   <- rl.logged.samples_to_logged(...)        rebuild the exact serving-time inputs
+    train    <- all but the newest holdout_fraction     holdout <- the newest ones
+    PPO: SlateLearner.update(train)  |  bandits: policy.update_batch(train)
+    report   <- rl.gate.evaluate(candidate, holdout) vs the serving version on the same holdout
+    publish to the store when rl.gate.promote(...) says so; checkpoint the learner
+
+With ``trainer.canary_share`` > 0 a candidate is judged on evidence gathered for it instead
+(:meth:`TrainerLoop._canary_round`)::
+
+    train on every sample; no canary running: freeze a copy, store.publish_canary(copy, share)
+    replicas serve it on ``share`` of requests, logging the mixture's exact propensities
+    once ``canary_samples`` samples logged since it went live are in: rl.gate.evaluate(copy, them)
+    vs the serving version on the same samples -> store.promote or store.end_canary
+
+The loop talks to two interfaces, :class:`SampleSource` and :class:`PolicyStoreAPI`: the
+:class:`actors.trainer.Trainer` actor hands it the SampleBuffer and PolicyStore actors behind
+blocking adapters; tests hand it a list and an :class:`actors.policy_store.PolicyDirectory`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+from rl.bandits import BanditPolicy, RandomPolicy
+from rl.click_model import ClickModel
+from rl.features import Featurizer, fit_projection
+from rl.gate import GateReport, evaluate, promote
+from rl.logged import Logged, samples_to_logged
+from rl.manifest import PolicyManifest
+from rl.policies import Policy, make_policy, policy_from_state
+from rl.spec import PolicySpec
+from rl.weights import pack, unpack
+from streamrec.config import StreamrecSettings
+
+__all__ = ["TrainerLoop", "SampleSource", "PolicyStoreAPI", "policy_spec"]
+
+
+class SampleSource(Protocol):
+    """Where training samples wait (the SampleBuffer)."""
+
+    def size(self) -> int: ...
+
+    def take(self, max_items: int) -> Sequence: ...
+
+
+class PolicyStoreAPI(Protocol):
+    """The calls the loop makes on the policy store (:class:`actors.policy_store.PolicyDirectory`)."""
+
+    def latest(self) -> dict | None: ...
+
+    def canary(self) -> dict | None: ...
+
+    def get(self, version: int | None = None) -> tuple[dict, bytes]: ...
+
+    def publish(self, blob: bytes, manifest: dict) -> dict: ...
+
+    def publish_canary(self, blob: bytes, manifest: dict, share: float) -> dict: ...
+
+    def promote(self, version: int, extra: dict | None = None) -> dict: ...
+
+    def end_canary(self, version: int, reason: str, extra: dict | None = None) -> dict: ...
+
+    def rollback(self, to: int | None = None) -> dict: ...
+
+
+def policy_spec(settings: StreamrecSettings, num_rows: int, text_dim: int) -> PolicySpec:
+    p = settings.policy
+    n = min(p.num_candidates, num_rows - 1)  # a catalog smaller than N: rank all of it
+    return PolicySpec(algorithm=p.algorithm, m=p.feature_dim, num_candidates=n,
+                      slate_size=min(p.slate_size, n), num_rows=num_rows, text_dim=text_dim, temperature=p.temperature,
+                      penalty=p.diversity_penalty, epsilon=p.epsilon, alpha=p.alpha,
+                      draws=p.thompson_draws)
+
+
+@dataclasses.dataclass
+class _Canary:
+    """The candidate on canary: a frozen copy, and the samples logged since it was published."""
+
+    policy: Any
+    version: int
+    published_at: float = dataclasses.field(default_factory=time.time)
+    pending: list[Logged] = dataclasses.field(default_factory=list)
+    live_since: float = float("inf")
+    """ts of the first impression it served: samples from then on were logged by the mixture."""
+    seen_since_published: int = 0
+    """Samples logged after it was published (a trainer behind the stream first reads older ones)."""
+
+    def add(self, logged: Logged) -> None:
+        self.pending.append(logged)
+        self.seen_since_published += int((logged.ts >= self.published_at).sum())
+        mine = logged.versions == self.version
+        if mine.any():
+            self.live_since = min(self.live_since, float(logged.ts[mine].min()))
+
+    def evidence(self) -> Logged | None:
+        """The pending samples logged since it went live (None before it served one)."""
+        if self.live_since == float("inf") or not self.pending:
+            return None
+        every = Logged.concat(self.pending)
+        return every.subset(np.flatnonzero(every.ts >= self.live_since))
+
+
+class TrainerLoop:
+    def __init__(self, settings: StreamrecSettings, item_ids, item_vectors: np.ndarray, buffer: SampleSource,
+                 store: PolicyStoreAPI, *, seed: int = 0):
+        self.settings, self.buffer, self.store = settings, buffer, store
+        self.rng = np.random.default_rng(seed)
+        t = settings.trainer
+        self.checkpoint_dir = Path(t.checkpoint_dir)
+        item_vectors = np.asarray(item_vectors, np.float32)
+        latest = store.latest()
+        projection = lineage = None
+        if latest is not None:  # continue the published lineage: same projection, same weights
+            raw, blob = store.get(latest["version"])
+            manifest = PolicyManifest.from_dict(raw)
+            lineage = manifest.spec
+            tensors = unpack(blob, sha256=manifest.sha256)
+            ours = lineage.algorithm == settings.policy.algorithm
+            # a bandit's exploring version 1 (see publish_initial): same lineage, nothing learned yet
+            first = lineage.algorithm == "random" and manifest.ope is None and settings.policy.algorithm != "ppo"
+            if (ours or first) and lineage.num_rows == len(item_ids) + 1:
+                projection = tensors["projection"]
+            else:
+                latest = None
+        if projection is None:
+            projection = fit_projection(item_vectors, settings.policy.feature_dim, seed=seed)
+        self.featurizer = Featurizer(np.asarray(item_ids), item_vectors, projection)
+        self.spec = policy_spec(settings, self.featurizer.num_rows, item_vectors.shape[1])
+        self.learner = None
+        if self.spec.algorithm == "ppo":
+            from rl.learners.ppo import PPOHyper, SlateLearner  # torch and RLlib: only for the neural policy
+
+            self.learner = SlateLearner(self.spec, PPOHyper(lr=t.lr, num_epochs=t.num_epochs,
+                                                            minibatch_size=t.minibatch_size, seed=seed))
+            ckpt = self.checkpoint_dir / "learner"
+            if ckpt.exists() and latest is not None:
+                self.learner.restore(str(ckpt))
+            elif latest is not None:
+                self._load_published_into_learner(tensors)
+            self.policy = self.learner.serving_policy()
+        else:
+            self.policy = make_policy(self.spec)
+            if latest is not None and lineage.algorithm == self.spec.algorithm:
+                self.policy = policy_from_state(self.spec, tensors)
+        if latest is None:
+            self.serving = None
+        elif lineage.algorithm == self.spec.algorithm:
+            self.serving = self.policy
+        else:  # the exploring version 1
+            self.serving = policy_from_state(lineage, tensors)
+        self.serving_version: int | None = int(latest["version"]) if latest else None
+        self.trained_through: dict[str, int] = dict(latest.get("trained_through", {})) if latest else {}
+        self.holdout: list[Logged] = []  # held-out samples of recent rounds (never trained on)
+        # DR's direct method, grown on every round's training samples (never on held-out ones): a
+        # model of the recent holdout alone is too small to value a much better candidate
+        self.click_model = ClickModel()
+        self.stats = {"rounds": 0, "samples": 0, "skipped": 0, "published": 0, "rejected": 0, "deferred": 0,
+                      "canaries": 0, "last": None}
+        self._last_publish = time.monotonic() if latest is not None else float("-inf")
+        self.canary: _Canary | None = None
+        self._initial: Policy | None = None  # version 1 as publish_initial made it
+        running = store.canary()
+        if running is not None:  # its evidence died with the previous trainer: start over
+            store.end_canary(running["version"], "the trainer restarted before judging it")
+
+    # -- one round -------------------------------------------------------------------------------
+    def round(self) -> dict | None:
+        """Take what the buffer holds; train, gate and maybe publish. None when there was too little."""
+        t = self.settings.trainer
+        size = self.buffer.size()
+        if size < t.min_samples:
+            return None
+        samples = self.buffer.take(t.max_batch)
+        logged = samples_to_logged(samples, self.featurizer, self.spec, self.settings.policy.diversity_lambda)
+        self.stats["skipped"] += logged.skipped
+        n = len(logged.observations)
+        if n < 2:
+            return None
+        if t.canary_share > 0 and self.serving is not None:
+            return self._canary_round(samples, logged)
+        order = np.arange(n)  # the buffer hands samples over in arrival order: the newest are last
+        n_hold = max(1, int(round(n * t.holdout_fraction)))
+        train, fresh = logged.subset(order[:-n_hold]), logged.subset(order[-n_hold:])
+        self.holdout.append(fresh)
+        while sum(len(h.observations) for h in self.holdout[1:]) >= t.holdout_window:
+            self.holdout.pop(0)
+        hold = Logged.concat(self.holdout)
+        started = time.monotonic()
+        learner_metrics = self._train(train)
+        candidate = self.learner.serving_policy() if self.learner is not None else self.policy
+        if train.observations:
+            self.click_model.add(train.observations, train.slates, train.clicks)
+        gate = self._gate_options()
+        report = evaluate(candidate, hold, **gate)
+        current = evaluate(self.serving, hold, **gate) if self.serving is not None else None
+        ok, why = promote(report, current, t.gate_tolerance)
+        wait = t.publish_every_s - (time.monotonic() - self._last_publish)
+        held = len(hold.observations)
+        deferral = (f"{held} held-out samples < min_holdout {t.min_holdout}" if held < t.min_holdout
+                    else f"{wait:.1f} s to go (publish_every_s)" if wait > 0 else None)
+        deferred = ok and current is not None and deferral is not None
+        if deferred:
+            ok, why = False, f"{why}; deferred: {deferral}"
+        self._advance_offsets(samples)
+        out = {"samples": n, "train": len(train.observations), "holdout": len(hold.observations), "ok": ok, "why": why,
+               "ope": report.to_dict(), "current_ope": current.to_dict() if current else None,
+               "measured_ctr": float(logged.ctr.mean()), "learner": learner_metrics,
+               "deferred": deferred, "train_s": round(time.monotonic() - started, 3)}
+        if ok:
+            manifest = self._publish(candidate, report)
+            out["version"] = manifest["version"]
+            self.serving, self.serving_version = self._frozen(candidate), int(manifest["version"])
+            self.stats["published"] += 1
+            self._last_publish = time.monotonic()
+        else:
+            self.stats["deferred" if deferred else "rejected"] += 1
+        if isinstance(self.policy, BanditPolicy):  # the new holdout has been scored; now learn from it too
+            self._train(fresh)
+        self.stats["rounds"] += 1
+        self.stats["samples"] += n
+        self.stats["last"] = out
+        return out
+
+    def _gate_options(self) -> dict:
+        t = self.settings.trainer
+        return dict(estimator=t.ope_estimator, rng=self.rng, min_ess=t.min_ess, min_support=t.min_support,
+                    lam=self.settings.policy.diversity_lambda, click_model=self.click_model, dr_weights=t.dr_weights)
+
+    def _train(self, logged: Logged) -> dict[str, float]:
+        if self.learner is not None:
+            return self.learner.update(logged.batch)
+        self.policy.update_batch(logged.observations, logged.slates, logged.clicks)
+        return {}
+
+    def _snapshot(self) -> Policy:
+        """A frozen copy of the policy being trained (what a canary serves)."""
+        if self.learner is not None:
+            return self.learner.serving_policy()
+        return self._frozen(self.policy)
+
+    @staticmethod
+    def _frozen(policy: Policy) -> Policy:
+        """A bandit learns in place: the copy that serves must not move with further updates."""
+        return policy_from_state(policy.spec, policy.state()) if isinstance(policy, BanditPolicy) else policy
+
+    def _canary_round(self, samples, logged: Logged) -> dict:
+        """Train on everything; judge the running canary once it has evidence, else start one."""
+        t = self.settings.trainer
+        started = time.monotonic()
+        learner_metrics = self._train(logged)
+        self._advance_offsets(samples)
+        n = len(logged.observations)
+        out: dict[str, Any] = {"samples": n, "train": n, "ok": False, "deferred": False, "learner": learner_metrics,
+                               "measured_ctr": float(logged.ctr.mean())}
+        c = self.canary
+        if c is None:
+            self.click_model.add(logged.observations, logged.slates, logged.clicks)
+        else:
+            c.add(logged)
+            evidence = c.evidence()
+            out["canary"] = c.version
+            out["holdout"] = 0 if evidence is None else len(evidence.observations)
+            if evidence is not None and len(evidence.observations) >= t.canary_samples:
+                self._judge(c, evidence, out)
+            elif evidence is None and c.seen_since_published >= 3 * t.canary_samples:
+                why = f"no replica served it in {c.seen_since_published} samples logged since it was published"
+                self.store.end_canary(c.version, why)
+                self._close_canary(c)
+                out["why"] = why
+                self.stats["rejected"] += 1
+        wait = t.publish_every_s - (time.monotonic() - self._last_publish)
+        if self.canary is None and wait <= 0:
+            policy = self._snapshot()
+            manifest = self._publish(policy, None, canary_share=t.canary_share)
+            self.canary = _Canary(policy, manifest["version"])
+            self.stats["canaries"] += 1
+            out["canary"] = manifest["version"]
+        out["train_s"] = round(time.monotonic() - started, 3)
+        self.stats["rounds"] += 1
+        self.stats["samples"] += n
+        self.stats["last"] = out
+        return out
+
+    def _judge(self, c: _Canary, evidence: Logged, out: dict) -> None:
+        gate = self._gate_options()
+        # both versions' probabilities of each slate as the replicas computed them (NaN where the
+        # impression was served without this canary: the gate computes those itself)
+        ours = (evidence.mixture_versions == (self.serving_version, c.version)).all(1)[:, None]
+        report = evaluate(c.policy, evidence, target_probs=np.where(ours, evidence.mixture[:, 1], np.nan), **gate)
+        current = evaluate(self.serving, evidence, target_probs=np.where(ours, evidence.mixture[:, 0], np.nan), **gate)
+        ok, why = promote(report, current, self.settings.trainer.gate_tolerance)
+        figures = {"ope": report.to_dict(), "current_ope": current.to_dict(), "ope_samples": len(evidence.observations),
+                   "ope_canary_samples": int((evidence.versions == c.version).sum())}
+        out.update({"ok": ok, "why": why, "ope": report.to_dict(), "current_ope": current.to_dict(),
+                    "holdout": len(evidence.observations)})
+        if ok:
+            self.store.promote(c.version, figures)
+            self.serving, self.serving_version = c.policy, c.version
+            self.stats["published"] += 1
+            self._last_publish = time.monotonic()
+            out["version"] = c.version
+        else:
+            self.store.end_canary(c.version, why, figures)
+            self.stats["rejected"] += 1
+        self._close_canary(c)
+
+    def _close_canary(self, c: _Canary) -> None:
+        """The canary's samples were evidence; now the click model may learn from them too."""
+        for p in c.pending:
+            self.click_model.add(p.observations, p.slates, p.clicks)
+        self.canary = None
+
+    def _advance_offsets(self, samples) -> None:
+        for s in samples:
+            if s.source:
+                topic, part, off = s.source
+                key = f"{topic}:{part}"
+                self.trained_through[key] = max(self.trained_through.get(key, -1), int(off))
+
+    def _manifest(self, policy: Policy, report: GateReport | None) -> tuple[bytes, dict]:
+        """The version's safetensors blob (policy tensors + projection) and the manifest the store completes."""
+        blob, sha = pack({**policy.state(), "projection": self.featurizer.projection})
+        trained = report is not None or policy is not self._initial
+        manifest = PolicyManifest(sha256=sha, spec=policy.spec,
+                                  trained_through=dict(self.trained_through) if trained else {},
+                                  samples_trained=self.stats["samples"] if trained else 0,
+                                  ope=report.to_dict() if report else None)
+        return blob, manifest.to_dict()
+
+    def _publish(self, policy: Policy, report: GateReport | None, canary_share: float | None = None) -> dict:
+        blob, manifest = self._manifest(policy, report)
+        manifest = (self.store.publish(blob, manifest) if canary_share is None
+                    else self.store.publish_canary(blob, manifest, canary_share))
+        if self.learner is not None and policy is not self._initial:
+            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            self.learner.save(str((self.checkpoint_dir / "learner").resolve()))
+        return manifest
+
+    def publish_initial(self) -> dict | None:
+        """Publish version 1 so serving has something from the start.
+
+        A bandit with no data scores every candidate alike and would serve those ties as one
+        deterministic slate, logging data no off-policy estimator can value a candidate on; its
+        version 1 is the uniformly random policy instead (exact propensities). PPO's untrained
+        network already samples with exact propensities."""
+        if self.serving is not None:
+            return None
+        first = self.policy
+        if isinstance(first, BanditPolicy) and not isinstance(first, RandomPolicy):
+            first = make_policy(dataclasses.replace(self.spec, algorithm=RandomPolicy.algorithm))
+        self._initial = first
+        manifest = self._publish(first, None)
+        self.serving, self.serving_version = self._frozen(first), int(manifest["version"])
+        return manifest
+
+    def rollback(self, to: int | None = None) -> dict:
+        """Roll the store back and continue training from the weights now served."""
+        manifest = self.store.rollback(to)  # ends a running canary too
+        self.canary = None
+        _, blob = self.store.get(manifest["version"])
+        tensors = unpack(blob, sha256=manifest["sha256"])
+        if self.learner is not None:
+            self._load_published_into_learner(tensors)
+            self.policy = self.learner.serving_policy()
+        else:
+            self.policy = policy_from_state(self.spec, tensors)
+        self.serving = policy_from_state(self.spec, tensors)
+        self.serving_version = int(manifest["version"])
+        return manifest
+
+    def _load_published_into_learner(self, tensors) -> None:
+        state = self.learner.module_state()
+        state.update({k: v for k, v in tensors.items() if k in state})
+        self.learner.set_module_state(state)
+
+
