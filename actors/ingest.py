@@ -78,9 +78,9 @@ class StreamIngest:
             max_poll_records=max_poll_records, client_id=name,
         )
         # The loop allocates a few tracked objects per event that live for the reward window; with
-        # CPython's default gen-0 threshold (700) the collector re-scans that state all the time
-        # (~25% of the loop, measured). This process only runs the loop: collect less often, but
-        # keep full collections coming (100k/20/10 let RSS climb ~4 MB/min over a 10-minute soak).
+        # CPython's default gen-0 threshold (700) the collector would re-scan that state all the
+        # time. This process only runs the loop: collect less often, but keep full collections
+        # coming so memory stays flat over long runs (docs/architecture.md, "Ingest").
         gc.freeze()
         gc.set_threshold(50_000, 10, 10)
         self._thread = threading.Thread(target=self._run, name=f"{name}-loop", daemon=True)

@@ -167,8 +167,11 @@ class LocalStack:
                                                                           "keep_alive_timeout_s")})
         self._stops.append(("serve", serve.shutdown))
         name = app.get("name", "streamrec")
-        serve.run(serving_app(self.app_args(), app.get("deployments") or []), name=name,
-                  route_prefix=app.get("route_prefix", "/"), wait_for_applications_running=False)
+        # run_many returns once the ingress exists; _wait_app_running then waits with a deadline and
+        # names the deployments that are not ready (serve.run would wait without one)
+        serve.run_many([serve.RunTarget(serving_app(self.app_args(), app.get("deployments") or []), name=name,
+                                        route_prefix=app.get("route_prefix", "/"))],
+                       wait_for_applications_running=False)
         _wait_app_running(name, timeout_s=300)
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         self.http_url = f"http://{shown}:{port}"

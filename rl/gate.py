@@ -14,7 +14,7 @@ ridge on the shown items' features and positions) still gives an estimate. Two c
 * *support* below ``min_support``: the mean (clipped) weight, whose expectation is 1 when the
   logs cover the candidate. An epsilon-greedy candidate whose greedy slates differ from the
   logged ones keeps weight ~1 on the exploration slates only, so its ESS looks healthy while
-  SNIPS, renormalising, would value it as the exploration traffic (measured: 30-45% low).
+  SNIPS, renormalising, would value it as the exploration traffic (far too low).
 
 With ``dr_weights="cascade"`` (the trainer's default) DR weighs evidence per position
 (:func:`rl.ope.cascade_dr`): position k's click is corrected with the product of the probability
@@ -82,7 +82,7 @@ def evaluate(policy, logged, *, estimator: str = "snips", rng: np.random.Generat
     where the logs carry per-position propensities, reported as
     ``cascade-dr``; slate weights otherwise, and when the top position's weights have an ESS below
     ``min_ess``: a few matches weighted 1/mu each, as after a uniform logger on a small holdout,
-    valued one closed-loop version at 2.6x its CTR). ``target_probs``: (B, K) the policy's
+    can value a version at several times its CTR). ``target_probs``: (B, K) the policy's
     per-position probabilities of the logged slates where already known (logged beside a canary),
     NaN rows where not (computed from the policy).
     """

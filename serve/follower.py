@@ -16,6 +16,7 @@ is loaded the same way; it is dropped when the store ends or promotes it.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -29,6 +30,8 @@ from rl.spec import Observation, PolicySpec
 from rl.weights import WeightsError, unpack
 
 __all__ = ["PolicyFollower", "Served", "Canary", "StoreReader"]
+
+log = logging.getLogger(__name__)
 
 
 class StoreReader(Protocol):
@@ -115,6 +118,7 @@ class PolicyFollower:
         self.refused += 1
         self._refused_versions.add(version)
         self.last_error = f"version {version} refused: {why}"
+        log.warning("policy %s", self.last_error)
 
     def load(self, raw: dict, blob: bytes) -> Served:
         """Validate and build a servable version (raises WeightsError/ValueError; nothing is swapped here)."""

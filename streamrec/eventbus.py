@@ -286,8 +286,8 @@ class KafkaEventSource:
     """A group consumer with manual commits, pause/resume, and a hook on partition revoke.
 
     Consumes through librdkafka (confluent-kafka): fetching and record parsing run in C threads
-    outside the GIL, where kafka-python parsed every record in Python (a third of the ingest
-    loop's CPU, measured). Producing: :class:`RdKafkaEventSink` or :class:`KafkaEventSink`.
+    outside the GIL instead of in the ingest's Python loop (docs/architecture.md).
+    Producing: :class:`RdKafkaEventSink` or :class:`KafkaEventSink`.
 
     "Caught up" (for the join's watermark): a partition-EOF event, or our position at the high
     watermark of the last fetch (see :meth:`progress`).

@@ -10,7 +10,7 @@ Pipeline (every stage streams; the catalog is never held whole)::
       -> Parquet (id, vector, content_hash, model_id) + manifest (switched atomically at the end)
 
 A run that dies half way leaves the previous manifest, and so the previous vectors, live; run
-it again and it embeds what is still missing or changed (see README "Embedding job").
+it again and it embeds what is still missing or changed (docs/architecture.md, "Embedding").
 """
 
 from __future__ import annotations
