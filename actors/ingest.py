@@ -49,7 +49,8 @@ class StreamIngest:
                  group_id: str, buffer, profile_store=None, reward_window_s: float = 30.0,
                  max_event_bytes: int = 1_000_000, max_poll_records: int = 2_000,
                  session_timeout_ms: int = 10_000, max_poll_interval_ms: int = 300_000,
-                 commit_interval_s: float = 0.5, max_handoff: int = 20_000, name: str = "ingest"):
+                 commit_interval_s: float = 0.5, max_handoff: int = 20_000, name: str = "ingest",
+                 security=None):
         self.name = name
         self.topics = {impressions_topic: "impression", feedback_topic: "feedback"}
         self.dlq_topic = dlq_topic
@@ -71,11 +72,11 @@ class StreamIngest:
         self._ready: list = []  # due samples waiting for the batch in flight
         self._ready_tokens: list = []
         self.max_handoff = max_handoff
-        self.dlq = KafkaEventSink(bootstrap, client_id=f"{name}-dlq", linger_ms=0)
+        self.dlq = KafkaEventSink(bootstrap, client_id=f"{name}-dlq", linger_ms=0, security=security)
         self.source = KafkaEventSource(
             bootstrap, list(self.topics), group_id, on_revoke=self._on_revoke,
             session_timeout_ms=session_timeout_ms, max_poll_interval_ms=max_poll_interval_ms,
-            max_poll_records=max_poll_records, client_id=name,
+            max_poll_records=max_poll_records, client_id=name, security=security,
         )
         # The loop allocates a few tracked objects per event that live for the reward window; with
         # CPython's default gen-0 threshold (700) the collector would re-scan that state all the
@@ -266,7 +267,7 @@ class IngestGroup:
             group_id=ingest_settings.group_id, buffer=buffer, profile_store=profile_store,
             reward_window_s=ingest_settings.reward_window_s, max_event_bytes=kafka_settings.max_event_bytes,
             max_poll_records=ingest_settings.max_poll_records, session_timeout_ms=ingest_settings.session_timeout_ms,
-            max_poll_interval_ms=ingest_settings.max_poll_interval_ms,
+            max_poll_interval_ms=ingest_settings.max_poll_interval_ms, security=kafka_settings.security,
         )
         self.name_prefix = name_prefix
         self.actors: list = []

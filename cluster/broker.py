@@ -110,18 +110,22 @@ def _port_busy(host: str, port: int) -> bool:
     return False
 
 
-def _admin(bootstrap: str, timeout_ms: int):
+def _admin(bootstrap: str, timeout_ms: int, security=None):
     from kafka import KafkaAdminClient
+
+    from streamrec.eventbus import kafka_python_security
 
     return KafkaAdminClient(
         bootstrap_servers=bootstrap.split(","),
         client_id="streamrec-admin",
         request_timeout_ms=timeout_ms,
         api_version_auto_timeout_ms=min(timeout_ms, 5_000),
+        **kafka_python_security(security),
     )
 
 
-def wait_for_kafka(bootstrap: str, timeout_s: float, *, proc: subprocess.Popen | None = None) -> None:
+def wait_for_kafka(bootstrap: str, timeout_s: float, *, proc: subprocess.Popen | None = None,
+                   security=None) -> None:
     """Return once ``bootstrap`` answers a Kafka metadata request; BrokerError after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
@@ -129,7 +133,7 @@ def wait_for_kafka(bootstrap: str, timeout_s: float, *, proc: subprocess.Popen |
         if proc is not None and proc.poll() is not None:
             raise BrokerError(f"the embedded broker at {bootstrap} exited with code {proc.returncode} while starting")
         try:
-            admin = _admin(bootstrap, 2_000)
+            admin = _admin(bootstrap, 2_000, security)
             try:
                 admin.list_topics()
             finally:
@@ -180,8 +184,8 @@ def start_embedded_broker(
     return BrokerHandle(bootstrap=bootstrap, embedded=True, pid=proc.pid, log_path=log_path)
 
 
-def list_topics(bootstrap: str, timeout_ms: int = 5_000) -> list[str]:
-    admin = _admin(bootstrap, timeout_ms)
+def list_topics(bootstrap: str, timeout_ms: int = 5_000, security=None) -> list[str]:
+    admin = _admin(bootstrap, timeout_ms, security)
     try:
         return sorted(admin.list_topics())
     finally:
@@ -189,12 +193,12 @@ def list_topics(bootstrap: str, timeout_ms: int = 5_000) -> list[str]:
 
 
 def ensure_topics(bootstrap: str, topics: Mapping[str, int], *, replication_factor: int = 1,
-                  timeout_ms: int = 10_000) -> list[str]:
+                  timeout_ms: int = 10_000, security=None) -> list[str]:
     """Create the missing topics (name -> partitions); return the names created."""
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    admin = _admin(bootstrap, timeout_ms)
+    admin = _admin(bootstrap, timeout_ms, security)
     try:
         existing = set(admin.list_topics())
         missing = [NewTopic(n, p, replication_factor) for n, p in topics.items() if n not in existing]
@@ -217,12 +221,13 @@ def connect_or_start(kafka_settings, *, log_dir: str | Path | None = None) -> Br
     }
     if kafka_settings.bootstrap_servers:
         handle = BrokerHandle(bootstrap=kafka_settings.bootstrap_servers, embedded=False)
-        wait_for_kafka(handle.bootstrap, kafka_settings.connect_timeout_s)
+        wait_for_kafka(handle.bootstrap, kafka_settings.connect_timeout_s, security=kafka_settings.security)
     else:
         handle = start_embedded_broker(log_dir=log_dir, timeout_s=kafka_settings.connect_timeout_s)
     try:
         ensure_topics(handle.bootstrap, topics, replication_factor=kafka_settings.replication_factor,
-                      timeout_ms=kafka_settings.request_timeout_ms)
+                      timeout_ms=kafka_settings.request_timeout_ms,
+                      security=kafka_settings.security if handle.bootstrap == kafka_settings.bootstrap_servers else None)
     except Exception:
         stop_broker(handle)
         raise

@@ -25,6 +25,7 @@ blocking adapters; tests hand it a list and an :class:`actors.policy_store.Polic
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from pathlib import Path
 from typing import Any, Protocol, Sequence
@@ -39,10 +40,12 @@ from rl.logged import Logged, samples_to_logged
 from rl.manifest import PolicyManifest
 from rl.policies import Policy, make_policy, policy_from_state
 from rl.spec import PolicySpec
-from rl.weights import pack, unpack
+from rl.weights import WeightsError, pack, unpack
 from streamrec.config import StreamrecSettings
 
 __all__ = ["TrainerLoop", "SampleSource", "PolicyStoreAPI", "policy_spec"]
+
+log = logging.getLogger(__name__)
 
 
 class SampleSource(Protocol):
@@ -136,17 +139,16 @@ class TrainerLoop:
             projection = fit_projection(item_vectors, settings.policy.feature_dim, seed=seed)
         self.featurizer = Featurizer(np.asarray(item_ids), item_vectors, projection)
         self.spec = policy_spec(settings, self.featurizer.num_rows, item_vectors.shape[1])
+        self.stats = {"rounds": 0, "samples": 0, "skipped": 0, "published": 0, "rejected": 0, "deferred": 0,
+                      "canaries": 0, "last": None}
         self.learner = None
         if self.spec.algorithm == "ppo":
             from rl.learners.ppo import PPOHyper, SlateLearner  # torch and RLlib: only for the neural policy
 
             self.learner = SlateLearner(self.spec, PPOHyper(lr=t.lr, num_epochs=t.num_epochs,
                                                             minibatch_size=t.minibatch_size, seed=seed))
-            ckpt = self.checkpoint_dir / "learner"
-            if ckpt.exists() and latest is not None:
-                self.learner.restore(str(ckpt))
-            elif latest is not None:
-                self._load_published_into_learner(tensors)
+            if latest is not None:
+                self._resume_learner(tensors)
             self.policy = self.learner.serving_policy()
         else:
             self.policy = make_policy(self.spec)
@@ -164,8 +166,6 @@ class TrainerLoop:
         # DR's direct method, grown on every round's training samples (never on held-out ones): a
         # model of the recent holdout alone is too small to value a much better candidate
         self.click_model = ClickModel()
-        self.stats = {"rounds": 0, "samples": 0, "skipped": 0, "published": 0, "rejected": 0, "deferred": 0,
-                      "canaries": 0, "last": None}
         self._last_publish = time.monotonic() if latest is not None else float("-inf")
         self.canary: _Canary | None = None
         self._initial: Policy | None = None  # version 1 as publish_initial made it
@@ -377,6 +377,19 @@ class TrainerLoop:
         self.serving = policy_from_state(self.spec, tensors)
         self.serving_version = int(manifest["version"])
         return manifest
+
+    def _resume_learner(self, published: dict) -> None:
+        """The learner's own checkpoint (value head included) when it is there and sound; else the
+        published weights. A checkpoint that fails its checks is refused, never loaded."""
+        ckpt = self.checkpoint_dir / "learner"
+        if ckpt.exists():
+            try:
+                self.learner.restore(str(ckpt))
+                return
+            except WeightsError as e:
+                self.stats["checkpoint_refused"] = str(e)
+                log.warning("learner checkpoint refused, resuming from the published weights: %s", e)
+        self._load_published_into_learner(published)
 
     def _load_published_into_learner(self, tensors) -> None:
         state = self.learner.module_state()

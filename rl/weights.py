@@ -1,11 +1,12 @@
 """Policy weights on the wire and on disk: safetensors bytes + a JSON manifest, validated. Never pickle.
 
     blob, sha = pack(tensors)                        # {name: ndarray} -> safetensors bytes, sha256 hex
-    tensors = unpack(blob, sha256=sha, expect=spec)  # WeightsError on a bad hash, NaN, wrong names/shapes
+    tensors = unpack(blob, sha256=sha, expect=spec)  # WeightsError on a bad hash, dtype, NaN, names/shapes
 
-``expect`` maps each tensor name to its shape; every serving policy states its own
-(:meth:`rl.policies.ServingPolicy.expected_shapes`), so a version built for another catalog
-or layout is refused before it can serve.
+Every tensor is float32 (:data:`DTYPE`): anything else in a blob is refused, so a complex, bool
+or integer tensor cannot slip past the finiteness check. ``expect`` maps each tensor name to its
+shape; every policy states its own (``expected_shapes`` of :mod:`rl.policies`), so a version
+built for another catalog or layout is refused before it can serve.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from typing import Mapping
 
 import numpy as np
 
-__all__ = ["WeightsError", "pack", "unpack", "sha256_hex"]
+__all__ = ["WeightsError", "pack", "unpack", "sha256_hex", "DTYPE"]
+
+DTYPE = np.dtype(np.float32)
+"""The one dtype of published tensors."""
 
 
 class WeightsError(ValueError):
@@ -27,19 +31,16 @@ def sha256_hex(blob: bytes) -> str:
 
 
 def pack(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> tuple[bytes, str]:
-    """safetensors bytes of float32/int64 tensors, and their sha256."""
+    """safetensors bytes of the tensors as float32 (real floating-point input only), and their sha256."""
     from safetensors.numpy import save
 
     clean: dict[str, np.ndarray] = {}
     for name, t in tensors.items():
         a = np.asarray(t)
-        if a.dtype.kind == "f":
-            a = a.astype(np.float32)
-        elif a.dtype.kind in "iu":
-            a = a.astype(np.int64)
-        else:
-            raise WeightsError(f"tensor {name!r}: dtype {a.dtype} is not a number")
-        if a.dtype.kind == "f" and not np.isfinite(a).all():
+        if a.dtype.kind != "f":
+            raise WeightsError(f"tensor {name!r}: dtype {a.dtype} is not floating point")
+        a = a.astype(DTYPE)
+        if not np.isfinite(a).all():
             raise WeightsError(f"tensor {name!r} contains NaN or infinity")
         clean[name] = np.ascontiguousarray(a)
     blob = save(clean, metadata=dict(metadata) if metadata else None)
@@ -60,7 +61,9 @@ def unpack(blob: bytes, *, sha256: str | None = None,
     except Exception as e:  # safetensors raises its own error types for malformed headers
         raise WeightsError(f"not a safetensors file: {e}") from None
     for name, t in tensors.items():
-        if t.dtype.kind == "f" and not np.isfinite(t).all():
+        if t.dtype != DTYPE:
+            raise WeightsError(f"tensor {name!r} has dtype {t.dtype}; published weights are {DTYPE}")
+        if not np.isfinite(t).all():
             raise WeightsError(f"tensor {name!r} contains NaN or infinity")
     if expect is not None:
         missing = sorted(set(expect) - set(tensors))

@@ -13,6 +13,8 @@ value from the environment is reported like one from the file):
 
 =============================  ==================================
 ``STREAMREC_KAFKA_BOOTSTRAP``  ``kafka.bootstrap_servers``
+``STREAMREC_KAFKA_USERNAME``   ``kafka.security.username``
+``STREAMREC_KAFKA_PASSWORD``   ``kafka.security.password``
 ``STREAMREC_API_KEYS``         ``auth.api_keys`` (comma separated)
 ``RAY_ADDRESS``                ``ray.address``
 =============================  ==================================
@@ -49,6 +51,7 @@ __all__ = [
     "load_serve_config",
     "settings_from_args",
     "ENV_OVERRIDES",
+    "KafkaSecurity",
 ]
 
 #: the Serve application whose ``args`` are streamrec's settings
@@ -89,6 +92,36 @@ class TopicNames(_Section):
         return self
 
 
+class KafkaSecurity(_Section):
+    """How every Kafka client of streamrec authenticates and encrypts (``streamrec.eventbus`` maps it
+    once per client library)."""
+
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_SSL"] = "PLAINTEXT"
+    """``SSL``: TLS; ``SASL_SSL``: TLS plus a SASL login (managed Kafka services)."""
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    """Required with ``SASL_SSL``."""
+    username: str | None = None
+    """SASL user; set ``STREAMREC_KAFKA_USERNAME`` rather than writing it here."""
+    password: SecretStr | None = None
+    """SASL password; set ``STREAMREC_KAFKA_PASSWORD`` rather than writing it here."""
+    ca_file: str | None = None
+    """PEM file of the CA that signed the brokers' certificates (default: the system's CAs)."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "KafkaSecurity":
+        sasl = self.protocol == "SASL_SSL"
+        if sasl:
+            missing = [name for name in ("sasl_mechanism", "username", "password") if not getattr(self, name)]
+            if missing:
+                raise ValueError(f"protocol SASL_SSL needs {', '.join(missing)} (username and password from "
+                                 "STREAMREC_KAFKA_USERNAME / STREAMREC_KAFKA_PASSWORD)")
+        elif self.sasl_mechanism or self.username or self.password:
+            raise ValueError(f"sasl_mechanism, username and password need protocol SASL_SSL, not {self.protocol}")
+        if self.ca_file and self.protocol == "PLAINTEXT":
+            raise ValueError("ca_file needs protocol SSL or SASL_SSL")
+        return self
+
+
 class KafkaSettings(_Section):
     bootstrap_servers: str | None = None
     """``host:port[,host:port...]`` of a Kafka cluster; empty starts the embedded Tansu broker."""
@@ -109,6 +142,7 @@ class KafkaSettings(_Section):
     """Events the producer may hold while the broker is unreachable; beyond that they are dropped and counted."""
     max_event_bytes: int = Field(1_000_000, ge=1_024, le=16_000_000)
     """Events larger than this are dead-lettered, not decoded."""
+    security: KafkaSecurity = KafkaSecurity()
 
     @field_validator("bootstrap_servers")
     @classmethod
@@ -332,6 +366,8 @@ class StreamrecSettings(_Section):
 #: environment variable -> key path in the settings
 ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "STREAMREC_KAFKA_BOOTSTRAP": ("kafka", "bootstrap_servers"),
+    "STREAMREC_KAFKA_USERNAME": ("kafka", "security", "username"),
+    "STREAMREC_KAFKA_PASSWORD": ("kafka", "security", "password"),
     "STREAMREC_API_KEYS": ("auth", "api_keys"),
     "RAY_ADDRESS": ("ray", "address"),
 }

@@ -11,6 +11,9 @@ in-process queue that a background thread hands to kafka-python's producer) with
 retries and delivery callbacks. When the broker is unreachable the buffer fills up to its
 bound, then further events are dropped and counted, and the request that produced them is
 served on time all the same.
+
+``kafka.security`` (TLS, SASL) is mapped once per client library (:func:`librdkafka_security`,
+:func:`kafka_python_security`) and passed to every client: producers, the consumer, admin.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import functools
 import itertools
 import logging
 import operator
+import os
 import queue
 import threading
 import time
@@ -35,6 +39,8 @@ __all__ = [
     "KafkaEventSource",
     "reset_group_offsets",
     "group_lag",
+    "librdkafka_security",
+    "kafka_python_security",
 ]
 
 log = logging.getLogger(__name__)
@@ -71,12 +77,40 @@ def _key_bytes(key: str | bytes | None) -> bytes | None:
     return key.encode()
 
 
+def librdkafka_security(security) -> dict[str, Any]:
+    """``kafka.security`` (:class:`streamrec.config.KafkaSecurity`, or None) as librdkafka settings."""
+    return _security(security, {"protocol": "security.protocol", "mechanism": "sasl.mechanism",
+                                "username": "sasl.username", "password": "sasl.password", "ca": "ssl.ca.location"})
+
+
+def kafka_python_security(security) -> dict[str, Any]:
+    """``kafka.security`` as kafka-python keyword arguments (SCRAM takes the ``sasl_plain_*`` pair too)."""
+    return _security(security, {"protocol": "security_protocol", "mechanism": "sasl_mechanism",
+                                "username": "sasl_plain_username", "password": "sasl_plain_password",
+                                "ca": "ssl_cafile"})
+
+
+def _security(security, names: dict[str, str]) -> dict[str, Any]:
+    if security is None or security.protocol == "PLAINTEXT":
+        return {}
+    out: dict[str, Any] = {names["protocol"]: security.protocol}
+    if security.protocol == "SASL_SSL":
+        out.update({names["mechanism"]: security.sasl_mechanism, names["username"]: security.username,
+                    names["password"]: security.password.get_secret_value()})
+    if security.ca_file:
+        if not os.path.isfile(security.ca_file) or not os.access(security.ca_file, os.R_OK):
+            raise ValueError(f"kafka.security.ca_file: {security.ca_file} is not a readable file on this node")
+        out[names["ca"]] = security.ca_file
+    return out
+
+
 class KafkaEventSink:
     """Non-blocking, bounded, at-least-once producer (``acks=all``, retries, idempotent if asked)."""
 
     def __init__(self, bootstrap: str, *, buffer_events: int = 10_000, idempotent: bool = False,
                  client_id: str = "streamrec-sink", request_timeout_ms: int = 10_000,
-                 linger_ms: int = 5, max_request_size: int = 16 * 1024 * 1024, producer_factory: Callable[[], Any] | None = None):
+                 linger_ms: int = 5, max_request_size: int = 16 * 1024 * 1024, producer_factory: Callable[[], Any] | None = None,
+                 security=None):
         self.bootstrap = bootstrap
         self.stats = SinkStats()
         self._q: queue.Queue = queue.Queue(maxsize=buffer_events)
@@ -84,11 +118,13 @@ class KafkaEventSink:
         self._inflight = 0
         self._stop = threading.Event()
         self._producer = None
-        self._config = dict(
+        #: kafka-python's producer settings (security included)
+        self.config = dict(
             bootstrap_servers=bootstrap.split(","), client_id=client_id, acks="all", retries=5,
             linger_ms=linger_ms, request_timeout_ms=request_timeout_ms,
             delivery_timeout_ms=max(30_000, request_timeout_ms + linger_ms + 1),
             max_block_ms=5_000, enable_idempotence=idempotent, max_request_size=max_request_size,
+            **kafka_python_security(security),
         )
         self._factory = producer_factory or self._make_producer
         self._thread = threading.Thread(target=self._run, name="event-sink", daemon=True)
@@ -97,7 +133,7 @@ class KafkaEventSink:
     def _make_producer(self):
         from kafka import KafkaProducer
 
-        return KafkaProducer(**self._config)
+        return KafkaProducer(**self.config)
 
     # -- caller side: never blocks ------------------------------------------------------------
     def send(self, topic: str, key: str | bytes | None, value: bytes,
@@ -186,12 +222,13 @@ class RdKafkaEventSink:
     held: dropped and counted); batching, retries, ``acks=all`` and the sockets run in
     librdkafka's threads without the GIL, and a thread of ours waits in ``poll`` to count the
     deliveries. kafka-python's producer runs all of that in Python threads of the serving
-    replica, where it cost CPU and GIL hand-offs on every request (README, "Serving").
+    replica, where it cost CPU and GIL hand-offs on every request (docs/architecture.md, "Serving").
     """
 
     def __init__(self, bootstrap: str, *, buffer_events: int = 10_000, idempotent: bool = False,
                  client_id: str = "streamrec-sink", request_timeout_ms: int = 10_000,
-                 linger_ms: int = 5, max_request_size: int = 16 * 1024 * 1024, delivery_timeout_ms: int = 30_000):
+                 linger_ms: int = 5, max_request_size: int = 16 * 1024 * 1024, delivery_timeout_ms: int = 30_000,
+                 security=None):
         from confluent_kafka import Producer
 
         self.bootstrap = bootstrap
@@ -202,7 +239,7 @@ class RdKafkaEventSink:
             "enable.idempotence": idempotent, "linger.ms": linger_ms,
             "queue.buffering.max.messages": buffer_events, "message.max.bytes": max_request_size,
             "request.timeout.ms": request_timeout_ms, "message.timeout.ms": delivery_timeout_ms,
-            "message.send.max.retries": 5, "logger": log,
+            "message.send.max.retries": 5, "logger": log, **librdkafka_security(security),
         })
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve_callbacks, name="event-sink", daemon=True)
@@ -262,7 +299,7 @@ def make_event_sink(kafka, client_id: str = "streamrec-sink") -> EventSink:
     """The sink ``kafka.producer_client`` names, configured from :class:`~streamrec.config.KafkaSettings`."""
     cls = RdKafkaEventSink if kafka.producer_client == "librdkafka" else KafkaEventSink
     return cls(kafka.bootstrap_servers, buffer_events=kafka.producer_buffer_events, idempotent=kafka.idempotent_producer,
-               client_id=client_id)
+               client_id=client_id, security=kafka.security)
 
 
 class PartitionBatch(NamedTuple):
@@ -298,7 +335,7 @@ class KafkaEventSource:
                  on_assign: Callable[[set[tuple[str, int]]], None] | None = None,
                  session_timeout_ms: int = 10_000, max_poll_interval_ms: int = 300_000,
                  max_poll_records: int = 2_000, client_id: str = "streamrec-ingest",
-                 auto_offset_reset: str = "earliest"):
+                 auto_offset_reset: str = "earliest", security=None):
         from confluent_kafka import Consumer, Message
 
         self._message = Message  # its methods, mapped over a poll's messages in C
@@ -310,7 +347,7 @@ class KafkaEventSource:
             "heartbeat.interval.ms": max(1_000, session_timeout_ms // 4),
             "max.poll.interval.ms": max_poll_interval_ms,
             "fetch.wait.max.ms": 100, "max.partition.fetch.bytes": 4 * 1024 * 1024,
-            "logger": log,
+            "logger": log, **librdkafka_security(security),
         })
         self._max_records = max_poll_records
         self._reset = auto_offset_reset
@@ -463,15 +500,16 @@ class KafkaEventSource:
         self._consumer.close()
 
 
-def _admin_consumer(bootstrap: str, group_id: str):
+def _admin_consumer(bootstrap: str, group_id: str, security=None):
     from kafka import KafkaConsumer
 
-    return KafkaConsumer(bootstrap_servers=bootstrap.split(","), group_id=group_id, enable_auto_commit=False)
+    return KafkaConsumer(bootstrap_servers=bootstrap.split(","), group_id=group_id, enable_auto_commit=False,
+                         **kafka_python_security(security))
 
 
 def reset_group_offsets(bootstrap: str, group_id: str, topics: Iterable[str], *,
                         to_timestamp_ms: int | None = None, to_offsets: dict[tuple[str, int], int] | None = None,
-                        to_earliest: bool = False) -> dict[tuple[str, int], int]:
+                        to_earliest: bool = False, security=None) -> dict[tuple[str, int], int]:
     """Replay: point a (stopped) consumer group at a timestamp, explicit offsets, or the start.
 
     The next ingest that joins the group re-reads from there and rebuilds its state
@@ -480,7 +518,7 @@ def reset_group_offsets(bootstrap: str, group_id: str, topics: Iterable[str], *,
     from kafka import TopicPartition
     from kafka.structs import OffsetAndMetadata
 
-    c = _admin_consumer(bootstrap, group_id)
+    c = _admin_consumer(bootstrap, group_id, security)
     try:
         tps = [TopicPartition(t, p) for t in topics for p in sorted(c.partitions_for_topic(t) or ())]
         target: dict[tuple[str, int], int] = {}
@@ -503,7 +541,7 @@ def reset_group_offsets(bootstrap: str, group_id: str, topics: Iterable[str], *,
         c.close(autocommit=False)
 
 
-def group_lag(bootstrap: str, group_id: str, topics: Iterable[str]) -> dict[str, int]:
+def group_lag(bootstrap: str, group_id: str, topics: Iterable[str], security=None) -> dict[str, int]:
     """Committed-offset lag per ``topic/partition`` of a group, as seen from outside it.
 
     Uses the broker's end offsets (ListOffsets); note the embedded Tansu 0.6 reports the base
@@ -511,7 +549,7 @@ def group_lag(bootstrap: str, group_id: str, topics: Iterable[str]) -> dict[str,
     """
     from kafka import TopicPartition
 
-    c = _admin_consumer(bootstrap, group_id)
+    c = _admin_consumer(bootstrap, group_id, security)
     try:
         tps = [TopicPartition(t, p) for t in topics for p in sorted(c.partitions_for_topic(t) or ())]
         ends = c.end_offsets(tps)

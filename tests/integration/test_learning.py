@@ -79,6 +79,52 @@ def test_ppo_learns_from_logged_slates_only():
         learner.shutdown()
 
 
+class _Payload:
+    """Unpickling this creates a file: the proof that a restore unpickled what it read."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_a_learner_checkpoint_round_trips_and_a_tampered_one_is_refused_unrun(tmp_path):
+    import hashlib
+    import json
+    import pickle
+
+    from rl.weights import WeightsError
+
+    spec = PolicySpec("ppo", m=4, num_candidates=10, slate_size=3, num_rows=21)
+    saved, fresh = SlateLearner(spec, PPOHyper(seed=1)), SlateLearner(spec, PPOHyper(seed=2))
+    ckpt, marker = tmp_path / "learner", tmp_path / "payload-ran"
+    try:
+        saved.save(str(ckpt))
+        assert sorted(p.name for p in ckpt.iterdir()) == ["learner.json", "module.safetensors"]
+        fresh.restore(str(ckpt))
+        mine, theirs = saved.module_state(), fresh.module_state()
+        assert mine.keys() == theirs.keys() and all(np.array_equal(mine[k], theirs[k]) for k in mine)
+
+        payload = pickle.dumps(_Payload(marker))
+        (ckpt / "module.safetensors").write_bytes(payload)
+        with pytest.raises(WeightsError, match="do not match their sha256"):
+            fresh.restore(str(ckpt))
+        record = json.loads((ckpt / "learner.json").read_text())
+        record["sha256"] = hashlib.sha256(payload).hexdigest()  # a tamperer who also rewrote the record
+        (ckpt / "learner.json").write_text(json.dumps(record))
+        with pytest.raises(WeightsError, match="not a safetensors file"):
+            fresh.restore(str(ckpt))
+        (ckpt / "learner.json").write_bytes(payload)  # a pickle where the record should be
+        with pytest.raises(WeightsError, match="is unreadable"):
+            fresh.restore(str(ckpt))
+        assert not marker.exists()
+        assert all(np.array_equal(theirs[k], v) for k, v in fresh.module_state().items())  # nothing loaded
+    finally:
+        saved.shutdown()
+        fresh.shutdown()
+
+
 def test_trainer_publishes_resumes_after_a_crash_and_rolls_back(ray_session, tmp_path):
     ids, vecs, user_vecs, sim = world()
     s = trainer_settings(tmp_path)

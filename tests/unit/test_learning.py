@@ -234,11 +234,28 @@ def test_weights_round_trip_and_refusals():
          r"missing tensor\(s\): b"),
         (lambda: unpack(pack({**t, "extra": np.ones(1)})[0], expect=expected_shapes(spec)),
          r"unexpected tensor\(s\): extra"),
-        (lambda: pack({"x": np.array(["a"])}), "tensor 'x': dtype <U1 is not a number"),
+        (lambda: pack({"x": np.array(["a"])}), "tensor 'x': dtype <U1 is not floating point"),
+        (lambda: pack({"x": np.array([1 + 2j])}), "tensor 'x': dtype complex128 is not floating point"),
     ]
     for fn, message in bad:
         with pytest.raises(WeightsError, match=message):
             fn()
+
+
+@pytest.mark.parametrize("tensor, message", [
+    (np.array([np.nan, 1.0], np.complex64), "tensor 'x' has dtype complex64; published weights are float32"),
+    (np.array([True, False]), "tensor 'x' has dtype bool; published weights are float32"),
+    (np.array([1, 2], np.uint8), "tensor 'x' has dtype uint8; published weights are float32"),
+    (np.array([1, 2], np.int64), "tensor 'x' has dtype int64; published weights are float32"),
+    (np.array([0.5, 2.0], np.float64), "tensor 'x' has dtype float64; published weights are float32"),
+    (np.array([0.5, 2.0], np.float16), "tensor 'x' has dtype float16; published weights are float32"),
+])
+def test_unpack_refuses_every_dtype_but_float32(tensor, message):
+    """Written around pack() (which only writes float32): what a hand-made or tampered blob could hold."""
+    from safetensors.numpy import save
+
+    with pytest.raises(WeightsError, match=message):
+        unpack(save({"x": tensor}))
 
 
 def test_nan_weights_hidden_from_pack_are_refused_on_unpack():
