@@ -62,7 +62,7 @@ def stack(broker, ray_session, tmp_path_factory):
         "catalog": {"num_items": 300, "num_users": 60},
         "policy": {"algorithm": "ppo", "slate_size": 5, "num_candidates": 40},
         "trainer": {"train_every_s": 1.0, "min_samples": 100, "min_holdout": 1, "store_dir": str(tmp / "store"),
-                    "checkpoint_dir": str(tmp / "ckpt"), "gate_tolerance": 10.0},
+                    "checkpoint_dir": str(tmp / "ckpt"), "gate_tolerance": 10.0, "keep_versions": 50},
         "auth": {"api_keys": [KEY]},
     }
     s = settings_from_args(args, env={})
