@@ -111,21 +111,3 @@ def test_build_app_validates_the_args_serve_passes():
     assert isinstance(build_app(args), Application)
     with pytest.raises(ConfigError, match=r"args\.policy\.slate_size: Input should be less than or equal to 100"):
         build_app({"policy": {"slate_size": 1000}})
-
-
-def test_kuberay_manifest_embeds_ray_config_unchanged():
-    from cluster.kuberay.render import render
-
-    text = CONFIG.read_text()
-    m = render(text)
-    assert m["kind"] == "RayService" and m["spec"]["serveConfigV2"] == text
-    gpu = [g for g in m["spec"]["rayClusterConfig"]["workerGroupSpecs"] if g["groupName"] == "gpu"][0]
-    assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    env = {e["name"] for e in gpu["template"]["spec"]["containers"][0]["env"]}
-    assert "STREAMREC_API_KEYS" in env and "RAY_SERVE_ENABLE_HA_PROXY" not in env
-    throughput = text.replace("      auth:\n", "      serve:\n        mode: throughput\n      auth:\n", 1)
-    assert throughput != text
-    m = render(throughput)
-    for group in [m["spec"]["rayClusterConfig"]["headGroupSpec"], *m["spec"]["rayClusterConfig"]["workerGroupSpecs"]]:
-        env = {e["name"]: e.get("value") for e in group["template"]["spec"]["containers"][0]["env"]}
-        assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"  # a cluster-wide setting: every node's environment
