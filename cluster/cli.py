@@ -51,11 +51,16 @@ def up(
     dashboard_port: Optional[int] = typer.Option(None, help="Override ray.dashboard_port (0: a free port)."),
 ) -> None:
     """Bring up the whole loop in the foreground: broker, Ray and every component; Ctrl-C stops it."""
-    from cluster.stack import LocalStack, StackError
     from cluster.broker import BrokerError
+    from cluster.local_ray import prepare_local_head
+    from cluster.stack import LocalStack, StackError
+    from streamrec.config import ray_section
 
+    rd = RunDir(run_dir)
+    ray_cfg = ray_section(config or default_config_path())  # read before Ray is imported (validation imports it)
+    prepare_local_head(rd.path / "ray_token", ray_cfg.get("address"), ray_cfg.get("node_ip_address"))
     path, settings = _load(config)
-    stack = LocalStack(settings, RunDir(run_dir), config_path=str(path), dashboard_port=dashboard_port)
+    stack = LocalStack(settings, rd, config_path=str(path), dashboard_port=dashboard_port)
     stop = threading.Event()
 
     def _on_signal(signum, frame):
@@ -172,7 +177,8 @@ def _where_table(state: dict[str, Any]) -> Table:
     if r:
         t.add_row("ray", r["gcs_address"], "local head (this process)" if r["started_here"] else "joined cluster")
         if r.get("dashboard_url"):
-            t.add_row("ray dashboard / jobs", r["dashboard_url"], "ray job submit --address " + r["dashboard_url"])
+            auth = f"RAY_AUTH_TOKEN_PATH={r['auth_token_path']} " if r.get("auth_token_path") else ""
+            t.add_row("ray dashboard / jobs", r["dashboard_url"], f"{auth}ray job submit --address " + r["dashboard_url"])
     e = state.get("embeddings")
     if e:
         t.add_row("embeddings", e["dir"], e["model_id"])
@@ -210,6 +216,8 @@ def _status_table(info: dict[str, Any]) -> Table:
         t.add_row("ray", "[green]up[/green]", details)
         if r.get("dashboard_url"):
             t.add_row("  dashboard", "", r["dashboard_url"])
+        if r.get("auth_token_path"):
+            t.add_row("  auth", "token", f"RAY_AUTH_TOKEN_PATH={r['auth_token_path']} (mode 0600)")
     e = info.get("embeddings")
     if e:
         counts = ", ".join(f"{k} {v['count']}" for k, v in e.items() if isinstance(v, dict))

@@ -52,6 +52,7 @@ __all__ = [
     "settings_from_args",
     "ENV_OVERRIDES",
     "KafkaSecurity",
+    "ray_section",
 ]
 
 #: the Serve application whose ``args`` are streamrec's settings
@@ -343,6 +344,9 @@ class RaySettings(_Section):
     object_store_memory_mb: int | None = Field(None, ge=78)
     dashboard_port: int = Field(8265, ge=0, le=65_535)
     """Dashboard and job server port of a local head (bound to 127.0.0.1); 0 picks a free one."""
+    node_ip_address: str | None = None
+    """The address a local head advertises and binds Ray's ports on, for other machines to join.
+    Empty: loopback only (one machine; nothing of Ray listens beyond 127.0.0.1)."""
 
 
 class StreamrecSettings(_Section):
@@ -467,6 +471,18 @@ def load_settings(path: str | Path, *, env: Mapping[str, str] | None = None) -> 
     raw = load_serve_config(path)
     i, app = _find_app(raw, Path(path))
     return settings_from_args(app.get("args"), env=env, prefix=f"applications[{i}].args")
+
+
+def ray_section(path: str | Path) -> dict[str, Any]:
+    """The raw ``args.ray`` mapping of a config file, read without importing Ray (``{}`` when absent
+    or unreadable: :func:`load_settings` reports the problem)."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+        app = next(a for a in raw.get("applications") or [] if a.get("import_path") == APP_IMPORT_PATH)
+        section = (app.get("args") or {}).get("ray") or {}
+        return section if isinstance(section, dict) else {}
+    except (OSError, yaml.YAMLError, AttributeError, StopIteration):
+        return {}
 
 
 def default_config_path() -> Path:

@@ -86,6 +86,56 @@ def _assert_gone(pids, timeout_s: float = 20.0) -> None:
     assert [p for p in pids if pid_alive(p)] == []
 
 
+def _assert_token_auth(ray_info: dict, run_dir: Path) -> None:
+    """The local head runs with token authentication: the token is the run directory's, owner-only, and
+    a driver without it is refused while one with it connects."""
+    token = Path(ray_info["auth_token_path"])
+    assert token.parent == run_dir and (token.stat().st_mode & 0o777) == 0o600
+    probe = f"import ray; ray.init(address={ray_info['gcs_address']!r}, log_to_driver=False); print('CONNECTED')"
+    from cluster.local_ray import LOOPBACK_ONLY_ENV
+
+    bare = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    bare.update(LOOPBACK_ONLY_ENV)  # a driver of this machine's loopback-only head
+    bare["HOME"] = str(run_dir / "no-home")  # not the ~/.ray/auth_token of whoever runs the tests
+    refused = subprocess.run([sys.executable, "-c", probe], env=bare, capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "CONNECTED" not in refused.stdout
+    assert "token" in refused.stderr.lower(), refused.stderr[-2000:]
+    allowed = subprocess.run([sys.executable, "-c", probe], env={**bare, "RAY_AUTH_MODE": "token",
+                             "RAY_AUTH_TOKEN_PATH": str(token)}, capture_output=True, text=True, timeout=120)
+    assert "CONNECTED" in allowed.stdout, allowed.stderr[-2000:]
+
+
+LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+
+
+def _assert_every_listener_is_loopback(up_pid: int) -> None:
+    """Every listening socket of the stack (the `up` process and everything below it: broker, Ray's
+    GCS, raylet, dashboard, agents, workers, Serve's proxy) is on a loopback address, except the one
+    Ray insists on: each Serve replica's inter-deployment gRPC server binds [::]:0 (Ray 2.60's
+    replica.py; Ray's token authentication guards it, README "Production") — one such socket a replica."""
+    import psutil
+
+    procs = [psutil.Process(up_pid), *psutil.Process(up_pid).children(recursive=True)]
+    listeners, wide, replica_grpc = 0, [], {}
+    for p in procs:
+        try:
+            name = p.name()
+            for c in p.net_connections(kind="inet"):
+                if c.status != psutil.CONN_LISTEN:
+                    continue
+                listeners += 1
+                if c.laddr.ip in LOOPBACK:
+                    continue
+                if name.startswith("ray::ServeReplica") and c.laddr.ip == "::":
+                    replica_grpc[p.pid] = replica_grpc.get(p.pid, 0) + 1
+                else:
+                    wide.append(f"{name} (pid {p.pid}) on {c.laddr.ip}:{c.laddr.port}")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    assert listeners >= 5 and wide == []
+    assert replica_grpc and set(replica_grpc.values()) == {1}, replica_grpc
+
+
 def test_up_simulate_status_down_leaves_no_process(tmp_path):
     up, env, run_dir = _start_up(tmp_path, "--simulate", "--rate", "10")
     try:
@@ -96,6 +146,9 @@ def test_up_simulate_status_down_leaves_no_process(tmp_path):
         assert info["kafka"]["topics"] == {"streamrec.impressions": True, "streamrec.feedback": True,
                                            "streamrec.dlq": True}
         assert info["ray"]["started_here"] and info["ray"]["dashboard_url"].startswith("http://127.0.0.1:")
+        _assert_token_auth(info["ray"], run_dir)
+        assert info["ray"]["gcs_address"].startswith("127.0.0.1:")  # the head advertises loopback
+        _assert_every_listener_is_loopback(up.pid)
         assert info["embeddings"]["items"]["count"] == 40
         deadline = time.monotonic() + 30
         while "ingest" not in (info.get("snapshot") or {}) and time.monotonic() < deadline:
