@@ -28,6 +28,7 @@ from actors.registry import INGEST_PREFIX
 from streamrec.eventbus import KafkaEventSink, KafkaEventSource
 from streamrec.events import dead_letter_headers, decode_batch, encode_samples
 from streamrec.join import RewardJoiner, Watermark
+from streamrec.rewards import RewardTable, is_positive
 
 __all__ = ["StreamIngest", "IngestGroup"]
 
@@ -50,7 +51,7 @@ class StreamIngest:
                  max_event_bytes: int = 1_000_000, max_poll_records: int = 2_000,
                  session_timeout_ms: int = 10_000, max_poll_interval_ms: int = 300_000,
                  commit_interval_s: float = 0.5, max_handoff: int = 20_000, name: str = "ingest",
-                 security=None):
+                 security=None, rewards: RewardTable | None = None):
         self.name = name
         self.topics = {impressions_topic: "impression", feedback_topic: "feedback"}
         self.dlq_topic = dlq_topic
@@ -58,7 +59,7 @@ class StreamIngest:
         self.profile_store = profile_store
         self.max_event_bytes = max_event_bytes
         self.commit_interval_s = commit_interval_s
-        self.joiner = RewardJoiner(reward_window_s)
+        self.joiner = RewardJoiner(reward_window_s, rewards=rewards)
         self.watermark = Watermark()
         self.counts = {"records": 0, "impressions": 0, "feedback": 0, "dlq": 0, "handoffs": 0,
                        "handoff_waits": 0, "commits": 0, "rebalances": 0}
@@ -141,7 +142,10 @@ class StreamIngest:
             else:
                 joiner.add_feedbacks(topic, part, offsets, events)
                 n_fb += len(events)
-                profile_events.extend([(ev.user_id, ev.item_id, ev.ts) for ev in events])
+                # a profile pools what the user liked: dislikes and skips do not pull it toward the item
+                worth = joiner.rewards.reward
+                profile_events.extend([(ev.user_id, ev.item_id, ev.ts) for ev in events
+                                       if is_positive(worth(ev.type, ev.value))])
             self.watermark.observe((topic, part), max(map(_event_ts, events)))
         self.counts["records"] += n_rec
         self.counts["impressions"] += n_imp
@@ -260,7 +264,7 @@ class IngestGroup:
     """Driver-side handle on N StreamIngest actors in one consumer group; ``scale`` changes N."""
 
     def __init__(self, *, bootstrap: str, kafka_settings, ingest_settings, buffer, profile_store=None,
-                 name_prefix: str = INGEST_PREFIX):
+                 name_prefix: str = INGEST_PREFIX, rewards: RewardTable | None = None):
         self.kwargs = dict(
             bootstrap=bootstrap, impressions_topic=kafka_settings.topics.impressions,
             feedback_topic=kafka_settings.topics.feedback, dlq_topic=kafka_settings.topics.dlq,
@@ -268,6 +272,7 @@ class IngestGroup:
             reward_window_s=ingest_settings.reward_window_s, max_event_bytes=kafka_settings.max_event_bytes,
             max_poll_records=ingest_settings.max_poll_records, session_timeout_ms=ingest_settings.session_timeout_ms,
             max_poll_interval_ms=ingest_settings.max_poll_interval_ms, security=kafka_settings.security,
+            rewards=rewards,
         )
         self.name_prefix = name_prefix
         self.actors: list = []

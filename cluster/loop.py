@@ -27,6 +27,7 @@ from actors.profile_store import ProfileStore
 from actors.sample_buffer import SampleBuffer
 from actors.trainer import Trainer
 from streamrec.config import StreamrecSettings
+from streamrec.rewards import RewardTable
 
 __all__ = ["Stream", "Learning", "start_stream", "start_learning", "serving_app"]
 
@@ -69,7 +70,7 @@ def start_stream(settings: StreamrecSettings, bootstrap: str, item_ids: Sequence
     samples = SampleBuffer.options(**_options(registry.SAMPLES, named, detached)).remote(
         capacity=i.sample_buffer_capacity, dedup_retention_s=max(600.0, 4 * i.reward_window_s))
     ingest = IngestGroup(bootstrap=bootstrap, kafka_settings=settings.kafka, ingest_settings=i, buffer=samples,
-                         profile_store=profiles,
+                         profile_store=profiles, rewards=RewardTable.from_settings(settings.rewards),
                          name_prefix=registry.INGEST_PREFIX if named else f"{registry.INGEST_PREFIX}-{i.group_id}")
     ingest.scale(i.parallelism if parallelism is None else parallelism)
     return Stream(profiles, samples, ingest)

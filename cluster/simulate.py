@@ -15,7 +15,7 @@ from collections import defaultdict, deque
 import httpx
 import numpy as np
 
-from rl.simulators import SyntheticUsers
+from rl.simulators import SyntheticUsers, reactions
 
 __all__ = ["HttpSimulator", "synthetic_users_for"]
 
@@ -70,7 +70,7 @@ class HttpSimulator:
                 self._stop.wait(max(0.0, period - (time.monotonic() - started)))
 
     def step(self, client: httpx.Client, rng: np.random.Generator) -> float | None:
-        """One user visit: recommend, click, post the clicks. Returns 1.0/0.0 (clicked or not)."""
+        """One user visit: recommend, react, post every reaction. Returns 1.0/0.0 (clicked or not)."""
         u, user_id, ctx = self.sim.sample_user(rng)
         r = client.post("/v1/recommend", json={"user_id": user_id, "context": ctx, "k": self.k})
         if r.status_code != 200:
@@ -79,11 +79,11 @@ class HttpSimulator:
             return None
         body = r.json()
         items = [i["item_id"] for i in body["items"]]
-        clicks = self.sim.clicks(u, items, ctx, rng)
-        for item, c in zip(items, clicks):
-            if c > 0:
-                client.post("/v1/feedback", json={"event_id": body["event_id"], "user_id": user_id,
-                                                  "item_id": item, "type": "click"})
+        click_p = self.sim.click_probs(u, items, ctx)
+        clicks = (rng.random(len(items)) < click_p).astype(np.float64)
+        for pos, kind, value in reactions(click_p, clicks, rng):  # clicks, and dwell, likes, skips, ...
+            client.post("/v1/feedback", json={"event_id": body["event_id"], "user_id": user_id,
+                                              "item_id": items[pos], "type": kind, "value": value})
         clicked = float(clicks.max() > 0)
         with self._lock:
             v = self.by_version[body["policy_version"]]

@@ -107,7 +107,9 @@ class BanditPolicy:
         self.update_batch([obs], [slate], [clicks])
 
     def update_batch(self, observations, slates, clicks) -> None:
-        """Learn from B logged slates at once: B observations, (B, K) slates and (B, K) clicks."""
+        """Learn from B logged slates at once: B observations, (B, K) slates and (B, K) rewards by
+        position (a click 1; other feedback as :class:`streamrec.rewards.RewardTable` values it).
+        Popularity counts click-like positives; the linear models regress on the rewards."""
         slates, clicks = np.asarray(slates), np.asarray(clicks, float)
         if len(slates) == 0:
             return
@@ -185,7 +187,7 @@ class _LinearPolicy(BanditPolicy):
 
     def _learn(self, observations, slates, clicks) -> None:
         x = np.concatenate([bandit_features(o)[s] for o, s in zip(observations, slates)])
-        self.model.update_many(x, (clicks.reshape(-1) > 0).astype(np.float64))
+        self.model.update_many(x, clicks.reshape(-1))  # the typed reward of each shown item
 
     def state(self) -> dict[str, np.ndarray]:
         return {**super().state(), **self.model.state()}

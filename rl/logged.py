@@ -95,7 +95,8 @@ class Logged:
     slates: np.ndarray
     """(B, K) candidate indices shown."""
     clicks: np.ndarray
-    """(B, K) feedback values by position."""
+    """(B, K) rewards by position (each position's feedback through :class:`streamrec.rewards.RewardTable`;
+    above zero: a click-like positive)."""
     skipped: int
     """Samples that could not be rebuilt (another layout, missing features)."""
     propensities: np.ndarray | None = None
@@ -142,7 +143,7 @@ class Logged:
 
 
 def samples_to_logged(samples: Sequence, featurizer: Featurizer, spec: PolicySpec, lam: float) -> Logged:
-    """TrainingSamples -> observations, slates and rewards (position-weighted clicks + lam * ILD)."""
+    """TrainingSamples -> observations, slates and rewards (position-weighted typed rewards + lam * ILD)."""
     lay = spec.layout
     obs, acts, logps, rewards, dis, observations, clicks, props, ts, versions = [], [], [], [], [], [], [], [], [], []
     mixture, mixture_versions = [], []
@@ -172,7 +173,7 @@ def samples_to_logged(samples: Sequence, featurizer: Featurizer, spec: PolicySpe
         acts.append(slate)
         logps.append(float(np.log(np.asarray(s.propensities)).sum()))
         props.append(s.propensities)
-        rewards.append(float((c > 0) @ pw + lam * ild(o.items[slate])))
+        rewards.append(float(c @ pw + lam * ild(o.items[slate])))
         dis.append(scores / spec.temperature if scores is not None else np.zeros(len(cands), np.float32))
         observations.append(o)
         clicks.append(c)

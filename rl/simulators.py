@@ -21,7 +21,31 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["SyntheticUsers", "MovieLensUsers", "position_bias"]
+__all__ = ["SyntheticUsers", "MovieLensUsers", "position_bias", "reactions"]
+
+
+def reactions(click_p: np.ndarray, clicked: np.ndarray, rng: np.random.Generator) -> list[tuple[int, str, float]]:
+    """Every feedback type a simulated user gives a slate, as (position, type, value) events.
+
+    A clicked item gets its click, then sometimes more: a dwell (exponential seconds, mean 30) with
+    probability 0.5, a like 0.2, a purchase 0.1 (each more likely the more the user wanted it). An
+    item seen but not clicked is skipped with probability 0.1, and disliked with probability
+    0.05 * (1 - its click probability): users dislike what they did not want."""
+    out: list[tuple[int, str, float]] = []
+    for pos, (p, c) in enumerate(zip(np.asarray(click_p, float), np.asarray(clicked))):
+        if c > 0:
+            out.append((pos, "click", 1.0))
+            if rng.random() < 0.5:
+                out.append((pos, "dwell", float(rng.exponential(30.0))))
+            if rng.random() < 0.2 * (0.5 + p):
+                out.append((pos, "like", 1.0))
+            if rng.random() < 0.1 * (0.5 + p):
+                out.append((pos, "purchase", 1.0))
+        elif rng.random() < 0.1:
+            out.append((pos, "skip", 1.0))
+        elif rng.random() < 0.05 * (1.0 - p):
+            out.append((pos, "dislike", 1.0))
+    return out
 
 
 def position_bias(k: int, power: float = 0.7) -> np.ndarray:

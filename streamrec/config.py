@@ -349,6 +349,22 @@ class RaySettings(_Section):
     Empty: loopback only (one machine; nothing of Ray listens beyond 127.0.0.1)."""
 
 
+class RewardSettings(_Section):
+    """The reward of each feedback type (:class:`streamrec.rewards.RewardTable`). A purchase is worth
+    more than a click, a like a little more; a dislike is a penalty and a skip a mild one, so neither
+    ever trains as a click. Dwell earns ``dwell_per_s`` a second of its value, up to ``dwell_cap``."""
+
+    click: float = Field(1.0, ge=-100, le=100)
+    purchase: float = Field(3.0, ge=-100, le=100)
+    like: float = Field(1.5, ge=-100, le=100)
+    dislike: float = Field(-1.0, ge=-100, le=0)
+    """Never positive: a dislike must not count as a click."""
+    skip: float = Field(-0.1, ge=-100, le=0)
+    """Never positive: a skip must not count as a click."""
+    dwell_per_s: float = Field(0.02, ge=0, le=100)
+    dwell_cap: float = Field(1.0, ge=0, le=100)
+
+
 class StreamrecSettings(_Section):
     kafka: KafkaSettings = KafkaSettings()
     encoder: EncoderSettings = EncoderSettings()
@@ -357,6 +373,7 @@ class StreamrecSettings(_Section):
     ingest: IngestSettings = IngestSettings()
     profile: ProfileSettings = ProfileSettings()
     policy: PolicySettings = PolicySettings()
+    rewards: RewardSettings = RewardSettings()
     trainer: TrainerSettings = TrainerSettings()
     serve: ServeSettings = ServeSettings()
     auth: AuthSettings = AuthSettings()

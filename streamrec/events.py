@@ -107,7 +107,7 @@ class TrainingSample(NamedTuple):
     propensities: tuple[float, ...]
     policy_version: int
     rewards: tuple[float, ...]
-    """(K,) summed feedback value at each position."""
+    """(K,) summed reward at each position (:class:`streamrec.rewards.RewardTable` of each feedback)."""
     context: dict[str, Any] = {}
     features: dict[str, Any] = {}
     feedback_types: tuple[str, ...] = ()

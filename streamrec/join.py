@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Hashable, Iterable, NamedTuple, Sequence
 
 from streamrec.events import SAMPLE_SCHEMA, Feedback, Impression, TrainingSample
+from streamrec.rewards import RewardTable
 
 _new_sample = tuple.__new__
 _SAMPLE_FIELDS = ("event_id", "ts", "user_id", "items", "propensities", "policy_version", "rewards", "context",
@@ -172,7 +173,7 @@ class _Joined(NamedTuple):
     collection during the window."""
 
     rewards: list[float]
-    """(K,) summed feedback value per position."""
+    """(K,) summed reward per position (:class:`streamrec.rewards.RewardTable`)."""
     types: list[str]
     sources: list[Source]
     """The joined feedback's offsets (released on ack with the impression's)."""
@@ -228,11 +229,13 @@ class Watermark:
 
 
 class RewardJoiner:
-    def __init__(self, window_s: float, *, retention_s: float | None = None):
+    def __init__(self, window_s: float, *, retention_s: float | None = None, rewards: RewardTable | None = None):
         """``retention_s``: how long (event time) after its window an id is remembered, so that
-        feedback for it counts as late and a redelivery as a duplicate (default max(4 windows, 60 s))."""
+        feedback for it counts as late and a redelivery as a duplicate (default max(4 windows, 60 s)).
+        ``rewards``: what each feedback type is worth (a sample's ``rewards`` sum them by position)."""
         if window_s <= 0:
             raise ValueError(f"window_s must be > 0, got {window_s}")
+        self.rewards = rewards or RewardTable()
         self.window_s = float(window_s)
         self.retention_s = float(retention_s if retention_s is not None else max(4 * window_s, 60.0))
         self.stats = JoinStats()
@@ -324,7 +327,7 @@ class RewardJoiner:
             self.stats.off_slate += 1
             return
         self.stats.joined += 1
-        j.rewards[pos] += fb.value
+        j.rewards[pos] += self.rewards.reward(fb.type, fb.value)
         j.types.append(fb.type)
 
     # -- output ------------------------------------------------------------------------------

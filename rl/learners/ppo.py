@@ -1,7 +1,7 @@
 """PPO on logged slates with RLlib's new API stack: the route from TrainingSamples to an RLlib Learner.
 
 Each logged impression is a one-step episode: observation = the serving-time policy input,
-action = the slate (K candidate indices), reward = position-weighted clicks + lambda * ILD,
+action = the slate (K candidate indices), reward = position-weighted typed rewards + lambda * ILD,
 and the behaviour policy's log-probability of that slate in ``extra_model_outputs``.
 We build only RLlib's LearnerGroup (``PPOConfig.build_learner_group``) and feed it those
 episodes with ``learner_group.update(episodes=...)``: RLlib's own learner connectors add the

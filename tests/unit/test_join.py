@@ -27,9 +27,43 @@ def test_feedback_in_window_is_joined_at_its_position():
     j.add_feedback(fb("e1", "b", 2.0, "purchase"), (FB, 0, 1))
     assert j.due(9.99) == (None, [])  # window still open
     token, samples = j.due(10)
-    assert [s.rewards for s in samples] == [(0.0, 3.0, 0.0)]
+    assert [s.rewards for s in samples] == [(0.0, 4.0, 0.0)]  # a click (1) and a purchase (3, whatever its value)
     assert samples[0].feedback_types == ("click", "purchase")
     assert j.stats.joined == 2 and j.stats.join_hit_rate == 1.0
+
+
+@pytest.mark.parametrize("kind, value, reward, clicked", [
+    ("click", 1.0, 1.0, True),
+    ("purchase", 1.0, 3.0, True),
+    ("like", 1.0, 1.5, True),
+    ("dwell", 30.0, 0.6, True),     # 0.02 a second
+    ("dwell", 500.0, 1.0, True),    # capped
+    ("dislike", 1.0, -1.0, False),  # the default value 1.0 does not make it a click
+    ("skip", 1.0, -0.1, False),
+])
+def test_each_feedback_type_becomes_its_reward_in_the_training_sample(kind, value, reward, clicked):
+    j = RewardJoiner(5)
+    j.add_impression(imp("e1"), (IMP, 0, 0))
+    j.add_feedback(fb("e1", "c", value, kind), (FB, 0, 0))
+    _, [s] = j.due(5)
+    assert s.rewards == pytest.approx((0.0, 0.0, reward)) and s.feedback_types == (kind,)
+    assert s.clicked is clicked
+
+
+def test_the_reward_table_comes_from_the_settings():
+    from streamrec.config import ConfigError, settings_from_args
+    from streamrec.rewards import RewardTable
+
+    table = RewardTable.from_settings(settings_from_args({"rewards": {"purchase": 5.0, "skip": 0.0}}, env={}).rewards)
+    j = RewardJoiner(5, rewards=table)
+    j.add_impression(imp("e1"), (IMP, 0, 0))
+    j.add_feedback(fb("e1", "a", 1.0, "purchase"), (FB, 0, 0))
+    j.add_feedback(fb("e1", "b", 1.0, "skip"), (FB, 0, 1))
+    assert j.due(5)[1][0].rewards == (5.0, 0.0, 0.0)
+    for bad, message in [({"dislike": 0.5}, "args.rewards.dislike: Input should be less than or equal to 0"),
+                         ({"skip": 1.0}, "args.rewards.skip: Input should be less than or equal to 0")]:
+        with pytest.raises(ConfigError, match=message):
+            settings_from_args({"rewards": bad}, env={})
 
 
 def test_no_feedback_gives_reward_zero():

@@ -418,6 +418,34 @@ def test_samples_rebuild_the_serving_input():
     assert logged.batch.rewards[0] == pytest.approx(np.array(s0.rewards) @ [1, 1 / np.log2(3)])
 
 
+@pytest.mark.parametrize("rewards, ctr", [
+    ((-1.0, 1.0), 1.0),    # a dislike on top, a click below: clicked, and the dislike costs
+    ((-1.0, 0.0), 0.0),    # a dislike alone is not a click
+    ((3.0, -0.1), 1.0),    # a purchase, a skip
+    ((0.6, 0.0), 1.0),     # dwell
+])
+def test_typed_rewards_reach_the_training_input_and_ctr_counts_positives(rewards, ctr):
+    fz, spec, _, samples = _logged_world(3)
+    typed = [samples[0]._replace(rewards=rewards)]
+    logged = samples_to_logged(typed, fz, spec, lam=0.0)
+    assert logged.ctr.tolist() == [ctr]
+    assert logged.batch.rewards[0] == pytest.approx(np.array(rewards) @ [1, 1 / np.log2(3)])
+
+
+def test_the_simulated_users_give_every_feedback_type():
+    from rl.simulators import reactions
+
+    rng = np.random.default_rng(0)
+    seen: dict[str, list[float]] = {}
+    for _ in range(2000):
+        p = rng.random(5)
+        for pos, kind, value in reactions(p, (rng.random(5) < p).astype(float), rng):
+            assert 0 <= pos < 5
+            seen.setdefault(kind, []).append(value)
+    assert set(seen) == {"click", "purchase", "like", "dislike", "dwell", "skip"}
+    assert min(seen["dwell"]) >= 0 and 20 < np.mean(seen["dwell"]) < 40
+
+
 def test_gate_estimates_the_behaviour_policy_at_its_own_ctr():
     fz, spec, behaviour, samples = _logged_world(400)
     logged = samples_to_logged(samples, fz, spec, lam=0.0)
