@@ -223,7 +223,12 @@ class LocalStack:
                 snap["simulator"] = self.simulator.metrics()
         except Exception as e:  # a snapshot never takes the stack down
             snap["error"] = f"{type(e).__name__}: {e}"
-        self.run_dir.update(snapshot=snap)
+        trainer = snap.get("trainer") or {}
+        if trainer.get("serving_version") is not None:  # one serving version in `status`: the trainer's
+            self.run_dir.update(snapshot=snap, policy={"algorithm": trainer["algorithm"],
+                                                       "version": trainer["serving_version"]})
+        else:
+            self.run_dir.update(snapshot=snap)
         return snap
 
     def stop(self) -> None:

@@ -36,7 +36,18 @@ class Estimate:
     """Effective sample size of the weights, (sum w)^2 / sum w^2."""
 
 
+def _clip(clip: float | None) -> float | None:
+    """None (no clipping) or a finite number >= 1: a weight is never clipped below 1 (the logger's own)."""
+    if clip is None:
+        return None
+    if isinstance(clip, bool) or not isinstance(clip, (int, float, np.floating, np.integer)) \
+            or not np.isfinite(clip) or clip < 1:
+        raise ValueError(f"clip must be None or a finite number >= 1, got {clip!r}")
+    return float(clip)
+
+
 def importance_weights(target_probs: np.ndarray, logged_probs: np.ndarray, clip: float | None = None) -> np.ndarray:
+    clip = _clip(clip)
     pi = np.asarray(target_probs, dtype=np.float64)
     mu = np.asarray(logged_probs, dtype=np.float64)
     if pi.shape != mu.shape or pi.ndim != 1:
@@ -51,12 +62,12 @@ def importance_weights(target_probs: np.ndarray, logged_probs: np.ndarray, clip:
     return np.minimum(w, clip) if clip is not None else w
 
 
-def _rewards(r: np.ndarray, n: int) -> np.ndarray:
+def _rewards(r: np.ndarray, n: int, name: str = "rewards") -> np.ndarray:
     r = np.asarray(r, dtype=np.float64)
     if r.shape != (n,):
-        raise ValueError(f"rewards must be ({n},), got shape {r.shape}")
+        raise ValueError(f"{name} must be ({n},), got shape {r.shape}")
     if not np.isfinite(r).all():
-        raise ValueError("rewards contain NaN or infinity")
+        raise ValueError(f"{name} contain NaN or infinity")
     return r
 
 
@@ -96,8 +107,8 @@ def dr(rewards, target_probs, logged_probs, q_target, q_logged, *, z: float = 1.
        clip: float | None = None) -> Estimate:
     w = importance_weights(target_probs, logged_probs, clip)
     r = _rewards(rewards, len(w))
-    qt = _rewards(q_target, len(w))
-    ql = _rewards(q_logged, len(w))
+    qt = _rewards(q_target, len(w), "q_target")
+    ql = _rewards(q_logged, len(w), "q_logged")
     return _mean_ci(qt + w * (r - ql), w, z)
 
 
@@ -126,6 +137,7 @@ def cascade_dr(q_target, outcomes, predicted, target_probs, logged_probs, *, wei
     mu = np.asarray(logged_probs, dtype=np.float64)
     if pi.shape != (b, k) or mu.shape != (b, k):
         raise ValueError(f"target and logged probabilities must be ({b}, {k}) like outcomes, got {pi.shape} and {mu.shape}")
+    clip = _clip(clip)
     w = importance_weights(pi.reshape(-1), mu.reshape(-1)).reshape(b, k)
     w = np.cumprod(w, axis=1)
     if clip is not None:
@@ -133,5 +145,5 @@ def cascade_dr(q_target, outcomes, predicted, target_probs, logged_probs, *, wei
     v = np.ones(k) if weights is None else np.asarray(weights, dtype=np.float64)
     if v.shape != (k,):
         raise ValueError(f"position weights must be ({k},), got shape {v.shape}")
-    qt = _rewards(q_target, b)
+    qt = _rewards(q_target, b, "q_target")
     return _mean_ci(qt + (w * (y - yhat)) @ v, w[:, 0], z)

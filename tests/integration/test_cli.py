@@ -168,6 +168,7 @@ def test_up_simulate_status_down_leaves_no_process(tmp_path):
             info = json.loads(_cli("status", "--json", env=env).stdout)
         snap = info["snapshot"]
         assert snap["trainer"]["serving_version"] >= 2 and snap["trainer"]["error"] is None, snap.get("trainer")
+        assert info["policy"]["version"] == snap["trainer"]["serving_version"]  # one serving version
         assert snap["simulator"]["impressions"] > 0 and snap["simulator"]["errors"] == {}, snap["simulator"]
         assert snap["serve"]["streamrec"]["status"] == "RUNNING"
         table = _cli("status", env=env)

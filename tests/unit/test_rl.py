@@ -222,6 +222,26 @@ def test_ope_bad_inputs(args, msg):
         ips(*args)
 
 
+_ONE = (np.ones(2), np.full(2, 0.5), np.full(2, 0.5))
+
+
+@pytest.mark.parametrize("call, msg", [
+    (lambda: ips(*_ONE, clip=float("nan")), "clip must be None or a finite number >= 1, got nan"),
+    (lambda: snips(*_ONE, clip=-5.0), "clip must be None or a finite number >= 1, got -5.0"),
+    (lambda: snips(*_ONE, clip=0.5), "clip must be None or a finite number >= 1, got 0.5"),
+    (lambda: ips(*_ONE, clip=True), "clip must be None or a finite number >= 1, got True"),
+    (lambda: dr(*_ONE, np.ones(3), np.ones(2)), r"q_target must be \(2,\), got shape \(3,\)"),
+    (lambda: dr(*_ONE, np.ones(2), np.array([1.0, np.inf])), "q_logged contain NaN or infinity"),
+    (lambda: cascade_dr(np.ones(3), np.ones((2, 2)), np.ones((2, 2)), np.full((2, 2), 0.5), np.full((2, 2), 0.5)),
+     r"q_target must be \(2,\), got shape \(3,\)"),
+    (lambda: cascade_dr(np.ones(2), np.ones((2, 2)), np.ones((2, 2)), np.full((2, 2), 0.5), np.full((2, 2), 0.5),
+                        clip=float("inf")), "clip must be None or a finite number >= 1, got inf"),
+])
+def test_estimator_inputs_name_the_argument_that_is_wrong(call, msg):
+    with pytest.raises(ValueError, match=msg):
+        call()
+
+
 def test_greedy_slate_breaks_ties_by_index():
     assert greedy_slate(np.array([1.0, 3.0, 3.0, 0.0]), 3).tolist() == [1, 2, 0]
 
@@ -264,7 +284,7 @@ def test_cascade_dr_with_one_position_is_dr():
     (lambda c: (c[0], c[1][0], *c[2:]), "outcomes must be a finite"),
     (lambda c: (*c[:3], c[3][:1], c[4]), "target and logged probabilities must be"),
     (lambda c: (*c[:4], c[4] * 0), "logged probabilities must be in"),
-    (lambda c: (c[0][:1], *c[1:]), "rewards must be"),
+    (lambda c: (c[0][:1], *c[1:]), r"q_target must be \(\d+,\)"),
 ])
 def test_cascade_dr_refuses(change, message):
     with pytest.raises(ValueError, match=message):
