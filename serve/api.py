@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from streamrec.events import FEEDBACK_TYPES, MAX_ID_CHARS
 
-__all__ = ["RecommendRequest", "RequestContext", "FeedbackRequest", "RecommendResponse", "RankedItem",
+__all__ = ["RecommendRequest", "RequestContext", "FeedbackRequest", "RecommendResponse", "RankedItem", "ErrorBody",
+           "Accepted", "ERRORS",
            "validation_message", "check_bearer", "is_loopback", "require_keys_off_loopback", "Metrics",
            "AuthConfigError", "GuardState"]
 
@@ -26,7 +27,9 @@ Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown fields are refused, and types are strict: no booleans or strings for numbers."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class RequestContext(_Strict):
@@ -85,6 +88,29 @@ class RecommendResponse(BaseModel):
     event_id: str
     policy_version: int
     items: list[RankedItem]
+
+
+class ErrorBody(BaseModel):
+    """Every error the API answers: one message naming the field or the condition."""
+
+    error: str
+
+
+class Accepted(BaseModel):
+    status: Literal["accepted"]
+
+
+_E = {"model": ErrorBody}
+#: status -> OpenAPI response of every error a route can answer (``Retry-After`` with 503)
+ERRORS: dict[int, dict] = {
+    400: {**_E, "description": "The body is not JSON"},
+    401: {**_E, "description": "Missing or wrong API key (Authorization: Bearer <key>)"},
+    408: {**_E, "description": "Not answered within http_options.request_timeout_s"},
+    413: {**_E, "description": "Body larger than serve.max_body_bytes"},
+    422: {**_E, "description": "A field is missing, unknown, of the wrong type or out of range; "
+                               "or every candidate is excluded"},
+    503: {**_E, "description": "Overloaded, or no policy version loaded yet: retry after Retry-After seconds"},
+}
 
 
 def validation_message(errors: Sequence[dict]) -> str:

@@ -13,8 +13,10 @@ from typing import Any, Protocol
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve.api import FeedbackRequest, GuardState, RecommendRequest, RecommendResponse, check_bearer, validation_message
+from serve.api import (ERRORS, Accepted, FeedbackRequest, GuardState, RecommendRequest, RecommendResponse, check_bearer,
+                       validation_message)
 
 __all__ = ["make_api", "error", "Guard", "OPEN_PATHS"]
 
@@ -109,7 +111,13 @@ def make_api(ranker: Handlers, guard: GuardState) -> FastAPI:
 
     @api.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        if any(e.get("type") == "json_invalid" for e in exc.errors()):
+            return error(400, "the body is not valid JSON")
         return error(422, validation_message(exc.errors()))
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:  # 404, 405, a body that cannot be read
+        return error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
     api.add_middleware(Guard, state=guard)
 
@@ -117,12 +125,13 @@ def make_api(ranker: Handlers, guard: GuardState) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @api.post("/v1/recommend", response_model=RecommendResponse, responses={401: {}, 413: {}, 422: {}, 503: {}, 504: {}})
+    @api.post("/v1/recommend", response_model=RecommendResponse, responses=ERRORS)
     async def recommend(req: RecommendRequest):
         """A slate of ``k`` items for ``user_id``, with the policy version and each item's propensity."""
         return await ranker.recommend(req)
 
-    @api.post("/v1/feedback", status_code=202, responses={401: {}, 413: {}, 422: {}})
+    @api.post("/v1/feedback", status_code=202, response_model=Accepted,
+              responses={s: r for s, r in ERRORS.items() if s != 503})
     async def feedback(fb: FeedbackRequest) -> dict[str, str]:
         """A click (or purchase, like, ...) on an item of a served slate; joined to it by ``event_id``."""
         return await ranker.feedback(fb)

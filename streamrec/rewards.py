@@ -26,17 +26,23 @@ class RewardTable:
     dwell_per_s: float = 0.02
     dwell_cap: float = 1.0
 
+    def __post_init__(self):
+        # on the ingest hot path: one dict lookup for every type but dwell
+        fixed = {t: float(getattr(self, t)) for t in ("click", "purchase", "like", "dislike", "skip")}
+        object.__setattr__(self, "_fixed", fixed)
+
     @classmethod
     def from_settings(cls, s) -> "RewardTable":
         return cls(**{f: getattr(s, f) for f in cls.__dataclass_fields__})
 
     def reward(self, feedback_type: str, value: float = 1.0) -> float:
         """The reward of one feedback event (ValueError for a type the event schema does not have)."""
+        fixed = self._fixed.get(feedback_type)
+        if fixed is not None:
+            return fixed
         if feedback_type == "dwell":  # decode checked the value is finite; a negative time is no time
             return min(max(float(value), 0.0) * self.dwell_per_s, self.dwell_cap)
-        if feedback_type not in ("click", "purchase", "like", "dislike", "skip"):
-            raise ValueError(f"unknown feedback type {feedback_type!r}")
-        return getattr(self, feedback_type)
+        raise ValueError(f"unknown feedback type {feedback_type!r}")
 
 
 def is_positive(reward: float) -> bool:
