@@ -185,16 +185,18 @@ def test_profile_store_is_fed_live_and_survives_restart(broker, ray_session, tmp
         ray.kill(store, no_restart=False)
         deadline = time.monotonic() + 30
         epoch = mirror.epoch
-        while True:
+        while True:  # ray.kill is asynchronous: the old actor may still answer once or twice
             try:
-                restored = ray.get(store.histories.remote(["u0"]), timeout=10)
                 synced = mirror.sync()
-                break
+                if mirror.epoch != epoch:
+                    restored = ray.get(store.histories.remote(["u0"]), timeout=10)
+                    break
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
-                assert time.monotonic() < deadline
-                time.sleep(0.5)
+                pass
+            assert time.monotonic() < deadline, "the ProfileStore did not come back with a new epoch"
+            time.sleep(0.5)
         assert restored == hist[:1]
-        assert synced == 2 and mirror.epoch != epoch  # a restarted store: mirrored again from scratch
+        assert synced == 2  # a restarted store: mirrored again from scratch
         assert np.allclose(mirror.get("u0"), prof[0], atol=1e-5)
     finally:
         group.stop()
