@@ -117,6 +117,8 @@ class PolicyDirectory:
         full = self._store(blob, {**manifest, "stage": "live"})
         self._end_running_canary(f"superseded by version {full['version']}")
         _write_json(self.path / "LATEST", {"version": full["version"]})
+        self._record("rollback" if full.get("rollback_of") is not None else "publish", full["version"],
+                     full.get("rollback_reason") or full.get("gate") or "")
         self._prune()
         return full
 
@@ -131,6 +133,7 @@ class PolicyDirectory:
             raise ValueError("a canary needs a live version to share traffic with: publish one first")
         full = self._store(blob, {**manifest, "stage": "canary", "canary_share": share})
         _write_json(self.path / "CANARY", {"version": full["version"], "share": share})
+        self._record("canary", full["version"], f"share {share:g}")
         self._prune()
         return full
 
@@ -141,6 +144,7 @@ class PolicyDirectory:
         _write_json(self._dir(version) / "manifest.json", full)
         _write_json(self.path / "LATEST", {"version": int(version)})
         (self.path / "CANARY").unlink(missing_ok=True)
+        self._record("promote", int(version), full.get("gate") or "")
         return full
 
     def end_canary(self, version: int, reason: str, extra: dict | None = None) -> dict:
@@ -150,7 +154,23 @@ class PolicyDirectory:
                               "refused_because": reason})
         _write_json(self._dir(version) / "manifest.json", full)
         (self.path / "CANARY").unlink(missing_ok=True)
+        self._record("refuse", int(version), reason)
         return full
+
+    # -- the record of what went live and why --------------------------------------------------
+    def _record(self, action: str, version: int, reason: str) -> None:
+        """One line of ``history.jsonl`` (append-only; never pruned): what changed, when and why."""
+        line = json.dumps({"ts": time.time(), "action": action, "version": int(version), "reason": reason})
+        with open(self.path / "history.jsonl", "a") as f:
+            f.write(line + "\n")
+
+    def history(self, limit: int = 100) -> list[dict]:
+        """The newest ``limit`` entries of the record: publish, canary, promote, refuse, rollback."""
+        try:
+            lines = (self.path / "history.jsonl").read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        return [json.loads(x) for x in lines[-limit:] if x.strip()]
 
     @staticmethod
     def _checked(manifest: dict) -> dict:
@@ -189,8 +209,9 @@ class PolicyDirectory:
         os.replace(tmp, d)
         return full
 
-    def rollback(self, to: int | None = None) -> dict:
-        """Serve an earlier version again (default: the current one's parent), as a new version."""
+    def rollback(self, to: int | None = None, reason: str = "operator rollback") -> dict:
+        """Serve an earlier version again (default: the current one's parent), as a new version;
+        ``reason`` goes into its manifest and the history."""
         current = self.latest()
         if current is None:
             raise KeyError("nothing to roll back: no policy has been published")
@@ -206,8 +227,9 @@ class PolicyDirectory:
         if m.get("stage", "live") != "live":
             raise ValueError(f"version {target} was never served ({m['stage']}): not a rollback target")
         keep = {k: v for k, v in m.items() if k not in ("version", "parent", "created", "stage", "promoted")}
+        keep.pop("rollback_reason", None)
         return self.publish(blob, {**keep, "rollback_of": target, "rolled_back": current["version"],
-                                   "rollback_of_parent": m.get("parent")})
+                                   "rollback_of_parent": m.get("parent"), "rollback_reason": reason})
 
     def _prune(self) -> None:
         """Keep the newest ``keep`` versions, and always the served one and the canary."""
@@ -218,8 +240,9 @@ class PolicyDirectory:
 
     def metrics(self) -> dict:
         m, c = self.latest(), self.canary()
+        rollbacks = sum(1 for h in self.history(10_000) if h["action"] == "rollback")
         return {"latest": m["version"] if m else None, "canary": c["version"] if c else None,
-                "kept": len(self.versions()), "refused": self.refused}
+                "kept": len(self.versions()), "refused": self.refused, "rollbacks": rollbacks}
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3)

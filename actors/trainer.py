@@ -51,9 +51,9 @@ class Trainer:
         with self._lock:
             return self.loop.round()
 
-    def rollback(self, to: int | None = None) -> dict:
+    def rollback(self, to: int | None = None, reason: str = "operator rollback") -> dict:
         with self._lock:
-            return self.loop.rollback(to)
+            return self.loop.rollback(to, reason)
 
     def metrics(self) -> dict:
         return {**self.loop.stats, "serving_version": self.loop.serving_version, "error": self.error,

@@ -146,10 +146,13 @@ def evaluate(policy, logged, *, estimator: str = "snips", rng: np.random.Generat
 
 
 def promote(candidate: GateReport, current: GateReport | None, tolerance: float) -> tuple[bool, str]:
-    """Publish when the candidate's lower bound >= the current version's estimate - tolerance."""
+    """Publish when the candidate's lower bound >= the live estimate - tolerance * |live estimate|
+    (a relative tolerance: the same rule at CTR 0.05 and at 0.5)."""
     if current is None:
         return True, "first version"
-    bound = current.estimate.value - tolerance
+    live = current.estimate.value
+    bound = live - tolerance * abs(live)
+    rule = f"live {live:.4f} - {tolerance:g} x {abs(live):.4f} = {bound:.4f}"
     if candidate.estimate.low >= bound:
-        return True, f"lower bound {candidate.estimate.low:.4f} >= current {current.estimate.value:.4f} - {tolerance}"
-    return False, f"lower bound {candidate.estimate.low:.4f} < current {current.estimate.value:.4f} - {tolerance}"
+        return True, f"lower bound {candidate.estimate.low:.4f} >= {rule}"
+    return False, f"lower bound {candidate.estimate.low:.4f} < {rule}"

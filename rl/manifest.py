@@ -28,6 +28,8 @@ class PolicyManifest:
     samples_trained: int = 0
     ope: dict | None = None
     """The gate's report on the candidate (:meth:`rl.gate.GateReport.to_dict`); None for a first version."""
+    gate: str | None = None
+    """Why it went live: the gate's decision, "first version", or the operator action that forced it."""
     current_ope: dict | None = None
     """The gate's report on the live version, on the same samples (canary judgements)."""
     ope_samples: int | None = None
@@ -46,6 +48,8 @@ class PolicyManifest:
     """A rollback republishes this earlier version's weights under a new version number."""
     rolled_back: int | None = None
     rollback_of_parent: int | None = None
+    rollback_reason: str | None = None
+    """Why: an operator's words, or the sequential test that found the live version worse."""
 
     def __post_init__(self):
         if self.stage not in STAGES:

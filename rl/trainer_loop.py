@@ -39,6 +39,7 @@ from rl.gate import GateReport, evaluate, promote
 from rl.logged import Logged, samples_to_logged
 from rl.manifest import PolicyManifest
 from rl.policies import Policy, make_policy, policy_from_state
+from rl.sequential import LiveWatch
 from rl.spec import PolicySpec
 from rl.weights import WeightsError, pack, unpack
 from streamrec.config import StreamrecSettings
@@ -73,7 +74,7 @@ class PolicyStoreAPI(Protocol):
 
     def end_canary(self, version: int, reason: str, extra: dict | None = None) -> dict: ...
 
-    def rollback(self, to: int | None = None) -> dict: ...
+    def rollback(self, to: int | None = None, reason: str = "operator rollback") -> dict: ...
 
 
 def policy_spec(settings: StreamrecSettings, num_rows: int, text_dim: int) -> PolicySpec:
@@ -140,7 +141,8 @@ class TrainerLoop:
         self.featurizer = Featurizer(np.asarray(item_ids), item_vectors, projection)
         self.spec = policy_spec(settings, self.featurizer.num_rows, item_vectors.shape[1])
         self.stats = {"rounds": 0, "samples": 0, "skipped": 0, "published": 0, "rejected": 0, "deferred": 0,
-                      "canaries": 0, "last": None}
+                      "canaries": 0, "rolled_back": 0, "last": None}
+        self.watch = LiveWatch(t.rollback_drop, t.rollback_alpha, t.rollback_beta, t.rollback_min_impressions)
         self.learner = None
         if self.spec.algorithm == "ppo":
             from rl.learners.ppo import PPOHyper, SlateLearner  # torch and RLlib: only for the neural policy
@@ -217,8 +219,9 @@ class TrainerLoop:
                "measured_ctr": float(logged.ctr.mean()), "learner": learner_metrics,
                "deferred": deferred, "train_s": round(time.monotonic() - started, 3)}
         if ok:
-            manifest = self._publish(candidate, report)
+            manifest = self._publish(candidate, report, why=why)
             out["version"] = manifest["version"]
+            self.watch.went_live(int(manifest["version"]), self.serving_version)
             self.serving, self.serving_version = self._frozen(candidate), int(manifest["version"])
             self.stats["published"] += 1
             self._last_publish = time.monotonic()
@@ -226,6 +229,7 @@ class TrainerLoop:
             self.stats["deferred" if deferred else "rejected"] += 1
         if isinstance(self.policy, BanditPolicy):  # the new holdout has been scored; now learn from it too
             self._train(fresh)
+        self._watch(logged, out)
         self.stats["rounds"] += 1
         self.stats["samples"] += n
         self.stats["last"] = out
@@ -286,6 +290,7 @@ class TrainerLoop:
             self.stats["canaries"] += 1
             out["canary"] = manifest["version"]
         out["train_s"] = round(time.monotonic() - started, 3)
+        self._watch(logged, out)
         self.stats["rounds"] += 1
         self.stats["samples"] += n
         self.stats["last"] = out
@@ -299,12 +304,14 @@ class TrainerLoop:
         report = evaluate(c.policy, evidence, target_probs=np.where(ours, evidence.mixture[:, 1], np.nan), **gate)
         current = evaluate(self.serving, evidence, target_probs=np.where(ours, evidence.mixture[:, 0], np.nan), **gate)
         ok, why = promote(report, current, self.settings.trainer.gate_tolerance)
-        figures = {"ope": report.to_dict(), "current_ope": current.to_dict(), "ope_samples": len(evidence.observations),
+        figures = {"ope": report.to_dict(), "current_ope": current.to_dict(), "gate": why,
+                   "ope_samples": len(evidence.observations),
                    "ope_canary_samples": int((evidence.versions == c.version).sum())}
         out.update({"ok": ok, "why": why, "ope": report.to_dict(), "current_ope": current.to_dict(),
                     "holdout": len(evidence.observations)})
         if ok:
             self.store.promote(c.version, figures)
+            self.watch.went_live(c.version, self.serving_version)
             self.serving, self.serving_version = c.policy, c.version
             self.stats["published"] += 1
             self._last_publish = time.monotonic()
@@ -327,18 +334,19 @@ class TrainerLoop:
                 key = f"{topic}:{part}"
                 self.trained_through[key] = max(self.trained_through.get(key, -1), int(off))
 
-    def _manifest(self, policy: Policy, report: GateReport | None) -> tuple[bytes, dict]:
+    def _manifest(self, policy: Policy, report: GateReport | None, why: str | None) -> tuple[bytes, dict]:
         """The version's safetensors blob (policy tensors + projection) and the manifest the store completes."""
         blob, sha = pack({**policy.state(), "projection": self.featurizer.projection})
         trained = report is not None or policy is not self._initial
         manifest = PolicyManifest(sha256=sha, spec=policy.spec,
                                   trained_through=dict(self.trained_through) if trained else {},
                                   samples_trained=self.stats["samples"] if trained else 0,
-                                  ope=report.to_dict() if report else None)
+                                  ope=report.to_dict() if report else None, gate=why)
         return blob, manifest.to_dict()
 
-    def _publish(self, policy: Policy, report: GateReport | None, canary_share: float | None = None) -> dict:
-        blob, manifest = self._manifest(policy, report)
+    def _publish(self, policy: Policy, report: GateReport | None, canary_share: float | None = None,
+                 why: str | None = None) -> dict:
+        blob, manifest = self._manifest(policy, report, why)
         manifest = (self.store.publish(blob, manifest) if canary_share is None
                     else self.store.publish_canary(blob, manifest, canary_share))
         if self.learner is not None and policy is not self._initial:
@@ -359,24 +367,43 @@ class TrainerLoop:
         if isinstance(first, BanditPolicy) and not isinstance(first, RandomPolicy):
             first = make_policy(dataclasses.replace(self.spec, algorithm=RandomPolicy.algorithm))
         self._initial = first
-        manifest = self._publish(first, None)
+        manifest = self._publish(first, None, why="first version")
+        self.watch.went_live(int(manifest["version"]), None)
         self.serving, self.serving_version = self._frozen(first), int(manifest["version"])
         return manifest
 
-    def rollback(self, to: int | None = None) -> dict:
+    def rollback(self, to: int | None = None, reason: str = "operator rollback") -> dict:
         """Roll the store back and continue training from the weights now served."""
-        manifest = self.store.rollback(to)  # ends a running canary too
+        manifest = self.store.rollback(to, reason)  # ends a running canary too
         self.canary = None
         _, blob = self.store.get(manifest["version"])
         tensors = unpack(blob, sha256=manifest["sha256"])
-        if self.learner is not None:
+        served = PolicyManifest.from_dict(manifest).spec  # a bandit's exploring version 1 is another algorithm
+        if served.algorithm != self.spec.algorithm:
+            self.policy = make_policy(self.spec)  # nothing of ours was learned yet at that version
+        elif self.learner is not None:
             self._load_published_into_learner(tensors)
             self.policy = self.learner.serving_policy()
         else:
             self.policy = policy_from_state(self.spec, tensors)
-        self.serving = policy_from_state(self.spec, tensors)
+        self.serving = policy_from_state(served, tensors)
         self.serving_version = int(manifest["version"])
+        self.watch.went_live(self.serving_version, None)
         return manifest
+
+    def _watch(self, logged: Logged, out: dict) -> None:
+        """Count what each version served; roll the live version back when the sequential test finds
+        it worse than the version it replaced."""
+        self.watch.add(logged.versions, logged.ctr)
+        result = self.watch.check()
+        if result is None or result.decision != "worse":
+            return
+        worse = self.serving_version
+        reason = f"automatic: version {worse} is worse than version {self.watch.predecessor}: {result.describe()}"
+        manifest = self.rollback(None, reason)
+        self.stats["rolled_back"] += 1
+        out["rolled_back"] = {"from": worse, "to": manifest["version"], "rollback_of": manifest["rollback_of"],
+                              "why": reason}
 
     def _resume_learner(self, published: dict) -> None:
         """The learner's own checkpoint (value head included) when it is there and sound; else the

@@ -134,6 +134,7 @@ class Ranker:
         st = self.replica.status()
         extra: dict[str, float] = {"events_without_kafka": self.events_without_kafka,
                                    "policy_swaps": st["swaps"], "policy_refused": st["refused"],
+                                   "policy_rollbacks": st["rollbacks"],
                                    "policy_version": float(st["version"] or 0),
                                    "policy_canary_version": float(st["canary"] or 0),
                                    "profiles_mirrored": st["profiles"] or 0}

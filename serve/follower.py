@@ -48,6 +48,7 @@ class Served:
     policy: Policy
     version: int
     spec: PolicySpec
+    manifest: PolicyManifest | None = None
     loaded_at: float = field(default_factory=time.time)
 
 
@@ -70,6 +71,9 @@ class PolicyFollower:
         self.canary: Canary | None = None
         self.refused = 0
         self.swaps = 0
+        self.rollbacks = 0
+        """Rollback versions this follower swapped to (automatic or an operator's)."""
+        self.last_rollback: str | None = None
         self.last_error: str | None = None
         self._refused_versions: set[int] = set()
 
@@ -91,6 +95,9 @@ class PolicyFollower:
                     self.current = loaded
                     self.swaps += 1
                     changed = True
+                    if loaded.manifest is not None and loaded.manifest.rollback_of is not None:
+                        self.rollbacks += 1
+                        self.last_rollback = loaded.manifest.rollback_reason
         want = None if canary is None or self.current is None else int(canary["version"])
         if want is not None and want <= self.current.version:
             want = None  # promoted meanwhile (or older than what serves): nothing to share traffic with
@@ -138,4 +145,4 @@ class PolicyFollower:
         s = policy.scores(obs)
         if not np.isfinite(s).all():
             raise WeightsError(f"version {manifest.version} scores NaN or infinity")
-        return Served(featurizer, policy, manifest.version, spec)
+        return Served(featurizer, policy, manifest.version, spec, manifest)

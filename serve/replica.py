@@ -103,7 +103,7 @@ class Replica:
     def status(self) -> dict:
         f = self.follower
         return {"replica": self.replica, "version": f.version, "canary": f.canary.version if f.canary else None,
-                "swaps": f.swaps, "refused": f.refused,
+                "swaps": f.swaps, "refused": f.refused, "rollbacks": f.rollbacks, "last_rollback": f.last_rollback,
                 "last_error": self.last_error or f.last_error,
                 "profiles": None if self.profiles is None else len(self.profiles)}
 

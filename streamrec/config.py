@@ -257,13 +257,24 @@ class TrainerSettings(_Section):
     dr_weights: Literal["slate", "cascade"] = "cascade"
     """DR's importance weights: per position the ratios down to it (cascade DR: evidence at the
     top wherever a logged slate starts like the candidate's), or whole-slate ratios."""
-    gate_tolerance: float = Field(0.1, ge=0)
-    """Publish when the candidate's lower bound >= current estimate - tolerance (slate-reward units)."""
+    gate_tolerance: float = Field(0.05, ge=0)
+    """Relative: publish when the candidate's lower bound >= the live estimate - tolerance * |live
+    estimate| (0.05: a candidate may be at most 5% below the live version at its lower bound)."""
     min_ess: float = Field(20.0, ge=1)
     """Below this effective sample size the gate's estimate falls back to DR."""
     min_support: float = Field(0.7, gt=0, le=1)
     """Below this mean (clipped) importance weight the logs do not cover the candidate's slates
     (its expectation is 1 when they do) and the gate's estimate falls back to DR."""
+    rollback_drop: float = Field(0.1, ge=0, lt=1)
+    """Roll a live version back automatically when a sequential test (:mod:`rl.sequential`) finds
+    its measured CTR ``rollback_drop`` (relative) below its predecessor's. 0: never."""
+    rollback_alpha: float = Field(0.01, gt=0, lt=0.5)
+    """The sequential test's false-alarm rate: a version as good as its predecessor is rolled back
+    with at most about this probability."""
+    rollback_beta: float = Field(0.1, gt=0, lt=0.5)
+    """The sequential test's miss rate for a drop of ``rollback_drop``."""
+    rollback_min_impressions: int = Field(300, ge=1)
+    """The predecessor's CTR is the test's baseline only once it served this many impressions."""
     min_holdout: int = Field(200, ge=1)
     """No candidate is published (rounds keep training) until the gate has this many held-out
     samples: an estimate from a few dozen slates is noise (at CTR 0.3, 500 samples give about +-4%

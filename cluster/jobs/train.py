@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = job_parser("cluster.jobs.train", __doc__)
     ap.add_argument("--duration-s", type=float, default=0.0, help="stop after this long (0: until interrupted)")
     ap.add_argument("--rollback", action="store_true", help="roll the store back one version and exit")
+    ap.add_argument("--reason", default="operator rollback", help="why (recorded in the store's history)")
     args = ap.parse_args(argv)
     settings = job_settings(args.config)
     if settings is None:
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     ids, vectors, _ = load_vectors(settings.embedding.output_dir)
     trainer = start_learning(settings, buffer, ids, vectors, detached=True).trainer
     if args.rollback:
-        print(json.dumps(ray.get(trainer.rollback.remote())))
+        print(json.dumps(ray.get(trainer.rollback.remote(None, args.reason))))
         return 0
     started = time.monotonic()
 

@@ -621,12 +621,15 @@ def _report(value, low):
     return GateReport("snips", e, e)
 
 
-def test_promote_rule():
-    assert promote(_report(0.5, 0.4), None, 0.02) == (True, "first version")
-    ok, why = promote(_report(0.5, 0.45), _report(0.46, 0.4), 0.02)
-    assert ok and "0.4500 >= current 0.4600 - 0.02" in why
-    ok, why = promote(_report(0.5, 0.43), _report(0.46, 0.4), 0.02)
-    assert not ok and "0.4300 < current 0.4600 - 0.02" in why
+def test_promote_rule_is_relative_to_the_live_estimate():
+    assert promote(_report(0.5, 0.4), None, 0.05) == (True, "first version")
+    ok, why = promote(_report(0.5, 0.44), _report(0.46, 0.4), 0.05)  # bound 0.46 - 0.05 * 0.46 = 0.437
+    assert ok and why == "lower bound 0.4400 >= live 0.4600 - 0.05 x 0.4600 = 0.4370"
+    ok, why = promote(_report(0.5, 0.43), _report(0.46, 0.4), 0.05)
+    assert not ok and why == "lower bound 0.4300 < live 0.4600 - 0.05 x 0.4600 = 0.4370"
+    # what an absolute 0.1 let through on a running stack: a lower bound below the live estimate
+    assert not promote(_report(0.50, 0.4649), _report(0.5312, 0.5), 0.05)[0]
+    assert promote(_report(0.01, 0.0095), _report(0.01, 0.009), 0.05)[0]  # same rule at a low CTR
 
 
 # -- simulators --------------------------------------------------------------------------------------

@@ -289,3 +289,46 @@ def test_cascade_dr_with_one_position_is_dr():
 def test_cascade_dr_refuses(change, message):
     with pytest.raises(ValueError, match=message):
         cascade_dr(*change(_cascade_case()))
+
+
+def test_ctr_sprt_by_hand():
+    from rl.sequential import ctr_sprt
+
+    r = ctr_sprt(40, 100, 0.5, drop=0.2, alpha=0.05, beta=0.1)  # p1 = 0.4
+    assert r.p1 == pytest.approx(0.4)
+    assert r.llr == pytest.approx(40 * math.log(0.4 / 0.5) + 60 * math.log(0.6 / 0.5))
+    assert r.upper == pytest.approx(math.log(0.9 / 0.05)) and r.lower == pytest.approx(math.log(0.1 / 0.95))
+    assert r.decision == "continue"  # 40 ln 0.8 + 60 ln 1.2 = 2.01, below ln 18 = 2.89
+    assert ctr_sprt(35, 100, 0.5, drop=0.2, alpha=0.05, beta=0.1).decision == "worse"  # 4.04 >= 2.89
+    assert ctr_sprt(0, 0, 0.5).decision == "continue"
+    assert ctr_sprt(500, 1000, 0.5, drop=0.1).decision == "fine"
+    assert ctr_sprt(400, 1000, 0.5, drop=0.1).decision == "worse"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(clicks=5, n=3, p0=0.5), "clicks and n must be ints with 0 <= clicks <= n, got 5 of 3"),
+    (dict(clicks=1, n=3, p0=0.0), r"p0 must be in \(0, 1\), got 0.0"),
+    (dict(clicks=1, n=3, p0=0.5, drop=1.0), r"drop must be in \(0, 1\), got 1.0"),
+    (dict(clicks=1, n=3, p0=0.5, alpha=0.7), r"alpha must be in \(0, 0.5\), got 0.7"),
+    (dict(clicks=1, n=3, p0=0.5, beta=0.0), r"beta must be in \(0, 0.5\), got 0.0"),
+])
+def test_ctr_sprt_refuses(kwargs, message):
+    from rl.sequential import ctr_sprt
+
+    with pytest.raises(ValueError, match=message):
+        ctr_sprt(**kwargs)
+
+
+def test_live_watch_waits_for_a_baseline_and_settles():
+    from rl.sequential import LiveWatch
+
+    w = LiveWatch(drop=0.1, min_impressions=100)
+    w.add([1] * 99, [1, 0] * 49 + [1])
+    w.went_live(2, 1)
+    assert w.check() is None  # the predecessor served 99 < 100
+    w.add([1, 2], [0, 1])
+    assert w.check().decision == "continue"
+    w.add([2] * 1000, [1, 0] * 500)
+    assert w.check().decision == "fine" and w.settled and w.check() is None
+    w.went_live(3, None)  # a rollback: nothing to compare with
+    assert w.check() is None

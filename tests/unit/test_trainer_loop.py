@@ -206,3 +206,49 @@ def test_a_canary_no_replica_serves_is_ended_counting_only_samples_logged_after_
     out = loop.round()
     assert out["why"] == "no replica served it in 300 samples logged since it was published"
     assert store.manifest(2)["stage"] == "refused" and out["canary"] == 3 and loop.stats["rejected"] == 1
+
+
+def test_a_live_version_found_worse_by_the_sequential_test_is_rolled_back(tmp_path):
+    """Version 2 goes live after version 1 served 300 impressions; its own impressions then get no
+    clicks. The SPRT against version 1's CTR decides "worse" and the loop rolls back: version 3 is
+    version 1's weights, with the reason in its manifest and the store's history."""
+    ids, vecs, user_vecs, sim = world()
+    buffer, store = _ListBuffer(), PolicyDirectory(tmp_path / "store", 10)
+    s = trainer_settings(tmp_path, algorithm="linucb", min_samples=100, publish_every_s=3600.0,
+                         rollback_min_impressions=100)
+    loop = TrainerLoop(s, ids, vecs, buffer, store)
+    loop.publish_initial()
+    core = Ranking(loop.featurizer, ItemIndex.build(ids, vecs), loop.serving, 1, 20)
+    rng = np.random.default_rng(0)
+    buffer.items = served_samples(core, sim, user_vecs, 300, rng)
+    first = loop.round()
+    assert first["version"] == 2 and "rolled_back" not in first
+    core.swap(loop.featurizer, loop.serving, 2)
+    dead = [x._replace(rewards=(0.0,) * len(x.rewards)) for x in served_samples(core, sim, user_vecs, 300, rng, t0=350)]
+    buffer.items = dead
+    out = loop.round()
+    assert out["rolled_back"]["from"] == 2 and out["rolled_back"]["to"] == 3 and out["rolled_back"]["rollback_of"] == 1
+    live = store.latest()
+    assert live["version"] == 3 and live["rollback_of"] == 1
+    assert live["rollback_reason"].startswith("automatic: version 2 is worse than version 1: CTR ")
+    assert loop.serving_version == 3 and loop.stats["rolled_back"] == 1
+    assert [(h["action"], h["version"]) for h in store.history()] == [("publish", 1), ("publish", 2), ("rollback", 3)]
+    assert store.history()[0]["reason"] == "first version" and "lower bound" in store.history()[1]["reason"]
+
+
+def test_a_live_version_as_good_as_its_predecessor_is_kept(tmp_path):
+    ids, vecs, user_vecs, sim = world()
+    buffer, store = _ListBuffer(), PolicyDirectory(tmp_path / "store", 10)
+    s = trainer_settings(tmp_path, algorithm="linucb", min_samples=100, publish_every_s=3600.0,
+                         rollback_min_impressions=100)
+    loop = TrainerLoop(s, ids, vecs, buffer, store)
+    loop.publish_initial()
+    rng = np.random.default_rng(1)
+    core = Ranking(loop.featurizer, ItemIndex.build(ids, vecs), loop.serving, 1, 20)
+    buffer.items = served_samples(core, sim, user_vecs, 300, rng)
+    assert loop.round()["version"] == 2
+    core.swap(loop.featurizer, loop.serving, 2)
+    for t0 in (300, 900, 1500):
+        buffer.items = served_samples(core, sim, user_vecs, 600, rng, t0=t0)
+        assert "rolled_back" not in loop.round()
+    assert loop.watch.settled and store.latest()["version"] == 2 and loop.stats["rolled_back"] == 0
