@@ -48,7 +48,7 @@ def bandit_dim(m: int) -> int:
     return 1 + 3 * m + 4 * m
 
 
-assert CONTEXT_DIM == 8  # bandit_features reads the dayparts at user[2m+2 : 2m+6]
+assert CONTEXT_DIM >= 6  # bandit_features reads the dayparts at user[2m+2 : 2m+6] (rl.features' table)
 
 
 def uniform_position_probs(n: int, k: int) -> np.ndarray:

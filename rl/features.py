@@ -8,6 +8,18 @@ An observation is one flat float32 vector (what RLlib's Box space wants)::
     [ user (U) | item features (N*m) | item rows (N) ]
     user = [ profile·P (m) | context text·P (m) | context features (C) ]       U = 2m + C
 
+Context features (C = 30), every typed field of the request's context; a value the vocabulary
+does not know, or a missing one, sets its field's ``unknown`` slot:
+
+    [0:2]   hour of day as sin, cos (the request's ``hour``, else the serving time's UTC hour)
+    [2:6]   daypart one-hot: night, morning, afternoon, evening
+    [6:8]   age / 100, age unknown
+    [8:12]  gender one-hot: female, male, other, unknown
+    [12:18] device one-hot: mobile, desktop, tv, tablet, other, unknown
+    [18:30] locale's language one-hot: en es fr de pt it ja zh ko ru, other, unknown
+
+The free ``text`` of the context is not here: the ContextEncoder embeds it (context text·P).
+
 ``P`` is a (D, m) PCA projection of the catalog's D-dimensional text vectors, fitted once per
 policy lineage and published with the weights. ``item rows`` index the learnable item-id
 embedding (0 = unknown or new item, which then ranks by its text vector alone).
@@ -21,11 +33,17 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["CONTEXT_DIM", "context_features", "fit_projection", "Featurizer", "ObsLayout"]
+__all__ = ["CONTEXT_DIM", "DAYPARTS", "GENDERS", "DEVICES", "LANGUAGES", "context_features", "fit_projection",
+           "Featurizer", "ObsLayout"]
 
-#: hour sin/cos, 4 one-hot dayparts, age/100, age-missing flag
-CONTEXT_DIM = 8
 DAYPARTS = ("night", "morning", "afternoon", "evening")
+GENDERS = ("female", "male", "other")
+DEVICES = ("mobile", "desktop", "tv", "tablet", "other")
+LANGUAGES = ("en", "es", "fr", "de", "pt", "it", "ja", "zh", "ko", "ru")
+#: hour sin/cos, 4 dayparts, age/100 + unknown, gender (3 + unknown), device (5 + unknown),
+#: locale language (10 + other + unknown)
+CONTEXT_DIM = 2 + len(DAYPARTS) + 2 + (len(GENDERS) + 1) + (len(DEVICES) + 1) + (len(LANGUAGES) + 2)
+_GENDER_AT, _DEVICE_AT, _LANGUAGE_AT = 8, 8 + len(GENDERS) + 1, 8 + len(GENDERS) + len(DEVICES) + 2
 
 
 def daypart(hour: float) -> int:
@@ -33,8 +51,20 @@ def daypart(hour: float) -> int:
     return int(hour % 24) // 6
 
 
+def _one_hot(out: np.ndarray, at: int, vocabulary: tuple[str, ...], value: Any, *, other: bool = False) -> None:
+    """Set ``value``'s slot in ``out[at:]``: its index in ``vocabulary``; else (with ``other``) the
+    other slot for a well-formed unknown string; else the unknown slot (the last)."""
+    if isinstance(value, str) and value in vocabulary:
+        out[at + vocabulary.index(value)] = 1.0
+    elif other and isinstance(value, str) and value:
+        out[at + len(vocabulary)] = 1.0
+    else:
+        out[at + len(vocabulary) + (1 if other else 0)] = 1.0
+
+
 def context_features(context: Mapping[str, Any] | None, ts: float | None = None) -> np.ndarray:
-    """(C,) typed request context -> features. Reads ``hour`` (0-24, else from ``ts`` UTC) and ``age``."""
+    """(C,) typed request context -> features (the table in this module's docstring). A value of the
+    wrong type or outside the vocabulary counts as unknown: events from any producer fit."""
     context = context or {}
     hour = context.get("hour")
     if not isinstance(hour, (int, float)) or isinstance(hour, bool) or not 0 <= hour < 24:
@@ -48,6 +78,11 @@ def context_features(context: Mapping[str, Any] | None, ts: float | None = None)
         out[6] = float(age) / 100.0
     else:
         out[7] = 1.0
+    _one_hot(out, _GENDER_AT, GENDERS, context.get("gender"))
+    _one_hot(out, _DEVICE_AT, DEVICES, context.get("device"))
+    locale = context.get("locale")
+    language = locale.replace("_", "-").split("-")[0].lower() if isinstance(locale, str) else None
+    _one_hot(out, _LANGUAGE_AT, LANGUAGES, language, other=True)
     return out
 
 

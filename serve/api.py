@@ -39,7 +39,10 @@ class RequestContext(_Strict):
     hour: float | None = Field(None, ge=0, lt=24)
     """Local hour of the request (0-24); defaults to the server's UTC hour."""
     age: int | None = Field(None, ge=1, le=129)
+    gender: Literal["female", "male", "other"] | None = None
     device: Literal["mobile", "desktop", "tv", "tablet", "other"] | None = None
+    locale: str | None = Field(None, pattern=r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$", max_length=35)
+    """BCP 47 tag such as ``en-US``; its language is a feature."""
 
     @field_validator("text")
     @classmethod

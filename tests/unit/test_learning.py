@@ -83,12 +83,18 @@ def test_diverse_greedy_skips_near_duplicates():
 # -- features ----------------------------------------------------------------------------------------
 
 def test_context_features_table():
-    f = context_features({"hour": 18, "age": 40})
-    assert f.shape == (CONTEXT_DIM,)
+    f = context_features({"hour": 18, "age": 40, "gender": "female", "device": "tv", "locale": "pt-BR"})
+    assert f.shape == (CONTEXT_DIM,) == (30,)
     assert f[2:6].tolist() == [0, 0, 0, 1]  # evening
     assert f[6] == pytest.approx(0.4) and f[7] == 0
+    assert f[8:12].tolist() == [1, 0, 0, 0] and f[12:18].tolist() == [0, 0, 1, 0, 0, 0]
+    assert f[18:30].tolist() == [0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]  # pt
     g = context_features({"hour": "noon", "age": True}, ts=7 * 3600)  # bad types: fall back, flag missing age
     assert g[2:6].tolist() == [0, 1, 0, 0] and g[7] == 1
+    assert g[11] == 1 and g[17] == 1 and g[29] == 1  # gender, device, language unknown
+    h = context_features({"gender": "robot", "device": 3, "locale": "sv_SE"})  # values no vocabulary has
+    assert h[11] == 1 and h[17] == 1 and h[28] == 1  # unknown, unknown, another language
+    assert context_features({"locale": "EN_gb"})[18] == 1
 
 
 def test_projection_and_observation_layout():

@@ -252,3 +252,26 @@ def test_a_live_version_as_good_as_its_predecessor_is_kept(tmp_path):
         buffer.items = served_samples(core, sim, user_vecs, 600, rng, t0=t0)
         assert "rolled_back" not in loop.round()
     assert loop.watch.settled and store.latest()["version"] == 2 and loop.stats["rolled_back"] == 0
+
+
+def test_the_context_reaches_the_logged_impression_and_the_rebuilt_training_input(tmp_path):
+    from rl.features import context_features
+
+    ids, vecs, user_vecs, _ = world()
+    s = trainer_settings(tmp_path, algorithm="linucb")
+    loop = TrainerLoop(s, ids, vecs, _ListBuffer(), PolicyDirectory(tmp_path / "store", 10))
+    loop.publish_initial()
+    ranking = Ranking(loop.featurizer, ItemIndex.build(ids, vecs), loop.serving, 1, 20)
+    m = loop.featurizer.m
+    users = {}
+    for ctx in ({"hour": 3, "device": "tv", "gender": "female", "locale": "de-DE", "age": 70},
+                {"hour": 15, "device": "mobile", "gender": "male", "locale": "ja", "age": 19}):
+        r = ranking.rank(user_vecs[0], None, ctx, 3, np.random.default_rng(0), ts=1000.0)
+        f = r.features.to_dict()
+        sample = TrainingSample("e", 1000.0, "u", tuple(r.items), tuple(map(float, r.propensities)), 1, (1.0, 0, 0),
+                                ctx, f)
+        logged = samples_to_logged([sample], loop.featurizer, loop.spec, 0.0)
+        rebuilt = logged.observations[0].user[2 * m:]
+        assert np.array_equal(rebuilt, context_features(ctx, 1000.0))
+        users[ctx["device"]] = rebuilt
+    assert not np.array_equal(users["tv"], users["mobile"])
