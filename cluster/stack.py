@@ -116,7 +116,12 @@ class LocalStack:
         from streamrec.vectors import load_vectors
 
         ids, vectors, _ = load_vectors(self.settings.embedding.output_dir)
-        learning = start_learning(self._effective(), self.samples, ids, vectors)
+        try:
+            learning = start_learning(self._effective(), self.samples, ids, vectors)
+        except ray.exceptions.RayActorError as e:  # the trainer refused to start (e.g. a lineage it cannot continue)
+            cause = str(e).strip().splitlines()
+            raise StackError("the trainer did not start: " + next((x for x in reversed(cause) if "Error" in x), cause[-1]))
+
         self.store, self.trainer = learning.store, learning.trainer
         self._stops.append(("policy store", lambda: ray.kill(registry.lookup(registry.STORE))))
         self._stops.append(("trainer", lambda: ray.get(self.trainer.stop.remote(), timeout=60)))

@@ -44,9 +44,13 @@ from rl.spec import PolicySpec
 from rl.weights import WeightsError, pack, unpack
 from streamrec.config import StreamrecSettings
 
-__all__ = ["TrainerLoop", "SampleSource", "PolicyStoreAPI", "policy_spec"]
+__all__ = ["TrainerLoop", "SampleSource", "PolicyStoreAPI", "policy_spec", "LineageError"]
 
 log = logging.getLogger(__name__)
+
+
+class LineageError(RuntimeError):
+    """The trainer cannot continue the lineage the store serves, and no operator forced a new one."""
 
 
 class SampleSource(Protocol):
@@ -134,6 +138,12 @@ class TrainerLoop:
             first = lineage.algorithm == "random" and manifest.ope is None and settings.policy.algorithm != "ppo"
             if (ours or first) and lineage.num_rows == len(item_ids) + 1:
                 projection = tensors["projection"]
+            elif not t.force_new_lineage:
+                raise LineageError(
+                    f"the store serves version {latest['version']} ({lineage.algorithm}, {lineage.num_rows - 1} items); "
+                    f"this trainer is {settings.policy.algorithm} for {len(item_ids)} items and cannot continue it. "
+                    "A new lineage goes live only by an operator's decision, which no gate can check: set "
+                    "trainer.force_new_lineage to who decided and why (recorded in the store's history)")
             else:
                 latest = None
         if projection is None:
@@ -367,7 +377,10 @@ class TrainerLoop:
         if isinstance(first, BanditPolicy) and not isinstance(first, RandomPolicy):
             first = make_policy(dataclasses.replace(self.spec, algorithm=RandomPolicy.algorithm))
         self._initial = first
-        manifest = self._publish(first, None, why="first version")
+        replaced = self.store.latest()
+        why = (f"forced new lineage over version {replaced['version']}: {self.settings.trainer.force_new_lineage}"
+               if replaced is not None else "first version")
+        manifest = self._publish(first, None, why=why)
         self.watch.went_live(int(manifest["version"]), None)
         self.serving, self.serving_version = self._frozen(first), int(manifest["version"])
         return manifest

@@ -289,6 +289,10 @@ class TrainerSettings(_Section):
     candidate's importance weights stay below 1 / canary_share and the gate's estimate is
     supported by the logs (README, "Learning": without it, deterministic bandits' new picks have
     probability epsilon / N or 0 in the logs)."""
+    force_new_lineage: str | None = None
+    """Who replaces a live version of another lineage (another algorithm or catalog size) and why,
+    e.g. ``"alice: switch to thompson"``. Such a first version cannot be gated against the live one,
+    so without this the trainer refuses to start; with it the reason goes into the history."""
     canary_samples: int = Field(2_000, ge=1)
     """Samples logged while a canary runs (all versions) before the gate judges it on them."""
     keep_versions: int = Field(10, ge=1, le=10_000)

@@ -16,7 +16,7 @@ from actors.policy_store import PolicyDirectory
 from rl.gate import evaluate
 from rl.logged import samples_to_logged
 from rl.policies import policy_from_state
-from rl.trainer_loop import TrainerLoop
+from rl.trainer_loop import LineageError, TrainerLoop
 from serve.follower import Canary, PolicyFollower
 from serve.ranking import Ranking
 from streamrec.events import TrainingSample
@@ -275,3 +275,21 @@ def test_the_context_reaches_the_logged_impression_and_the_rebuilt_training_inpu
         assert np.array_equal(rebuilt, context_features(ctx, 1000.0))
         users[ctx["device"]] = rebuilt
     assert not np.array_equal(users["tv"], users["mobile"])
+
+
+def test_a_new_lineage_goes_live_only_by_a_named_operator_decision(tmp_path):
+    ids, vecs, user_vecs, sim = world()
+    store = PolicyDirectory(tmp_path / "store", 10)
+    TrainerLoop(trainer_settings(tmp_path, algorithm="linucb"), ids, vecs, _ListBuffer(), store).publish_initial()
+    with pytest.raises(LineageError, match=r"the store serves version 1 \(random, 300 items\); this trainer is ppo "
+                                           r"for 300 items .* set trainer.force_new_lineage"):
+        TrainerLoop(trainer_settings(tmp_path, algorithm="ppo"), ids, vecs, _ListBuffer(), store)
+    with pytest.raises(LineageError, match=r"this trainer is linucb for 299 items"):  # another catalog
+        TrainerLoop(trainer_settings(tmp_path, algorithm="linucb"), ids[:-1], vecs[:-1], _ListBuffer(), store)
+    assert store.latest()["version"] == 1
+    forced = trainer_settings(tmp_path, algorithm="linucb", force_new_lineage="alice: one item withdrawn")
+    loop = TrainerLoop(forced, ids[:-1], vecs[:-1], _ListBuffer(), store)
+    m = loop.publish_initial()
+    assert m["version"] == 2 and m["gate"] == "forced new lineage over version 1: alice: one item withdrawn"
+    assert m["spec"]["num_rows"] == 300
+    assert store.history()[-1] == {**store.history()[-1], "action": "publish", "version": 2, "reason": m["gate"]}
