@@ -121,7 +121,6 @@ class LocalStack:
         except ray.exceptions.RayActorError as e:  # the trainer refused to start (e.g. a lineage it cannot continue)
             cause = str(e).strip().splitlines()
             raise StackError("the trainer did not start: " + next((x for x in reversed(cause) if "Error" in x), cause[-1]))
-
         self.store, self.trainer = learning.store, learning.trainer
         self._stops.append(("policy store", lambda: ray.kill(registry.lookup(registry.STORE))))
         self._stops.append(("trainer", lambda: ray.get(self.trainer.stop.remote(), timeout=60)))
