@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install test unit integration lint run bench down status clean
+.PHONY: install test unit integration lint run bench down status clean system-packages
 
 ## install: create .venv and install streamrec (editable, dev extra, CPU torch). Idempotent.
 install: $(STAMP)
@@ -21,14 +21,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
-# kcat is an independent Kafka client for the broker tests; best effort (tests skip without it).
-kcat:
-	@command -v kcat >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	  { timeout 180 apt-get install -y -qq kcat >/dev/null 2>&1 || \
-	    { timeout 180 apt-get update -qq >/dev/null 2>&1 && timeout 180 apt-get install -y -qq kcat >/dev/null 2>&1; }; }; } || true
+# Debian packages the integration tests use: kcat (an independent Kafka client for the broker tests)
+# and redis-server (the GCS fault-tolerance test). Best effort: a test says why it skips without them.
+APT_PACKAGES := kcat:kcat redis-server:redis-server
+system-packages:
+	@for pair in $(APT_PACKAGES); do cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$cmd >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    { timeout 180 apt-get install -y -qq $$pkg >/dev/null 2>&1 || \
+	      { timeout 180 apt-get update -qq >/dev/null 2>&1 && timeout 180 apt-get install -y -qq $$pkg >/dev/null 2>&1; }; }; } || true; \
+	done
 
 ## test: install if needed, then run the whole suite (unit, then integration).
-test: install kcat
+test: install system-packages
 	$(PY) -m pytest tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 lint: install
@@ -37,7 +41,7 @@ lint: install
 unit: install
 	$(PY) -m pytest tests/unit
 
-integration: install kcat
+integration: install system-packages
 	$(PY) -m pytest tests/integration
 
 ## run: the whole loop in the foreground with simulated users; Ctrl-C stops everything.
