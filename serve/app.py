@@ -33,7 +33,7 @@ from ray.serve.handle import DeploymentHandle
 
 from actors import registry
 from actors.remote import Blocking
-from serve.api import FeedbackRequest, GuardState, RecommendRequest
+from serve.api import FeedbackRequest, GuardState, RecommendRequest, require_keys_off_loopback
 from serve.context_encoder import LRU, ContextEncoder
 from serve.http import error, make_api
 from serve.profile_mirror import ProfileMirror
@@ -51,7 +51,7 @@ class Ranker:
     def __init__(self, args: dict[str, Any], encoder: DeploymentHandle):
         from streamrec.eventbus import make_event_sink
 
-        self.settings = s = settings_from_args(args)  # env overrides (API keys) are read here, in the replica
+        self.settings = s = _validated(args)  # env overrides (API keys) are read here, in the replica
         self.encoder = encoder
         self.contexts = LRU(s.serve.encoder_cache_size)  # text -> (d,) vector, as the encoder would answer
         self.guard = GuardState([k.get_secret_value().encode() for k in s.auth.api_keys], s.serve.max_body_bytes)
@@ -156,14 +156,43 @@ class Ranker:
         self._stop.set()
 
 
+def serve_http_host(timeout_s: float = 10.0) -> str | None:
+    """``http_options.host`` of the running Serve instance (what its HTTP proxies bind), or None when
+    no Serve controller is reachable. Ray 2.60 has no public call for it: this asks the controller
+    with the call Ray's own replicas make (``get_http_config``)."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    try:
+        from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+        controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        return ray.get(controller.get_http_config.remote(), timeout=timeout_s).host
+    except Exception:  # no Serve yet (the app is built before serve.start), or another Ray layout
+        return None
+
+
+def _validated(args: dict[str, Any]):
+    """The settings (with the environment's overrides), refusing an open API: a non-loopback HTTP
+    host of the running Serve instance without API keys, whoever deploys the app."""
+    settings = settings_from_args(args)
+    host = serve_http_host()
+    if host is not None:
+        require_keys_off_loopback(host, [k.get_secret_value() for k in settings.auth.api_keys])
+    return settings
+
+
 def build_app(args: dict[str, Any] | None = None):
     """Validate ``args`` (with the environment's overrides) now; replicas re-read them and the environment.
 
-    Secrets from the environment (``STREAMREC_API_KEYS``) never travel through ``.bind()``: each
-    replica reads them from its own environment.
+    Refuses (``AuthConfigError``) when Serve binds a non-loopback HTTP host and there are no API
+    keys, for ``serve deploy``, KubeRay and ``streamrec up`` alike. Secrets from the environment
+    (``STREAMREC_API_KEYS``) never travel through ``.bind()``: each replica reads them from its
+    own environment.
     """
     args = dict(args or {})
-    settings_from_args(args)
+    _validated(args)
     return Ranker.bind(args, ContextEncoder.bind(args))
 
 
@@ -172,7 +201,7 @@ def build_app_from_config(args: dict[str, Any], deployments: list[dict[str, Any]
 
     What ``serve deploy ray_config.yaml`` does for the file; ``streamrec up`` runs the app this way.
     """
-    settings_from_args(args)
+    _validated(args)
     opts = {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in deployments}
     known = {"ContextEncoder", "Ranker"}
     unknown = set(opts) - known
