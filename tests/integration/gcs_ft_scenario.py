@@ -43,18 +43,33 @@ def main() -> int:
            "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
     os.environ.update(env)
     ray_bin = str(Path(sys.executable).with_name("ray"))
-    spawned: list[subprocess.Popen] = []  # the restarted GCS (its own session: `ray stop` may miss it)
+    spawned: list[subprocess.Popen] = []  # the restarted GCS
+    ray_dir = tmp / "ray"  # this head's processes name it on their command lines: what to stop, and only that
     try:
         time.sleep(1)
-        # its own agent port: the test session's Ray holds the default one
+        # its own agent port and temp dir: another Ray (the test session's) may run beside it
         subprocess.run([ray_bin, "start", "--head", f"--port={gcs_port}", "--num-cpus=4", "--include-dashboard=false",
-                        f"--dashboard-agent-listen-port={agent_port}"], check=True, capture_output=True, timeout=120)
+                        f"--dashboard-agent-listen-port={agent_port}", f"--temp-dir={ray_dir}"],
+                       check=True, capture_output=True, timeout=120)
         return _scenario(tmp, gcs_port, http_port, spawned)
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, timeout=120)
         for p in spawned:
             p.kill()
+        _stop_head(ray_dir)  # not `ray stop`: it stops every Ray on the machine
         redis.kill()
+
+
+def _stop_head(ray_dir: Path) -> None:
+    import psutil
+
+    heads = [p for p in psutil.process_iter(["cmdline"]) if any(str(ray_dir) in a for a in p.info["cmdline"] or [])]
+    ours = {p.pid: p for h in heads for p in [h, *h.children(recursive=True)]}.values()  # workers retitle themselves
+    for p in ours:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(list(ours), timeout=20)
 
 
 def _scenario(tmp: Path, gcs_port: int, http_port: int, spawned: list) -> int:
