@@ -257,9 +257,10 @@ class TrainerSettings(_Section):
     dr_weights: Literal["slate", "cascade"] = "cascade"
     """DR's importance weights: per position the ratios down to it (cascade DR: evidence at the
     top wherever a logged slate starts like the candidate's), or whole-slate ratios."""
-    gate_tolerance: float = Field(0.05, ge=0)
+    gate_tolerance: float = Field(0.1, ge=0)
     """Relative: publish when the candidate's lower bound >= the live estimate - tolerance * |live
-    estimate| (0.05: a candidate may be at most 5% below the live version at its lower bound)."""
+    estimate|. At 0.1 an equally good candidate passes once its interval is narrower than 10% of
+    the live estimate; a clearly worse one does not."""
     min_ess: float = Field(20.0, ge=1)
     """Below this effective sample size the gate's estimate falls back to DR."""
     min_support: float = Field(0.7, gt=0, le=1)

@@ -51,7 +51,8 @@ def _small_config(tmp_path, serve_mode: str = "standard") -> Path:
     args["embedding"] = {"output_dir": str(tmp_path / "emb")}
     args["profile"] = {"snapshot_dir": str(tmp_path / "profiles")}
     args["trainer"] = {"store_dir": str(tmp_path / "policies"), "checkpoint_dir": str(tmp_path / "trainer"),
-                       "train_every_s": 2, "min_samples": 20, "min_holdout": 1}
+                       "train_every_s": 2, "min_samples": 20, "min_holdout": 1,
+                       "gate_tolerance": 10.0}  # the loop is under test here, not the gate: every candidate passes
     args["ingest"] = {"reward_window_s": 2}
     raw["http_options"]["port"] = free_port(outside_ephemeral=True)  # bound late in throughput mode
     p = tmp_path / "ray_config.yaml"

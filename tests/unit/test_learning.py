@@ -634,7 +634,7 @@ def test_promote_rule_is_relative_to_the_live_estimate():
     ok, why = promote(_report(0.5, 0.43), _report(0.46, 0.4), 0.05)
     assert not ok and why == "lower bound 0.4300 < live 0.4600 - 0.05 x 0.4600 = 0.4370"
     # what an absolute 0.1 let through on a running stack: a lower bound below the live estimate
-    assert not promote(_report(0.50, 0.4649), _report(0.5312, 0.5), 0.05)[0]
+    assert not promote(_report(0.50, 0.4649), _report(0.5312, 0.5), 0.1)[0]  # bound 0.4781
     assert promote(_report(0.01, 0.0095), _report(0.01, 0.009), 0.05)[0]  # same rule at a low CTR
 
 
