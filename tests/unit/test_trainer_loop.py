@@ -208,10 +208,9 @@ def test_a_canary_no_replica_serves_is_ended_counting_only_samples_logged_after_
     assert store.manifest(2)["stage"] == "refused" and out["canary"] == 3 and loop.stats["rejected"] == 1
 
 
-def test_a_live_version_found_worse_by_the_sequential_test_is_rolled_back(tmp_path):
-    """Version 2 goes live after version 1 served 300 impressions; its own impressions then get no
-    clicks. The SPRT against version 1's CTR decides "worse" and the loop rolls back: version 3 is
-    version 1's weights, with the reason in its manifest and the store's history."""
+def _version_2_live_after_300_of_version_1(tmp_path, seed):
+    """A LinUCB loop whose version 1 served 300 impressions and whose version 2 just went live:
+    (loop, store, buffer, the ranking serving version 2, the world's users, the simulator, rng)."""
     ids, vecs, user_vecs, sim = world()
     buffer, store = _ListBuffer(), PolicyDirectory(tmp_path / "store", 10)
     s = trainer_settings(tmp_path, algorithm="linucb", min_samples=100, publish_every_s=3600.0,
@@ -219,11 +218,19 @@ def test_a_live_version_found_worse_by_the_sequential_test_is_rolled_back(tmp_pa
     loop = TrainerLoop(s, ids, vecs, buffer, store)
     loop.publish_initial()
     core = Ranking(loop.featurizer, ItemIndex.build(ids, vecs), loop.serving, 1, 20)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     buffer.items = served_samples(core, sim, user_vecs, 300, rng)
     first = loop.round()
     assert first["version"] == 2 and "rolled_back" not in first
     core.swap(loop.featurizer, loop.serving, 2)
+    return loop, store, buffer, core, user_vecs, sim, rng
+
+
+def test_a_live_version_found_worse_by_the_sequential_test_is_rolled_back(tmp_path):
+    """Version 2 goes live after version 1 served 300 impressions; its own impressions then get no
+    clicks. The SPRT against version 1's CTR decides "worse" and the loop rolls back: version 3 is
+    version 1's weights, with the reason in its manifest and the store's history."""
+    loop, store, buffer, core, user_vecs, sim, rng = _version_2_live_after_300_of_version_1(tmp_path, seed=0)
     dead = [x._replace(rewards=(0.0,) * len(x.rewards)) for x in served_samples(core, sim, user_vecs, 300, rng, t0=350)]
     buffer.items = dead
     out = loop.round()
@@ -237,17 +244,7 @@ def test_a_live_version_found_worse_by_the_sequential_test_is_rolled_back(tmp_pa
 
 
 def test_a_live_version_as_good_as_its_predecessor_is_kept(tmp_path):
-    ids, vecs, user_vecs, sim = world()
-    buffer, store = _ListBuffer(), PolicyDirectory(tmp_path / "store", 10)
-    s = trainer_settings(tmp_path, algorithm="linucb", min_samples=100, publish_every_s=3600.0,
-                         rollback_min_impressions=100)
-    loop = TrainerLoop(s, ids, vecs, buffer, store)
-    loop.publish_initial()
-    rng = np.random.default_rng(1)
-    core = Ranking(loop.featurizer, ItemIndex.build(ids, vecs), loop.serving, 1, 20)
-    buffer.items = served_samples(core, sim, user_vecs, 300, rng)
-    assert loop.round()["version"] == 2
-    core.swap(loop.featurizer, loop.serving, 2)
+    loop, store, buffer, core, user_vecs, sim, rng = _version_2_live_after_300_of_version_1(tmp_path, seed=1)
     for t0 in (300, 900, 1500):
         buffer.items = served_samples(core, sim, user_vecs, 600, rng, t0=t0)
         assert "rolled_back" not in loop.round()
