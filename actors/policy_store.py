@@ -2,7 +2,7 @@
 
 ::
 
-    store_dir/
+    store_dir/                (a local path or a URI: streamrec.storage)
       LATEST                  {"version": 12}           (replaced atomically)
       CANARY                  {"version": 13, "share": 0.2}   (only while a canary runs)
       v000012/manifest.json   an rl.manifest.PolicyManifest: version, parent, sha256, created, spec, stage, ...
@@ -30,68 +30,58 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
-from pathlib import Path
-from typing import Any
 
 import ray
 
 from rl.manifest import PolicyManifest
 from rl.policies import expected_shapes
 from rl.weights import WeightsError, sha256_hex, unpack
+from streamrec.storage import Location
 
 __all__ = ["PolicyDirectory", "PolicyStore"]
-
-
-def _write_json(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
 
 
 class PolicyDirectory:
     def __init__(self, path: str | os.PathLike, keep: int = 10):
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
-        self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.loc = Location(path)
         self.keep = keep
         self.refused = 0
 
     # -- reading -------------------------------------------------------------------------------
-    def _dir(self, version: int) -> Path:
-        return self.path / f"v{int(version):06d}"
+    @staticmethod
+    def _dir(version: int) -> str:
+        return f"v{int(version):06d}"
 
     def versions(self) -> list[int]:
+        """Stored versions: those whose manifest exists (it is written last, after the weights)."""
         out = []
-        for p in self.path.glob("v*/manifest.json"):
-            try:
-                out.append(int(p.parent.name[1:]))
-            except ValueError:
-                continue
+        for f in self.loc.files("", "/manifest.json"):
+            name = f.rsplit("/", 2)[-2]
+            if name.startswith("v") and name[1:].isdigit():
+                out.append(int(name[1:]))
         return sorted(out)
 
     def latest(self) -> dict | None:
         """The manifest of the version to serve (None before the first publish)."""
         try:
-            v = json.loads((self.path / "LATEST").read_text())["version"]
+            v = self.loc.read_json("LATEST")["version"]
         except (FileNotFoundError, KeyError, ValueError):
             return None
         return self.manifest(v)
 
     def manifest(self, version: int) -> dict:
-        p = self._dir(version) / "manifest.json"
-        if not p.is_file():
-            raise KeyError(f"policy version {version} is not in the store (kept: {self.versions()})")
-        return json.loads(p.read_text())
+        try:
+            return self.loc.read_json(f"{self._dir(version)}/manifest.json")
+        except FileNotFoundError:
+            raise KeyError(f"policy version {version} is not in the store (kept: {self.versions()})") from None
 
     def canary(self) -> dict | None:
         """The manifest of the version on canary, with its traffic ``share`` (None when none runs)."""
         try:
-            c = json.loads((self.path / "CANARY").read_text())
+            c = self.loc.read_json("CANARY")
             return {**self.manifest(c["version"]), "share": float(c["share"])}
         except (FileNotFoundError, KeyError, ValueError):
             return None
@@ -108,7 +98,7 @@ class PolicyDirectory:
                 raise KeyError("no policy has been published yet")
             version = m["version"]
         m = self.manifest(version)
-        return m, (self._dir(version) / "weights.safetensors").read_bytes()
+        return m, self.loc.read_bytes(f"{self._dir(version)}/weights.safetensors")
 
     # -- writing -------------------------------------------------------------------------------
     def publish(self, blob: bytes, manifest: dict) -> dict:
@@ -116,7 +106,7 @@ class PolicyDirectory:
         Raises WeightsError. A canary still running is ended: this version supersedes it."""
         full = self._store(blob, {**manifest, "stage": "live"})
         self._end_running_canary(f"superseded by version {full['version']}")
-        _write_json(self.path / "LATEST", {"version": full["version"]})
+        self.loc.write_json("LATEST", {"version": full["version"]})
         self._record("rollback" if full.get("rollback_of") is not None else "publish", full["version"],
                      full.get("rollback_reason") or full.get("gate") or "")
         self._prune()
@@ -132,7 +122,7 @@ class PolicyDirectory:
         if self.latest() is None:
             raise ValueError("a canary needs a live version to share traffic with: publish one first")
         full = self._store(blob, {**manifest, "stage": "canary", "canary_share": share})
-        _write_json(self.path / "CANARY", {"version": full["version"], "share": share})
+        self.loc.write_json("CANARY", {"version": full["version"], "share": share})
         self._record("canary", full["version"], f"share {share:g}")
         self._prune()
         return full
@@ -141,9 +131,9 @@ class PolicyDirectory:
         """Make the canary ``version`` the served one (LATEST); ``extra`` (the gate's figures) joins its manifest."""
         self._check_on_canary(version)
         full = self._checked({**self.manifest(version), **(extra or {}), "stage": "live", "promoted": time.time()})
-        _write_json(self._dir(version) / "manifest.json", full)
-        _write_json(self.path / "LATEST", {"version": int(version)})
-        (self.path / "CANARY").unlink(missing_ok=True)
+        self.loc.write_json(f"{self._dir(version)}/manifest.json", full)
+        self.loc.write_json("LATEST", {"version": int(version)})
+        self.loc.remove("CANARY")
         self._record("promote", int(version), full.get("gate") or "")
         return full
 
@@ -152,8 +142,8 @@ class PolicyDirectory:
         self._check_on_canary(version)
         full = self._checked({**self.manifest(version), **(extra or {}), "stage": "refused",
                               "refused_because": reason})
-        _write_json(self._dir(version) / "manifest.json", full)
-        (self.path / "CANARY").unlink(missing_ok=True)
+        self.loc.write_json(f"{self._dir(version)}/manifest.json", full)
+        self.loc.remove("CANARY")
         self._record("refuse", int(version), reason)
         return full
 
@@ -161,13 +151,12 @@ class PolicyDirectory:
     def _record(self, action: str, version: int, reason: str) -> None:
         """One line of ``history.jsonl`` (append-only; never pruned): what changed, when and why."""
         line = json.dumps({"ts": time.time(), "action": action, "version": int(version), "reason": reason})
-        with open(self.path / "history.jsonl", "a") as f:
-            f.write(line + "\n")
+        self.loc.append_line("history.jsonl", line)
 
     def history(self, limit: int = 100) -> list[dict]:
         """The newest ``limit`` entries of the record: publish, canary, promote, refuse, rollback."""
         try:
-            lines = (self.path / "history.jsonl").read_text().splitlines()
+            lines = self.loc.read_bytes("history.jsonl").decode().splitlines()
         except FileNotFoundError:
             return []
         return [json.loads(x) for x in lines[-limit:] if x.strip()]
@@ -202,11 +191,9 @@ class PolicyDirectory:
         current = self.latest()
         version = (max(self.versions()) if self.versions() else 0) + 1
         full = m.replace(version=version, parent=current["version"] if current else None, created=time.time()).to_dict()
-        d = self._dir(version)
-        tmp = Path(tempfile.mkdtemp(dir=self.path, prefix=".publish."))
-        (tmp / "weights.safetensors").write_bytes(blob)
-        _write_json(tmp / "manifest.json", full)
-        os.replace(tmp, d)
+        d = self._dir(version)  # weights first, the manifest last: a version exists once it is whole
+        self.loc.write_bytes(f"{d}/weights.safetensors", blob)
+        self.loc.write_json(f"{d}/manifest.json", full)
         return full
 
     def rollback(self, to: int | None = None, reason: str = "operator rollback") -> dict:
@@ -236,7 +223,7 @@ class PolicyDirectory:
         pinned = {m["version"] for m in (self.latest(), self.canary()) if m is not None}
         for v in self.versions()[:-self.keep]:
             if v not in pinned:
-                shutil.rmtree(self._dir(v), ignore_errors=True)
+                self.loc.remove(self._dir(v))
 
     def metrics(self) -> dict:
         m, c = self.latest(), self.canary()

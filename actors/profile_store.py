@@ -1,59 +1,62 @@
 """ProfileStore: live per-user histories and pooled profile vectors (a named Ray actor).
 
 Ingest feeds it every valid feedback event; serving and training read profiles in batches.
-It snapshots to disk on a cadence and restores from the snapshot when (re)started.
+It snapshots to ``snapshot_dir`` (a path or a URI: streamrec.storage) on a cadence and restores
+from the snapshot when (re)started.
 """
 
 from __future__ import annotations
 
-import os
+import io
 import time
 import uuid
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import ray
 
 from streamrec.profile import HistoryBook
+from streamrec.storage import Location
 
 __all__ = ["ProfileStore"]
 
 
 @ray.remote(num_cpus=0.1, max_restarts=-1)
 class ProfileStore:
+    SNAPSHOT = "profiles.json"
+    ITEMS = "profiles.items.npz"
+
     def __init__(self, history_length: int = 50, half_life_s: float = 86_400.0,
-                 snapshot_path: str | None = None, snapshot_every_s: float = 60.0):
+                 snapshot_dir: str | None = None, snapshot_every_s: float = 60.0):
         self.half_life_s = half_life_s
-        self.snapshot_path = Path(snapshot_path) if snapshot_path else None
+        self.loc = Location(snapshot_dir) if snapshot_dir else None
         self.snapshot_every_s = snapshot_every_s
         self._last_snapshot = time.monotonic()
-        if self.snapshot_path and self.snapshot_path.is_file():
-            self.book = HistoryBook.restore(self.snapshot_path, history_length)
-        else:
-            self.book = HistoryBook(history_length)
+        self.book = HistoryBook(history_length)
         self._index: dict[str, int] = {}
         self._vectors = np.zeros((0, 1), dtype=np.float32)
-        if self._items_path and self._items_path.is_file():  # restarted: the catalog it pooled over
-            with np.load(self._items_path, allow_pickle=False) as z:
-                self._set(z["ids"].tolist(), z["vectors"])
+        if self.loc is not None:  # restarted: the histories and the catalog it pooled over
+            try:
+                self.book = HistoryBook.from_json(self.loc.read_bytes(self.SNAPSHOT), history_length)
+            except FileNotFoundError:
+                pass
+            try:
+                with np.load(io.BytesIO(self.loc.read_bytes(self.ITEMS)), allow_pickle=False) as z:
+                    self._set(z["ids"].tolist(), z["vectors"])
+            except FileNotFoundError:
+                pass
         self.events = 0
         self.epoch = uuid.uuid4().hex  # a restarted store numbers its changes afresh: mirrors start over
-
-    @property
-    def _items_path(self) -> Path | None:
-        return self.snapshot_path.with_suffix(".items.npz") if self.snapshot_path else None
 
     def set_item_vectors(self, ids: Sequence[str], vectors: np.ndarray) -> int:
         """(n,) ids and (n, d) vectors of the catalog the profiles pool over; kept beside the snapshot."""
         if len(ids) != len(vectors):
             raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
         self._set(ids, vectors)
-        if self._items_path:
-            self._items_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._items_path.with_suffix(".tmp.npz")
-            np.savez(tmp, ids=np.asarray([str(i) for i in ids]), vectors=self._vectors)
-            os.replace(tmp, self._items_path)
+        if self.loc is not None:
+            buf = io.BytesIO()
+            np.savez(buf, ids=np.asarray([str(i) for i in ids]), vectors=self._vectors)
+            self.loc.write_bytes(self.ITEMS, buf.getvalue())
         return len(ids)
 
     def _set(self, ids: Sequence[str], vectors: np.ndarray) -> None:
@@ -63,7 +66,7 @@ class ProfileStore:
     def record(self, events: Sequence[tuple[str, str, float]]) -> int:
         n = self.book.record(events)
         self.events += n
-        if self.snapshot_path and time.monotonic() - self._last_snapshot >= self.snapshot_every_s:
+        if self.loc is not None and time.monotonic() - self._last_snapshot >= self.snapshot_every_s:
             self.snapshot()
         return n
 
@@ -91,9 +94,10 @@ class ProfileStore:
 
     def snapshot(self) -> str | None:
         self._last_snapshot = time.monotonic()
-        if not self.snapshot_path:
+        if self.loc is None:
             return None
-        return str(self.book.snapshot(self.snapshot_path))
+        self.loc.write_bytes(self.SNAPSHOT, self.book.to_json())
+        return self.loc.uri_of(self.SNAPSHOT)
 
     def metrics(self) -> dict:
         return {"users": len(self.book), "events": self.events}

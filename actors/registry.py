@@ -6,10 +6,11 @@ the benches and tests) goes through here; :mod:`cluster.loop` creates them.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import ray
+
+from streamrec.storage import absolute
 
 __all__ = ["NAMESPACE", "STORE", "PROFILES", "SAMPLES", "TRAINER", "INGEST_PREFIX", "lookup", "policy_store"]
 
@@ -40,4 +41,4 @@ def policy_store(store_dir: str, keep: int = 10, *, detached: bool = True):
     opts: dict[str, Any] = {"name": STORE, "namespace": NAMESPACE, "get_if_exists": True}
     if detached:
         opts["lifetime"] = "detached"
-    return PolicyStore.options(**opts).remote(str(Path(store_dir).resolve()), keep)
+    return PolicyStore.options(**opts).remote(absolute(store_dir), keep)

@@ -15,7 +15,6 @@ entrypoints). Unnamed loops (benches, tests) can run side by side in one Ray.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -28,6 +27,7 @@ from actors.sample_buffer import SampleBuffer
 from actors.trainer import Trainer
 from streamrec.config import StreamrecSettings
 from streamrec.rewards import RewardTable
+from streamrec.storage import absolute
 
 __all__ = ["Stream", "Learning", "start_stream", "start_learning", "serving_app"]
 
@@ -62,9 +62,9 @@ def start_stream(settings: StreamrecSettings, bootstrap: str, item_ids: Sequence
                  *, named: bool = True, detached: bool = False, parallelism: int | None = None) -> Stream:
     """The ProfileStore, the SampleBuffer and ``ingest.parallelism`` StreamIngest actors in one group."""
     p, i = settings.profile, settings.ingest
-    snapshot = str(Path(p.snapshot_dir).resolve() / "profiles.json") if named else None
+    snapshot = absolute(p.snapshot_dir) if named else None
     profiles = ProfileStore.options(**_options(registry.PROFILES, named, detached)).remote(
-        history_length=p.history_length, half_life_s=p.half_life_s, snapshot_path=snapshot,
+        history_length=p.history_length, half_life_s=p.half_life_s, snapshot_dir=snapshot,
         snapshot_every_s=p.snapshot_every_s)
     ray.get(profiles.set_item_vectors.remote(list(item_ids), np.asarray(item_vectors, np.float32)))
     samples = SampleBuffer.options(**_options(registry.SAMPLES, named, detached)).remote(
@@ -85,7 +85,7 @@ def start_learning(settings: StreamrecSettings, samples, item_ids: Sequence[str]
     else:
         from actors.policy_store import PolicyStore
 
-        store = PolicyStore.remote(str(Path(t.store_dir).resolve()), t.keep_versions)
+        store = PolicyStore.remote(absolute(t.store_dir), t.keep_versions)
     trainer = Trainer.options(**_options(registry.TRAINER, named, detached)).remote(
         settings.model_dump(mode="python"), list(item_ids), np.asarray(item_vectors, np.float32), samples, store,
         seed=seed)

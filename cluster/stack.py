@@ -83,7 +83,7 @@ class LocalStack:
         from cluster.jobs.embed import run_embedding_job
 
         manifest = run_embedding_job(self.settings)
-        self.run_dir.update(embeddings={"dir": str(Path(self.settings.embedding.output_dir).resolve()),
+        self.run_dir.update(embeddings={"dir": absolute(self.settings.embedding.output_dir),
                                         "model_id": manifest["model_id"],
                                         **{k: {"count": v["count"], "embedded": v["embedded"]}
                                            for k, v in manifest["outputs"].items()}})
@@ -141,10 +141,10 @@ class LocalStack:
         s = self.settings
         overrides = {
             "kafka": {"bootstrap_servers": self.broker.bootstrap if self.broker else s.kafka.bootstrap_servers},
-            "embedding": {"output_dir": str(Path(s.embedding.output_dir).resolve())},
-            "trainer": {"store_dir": str(Path(s.trainer.store_dir).resolve()),
-                        "checkpoint_dir": str(Path(s.trainer.checkpoint_dir).resolve())},
-            "profile": {"snapshot_dir": str(Path(s.profile.snapshot_dir).resolve())},
+            "embedding": {"output_dir": absolute(s.embedding.output_dir)},
+            "trainer": {"store_dir": absolute(s.trainer.store_dir),
+                        "checkpoint_dir": absolute(s.trainer.checkpoint_dir)},
+            "profile": {"snapshot_dir": absolute(s.profile.snapshot_dir)},
         }
         return _merge(raw, overrides)
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 import numpy as np
@@ -43,6 +42,7 @@ from rl.sequential import LiveWatch
 from rl.spec import PolicySpec
 from rl.weights import WeightsError, pack, unpack
 from streamrec.config import StreamrecSettings
+from streamrec.storage import Location
 
 __all__ = ["TrainerLoop", "SampleSource", "PolicyStoreAPI", "policy_spec", "LineageError"]
 
@@ -124,7 +124,7 @@ class TrainerLoop:
         self.settings, self.buffer, self.store = settings, buffer, store
         self.rng = np.random.default_rng(seed)
         t = settings.trainer
-        self.checkpoint_dir = Path(t.checkpoint_dir)
+        self.checkpoint = Location(t.checkpoint_dir)
         item_vectors = np.asarray(item_vectors, np.float32)
         latest = store.latest()
         projection = lineage = None
@@ -360,8 +360,7 @@ class TrainerLoop:
         manifest = (self.store.publish(blob, manifest) if canary_share is None
                     else self.store.publish_canary(blob, manifest, canary_share))
         if self.learner is not None and policy is not self._initial:
-            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            self.learner.save(str((self.checkpoint_dir / "learner").resolve()))
+            self.learner.save(self.checkpoint.uri_of("learner"))
         return manifest
 
     def publish_initial(self) -> dict | None:
@@ -421,10 +420,9 @@ class TrainerLoop:
     def _resume_learner(self, published: dict) -> None:
         """The learner's own checkpoint (value head included) when it is there and sound; else the
         published weights. A checkpoint that fails its checks is refused, never loaded."""
-        ckpt = self.checkpoint_dir / "learner"
-        if ckpt.exists():
+        if self.checkpoint.exists("learner"):
             try:
-                self.learner.restore(str(ckpt))
+                self.learner.restore(self.checkpoint.uri_of("learner"))
                 return
             except WeightsError as e:
                 self.stats["checkpoint_refused"] = str(e)

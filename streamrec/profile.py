@@ -2,16 +2,13 @@
 
 :func:`pool_profile` is the one function serving and training use to turn a user's recent items
 into a vector, so the two never drift apart. :class:`HistoryBook` is the pure state behind the
-ProfileStore actor (no Ray, no I/O besides explicit snapshot/restore).
+ProfileStore actor (no Ray, no I/O: it serialises to JSON and back).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import OrderedDict, deque
-from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -109,20 +106,14 @@ class HistoryBook:
         ages = np.asarray([now - ts for _, ts in hist], dtype=np.float64)
         return pool_profile(item_vectors[rows] if len(rows) else item_vectors[:0], ages, half_life_s)
 
-    def snapshot(self, path: str | Path) -> Path:
-        """Write all histories as JSON (atomically)."""
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
+    def to_json(self) -> bytes:
+        """All histories as JSON (what the ProfileStore snapshots)."""
         data = {"history_length": self.history_length, "users": {u: list(map(list, d)) for u, d in self._h.items()}}
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".profiles.")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, p)
-        return p
+        return json.dumps(data).encode()
 
     @classmethod
-    def restore(cls, path: str | Path, history_length: int | None = None, max_users: int = 1_000_000) -> "HistoryBook":
-        data = json.loads(Path(path).read_text())
+    def from_json(cls, blob: bytes, history_length: int | None = None, max_users: int = 1_000_000) -> "HistoryBook":
+        data = json.loads(blob)
         book = cls(history_length or int(data["history_length"]), max_users)
         for user, items in data["users"].items():
             book.record((user, i, ts) for i, ts in items)

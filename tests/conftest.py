@@ -143,5 +143,49 @@ def independent_client(broker):
     return client
 
 
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-protocol server (moto's standalone server, over HTTP on a free loopback port):
+    ``{"endpoint", "env"}``, where ``env`` is what a client process needs to reach it."""
+    import sys
+    import time
+    import urllib.request
+
+    from cluster.broker import free_port
+
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
+    moto = shutil.which("moto_server", path=os.path.dirname(sys.executable)) or "moto_server"
+    proc = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(endpoint + "/moto-api/", timeout=2)
+            break
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, f"moto_server did not start on {endpoint}"
+            time.sleep(0.3)
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "streamrec-test", "AWS_SECRET_ACCESS_KEY": "streamrec-test",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    yield {"endpoint": endpoint, "env": env}
+    proc.terminate()
+    proc.wait(timeout=10)
+    log.close()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, monkeypatch) -> str:
+    """A fresh bucket on the session's S3 server, with this process's AWS environment pointing at
+    it; returns ``s3://<bucket>``."""
+    import boto3
+
+    for k, v in s3_server["env"].items():
+        monkeypatch.setenv(k, v)
+    name = f"streamrec-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_server["endpoint"]).create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
 def run(cmd, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, **kw)

@@ -15,8 +15,8 @@ it again and it embeds what is still missing or changed (docs/architecture.md, "
 
 from __future__ import annotations
 
+import fnmatch
 import os
-import shutil
 import sys
 import time
 import uuid
@@ -26,6 +26,7 @@ from typing import Any
 import pyarrow as pa
 
 from streamrec.data.catalog import content_hash
+from streamrec.storage import Location
 from streamrec.vectors import read_manifest, write_manifest
 
 __all__ = ["run_embedding_job", "main", "EncodeBatch", "tokenize_batch"]
@@ -212,19 +213,22 @@ def run_embedding_job(settings, *, output_dir: str | None = None, full: bool = F
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=False)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
-    out_dir = Path(output_dir or settings.embedding.output_dir).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out = Location(output_dir or settings.embedding.output_dir)
     enc = settings.encoder
     pool, device = _pool(settings, num_encoders)
     threads = pool.pop("_threads", None)
     from streamrec.encoder import model_id as encoder_model_id
 
     model_id = encoder_model_id(enc.model, enc.max_length, enc.quantize_int8 and device == "cpu")
-    live = None if full else read_manifest(out_dir)
+    live = None if full else read_manifest(out)
     run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     manifest: dict[str, Any] = {"run_id": run_id, "model_id": model_id, "created": time.time(),
                                 "catalog": settings.catalog.model_dump(mode="json"), "device": device,
                                 "outputs": {}}
+
+    def stats(kind: str) -> str | None:  # per-batch timings (bench/embed.py; a local output only)
+        return out.path(f".encode-{run_id}-{kind}.jsonl") if record_stats and out.local else None
+
     t0 = time.perf_counter()
     for kind, (ds, id_col) in _source_datasets(settings).items():
         if kind not in kinds:
@@ -235,7 +239,7 @@ def run_embedding_job(settings, *, output_dir: str | None = None, full: bool = F
         if prev and live.get("model_id") == model_id:
             import pyarrow.parquet as pq
 
-            old = pq.read_table(out_dir / prev["dir"], columns=[id_col, "content_hash"])
+            old = pq.read_table(out.path(prev["dir"]), columns=[id_col, "content_hash"], filesystem=out.fs)
             previous = dict(zip(old.column(id_col).to_pylist(), old.column("content_hash").to_pylist()))
             prev_ref = ray.put(previous)
             todo = hashed.map_batches(keep_changed, fn_kwargs={"id_column": id_col, "previous_ref": prev_ref},
@@ -243,7 +247,7 @@ def run_embedding_job(settings, *, output_dir: str | None = None, full: bool = F
             current = pa.concat_tables(ray.get(hashed.select_columns([id_col, "content_hash"]).to_arrow_refs()))
             kept_ids = {i for i, h in zip(current.column(id_col).to_pylist(), current.column("content_hash").to_pylist())
                         if previous.get(i) == h}
-            kept_ds = ray.data.read_parquet(str(out_dir / prev["dir"])).map_batches(
+            kept_ds = ray.data.read_parquet(out.path(prev["dir"]), filesystem=out.fs).map_batches(
                 keep_ids, fn_kwargs={"id_column": id_col, "ids_ref": ray.put(kept_ids)}, batch_format="pyarrow")
         else:
             todo = hashed
@@ -254,28 +258,28 @@ def run_embedding_job(settings, *, output_dir: str | None = None, full: bool = F
             fn_constructor_kwargs={"model": enc.model, "max_length": enc.max_length, "device": device,
                                    "quantize_int8": enc.quantize_int8, "id_column": id_col,
                                    "num_threads": threads, "encode_batch_size": 64 if device == "cpu" else 1_024,
-                                   "stats_path": str(out_dir / f".encode-{run_id}-{kind}.jsonl") if record_stats else None},
+                                   "stats_path": stats(kind)},
             **pool)
-        out = vectors.union(kept_ds) if kept_ds is not None else vectors
-        target = out_dir / f"{kind}-{run_id}"
-        out.write_parquet(str(target))
+        result = vectors.union(kept_ds) if kept_ds is not None else vectors
+        target = f"{kind}-{run_id}"
+        result.write_parquet(out.path(target), filesystem=out.fs)  # straight to the path or the object store
         import pyarrow.parquet as pq
 
-        total = sum(pq.read_metadata(f).num_rows for f in target.glob("*.parquet"))
-        manifest["outputs"][kind] = {"dir": target.name, "id_column": id_col, "count": total,
+        total = sum(pq.read_metadata(f, filesystem=out.fs).num_rows for f in out.files(target, ".parquet"))
+        manifest["outputs"][kind] = {"dir": target, "id_column": id_col, "count": total,
                                      "embedded": total - len(kept_ids), "kept": len(kept_ids)}
-        if record_stats:
-            manifest["outputs"][kind]["steady_per_s"] = steady_rate(out_dir / f".encode-{run_id}-{kind}.jsonl")
+        if stats(kind):
+            manifest["outputs"][kind]["steady_per_s"] = steady_rate(stats(kind))
     manifest["seconds"] = time.perf_counter() - t0
-    old_manifest = read_manifest(out_dir)
-    write_manifest(out_dir, manifest)
+    old_manifest = read_manifest(out)
+    write_manifest(out, manifest)
     for kind, o in (old_manifest or {}).get("outputs", {}).items():  # the previous run is no longer live
         if o["dir"] != manifest["outputs"].get(kind, {}).get("dir"):
-            shutil.rmtree(out_dir / o["dir"], ignore_errors=True)
+            out.remove(o["dir"])
     live_dirs = {o["dir"] for o in manifest["outputs"].values()}
-    for stale in out_dir.glob("*-2*"):  # half-written output of runs that died
-        if stale.is_dir() and stale.name not in live_dirs:
-            shutil.rmtree(stale, ignore_errors=True)
+    for stale in fnmatch.filter(out.listdir(), "*-2*"):  # half-written output of runs that died
+        if stale not in live_dirs:
+            out.remove(stale)
     return manifest
 
 

@@ -14,7 +14,7 @@ one; the store and checkpoints on the shared volume carry the lineage over.
 
 What the RayService holds: ``serveConfigV2`` = ``ray_config.yaml`` plus a production overlay
 (HTTP on 0.0.0.0 inside the pod network, which requires API keys from a Secret; replica counts;
-every path on a shared volume); Ray token authentication (``authOptions: {mode: token}``); GCS
+every path on a shared volume, or under ``--storage s3://...``); Ray token authentication (``authOptions: {mode: token}``); GCS
 fault tolerance on an external Redis (address and password from a Secret), so a head restart
 keeps the named detached actors recoverable; the in-tree autoscaler; a CPU worker group and a GPU
 worker group from zero (``nvidia.com/gpu``) for the encoder actors; ``rayVersion`` = the
@@ -69,6 +69,9 @@ class RenderOptions:
     volume_claim: str = "streamrec-data"
     """PersistentVolumeClaim (ReadWriteMany) mounted on every pod: embeddings, policies, checkpoints, profiles."""
     mount_path: str = "/data/streamrec"
+    storage: str | None = None
+    """Object storage for the artifacts instead of the volume (``s3://bucket/prefix``); the pods read
+    ``aws-access-key-id``, ``aws-secret-access-key`` and (optional) ``aws-endpoint-url`` from ``secret``."""
     head: WorkerGroup = WorkerGroup("head", "2", "8Gi", 1, 1)
     workers: tuple[WorkerGroup, ...] = (WorkerGroup("cpu", "8", "32Gi", 1, 10),
                                         WorkerGroup("gpu", "8", "48Gi", 0, 4, gpus=1))
@@ -82,6 +85,9 @@ def _check(opts: RenderOptions) -> None:
         raise RenderError("image: give the streamrec image (REGISTRY/streamrec:TAG, built from the Dockerfile)")
     if ":" not in opts.image.rsplit("/", 1)[-1] and "@" not in opts.image:
         raise RenderError(f"image: {opts.image!r} has no tag; pin one (a moving :latest cannot be rolled back)")
+    if opts.storage is not None and "://" not in opts.storage:
+        raise RenderError(f"storage: {opts.storage!r} is not a URI (s3://bucket/prefix); "
+                          "for a shared volume use volume_claim and mount_path")
     if not opts.secret:
         raise RenderError("secret: the API keys of a non-loopback HTTP host come from a Secret; name it")
     for g in opts.workers:
@@ -104,7 +110,7 @@ def production_config(config_text: str, opts: RenderOptions) -> str:
     out["http_options"] = {**(raw.get("http_options") or {}), "host": "0.0.0.0"}  # the pod network: keys required
     app = next(a for a in out["applications"] if a.get("import_path") == APP_IMPORT_PATH)
     args = app.setdefault("args", {})
-    d = opts.mount_path.rstrip("/")
+    d = (opts.storage or opts.mount_path).rstrip("/")
     args.setdefault("embedding", {})["output_dir"] = f"{d}/embeddings"
     args.setdefault("profile", {})["snapshot_dir"] = f"{d}/profiles"
     t = args.setdefault("trainer", {})
@@ -144,6 +150,9 @@ def _env(opts: RenderOptions, serve_env: dict[str, str], kafka_sasl: bool) -> li
             {"name": "STREAMREC_CONFIG", "value": CONFIG_IN_IMAGE}, {"name": "HF_HUB_OFFLINE", "value": "1"}]
     if kafka_sasl:
         env += [secret("STREAMREC_KAFKA_USERNAME", "kafka-username"), secret("STREAMREC_KAFKA_PASSWORD", "kafka-password")]
+    if opts.storage:
+        env += [secret("AWS_ACCESS_KEY_ID", "aws-access-key-id"), secret("AWS_SECRET_ACCESS_KEY", "aws-secret-access-key"),
+                secret("AWS_ENDPOINT_URL", "aws-endpoint-url", optional=True)]
     return env
 
 
@@ -151,14 +160,14 @@ def _pod(opts: RenderOptions, g: WorkerGroup, env: list[dict]) -> dict:
     limits = {"cpu": g.cpu, "memory": g.memory}
     if g.gpus:
         limits["nvidia.com/gpu"] = str(g.gpus)
-    return {"spec": {
-        "containers": [{"name": "ray-head" if g.name == "head" else "ray-worker", "image": opts.image, "env": env,
-                        "resources": {"limits": limits, "requests": dict(limits)},
-                        "volumeMounts": [{"name": "data", "mountPath": opts.mount_path}],
-                        "securityContext": {"runAsNonRoot": True, "runAsUser": 1000,
-                                            "allowPrivilegeEscalation": False}}],
-        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": opts.volume_claim}}],
-    }}
+    container = {"name": "ray-head" if g.name == "head" else "ray-worker", "image": opts.image, "env": env,
+                 "resources": {"limits": limits, "requests": dict(limits)},
+                 "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "allowPrivilegeEscalation": False}}
+    if opts.storage:  # artifacts in object storage: no shared volume
+        return {"spec": {"containers": [container]}}
+    container["volumeMounts"] = [{"name": "data", "mountPath": opts.mount_path}]
+    return {"spec": {"containers": [container],
+                     "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": opts.volume_claim}}]}}
 
 
 def _cluster_spec(config_text: str, opts: RenderOptions) -> dict:
@@ -242,10 +251,11 @@ def main(argv=None) -> int:
     ap.add_argument("--secret", default="streamrec")
     ap.add_argument("--redis-address", default="streamrec-redis:6379", help="'' for no GCS fault tolerance")
     ap.add_argument("--volume-claim", default="streamrec-data")
+    ap.add_argument("--storage", default=None, help="s3://bucket/prefix for the artifacts instead of the volume")
     ap.add_argument("--cluster", default="", help="jobs: the RayService's active RayCluster")
     args = ap.parse_args(argv)
     opts = RenderOptions(image=args.image, name=args.name, secret=args.secret, redis_address=args.redis_address or None,
-                         volume_claim=args.volume_claim)
+                         volume_claim=args.volume_claim, storage=args.storage)
     try:
         docs = ([render_service(Path(args.config).read_text(), opts)] if args.what == "service"
                 else render_jobs(opts, args.cluster))

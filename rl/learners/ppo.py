@@ -19,10 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import json
-import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,18 +32,12 @@ from rl.logged_batch import LoggedBatch
 from rl.neural import NeuralPolicy, SlateScorer
 from rl.spec import PolicySpec
 from rl.weights import WeightsError, pack, unpack
+from streamrec.storage import Location
 
 __all__ = ["PPOHyper", "SlateLearner", "CHECKPOINT_WEIGHTS", "CHECKPOINT_RECORD"]
 
 CHECKPOINT_WEIGHTS = "module.safetensors"
 CHECKPOINT_RECORD = "learner.json"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 @dataclass(frozen=True)
@@ -140,28 +130,27 @@ class SlateLearner:
     def serving_policy(self, explore: bool = True) -> NeuralPolicy:
         return NeuralPolicy(self.spec, SlateScorer.from_module_state(self.spec.layout, self.module_state()), explore)
 
-    def save(self, path: str) -> None:
-        """Checkpoint for crash recovery: the whole module (value head included) as safetensors, and
-        a JSON record with its sha256. No pickle: a restore reads tensors and JSON only. The
-        optimizer's moments are not kept (Adam starts fresh after a restore)."""
-        out = Path(path)
-        out.mkdir(parents=True, exist_ok=True)
+    def save(self, where: str) -> None:
+        """Checkpoint for crash recovery at ``where`` (a path or a URI: streamrec.storage): the whole
+        module (value head included) as safetensors, and a JSON record with its sha256, written
+        last. No pickle: a restore reads tensors and JSON only. The optimizer's moments are not
+        kept (Adam starts fresh after a restore)."""
+        out = Location(where)
         blob, sha = pack(self.module_state())
-        _atomic_write(out / CHECKPOINT_WEIGHTS, blob)
-        record = {"sha256": sha, "updates": self.updates, "spec": self.spec.to_dict()}
-        _atomic_write(out / CHECKPOINT_RECORD, json.dumps(record, indent=1).encode())
+        out.write_bytes(CHECKPOINT_WEIGHTS, blob)
+        out.write_json(CHECKPOINT_RECORD, {"sha256": sha, "updates": self.updates, "spec": self.spec.to_dict()})
 
-    def restore(self, path: str) -> None:
+    def restore(self, where: str) -> None:
         """Load a checkpoint :meth:`save` wrote; raises WeightsError (naming what is wrong) for a
         missing, tampered or foreign one. Nothing in it is unpickled."""
-        d = Path(path)
+        d = Location(where)
         try:
-            record = json.loads((d / CHECKPOINT_RECORD).read_text())
-            blob = (d / CHECKPOINT_WEIGHTS).read_bytes()
+            record = d.read_json(CHECKPOINT_RECORD)
+            blob = d.read_bytes(CHECKPOINT_WEIGHTS)
         except (OSError, ValueError) as e:
-            raise WeightsError(f"learner checkpoint at {d} is unreadable: {e}") from None
+            raise WeightsError(f"learner checkpoint at {d.uri} is unreadable: {e}") from None
         if not isinstance(record, dict) or record.get("spec") != self.spec.to_dict():
-            raise WeightsError(f"learner checkpoint at {d} was written for another policy spec")
+            raise WeightsError(f"learner checkpoint at {d.uri} was written for another policy spec")
         state = self.module_state()
         tensors = unpack(blob, sha256=record.get("sha256"), expect={k: v.shape for k, v in state.items()})
         self.set_module_state(tensors)

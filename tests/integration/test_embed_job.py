@@ -65,7 +65,10 @@ def test_synthetic_catalog_embeds_items_and_user_text(ray_session, tmp_path):
     assert len(uids) == 20 and uvecs.shape == (20, 384)
 
 
-def test_the_job_runs_through_the_clusters_job_server(ray_session, ray_dashboard, tmp_path):
+def test_the_job_runs_through_the_clusters_job_server_into_object_storage(ray_session, ray_dashboard, tmp_path,
+                                                                            s3_bucket, s3_server):
+    """Submitted as a user submits it, with the object store's endpoint and credentials in the
+    job's environment; Ray Data writes the shards straight to s3://, the manifest last."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     cat = tmp_path / "catalog.csv"
@@ -76,7 +79,7 @@ def test_the_job_runs_through_the_clusters_job_server(ray_session, ray_dashboard
     raw = yaml.safe_load((ROOT / "ray_config.yaml").read_text())
     raw["applications"][0]["args"].update({
         "catalog": {"source": "table", "path": str(cat), "id_column": "sku", "text_columns": ["name"]},
-        "embedding": {"output_dir": str(tmp_path / "out")}, "encoder": {"device": "cpu"}})
+        "embedding": {"output_dir": f"{s3_bucket}/embeddings"}, "encoder": {"device": "cpu"}})
     cfg.write_text(yaml.safe_dump(raw))
     ctx = ray_session.get_runtime_context()
     client = JobSubmissionClient(ray_dashboard)
@@ -84,7 +87,7 @@ def test_the_job_runs_through_the_clusters_job_server(ray_session, ray_dashboard
     while True:  # the dashboard agent registers a little after ray.init; the job server says so
         try:
             job = client.submit_job(entrypoint=f"{sys.executable} -m cluster.jobs.embed --config {cfg} --num-encoders 1",
-                                    runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
+                                    runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", **s3_server["env"]}})
             break
         except RuntimeError as e:
             if "No available agent" not in str(e) or time.monotonic() > deadline:
@@ -95,5 +98,9 @@ def test_the_job_runs_through_the_clusters_job_server(ray_session, ray_dashboard
         assert time.monotonic() < deadline
         time.sleep(1)
     assert client.get_job_status(job) == JobStatus.SUCCEEDED, client.get_job_logs(job)[-3000:]
-    assert read_manifest(tmp_path / "out")["outputs"]["items"]["count"] == 30
+    m = read_manifest(f"{s3_bucket}/embeddings")
+    assert m["outputs"]["items"]["count"] == 30
+    ids, vecs, _ = load_vectors(f"{s3_bucket}/embeddings")
+    assert sorted(ids) == sorted(f"sku-{i}" for i in range(30)) and vecs.shape == (30, 384)
+    assert not (tmp_path / "out").exists()
     del ctx

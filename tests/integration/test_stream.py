@@ -159,8 +159,7 @@ def test_profile_store_is_fed_live_and_survives_restart(broker, ray_session, tmp
     s = stream_settings(window_s=1.0)
     create_topics(broker.bootstrap, s)
     buffer = SampleBuffer.remote()
-    snap = tmp_path / "profiles.json"
-    store = ProfileStore.remote(history_length=3, snapshot_path=str(snap), snapshot_every_s=3600)
+    store = ProfileStore.remote(history_length=3, snapshot_dir=str(tmp_path), snapshot_every_s=3600)
     ids = [f"i{k}" for k in range(97)]
     vecs = np.eye(97, dtype=np.float32)
     ray.get(store.set_item_vectors.remote(ids, vecs))

@@ -122,8 +122,7 @@ def test_history_book_is_bounded_and_snapshots(tmp_path):
     assert b.history("u1") == [("b", 2.0), ("c", 3.0)]  # newest two
     b.record([("u1", "d", 4), ("u3", "z", 1)])
     assert len(b) == 2 and b.history("u2") == []  # u2 was least recently used
-    p = b.snapshot(tmp_path / "s.json")
-    assert HistoryBook.restore(p).history("u3") == [("z", 1.0)]
+    assert HistoryBook.from_json(b.to_json()).history("u3") == [("z", 1.0)]
 
 
 def test_history_book_lists_users_changed_since_a_seq_newest_first():

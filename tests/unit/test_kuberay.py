@@ -94,6 +94,25 @@ def test_the_service_holds_the_production_cluster():
     assert (ranker["autoscaling_config"]["min_replicas"], ranker["autoscaling_config"]["max_replicas"]) == (2, 16)
 
 
+def test_object_storage_replaces_the_volume():
+    from streamrec.config import settings_from_args
+
+    m = render_service(CONFIG, dataclasses.replace(OPTS, storage="s3://streamrec-prod/loop"))
+    _validate(m)
+    cluster = m["spec"]["rayClusterConfig"]
+    for pod in [cluster["headGroupSpec"]["template"], *(g["template"] for g in cluster["workerGroupSpecs"])]:
+        c = pod["spec"]["containers"][0]
+        assert "volumes" not in pod["spec"] and "volumeMounts" not in c
+        refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c["env"] if "valueFrom" in e}
+        assert refs["AWS_ACCESS_KEY_ID"]["key"] == "aws-access-key-id"
+        assert refs["AWS_ENDPOINT_URL"].get("optional") is True
+    args = yaml.safe_load(m["spec"]["serveConfigV2"])["applications"][0]["args"]
+    s = settings_from_args(args, env={"STREAMREC_API_KEYS": "a-key-of-16-chars"})
+    assert (s.embedding.output_dir, s.trainer.store_dir, s.trainer.checkpoint_dir, s.profile.snapshot_dir) == (
+        "s3://streamrec-prod/loop/embeddings", "s3://streamrec-prod/loop/policies",
+        "s3://streamrec-prod/loop/trainer", "s3://streamrec-prod/loop/profiles")
+
+
 def test_the_jobs_run_on_the_services_cluster():
     jobs = render_jobs(OPTS, cluster="streamrec-raycluster-x7k2p")
     assert [j["metadata"]["name"] for j in jobs] == [f"streamrec-{k}" for k in JOBS]
@@ -114,6 +133,7 @@ def test_the_jobs_run_on_the_services_cluster():
     ({"ranker_replicas": (0, 4)}, "service", "ranker_replicas: need 1 <= min <= max"),
     ({"secret": ""}, "service", "secret: the API keys of a non-loopback HTTP host come from a Secret"),
     ({}, "jobs", "cluster: name the RayService's active RayCluster"),
+    ({"storage": "/mnt/objects"}, "service", "storage: '/mnt/objects' is not a URI"),
 ])
 def test_bad_render_options_are_refused_naming_the_field(change, call, message):
     opts = dataclasses.replace(OPTS, **change)
