@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from cluster.broker import BrokerError, BrokerHandle, connect_or_start, list_topics, stop_broker
 from streamrec.config import StreamrecSettings
 from streamrec.runstate import RunDir, pid_alive
+from streamrec.storage import absolute
 
 __all__ = ["LocalStack", "StackError", "BrokerError", "stack_status", "stop_running_stack", "wait_http"]
 

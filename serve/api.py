@@ -2,7 +2,8 @@
 
 Every error is JSON ``{"error": "<message naming the field>"}`` with a 4xx status: 401 missing
 or wrong key, 413 body too large, 422 invalid or unknown fields (FastAPI's validation, rewritten
-so the message names the field path), 503 overloaded with ``Retry-After``. Keys are compared in
+so the message names the field path), 503 overloaded or not ready yet (the message says which) with
+``Retry-After``. Keys are compared in
 constant time and never logged.
 """
 
@@ -112,7 +113,8 @@ ERRORS: dict[int, dict] = {
     413: {**_E, "description": "Body larger than serve.max_body_bytes"},
     422: {**_E, "description": "A field is missing, unknown, of the wrong type or out of range; "
                                "or every candidate is excluded"},
-    503: {**_E, "description": "Overloaded, or no policy version loaded yet: retry after Retry-After seconds"},
+    503: {**_E, "description": "Overloaded, or not ready (no embeddings yet, no policy yet: the body says which): "
+                   "retry after Retry-After seconds"},
 }
 
 

@@ -37,7 +37,7 @@ from serve.api import FeedbackRequest, GuardState, RecommendRequest, require_key
 from serve.context_encoder import LRU, ContextEncoder
 from serve.http import error, make_api
 from serve.profile_mirror import ProfileMirror
-from serve.replica import Replica
+from serve.replica import NotReady, Replica
 from streamrec.config import settings_from_args
 from streamrec.events import Feedback, Impression, encode
 
@@ -61,9 +61,7 @@ class Ranker:
         self.sink = make_event_sink(k) if k.bootstrap_servers else None
         self.events_without_kafka = 0
         store = Blocking(registry.policy_store(s.trainer.store_dir, s.trainer.keep_versions), timeout_s=30)
-        profiles = registry.lookup(registry.PROFILES)
-        mirror = None if profiles is None else ProfileMirror(  # None: deployed without the stream
-            Blocking(profiles, timeout_s=30).changes_since, s.serve.profile_mirror_users)
+        mirror = ProfileMirror(ProfileStoreFinder().changes_since, s.serve.profile_mirror_users)
         self.replica = Replica(s, store, mirror)
         self.poll_s = s.serve.policy_poll_s
         self._stop = threading.Event()
@@ -110,10 +108,8 @@ class Ranker:
             return error(503, "overloaded: too many requests in flight, retry shortly", {"Retry-After": "1"})
         except ValueError as e:  # e.g. every candidate excluded: the request cannot be served as asked
             return error(422, str(e).splitlines()[-1][:500])
-        except RuntimeError as e:
-            if "no policy" in str(e):
-                return error(503, "no policy version loaded yet, retry shortly", {"Retry-After": "2"})
-            raise
+        except NotReady as e:  # before the embeddings or the first policy exist
+            return error(503, str(e), {"Retry-After": "2"})
         event_id = uuid.uuid4().hex
         context = req.context.model_dump(exclude_none=True) if req.context else {}
         self._emit(self.topics.impressions, req.user_id, encode(Impression(
@@ -149,11 +145,36 @@ class Ranker:
     def status(self) -> dict:
         return self.replica.status()
 
+    def not_ready(self) -> str | None:
+        return self.replica.not_ready()
+
     def check_health(self) -> None:
         self.replica.healthy()
 
     def __del__(self):
         self._stop.set()
+
+
+class ProfileStoreFinder:
+    """The ProfileStore's ``changes_since``, found by name when first needed and found again when
+    the store's actor is gone (the stream job stopped and was submitted again), so a replica that
+    started before the stream, or outlived one, follows the live profiles."""
+
+    def __init__(self, timeout_s: float = 30.0):
+        self.timeout_s = timeout_s
+        self._store: Blocking | None = None
+
+    def changes_since(self, epoch, seq, limit):
+        if self._store is None:
+            handle = registry.lookup(registry.PROFILES)
+            if handle is None:
+                raise LookupError(f"no ProfileStore {registry.PROFILES!r} yet (the stream job starts it)")
+            self._store = Blocking(handle, timeout_s=self.timeout_s)
+        try:
+            return self._store.changes_since(epoch, seq, limit)
+        except Exception:
+            self._store = None  # look it up again next time
+            raise
 
 
 def serve_http_host(timeout_s: float = 10.0) -> str | None:

@@ -37,6 +37,8 @@ class Handlers(Protocol):
 
     def public_settings(self) -> dict[str, Any]: ...
 
+    def not_ready(self) -> str | None: ...
+
 
 class Guard:
     """API keys, body size, metrics — before any route runs. A plain ASGI middleware (Starlette's
@@ -121,8 +123,13 @@ def make_api(ranker: Handlers, guard: GuardState) -> FastAPI:
 
     api.add_middleware(Guard, state=guard)
 
-    @api.get("/healthz")
-    def healthz() -> dict[str, str]:
+    @api.get("/healthz", responses={503: ERRORS[503]})
+    def healthz():
+        """``{"status": "ok"}`` when this replica can rank; 503 with the reason while it waits for
+        the embeddings or the first policy version."""
+        why = ranker.not_ready()
+        if why is not None:
+            return error(503, why, {"Retry-After": "2"})
         return {"status": "ok"}
 
     @api.post("/v1/recommend", response_model=RecommendResponse, responses=ERRORS)

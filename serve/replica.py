@@ -25,27 +25,28 @@ from serve.ranking import Ranking
 from streamrec.config import StreamrecSettings
 from streamrec.profile import blend_profile
 
-__all__ = ["Replica"]
+__all__ = ["NotReady", "Replica"]
+
+
+class NotReady(RuntimeError):
+    """The replica cannot rank yet; the message says what it waits for (answered as a 503)."""
 
 
 class Replica:
-    """Everything a Ranker replica does, without Serve (the bare-process peer in bench/serve.py uses it too)."""
+    """Everything a Ranker replica does, without Serve (the bare-process peer in bench/serve.py uses it too).
+
+    It starts whatever exists: before the embedding job has written vectors, or before the
+    trainer has published a version, :meth:`not_ready` names what is missing and :meth:`rank`
+    raises :class:`NotReady`; :meth:`tick` keeps looking and the replica serves once both exist.
+    """
 
     def __init__(self, settings: StreamrecSettings, store: StoreReader, profiles: ProfileMirror | None = None, *,
                  seed: int | None = None):
-        from streamrec.index import ItemIndex
-        from streamrec.vectors import load_vectors
-
         self.settings = settings
-        ids, vectors, manifest = load_vectors(settings.embedding.output_dir)
+        self.store = store
+        self.follower: PolicyFollower | None = None
+        self.index = None
         self.user_prior: dict[str, np.ndarray] = {}
-        try:
-            uids, uvecs, _ = load_vectors(settings.embedding.output_dir, "users")
-            self.user_prior = {str(u): v for u, v in zip(uids, uvecs)}
-        except FileNotFoundError:
-            pass
-        self.follower = PolicyFollower(store, ids, vectors, explore=settings.serve.explore)
-        self.index = ItemIndex.build(ids, vectors)
         self.profiles = profiles
         self.rng = np.random.default_rng(seed)
         self.ranking: Ranking | None = None
@@ -54,7 +55,38 @@ class Replica:
         self.last_error: str | None = None
         self.poll()
 
+    def _load_catalog(self) -> bool:
+        """The live embedding run's item (and user) vectors, once they exist."""
+        from streamrec.index import ItemIndex
+        from streamrec.vectors import load_vectors
+
+        out = self.settings.embedding.output_dir
+        try:
+            ids, vectors, _ = load_vectors(out)
+        except FileNotFoundError:
+            return False
+        try:
+            uids, uvecs, _ = load_vectors(out, "users")
+            self.user_prior = {str(u): v for u, v in zip(uids, uvecs)}
+        except FileNotFoundError:
+            pass
+        self.index = ItemIndex.build(ids, vectors)
+        self.follower = PolicyFollower(self.store, ids, vectors, explore=self.settings.serve.explore)
+        return True
+
+    def not_ready(self) -> str | None:
+        """Why this replica cannot rank yet, or None when it can."""
+        if self.follower is None:
+            return (f"no embeddings yet: nothing at {self.settings.embedding.output_dir} "
+                    "(run the embedding job: streamrec embed, or python -m cluster.jobs.embed)")
+        if self.ranking is None:
+            why = f" ({self.follower.last_error})" if self.follower.last_error else ""
+            return f"no policy yet: the trainer has not published a version for this catalog{why}"
+        return None
+
     def poll(self) -> bool:
+        if self.follower is None and not self._load_catalog():
+            return False
         swapped = self.follower.poll()
         cur = self.follower.current
         if swapped and cur is not None:
@@ -90,7 +122,7 @@ class Replica:
         """``request``: the RecommendRequest as a dict; ``context_vec``: (d,) encoded context text or None."""
         ranking = self.ranking
         if ranking is None:
-            raise RuntimeError("no policy version is loaded yet")
+            raise NotReady(self.not_ready())
         ctx = request.get("context") or {}
         user = request["user_id"]
         history = None if self.profiles is None else self.profiles.get(user)
@@ -102,15 +134,21 @@ class Replica:
 
     def status(self) -> dict:
         f = self.follower
+        if f is None:
+            return {"replica": self.replica, "version": None, "canary": None, "swaps": 0, "refused": 0, "rollbacks": 0,
+                    "last_rollback": None, "last_error": self.last_error, "not_ready": self.not_ready(),
+                    "profiles": None if self.profiles is None else len(self.profiles)}
         return {"replica": self.replica, "version": f.version, "canary": f.canary.version if f.canary else None,
                 "swaps": f.swaps, "refused": f.refused, "rollbacks": f.rollbacks, "last_rollback": f.last_rollback,
-                "last_error": self.last_error or f.last_error,
+                "last_error": self.last_error or f.last_error, "not_ready": self.not_ready(),
                 "profiles": None if self.profiles is None else len(self.profiles)}
 
     def healthy(self) -> None:
-        cur = self.follower.current
+        """Raises when what is loaded is broken. A replica still waiting for embeddings or a policy
+        is healthy (it answers 503 with the reason); Serve must not restart it for that."""
+        cur = None if self.follower is None else self.follower.current
         if cur is None:
-            raise RuntimeError("no policy loaded")
+            return
         n = min(cur.spec.num_candidates, len(cur.featurizer.item_ids))
         obs = Observation(np.zeros(cur.spec.layout.user_dim, np.float32), cur.featurizer.projected[:n],
                           np.arange(1, n + 1))

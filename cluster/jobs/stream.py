@@ -23,9 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     from rich.live import Live
 
     from actors.registry import NAMESPACE
-    from cluster.jobs import job_parser, job_settings
+    from cluster.jobs import job_parser, job_settings, live_vectors, wait_for
     from cluster.loop import start_stream
-    from streamrec.vectors import load_vectors
 
     ap = job_parser("cluster.jobs.stream", __doc__)
     ap.add_argument("--duration-s", type=float, default=0.0, help="stop after this long (0: until stopped)")
@@ -37,7 +36,11 @@ def main(argv: list[str] | None = None) -> int:
         print("kafka.bootstrap_servers (or STREAMREC_KAFKA_BOOTSTRAP) is required on a cluster", file=sys.stderr)
         return 2
     ray.init(address=settings.ray.address or "auto", namespace=NAMESPACE, log_to_driver=False)
-    ids, vectors, _ = load_vectors(settings.embedding.output_dir)
+    found = wait_for(f"embeddings at {settings.embedding.output_dir} (the embedding job writes them)",
+                     live_vectors(settings.embedding.output_dir), args.wait_s)
+    if found is None:
+        return 1
+    ids, vectors = found
     stream = start_stream(settings, settings.kafka.bootstrap_servers, ids, vectors, detached=True)
     group, buffer, profiles = stream.ingest, stream.samples, stream.profiles
     started = time.monotonic()

@@ -25,9 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     from rich.table import Table
 
     from actors import registry
-    from cluster.jobs import job_parser, job_settings
+    from cluster.jobs import job_parser, job_settings, live_vectors, wait_for
     from cluster.loop import start_learning
-    from streamrec.vectors import load_vectors
 
     ap = job_parser("cluster.jobs.train", __doc__)
     ap.add_argument("--duration-s", type=float, default=0.0, help="stop after this long (0: until interrupted)")
@@ -38,12 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     if settings is None:
         return 2
     ray.init(address=settings.ray.address or "auto", namespace=registry.NAMESPACE, log_to_driver=False)
-    buffer = registry.lookup(registry.SAMPLES)
+    found = wait_for(f"embeddings at {settings.embedding.output_dir} (the embedding job writes them)",
+                     live_vectors(settings.embedding.output_dir), args.wait_s)
+    buffer = None if found is None else wait_for(
+        f"the SampleBuffer {registry.SAMPLES!r} (python -m cluster.jobs.stream, or streamrec up, starts it)",
+        lambda: registry.lookup(registry.SAMPLES), args.wait_s)
     if buffer is None:
-        print(f"no SampleBuffer {registry.SAMPLES!r} on this cluster: start the stream first "
-              "(python -m cluster.jobs.stream, or streamrec up)", file=sys.stderr)
         return 1
-    ids, vectors, _ = load_vectors(settings.embedding.output_dir)
+    ids, vectors = found
     trainer = start_learning(settings, buffer, ids, vectors, detached=True).trainer
     if args.rollback:
         print(json.dumps(ray.get(trainer.rollback.remote(None, args.reason))))

@@ -290,3 +290,27 @@ def test_a_new_lineage_goes_live_only_by_a_named_operator_decision(tmp_path):
     assert m["version"] == 2 and m["gate"] == "forced new lineage over version 1: alice: one item withdrawn"
     assert m["spec"]["num_rows"] == 300
     assert store.history()[-1] == {**store.history()[-1], "action": "publish", "version": 2, "reason": m["gate"]}
+
+
+def test_a_replica_started_before_embeddings_and_policy_says_why_then_serves(tmp_path):
+    """Start in any order: the replica answers "not ready" naming what is missing, and serves
+    once the embedding run and then the first version appear, without a restart."""
+    from serve.replica import NotReady, Replica
+    from streamrec.vectors import write_vectors
+
+    ids, vecs, _, _ = world()
+    s = trainer_settings(tmp_path, algorithm="linucb")
+    store = PolicyDirectory(s.trainer.store_dir, 10)
+    replica = Replica(s, store, seed=0)
+    assert replica.not_ready().startswith("no embeddings yet: nothing at ")
+    with pytest.raises(NotReady, match="no embeddings yet"):
+        replica.rank({"user_id": "u1", "k": 3}, None)
+    replica.healthy()  # waiting is healthy: Serve must not restart it
+    write_vectors(s.embedding.output_dir, {"items": (ids, vecs, "item_id")}, model_id="test@1")
+    replica.tick()
+    assert replica.not_ready().startswith("no policy yet")
+    assert replica.status()["not_ready"] == replica.not_ready()
+    TrainerLoop(s, ids, vecs, _ListBuffer(), store).publish_initial()
+    replica.tick()
+    assert replica.not_ready() is None and replica.status()["version"] == 1
+    assert len(replica.rank({"user_id": "u1", "k": 3}, None)["items"]) == 3
