@@ -164,7 +164,7 @@ class EncoderSettings(_Section):
     """Tokens per text; longer texts are truncated."""
     batch_size: int = Field(256, ge=1, le=65_536)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    """``auto``: CUDA in bf16 when a GPU is visible, else CPU fp32."""
+    """Where the serving ContextEncoder runs: ``auto``: CUDA in bf16 when its node has a GPU, else CPU fp32."""
     quantize_int8: bool = False
     """Dynamic int8 quantisation of the linear layers on CPU (faster, vectors within ~0.01 cosine)."""
 
@@ -194,7 +194,15 @@ class CatalogSettings(_Section):
 
 class EmbeddingSettings(_Section):
     output_dir: str = ".streamrec/embeddings"
-    """Where the embedding job writes Parquet shards and its manifest."""
+    """Where the embedding job writes Parquet shards and its manifest: a path, or a URI such as
+    ``s3://bucket/prefix`` (streamrec.storage; the same for every ``*_dir`` setting)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the embedding job's encoder actors run. ``auto``: one per GPU when the cluster has GPUs
+    up, else on CPUs. ``cuda``: ask for GPUs even when none is up, so an autoscaler with a GPU node
+    type at zero starts one (an actor on a node without a usable CUDA device encodes on its CPU
+    and says so in the job's log)."""
+    max_gpus: int = Field(1, ge=1, le=4096)
+    """With ``device: cuda``, the most GPU encoder actors to ask for when fewer GPUs are up."""
     num_encoders: int | None = Field(None, ge=1, le=4096)
     """Encoder actors; None: one per GPU, else one per two CPUs."""
     tokenize_batch_size: int = Field(1_024, ge=1, le=1_000_000)

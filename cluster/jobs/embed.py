@@ -87,9 +87,21 @@ class EncodeBatch:
 
     def __init__(self, model: str, max_length: int, device: str, quantize_int8: bool, id_column: str,
                  num_threads: int | None = None, encode_batch_size: int = 256, stats_path: str | None = None):
+        import logging
+
+        import torch
+
         from streamrec.encoder import TextEncoder
 
         self.stats_path = stats_path
+        if device == "cuda" and not torch.cuda.is_available():
+            # scheduled on a GPU node whose CUDA is not usable (a driver missing, a test cluster's
+            # fake GPU): slower, not wrong; the job's log says so
+            logging.getLogger("streamrec.embed").warning(
+                "encoder actor on a node with a GPU resource but no usable CUDA device: encoding on CPU")
+            print("streamrec embed: no usable CUDA device on this GPU node: encoding on CPU", flush=True)
+            device = "cpu"
+        self.device = device
 
         self.enc = TextEncoder(model, max_length=max_length, device=device, quantize_int8=quantize_int8,
                                batch_size=encode_batch_size, num_threads=num_threads)
@@ -169,13 +181,14 @@ def _pool(settings, num_encoders: int | None) -> tuple[dict[str, Any], str]:
     from ray.data import ActorPoolStrategy
 
     gpus = int(ray.cluster_resources().get("GPU", 0))
-    device = settings.encoder.device
+    device = settings.embedding.device
     n = num_encoders or settings.embedding.num_encoders
-    if device != "cpu" and gpus > 0:  # one actor per GPU; a fixed n, else autoscale 1..GPUs
-        pool = ActorPoolStrategy(size=n) if n else ActorPoolStrategy(min_size=1, max_size=gpus)
+    # auto: the GPUs up now; cuda: ask for GPUs even when none is up, so an autoscaler with a GPU
+    # node type at min 0 starts one (KubeRay's render sets it when it renders a GPU group)
+    if device == "cuda" or (device == "auto" and gpus > 0):  # one actor per GPU; a fixed n, else 1..GPUs
+        most = max(1, gpus, settings.embedding.max_gpus)
+        pool = ActorPoolStrategy(size=n) if n else ActorPoolStrategy(min_size=1, max_size=most)
         return {"compute": pool, "num_gpus": 1, "batch_size": 4_096}, "cuda"
-    if device == "cuda":
-        raise RuntimeError("encoder.device is 'cuda' but the Ray cluster has no GPU")
     # CPU: torch scales well to ~8 intra-op threads, so one actor per 8 cores, each using its
     # share of the cores; it reserves one core less than it uses so tokenize tasks (10-20x
     # cheaper than encoding) still get scheduled beside it.
@@ -210,7 +223,8 @@ def run_embedding_job(settings, *, output_dir: str | None = None, full: bool = F
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=False)
+        # the encoder actors' warnings (a GPU node without CUDA) belong in the job's log
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
     out = Location(output_dir or settings.embedding.output_dir)

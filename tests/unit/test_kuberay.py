@@ -90,6 +90,7 @@ def test_the_service_holds_the_production_cluster():
     args = serve["applications"][0]["args"]
     s = settings_from_args(args, env={"STREAMREC_API_KEYS": "a-key-of-16-chars"})
     assert s.trainer.store_dir == "/data/streamrec/policies" and s.embedding.output_dir == "/data/streamrec/embeddings"
+    assert s.embedding.device == "cuda" and s.encoder.device == "auto"  # the GPU group is at zero until the embedding job asks for a GPU
     ranker = next(d for d in serve["applications"][0]["deployments"] if d["name"] == "Ranker")
     assert (ranker["autoscaling_config"]["min_replicas"], ranker["autoscaling_config"]["max_replicas"]) == (2, 16)
 

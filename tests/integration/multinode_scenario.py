@@ -1,0 +1,237 @@
+"""The loop on a multi-node Ray cluster, in the README's order: the service first, the jobs after.
+
+Run by ``test_multinode.py`` in a process of its own (a pytest process holds the test session's
+Ray). It starts an S3-protocol server (moto), the embedded broker and a :class:`cluster.local_cluster.LocalCluster`
+(a 0-CPU head; ``cpu`` and ``gpu`` node types from zero, autoscaled by Ray), then:
+
+1. deploys the Serve app before anything else exists and asks ``/healthz`` and ``/v1/recommend``
+   why they cannot serve;
+2. submits the embedding job through the job server with ``embedding.device: cuda``: the autoscaler
+   brings up the ``gpu`` node type for the encoder actor, which finds no CUDA there, falls back to
+   the CPU and says so in the job's log; the vectors go to ``s3://``;
+3. submits the stream and train jobs; requests and clicks flow until the trainer publishes a
+   version beyond the first;
+4. stops the jobs and waits for the idle worker nodes to leave.
+
+It prints one JSON line of what it saw, with the seconds each step took.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _moto(tmp: Path) -> tuple[subprocess.Popen, dict[str, str]]:
+    import urllib.request
+
+    import boto3
+
+    from cluster.local_cluster import _free_port, wait_until
+
+    port = _free_port()
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=open(tmp / "moto.log", "wb"), stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+
+    def up():
+        try:
+            return urllib.request.urlopen(endpoint + "/moto-api/", timeout=2).status == 200
+        except OSError:
+            return False
+
+    wait_until("moto_server", up, 60)
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "streamrec", "AWS_SECRET_ACCESS_KEY": "streamrec",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="streamrec",
+                 aws_secret_access_key="streamrec").create_bucket(Bucket="streamrec-loop")
+    return proc, env
+
+
+def main() -> int:
+    from cluster.broker import start_embedded_broker, stop_broker
+    from cluster.local_cluster import LocalCluster
+
+    tmp = Path(tempfile.mkdtemp(prefix="streamrec-multinode-"))
+    moto, s3_env = _moto(tmp)
+    os.environ.update(s3_env)
+    broker = start_embedded_broker(log_dir=tmp)
+    cluster = LocalCluster(tmp / "cluster", env={**s3_env, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)})
+    try:
+        cluster.start()
+        print(json.dumps(_scenario(tmp, cluster, broker.bootstrap)), flush=True)
+        return 0
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+        raise
+    finally:
+        import ray
+
+        ray.shutdown()
+        cluster.stop()
+        stop_broker(broker)
+        moto.kill()
+
+
+def _config(tmp: Path, bootstrap: str) -> tuple[Path, dict]:
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "ray_config.yaml").read_text())
+    app = raw["applications"][0]
+    store = "s3://streamrec-loop"
+    app["args"].update({
+        "kafka": {"bootstrap_servers": bootstrap, "partitions": 2},
+        "catalog": {"source": "synthetic", "num_items": 150, "num_users": 40},
+        "embedding": {"output_dir": f"{store}/embeddings", "num_encoders": 1, "device": "cuda"},
+        "ingest": {"reward_window_s": 1.0, "parallelism": 1},
+        "profile": {"snapshot_dir": f"{store}/profiles"},
+        "policy": {"algorithm": "linucb", "slate_size": 5, "num_candidates": 40},
+        "trainer": {"train_every_s": 1.0, "min_samples": 40, "min_holdout": 1, "gate_tolerance": 10.0,
+                    "store_dir": f"{store}/policies", "checkpoint_dir": f"{store}/trainer"},
+    })
+    for d in app["deployments"]:
+        d.pop("autoscaling_config", None)
+        d["num_replicas"] = 1
+    cfg = tmp / "cluster.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    return cfg, app
+
+
+def _scenario(tmp: Path, cluster, bootstrap: str) -> dict:
+    import httpx
+    import ray
+    import ray.util.state
+    from ray import serve
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from actors import registry
+    from cluster.broker import ensure_topics
+    from cluster.local_cluster import _free_port, wait_until
+    from cluster.loop import serving_app
+    from streamrec.config import settings_from_args
+
+    cfg, app = _config(tmp, bootstrap)
+    s = settings_from_args(app["args"], env={})
+    t = s.kafka.topics
+    ensure_topics(bootstrap, {t.impressions: 2, t.feedback: 2, t.dlq: 1})
+    out: dict = {"seconds": {}}
+    t0 = time.monotonic()
+    ray.init(address=cluster.address, namespace=registry.NAMESPACE, log_to_driver=False)
+    seen_nodes: dict[str, dict] = {}
+    watching = threading.Event()
+
+    def watch_nodes() -> None:  # which node types the autoscaler brought up, and when
+        while not watching.is_set():
+            for n in cluster.worker_nodes():
+                if n["node_id"] not in seen_nodes:
+                    seen_nodes[n["node_id"]] = {"gpu": n["resources"].get("GPU", 0) > 0,
+                                                "at_s": round(time.monotonic() - t0, 1)}
+            time.sleep(1)
+
+    threading.Thread(target=watch_nodes, daemon=True).start()
+
+    # 1. the service first: nothing else exists yet
+    http_port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": http_port})
+    serve.run(serving_app(app["args"], app["deployments"]), name="streamrec", route_prefix="/")
+    out["seconds"]["service_up"] = round(time.monotonic() - t0, 1)
+    url = f"http://127.0.0.1:{http_port}"
+    client = httpx.Client(base_url=url, timeout=30)
+    h = client.get("/healthz")
+    r = client.post("/v1/recommend", json={"user_id": "u1", "k": 5})
+    out["before_embeddings"] = {"healthz": [h.status_code, h.json()], "recommend": [r.status_code, r.json()]}
+
+    # 2. the embedding job through the job server, asking for the GPU node type
+    jobs = JobSubmissionClient(cluster.dashboard)
+    py = sys.executable
+
+    def submit(module: str, *extra: str) -> str:
+        return wait_until(f"submit {module}", lambda: _try_submit(jobs, f"{py} -m {module} --config {cfg} {' '.join(extra)}"),
+                          120, every_s=2)
+
+    started = time.monotonic()
+    embed = submit("cluster.jobs.embed")
+    wait_until("embed job", lambda: jobs.get_job_status(embed) in {JobStatus.SUCCEEDED, JobStatus.FAILED}, 420, 2)
+    out["embed"] = {"status": str(jobs.get_job_status(embed)), "seconds": round(time.monotonic() - started, 1),
+                    "log_says_cpu_fallback": "no usable CUDA device on this GPU node" in jobs.get_job_logs(embed)}
+    if jobs.get_job_status(embed) != JobStatus.SUCCEEDED:
+        out["embed"]["log"] = jobs.get_job_logs(embed)[-3000:]
+        return out
+    h = client.get("/healthz")
+    wait_until("replica sees the embeddings", lambda: "no policy yet" in client.get("/healthz").text, 60)
+    out["before_policy"] = {"healthz": [client.get("/healthz").status_code, client.get("/healthz").json()]}
+
+    # 3. the stream and train jobs; the service becomes ready, traffic flows and the trainer publishes
+    started = time.monotonic()
+    stream, train = submit("cluster.jobs.stream", "--wait-s 300"), submit("cluster.jobs.train", "--wait-s 300")
+    wait_until("service ready", lambda: client.get("/healthz").status_code == 200, 300, 1)
+    out["seconds"]["jobs_to_ready"] = round(time.monotonic() - started, 1)
+    statuses: Counter = Counter()
+    store = registry.lookup(registry.STORE)
+    deadline = time.monotonic() + 240
+    i = 0
+    while time.monotonic() < deadline:
+        user = f"user{i % 40}"
+        i += 1
+        r = client.post("/v1/recommend", json={"user_id": user, "k": 5})
+        statuses[r.status_code] += 1
+        if r.status_code == 200 and i % 2 == 0:
+            body = r.json()
+            client.post("/v1/feedback", json={"event_id": body["event_id"], "user_id": user,
+                                              "item_id": body["items"][0]["item_id"]})
+        if i % 50 == 0 and (ray.get(store.latest.remote()) or {}).get("version", 0) >= 2:
+            break
+        time.sleep(0.02)
+    out["requests"] = {str(k): v for k, v in statuses.items()}
+    out["published_version"] = (ray.get(store.latest.remote()) or {}).get("version")
+    head = next(n["NodeID"] for n in ray.nodes() if n["Resources"].get("node:__internal_head__"))
+    placed = {}
+    for name in (registry.TRAINER, registry.SAMPLES, registry.PROFILES, f"{registry.INGEST_PREFIX}-0"):
+        actor = registry.lookup(name)
+        placed[name] = None if actor is None else ray.util.state.get_actor(actor._actor_id.hex()).node_id != head
+    out["on_worker_nodes"] = placed
+    out["seconds"]["loop_trained"] = round(time.monotonic() - started, 1)
+
+    # 4. stop everything that holds a node; the idle nodes leave
+    for job in (stream, train):
+        jobs.stop_job(job)
+    serve.shutdown()
+    for name in (registry.TRAINER, registry.SAMPLES, registry.PROFILES, registry.STORE):
+        actor = registry.lookup(name)
+        if actor is not None:
+            ray.kill(actor)
+    started = time.monotonic()
+    try:
+        wait_until("idle nodes leave", lambda: not cluster.worker_nodes(), 180, 2)
+        out["scaled_down"] = True
+    except TimeoutError:
+        out["scaled_down"] = False
+    out["seconds"]["scale_down"] = round(time.monotonic() - started, 1)
+    watching.set()
+    out["nodes_seen"] = list(seen_nodes.values())
+    out["embeddings_in_object_store"] = s.embedding.output_dir
+    return out
+
+
+def _try_submit(jobs, entrypoint: str) -> str | None:
+    try:
+        return jobs.submit_job(entrypoint=entrypoint, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
+    except RuntimeError as e:  # the job agent registers a little after the head starts
+        if "No available agent" in str(e):
+            return None
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

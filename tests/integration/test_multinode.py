@@ -1,0 +1,39 @@
+"""The loop on a multi-node Ray cluster of local processes, autoscaled by Ray, in the README's order.
+
+The scenario (``multinode_scenario.py``) runs in a process of its own with its own cluster
+(:class:`cluster.local_cluster.LocalCluster`), broker and S3-protocol server, and reports what it
+saw; this test checks it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_service_first_then_jobs_on_an_autoscaling_cluster():
+    root = Path(__file__).resolve().parents[2]
+    run = subprocess.run([sys.executable, str(Path(__file__).with_name("multinode_scenario.py"))], cwd=root,
+                         capture_output=True, text=True, timeout=1200, env={**os.environ, "PYTHONPATH": str(root)})
+    lines = [x for x in run.stdout.splitlines() if x.startswith("{")]
+    assert run.returncode == 0 and lines, run.stdout[-3000:] + run.stderr[-3000:]
+    r = json.loads(lines[-1])
+    print(json.dumps(r, indent=1))
+    before = r["before_embeddings"]
+    assert before["healthz"][0] == 503 and before["healthz"][1]["error"].startswith("no embeddings yet")
+    assert before["recommend"][0] == 503 and before["recommend"][1]["error"].startswith("no embeddings yet")
+    assert r["embed"]["status"] == "SUCCEEDED", r["embed"]
+    assert r["embed"]["log_says_cpu_fallback"]  # the encoder ran on the GPU node type and said it had no CUDA
+    assert any(n["gpu"] for n in r["nodes_seen"])  # the autoscaler brought the GPU node type up from zero
+    assert r["before_policy"]["healthz"][0] == 503 and r["before_policy"]["healthz"][1]["error"].startswith("no policy yet")
+    assert r["published_version"] >= 2  # clicks went through Kafka, ingest, the trainer, the store
+    assert r["requests"].get("200", 0) > 0 and set(r["requests"]) <= {"200", "503"}
+    assert all(r["on_worker_nodes"].values()), r["on_worker_nodes"]
+    assert r["scaled_down"]
