@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,9 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["LocalCluster", "NODE_TYPES"]
+from cluster.broker import free_port
+
+__all__ = ["LocalCluster", "NODE_TYPES", "stop_ray_processes", "wait_until"]
 
 NODE_TYPES = {
     "cpu": {"resources": {"CPU": 1}, "node_config": {}, "min_workers": 0, "max_workers": 3},
@@ -37,18 +38,12 @@ NODE_TYPES = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class LocalCluster:
     def __init__(self, work_dir: str | os.PathLike, *, env: dict[str, str] | None = None,
                  idle_timeout_minutes: float = 0.25, node_types: dict | None = None):
         self.dir = Path(work_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.port, self.dashboard_port, self.agent_port = _free_port(), _free_port(), _free_port()
+        self.port, self.dashboard_port, self.agent_port = free_port(), free_port(), free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
         token = self.dir / "ray_token"
@@ -102,18 +97,7 @@ class LocalCluster:
                 if n["Alive"] and not n["Resources"].get("node:__internal_head__")]
 
     def stop(self) -> None:
-        import psutil
-
-
-        found = [p for p in psutil.process_iter(["cmdline"])
-                 if any(str(self.ray_dir) in a for a in p.info["cmdline"] or [])]
-        ours = {p.pid: p for h in found for p in [h, *h.children(recursive=True)]}.values()  # workers retitle themselves
-        for p in ours:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(list(ours), timeout=30)
+        stop_ray_processes(self.ray_dir)
         logs = self.ray_dir / "session_latest" / "logs"
         if logs.is_dir():  # kept beside the work dir for a post-mortem
             shutil.copytree(logs, self.dir / "ray-logs", dirs_exist_ok=True, ignore_dangling_symlinks=True)
@@ -124,6 +108,21 @@ class LocalCluster:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def stop_ray_processes(ray_dir: str | os.PathLike) -> None:
+    """Kill one Ray's processes: those naming its temp dir on their command line, and everything
+    below them (workers retitle themselves). Not ``ray stop``, which stops every Ray on the machine."""
+    import psutil
+
+    found = [p for p in psutil.process_iter(["cmdline"]) if any(str(ray_dir) in a for a in p.info["cmdline"] or [])]
+    ours = {p.pid: p for h in found if h.pid != os.getpid() for p in [h, *h.children(recursive=True)]}.values()
+    for p in ours:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(list(ours), timeout=30)
 
 
 def wait_until(what: str, probe, timeout_s: float, every_s: float = 0.5):

@@ -23,6 +23,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from cluster.local_cluster import stop_ray_processes
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -55,21 +57,8 @@ def main() -> int:
     finally:
         for p in spawned:
             p.kill()
-        _stop_head(ray_dir)  # not `ray stop`: it stops every Ray on the machine
+        stop_ray_processes(ray_dir)  # not `ray stop`: it stops every Ray on the machine
         redis.kill()
-
-
-def _stop_head(ray_dir: Path) -> None:
-    import psutil
-
-    heads = [p for p in psutil.process_iter(["cmdline"]) if any(str(ray_dir) in a for a in p.info["cmdline"] or [])]
-    ours = {p.pid: p for h in heads for p in [h, *h.children(recursive=True)]}.values()  # workers retitle themselves
-    for p in ours:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(list(ours), timeout=20)
 
 
 def _scenario(tmp: Path, gcs_port: int, http_port: int, spawned: list) -> int:

@@ -37,9 +37,10 @@ def _moto(tmp: Path) -> tuple[subprocess.Popen, dict[str, str]]:
 
     import boto3
 
-    from cluster.local_cluster import _free_port, wait_until
+    from cluster.broker import free_port
+    from cluster.local_cluster import wait_until
 
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
                             stdout=open(tmp / "moto.log", "wb"), stderr=subprocess.STDOUT)
     endpoint = f"http://127.0.0.1:{port}"
@@ -117,7 +118,8 @@ def _scenario(tmp: Path, cluster, bootstrap: str) -> dict:
 
     from actors import registry
     from cluster.broker import ensure_topics
-    from cluster.local_cluster import _free_port, wait_until
+    from cluster.broker import free_port
+    from cluster.local_cluster import wait_until
     from cluster.loop import serving_app
     from streamrec.config import settings_from_args
 
@@ -142,7 +144,7 @@ def _scenario(tmp: Path, cluster, bootstrap: str) -> dict:
     threading.Thread(target=watch_nodes, daemon=True).start()
 
     # 1. the service first: nothing else exists yet
-    http_port = _free_port()
+    http_port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": http_port})
     serve.run(serving_app(app["args"], app["deployments"]), name="streamrec", route_prefix="/")
     out["seconds"]["service_up"] = round(time.monotonic() - t0, 1)

@@ -6,13 +6,11 @@ broker and Serve app, and reports counts; this test checks them.
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+
+from tests.integration.scenarios import run_scenario
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(shutil.which("redis-server") is None,
@@ -20,13 +18,7 @@ pytestmark = [pytest.mark.integration,
 
 
 def test_killing_the_gcs_loses_no_request_no_event_and_no_named_actor():
-    root = Path(__file__).resolve().parents[2]
-    run = subprocess.run([sys.executable, str(Path(__file__).with_name("gcs_ft_scenario.py"))], cwd=root,
-                         capture_output=True, text=True, timeout=600, env={**__import__("os").environ,
-                                                                            "PYTHONPATH": str(root)})
-    lines = [x for x in run.stdout.splitlines() if x.startswith("{")]
-    assert run.returncode == 0 and lines, run.stdout[-3000:] + run.stderr[-3000:]
-    r = json.loads(lines[-1])
+    r = run_scenario("gcs_ft_scenario.py", timeout_s=600)
     for phase in ("before", "outage", "after"):  # replicas kept serving while the GCS was down
         assert set(r["requests"][phase]) == {"200"} and r["requests"][phase]["200"] >= 20, r["requests"]
     assert r["impressions_ingested"] == r["impressions_served"] > 0  # no event lost, none counted twice

@@ -7,24 +7,18 @@ saw; this test checks it.
 
 from __future__ import annotations
 
+
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+
+from tests.integration.scenarios import run_scenario
 
 pytestmark = pytest.mark.integration
 
 
 def test_service_first_then_jobs_on_an_autoscaling_cluster():
-    root = Path(__file__).resolve().parents[2]
-    run = subprocess.run([sys.executable, str(Path(__file__).with_name("multinode_scenario.py"))], cwd=root,
-                         capture_output=True, text=True, timeout=1200, env={**os.environ, "PYTHONPATH": str(root)})
-    lines = [x for x in run.stdout.splitlines() if x.startswith("{")]
-    assert run.returncode == 0 and lines, run.stdout[-3000:] + run.stderr[-3000:]
-    r = json.loads(lines[-1])
+    r = run_scenario("multinode_scenario.py", timeout_s=1200)
     print(json.dumps(r, indent=1))
     before = r["before_embeddings"]
     assert before["healthz"][0] == 503 and before["healthz"][1]["error"].startswith("no embeddings yet")
