@@ -1,6 +1,6 @@
-"""Long-lived Ray actors: stream ingest, the trainer's sample buffer, profile store.
+"""Long-lived Ray actors and what they run on: stream ingest, the trainer and its samples-log reader, the profile and policy stores.
 
 Thin shells: the logic they run lives in ``streamrec/`` (join, events, profiles) and ``rl/``.
 """
 
-__all__ = ["ingest", "sample_buffer", "profile_store"]
+__all__ = ["ingest", "sample_log", "profile_store"]

@@ -3,13 +3,15 @@
 One actor's loop, top to bottom (a background thread, so ``metrics``/``stop`` stay callable)::
 
     poll impressions + feedback  ->  decode (bad bytes -> streamrec.dlq with headers)
-      -> RewardJoiner (window, late, orphans)  ->  due samples -> SampleBuffer.put (wait for ack)
-      -> commit the offsets the joiner says are safe (after the DLQ writes are acknowledged)
+      -> RewardJoiner (window, late, orphans)  ->  due samples -> the samples topic (msgpack records)
+      -> commit the offsets the joiner says are safe, once the broker acknowledged the samples and
+         dead letters written before them
 
-Offsets are committed only after a hand-off is acknowledged, so a crash replays what was not
-handed off; the SampleBuffer drops the replayed ``event_id``s already accepted. A full buffer
-pauses the partitions while the loop keeps polling, so the consumer stays in its group.
-On partition revoke, the actor commits what is safe and forgets the revoked partitions' state.
+Offsets are committed only after what they produced is in the log, so a crash replays what was
+not; the trainer's reader drops the replayed ``event_id``s it already took. The samples topic is
+the durable hand-off to the trainer (docs/architecture.md, "From ingest to trainer"): ingest never
+waits for training. On partition revoke, the actor commits what is safe and forgets the revoked
+partitions' state.
 """
 
 from __future__ import annotations
@@ -25,15 +27,17 @@ from typing import Any
 import ray
 
 from actors.registry import INGEST_PREFIX
-from streamrec.eventbus import KafkaEventSink, KafkaEventSource
+from streamrec.eventbus import KafkaEventSource, RdKafkaEventSink
 from streamrec.events import dead_letter_headers, decode_batch, encode_samples
 from streamrec.join import RewardJoiner, Watermark
 from streamrec.rewards import RewardTable, is_positive
 
-__all__ = ["StreamIngest", "IngestGroup"]
+__all__ = ["StreamIngest", "IngestGroup", "SAMPLES_PER_RECORD"]
 
 log = logging.getLogger(__name__)
 _event_ts = operator.attrgetter("ts")
+SAMPLES_PER_RECORD = 500
+"""Samples in one record of the samples topic (a few hundred KB: well under the broker's limits)."""
 
 
 def _rss_bytes() -> int:
@@ -47,33 +51,31 @@ def _rss_bytes() -> int:
 @ray.remote(num_cpus=0.25, max_restarts=-1, max_concurrency=4)
 class StreamIngest:
     def __init__(self, *, bootstrap: str, impressions_topic: str, feedback_topic: str, dlq_topic: str,
-                 group_id: str, buffer, profile_store=None, reward_window_s: float = 30.0,
+                 samples_topic: str, group_id: str, profile_store=None, reward_window_s: float = 30.0,
                  max_event_bytes: int = 1_000_000, max_poll_records: int = 2_000,
                  session_timeout_ms: int = 10_000, max_poll_interval_ms: int = 300_000,
-                 commit_interval_s: float = 0.5, max_handoff: int = 20_000, name: str = "ingest",
+                 commit_interval_s: float = 0.5, name: str = "ingest",
                  security=None, rewards: RewardTable | None = None):
         self.name = name
         self.topics = {impressions_topic: "impression", feedback_topic: "feedback"}
-        self.dlq_topic = dlq_topic
-        self.buffer = buffer
+        self.dlq_topic, self.samples_topic = dlq_topic, samples_topic
         self.profile_store = profile_store
         self.max_event_bytes = max_event_bytes
         self.commit_interval_s = commit_interval_s
         self.joiner = RewardJoiner(reward_window_s, rewards=rewards)
         self.watermark = Watermark()
         self.counts = {"records": 0, "impressions": 0, "feedback": 0, "dlq": 0, "handoffs": 0,
-                       "handoff_waits": 0, "commits": 0, "rebalances": 0}
+                       "sample_records": 0, "commits": 0, "rebalances": 0}
         self._stop = threading.Event()
         self._started = time.monotonic()
         self._rss_start = _rss_bytes()
         self._lag: dict[str, int] = {}
         self._error: str | None = None
         self._profile_refs: list = []
-        self._put = None  # (tokens, (msgpack blob, event_ids), ObjectRef) of the hand-off in flight
-        self._ready: list = []  # due samples waiting for the batch in flight
-        self._ready_tokens: list = []
-        self.max_handoff = max_handoff
-        self.dlq = KafkaEventSink(bootstrap, client_id=f"{name}-dlq", linger_ms=0, security=security)
+        self._failed = 0  # the sink's failed deliveries already acted on
+        # the samples and the dead letters: one librdkafka producer (C threads), flushed before each commit
+        self.out = RdKafkaEventSink(bootstrap, client_id=f"{name}-out", buffer_events=100_000, linger_ms=5,
+                                    security=security)
         self.source = KafkaEventSource(
             bootstrap, list(self.topics), group_id, on_revoke=self._on_revoke,
             session_timeout_ms=session_timeout_ms, max_poll_interval_ms=max_poll_interval_ms,
@@ -99,13 +101,10 @@ class StreamIngest:
                 owned, caught_up = self.source.progress()
                 token, samples = self.joiner.due(self.watermark.value(time.time(), owned, caught_up))
                 if samples:
-                    self._ready.extend(samples)
-                    self._ready_tokens.append(token)
-                if self._ready:
-                    self._handoff()
+                    self._handoff(token, samples)
                 now = time.monotonic()
                 if now - last_commit >= self.commit_interval_s:
-                    self._commit(wait=False)
+                    self._commit()
                     self._lag = self.source.lag()
                     last_commit = now
             self._commit()
@@ -116,7 +115,7 @@ class StreamIngest:
             try:
                 self.source.close()
             finally:
-                self.dlq.close(5)
+                self.out.close(5)
         if self._error is not None:
             os._exit(1)  # crash-restart: a fresh consumer replays from the last commit
 
@@ -158,73 +157,38 @@ class StreamIngest:
 
     def _dead_letter(self, error, topic: str, part: int, offset: int, key: bytes | None, value: bytes | None) -> None:
         headers = dead_letter_headers(error, topic, part, offset)
-        while not self.dlq.send(self.dlq_topic, key, value or b"", headers=headers):
-            self.dlq.flush(1.0)  # DLQ buffer full: wait rather than lose a dead letter
+        self._send(self.dlq_topic, key, value or b"", headers)
         self.joiner.skip((topic, part, offset))
         self.counts["dlq"] += 1
 
-    def _handoff(self, *, wait: bool = False) -> None:
-        """Send the due samples to the buffer, one batch in flight at a time.
+    def _send(self, topic: str, key: bytes | None, value: bytes, headers=None) -> None:
+        while not self.out.send(topic, key, value, headers=headers):
+            if not self.out.flush(1.0) and self._stop.is_set():
+                raise RuntimeError(f"stopping with {topic} records the broker has not taken")
 
-        While a batch is in flight, newly due samples wait here and leave together once it is
-        acknowledged: the loop blocks on the buffer only when ``max_handoff`` samples wait, or
-        with ``wait`` (commit on stop or revoke)."""
-        if self._put is not None:
-            self._settle(wait=wait or len(self._ready) >= self.max_handoff)
-        if self._put is not None or not self._ready:
-            return
-        # msgpack-encoded in C: Ray's cloudpickle would walk every sample in Python
-        blob = encode_samples(self._ready)
-        ids = [sample[0] for sample in self._ready]  # event_ids: the buffer dedups by them, keeps the blob encoded
-        self._put = (self._ready_tokens, (blob, ids), self.buffer.put.remote(blob, ids))
-        self._ready, self._ready_tokens = [], []
+    def _handoff(self, token, samples: list) -> None:
+        """Write due samples to the samples topic (msgpack, in C) and let the joiner count their
+        offsets as done: :meth:`_commit` flushes the producer before it commits any of them."""
+        for i in range(0, len(samples), SAMPLES_PER_RECORD):
+            self._send(self.samples_topic, None, encode_samples(samples[i:i + SAMPLES_PER_RECORD]))
+            self.counts["sample_records"] += 1
+        self.joiner.ack(token)
+        self.counts["handoffs"] += 1
 
-    def _settle(self, wait: bool = True) -> None:
-        """Take the answer for the batch in flight; on ``full``, pause and retry until it is accepted.
+    def _commit(self) -> None:
+        """Commit the offsets whose samples and dead letters the broker acknowledged.
 
-        ``wait=False``: only an answer that is already there (the loop must not stall on a put the
-        buffer is still decoding: waiting on it at every commit was a third of the loop's time)."""
-        if self._put is None:
-            return
-        tokens, (blob, ids), ref = self._put
-        if not wait and not ray.wait([ref], timeout=0, fetch_local=False)[0]:
-            return
-        paused = False
-        while True:
-            try:
-                res = ray.get(ref, timeout=30)
-            except ray.exceptions.GetTimeoutError:
-                res = {"full": True}
-            if not res["full"]:
-                for token in tokens:
-                    self.joiner.ack(token)
-                self.counts["handoffs"] += 1
-                break
-            if self._stop.is_set():
-                break  # not acknowledged: not committed, replayed by the next owner
-            # backpressure: stop fetching, keep polling so the group keeps us
-            self.counts["handoff_waits"] += 1
-            if not paused:
-                self.source.pause()
-                paused = True
-            self.source.poll(timeout_ms=200)
-            ref = self.buffer.put.remote(blob, ids)
-        if paused:
-            self.source.resume()
-        self._put = None
-
-    def _commit(self, wait: bool = True) -> None:
-        """Commit the offsets whose samples were acknowledged (``wait``: hand off and settle all due samples first)."""
-        if wait:
-            self._handoff(wait=True)  # settles the batch in flight, sends the samples that waited
-            self._settle(wait=True)
-        else:
-            self._settle(wait=False)
+        A delivery that failed raises: the actor restarts and replays from the last commit (the
+        trainer's reader drops the samples it already took)."""
         offsets = self.joiner.commit_offsets()
         if not offsets:
             return
-        if not self.dlq.flush(30):  # dead letters must be safe before their offsets are committed
-            return
+        if not self.out.flush(30):
+            raise RuntimeError("samples or dead letters not acknowledged within 30 s: replaying from the last commit")
+        failed = self.out.metrics()["failed"]
+        if failed > self._failed:
+            self._failed = failed
+            raise RuntimeError(f"{failed} samples or dead-letter records failed delivery: replaying from the last commit")
         self.source.commit(offsets)
         self.counts["commits"] += 1
 
@@ -254,7 +218,7 @@ class StreamIngest:
             "samples": s.samples, "joined": s.joined, "late": s.late, "orphans": s.orphans,
             "off_slate": s.off_slate, "duplicates": s.duplicates, "join_hit_rate": s.join_hit_rate,
             "pending": self.joiner.pending, "join_state": self.joiner.state_size,
-            "lag": dict(self._lag), "dlq_sink": self.dlq.metrics(),
+            "lag": dict(self._lag), "out_sink": self.out.metrics(),
             "rss_bytes": _rss_bytes(), "rss_start_bytes": self._rss_start,
             "alive": self._thread.is_alive(), "error": self._error,
         }
@@ -263,12 +227,12 @@ class StreamIngest:
 class IngestGroup:
     """Driver-side handle on N StreamIngest actors in one consumer group; ``scale`` changes N."""
 
-    def __init__(self, *, bootstrap: str, kafka_settings, ingest_settings, buffer, profile_store=None,
+    def __init__(self, *, bootstrap: str, kafka_settings, ingest_settings, profile_store=None,
                  name_prefix: str = INGEST_PREFIX, rewards: RewardTable | None = None):
         self.kwargs = dict(
             bootstrap=bootstrap, impressions_topic=kafka_settings.topics.impressions,
             feedback_topic=kafka_settings.topics.feedback, dlq_topic=kafka_settings.topics.dlq,
-            group_id=ingest_settings.group_id, buffer=buffer, profile_store=profile_store,
+            samples_topic=kafka_settings.topics.samples, group_id=ingest_settings.group_id, profile_store=profile_store,
             reward_window_s=ingest_settings.reward_window_s, max_event_bytes=kafka_settings.max_event_bytes,
             max_poll_records=ingest_settings.max_poll_records, session_timeout_ms=ingest_settings.session_timeout_ms,
             max_poll_interval_ms=ingest_settings.max_poll_interval_ms, security=kafka_settings.security,

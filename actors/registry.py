@@ -12,15 +12,13 @@ import ray
 
 from streamrec.storage import absolute
 
-__all__ = ["NAMESPACE", "STORE", "PROFILES", "SAMPLES", "TRAINER", "INGEST_PREFIX", "lookup", "policy_store"]
+__all__ = ["NAMESPACE", "STORE", "PROFILES", "TRAINER", "INGEST_PREFIX", "lookup", "policy_store"]
 
 NAMESPACE = "streamrec"
 STORE = "streamrec-policy-store"
 """The PolicyStore (detached): versioned weights, the canary slot."""
 PROFILES = "streamrec-profiles"
 """The ProfileStore: users' recent items and pooled profile vectors."""
-SAMPLES = "streamrec-samples"
-"""The SampleBuffer: joined training samples waiting for the trainer."""
 TRAINER = "streamrec-trainer"
 INGEST_PREFIX = "streamrec-ingest"
 """StreamIngest actors are ``streamrec-ingest-<i>``."""

@@ -1,8 +1,10 @@
 """Trainer: the Ray actor that runs :class:`rl.trainer_loop.TrainerLoop` rounds on a cadence.
 
-The loop is plain code (rounds, gate, canary, manifests, rollback); this shell gives it the
-SampleBuffer and PolicyStore actors behind blocking adapters, runs a round every
-``trainer.train_every_s`` in a background thread, and answers ``metrics``/``train_now``/``rollback``.
+The loop is plain code (rounds, gate, canary, manifests, checkpoint, rollback); this shell gives it
+a reader of the samples log (:class:`actors.sample_log.SampleLog`) and the PolicyStore actor
+behind a blocking adapter, runs a round every ``trainer.train_every_s`` in a background thread,
+and answers ``metrics``/``train_now``/``rollback``. A round that fails is not lost: the loop is
+rebuilt from its checkpoint, as after a restart, and reads that round's samples again.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 import ray
 
 from actors.remote import Blocking
+from actors.sample_log import SampleLog
 from rl.trainer_loop import TrainerLoop
 from streamrec.config import StreamrecSettings
 
@@ -26,30 +29,51 @@ log = logging.getLogger(__name__)
 class Trainer:
     """Runs :class:`TrainerLoop` rounds every ``trainer.train_every_s`` in a background thread."""
 
-    def __init__(self, settings: dict[str, Any], item_ids, item_vectors, buffer, store, seed: int = 0):
+    def __init__(self, settings: dict[str, Any], item_ids, item_vectors, bootstrap: str, store, seed: int = 0):
         self.settings = StreamrecSettings.model_validate(settings)
-        self.loop = TrainerLoop(self.settings, item_ids, item_vectors, Blocking(buffer), Blocking(store), seed=seed)
+        self._args = (item_ids, item_vectors, bootstrap, Blocking(store), seed)
+        self.loop = self._new_loop()
         self.loop.publish_initial()
+        self._broken = False  # a round failed: rebuild the loop from its checkpoint before the next
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.error: str | None = None
         self._thread = threading.Thread(target=self._run, name="trainer", daemon=True)
         self._thread.start()
 
+    def _new_loop(self) -> TrainerLoop:
+        item_ids, item_vectors, bootstrap, store, seed = self._args
+        return TrainerLoop(self.settings, item_ids, item_vectors, SampleLog.open(bootstrap, self.settings), store,
+                           seed=seed)
+
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 with self._lock:
-                    self.loop.round()
+                    self._round()
                 self.error = None
             except Exception as e:  # keep training; show the error in metrics
                 log.exception("training round failed")
                 self.error = f"{type(e).__name__}: {e}"
             self._stop.wait(self.settings.trainer.train_every_s)
 
+    def _round(self) -> dict | None:
+        if self._broken:
+            try:
+                self.loop.source.close()
+            except Exception:  # closed by an earlier attempt
+                pass
+            self.loop = self._new_loop()
+            self._broken = False
+        try:
+            return self.loop.round()
+        except Exception:
+            self._broken = True
+            raise
+
     def train_now(self) -> dict | None:
         with self._lock:
-            return self.loop.round()
+            return self._round()
 
     def rollback(self, to: int | None = None, reason: str = "operator rollback") -> dict:
         with self._lock:
@@ -57,7 +81,7 @@ class Trainer:
 
     def metrics(self) -> dict:
         return {**self.loop.stats, "serving_version": self.loop.serving_version, "error": self.error,
-                "algorithm": self.loop.spec.algorithm}
+                "algorithm": self.loop.spec.algorithm, "log": self.loop.source.metrics()}
 
     def spec(self) -> dict:
         return self.loop.spec.to_dict()

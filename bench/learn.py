@@ -32,7 +32,7 @@ import numpy as np
 import ray
 
 from actors.remote import Blocking
-from cluster.broker import ensure_topics, start_embedded_broker, stop_broker
+from cluster.broker import ensure_topics, loop_topics, start_embedded_broker, stop_broker
 from cluster.loop import start_learning, start_stream
 from rl.diversity import ild
 from rl.metrics import coverage
@@ -51,13 +51,12 @@ def _settings(algorithm: str, lam: float, penalty: float, args, tmp: str):
     tag = uuid.uuid4().hex[:6]
     return settings_from_args({
         "kafka": {"partitions": 2, "topics": {"impressions": f"l.imp.{tag}", "feedback": f"l.fb.{tag}",
-                                              "dlq": f"l.dlq.{tag}"}},
-        "ingest": {"group_id": f"learn-{tag}", "reward_window_s": args.window_s, "parallelism": 1,
-                   "sample_buffer_capacity": 200_000},
+                                              "dlq": f"l.dlq.{tag}", "samples": f"l.samples.{tag}"}},
+        "ingest": {"group_id": f"learn-{tag}", "reward_window_s": args.window_s, "parallelism": 1},
         "profile": {"history_length": 50, "half_life_s": 3600.0},
         "policy": {"algorithm": algorithm, "slate_size": args.k, "num_candidates": args.candidates,
                    "diversity_lambda": lam, "diversity_penalty": penalty, "feature_dim": 16},
-        "trainer": {"train_every_s": args.train_every_s, "min_samples": 500, "max_batch": 2048,
+        "trainer": {"train_every_s": args.train_every_s, "min_samples": 500, "max_batch": 2048, "group_id": f"learn-trainer-{tag}",
                     "store_dir": f"{tmp}/{tag}/policies", "checkpoint_dir": f"{tmp}/{tag}/trainer",
                     "ope_estimator": args.estimator, "dr_weights": args.dr_weights, "gate_tolerance": args.tolerance,
                     "publish_every_s": args.publish_every_s, "min_holdout": args.min_holdout,
@@ -93,11 +92,11 @@ def run_policy(algorithm, lam, penalty, args, world, bootstrap, tmp) -> dict:
     items, users, item_vecs, user_vecs, sim = world
     s = _settings(algorithm, lam, penalty, args, tmp)
     t = s.kafka.topics
-    ensure_topics(bootstrap, {t.impressions: 2, t.feedback: 2, t.dlq: 1})
+    ensure_topics(bootstrap, loop_topics(s.kafka))
     item_ids = items.column("item_id").to_pylist()
     stream = start_stream(s, bootstrap, item_ids, item_vecs, named=False)
-    buffer, profiles, ingest = stream.samples, stream.profiles, stream.ingest
-    learning = start_learning(s, buffer, item_ids, item_vecs, named=False, seed=args.seed)
+    profiles, ingest = stream.profiles, stream.ingest
+    learning = start_learning(s, bootstrap, item_ids, item_vecs, named=False, seed=args.seed)
     store, trainer = learning.store, learning.trainer
     follower = PolicyFollower(Blocking(store), item_ids, item_vecs)
     follower.poll()
@@ -180,7 +179,7 @@ def run_policy(algorithm, lam, penalty, args, world, bootstrap, tmp) -> dict:
             ray.get(trainer.stop.remote(), timeout=60)
         except Exception:
             pass
-        for a in (trainer, store, buffer, profiles):
+        for a in (trainer, store, profiles):
             ray.kill(a)
     ope_vs_measured = []
     for m in manifests:

@@ -27,8 +27,8 @@ import ray
 from kafka import KafkaConsumer, KafkaProducer
 
 from actors.ingest import IngestGroup
-from actors.sample_buffer import SampleBuffer
-from cluster.broker import ensure_topics, start_embedded_broker, stop_broker
+from actors.sample_log import SampleLog
+from cluster.broker import ensure_topics, loop_topics, start_embedded_broker, stop_broker
 from streamrec.config import settings_from_args
 from streamrec.events import Feedback, Impression, encode
 
@@ -38,7 +38,7 @@ def _settings(window_s: float, tag: str | None = None):
     tag = tag or uuid.uuid4().hex[:6]
     return settings_from_args({
         "kafka": {"partitions": 3, "topics": {"impressions": f"b.imp.{tag}", "feedback": f"b.fb.{tag}",
-                                              "dlq": f"b.dlq.{tag}"}},
+                                              "dlq": f"b.dlq.{tag}", "samples": f"b.samples.{tag}"}},
         "ingest": {"group_id": f"bench-{uuid.uuid4().hex[:6]}", "reward_window_s": window_s, "max_poll_records": 5_000},
     }, env={})
 
@@ -90,8 +90,7 @@ def _steady_rate(poll, total: int, timeout_s: float = 300.0) -> float:
 
 
 def ingest_rate(bootstrap: str, s, total_imps: int) -> tuple[float, dict]:
-    buffer = SampleBuffer.remote(capacity=10_000_000)
-    group = IngestGroup(bootstrap=bootstrap, kafka_settings=s.kafka, ingest_settings=s.ingest, buffer=buffer,
+    group = IngestGroup(bootstrap=bootstrap, kafka_settings=s.kafka, ingest_settings=s.ingest,
                         name_prefix=f"bench-{s.ingest.group_id}")
     group.scale(1)
     first = last = None
@@ -115,9 +114,9 @@ def ingest_rate(bootstrap: str, s, total_imps: int) -> tuple[float, dict]:
 def latency_and_soak(bootstrap: str, window_s: float, rate_per_s: int, seconds: float) -> dict:
     s = _settings(window_s)
     t = s.kafka.topics
-    ensure_topics(bootstrap, {t.impressions: 3, t.feedback: 3, t.dlq: 1})
-    buffer = SampleBuffer.remote(capacity=10_000_000)
-    group = IngestGroup(bootstrap=bootstrap, kafka_settings=s.kafka, ingest_settings=s.ingest, buffer=buffer,
+    ensure_topics(bootstrap, loop_topics(s.kafka))
+    reader = SampleLog.open(bootstrap, s)  # the trainer's reader: latency is produce -> sample readable
+    group = IngestGroup(bootstrap=bootstrap, kafka_settings=s.kafka, ingest_settings=s.ingest,
                         name_prefix=f"soak-{s.ingest.group_id}")
     group.scale(1)
     stop = threading.Event()
@@ -135,7 +134,7 @@ def latency_and_soak(bootstrap: str, window_s: float, rate_per_s: int, seconds: 
     t_end = t_start + seconds
     next_rss = t_start + 60
     while time.monotonic() < t_end:
-        got = ray.get(buffer.take.remote(100_000))
+        got = reader.take(100_000, timeout_s=0.2)
         now = time.time()
         lat.extend((now, now - x.ts) for x in got)
         if time.monotonic() >= next_rss:
@@ -278,8 +277,7 @@ def main(argv=None) -> int:
     try:
         tag = uuid.uuid4().hex[:6]
         s = _settings(window_s=0.5, tag=tag)
-        t = s.kafka.topics
-        ensure_topics(broker.bootstrap, {t.impressions: 3, t.feedback: 3, t.dlq: 1})
+        ensure_topics(broker.bootstrap, loop_topics(s.kafka))
         t0 = time.perf_counter()
         total = _produce(broker.bootstrap, s, _events(args.events))
         produce_rate = total / (time.perf_counter() - t0)

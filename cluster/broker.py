@@ -212,13 +212,16 @@ def ensure_topics(bootstrap: str, topics: Mapping[str, int], *, replication_fact
         admin.close()
 
 
+def loop_topics(kafka_settings) -> dict[str, int]:
+    """The loop's topics and their partition counts. The samples log has one partition: the trainer
+    reads it in the order ingest wrote it (its newest samples are the gate's holdout)."""
+    t = kafka_settings.topics
+    return {t.impressions: kafka_settings.partitions, t.feedback: kafka_settings.partitions, t.dlq: 1, t.samples: 1}
+
+
 def connect_or_start(kafka_settings, *, log_dir: str | Path | None = None) -> BrokerHandle:
     """The configured cluster (checked, nothing started) or a fresh embedded broker; topics ensured."""
-    topics = {
-        kafka_settings.topics.impressions: kafka_settings.partitions,
-        kafka_settings.topics.feedback: kafka_settings.partitions,
-        kafka_settings.topics.dlq: 1,
-    }
+    topics = loop_topics(kafka_settings)
     if kafka_settings.bootstrap_servers:
         handle = BrokerHandle(bootstrap=kafka_settings.bootstrap_servers, embedded=False)
         wait_for_kafka(handle.bootstrap, kafka_settings.connect_timeout_s, security=kafka_settings.security)

@@ -232,8 +232,8 @@ def _status_table(info: dict[str, Any]) -> Table:
         if lag:
             t.add_row("  consumer lag", str(sum(lag.values())), ", ".join(f"{k}={v}" for k, v in sorted(lag.items())))
     if snap.get("samples"):
-        t.add_row("trainer input", "", f"{snap['samples']['buffered']} samples buffered, "
-                  f"{snap['samples']['duplicates']} duplicates dropped")
+        t.add_row("trainer input", "", f"samples log at {snap['samples']['position']}: {snap['samples']['taken']} "
+                  f"taken, {snap['samples']['duplicates']} duplicates dropped")
     if snap.get("profiles"):
         t.add_row("profiles", "", f"{snap['profiles']['users']} users, {snap['profiles']['events']} feedback events")
     tr = snap.get("trainer")

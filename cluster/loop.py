@@ -3,13 +3,14 @@
 ``streamrec up`` (:mod:`cluster.stack`), the job entrypoints (:mod:`cluster.jobs`), the benches
 and the integration tests all build the loop through these functions::
 
-    stream = start_stream(settings, bootstrap, item_ids, item_vectors)   # ProfileStore, SampleBuffer, ingest
-    learning = start_learning(settings, stream.samples, item_ids, item_vectors)   # PolicyStore, Trainer
+    stream = start_stream(settings, bootstrap, item_ids, item_vectors)     # ProfileStore, ingest
+    learning = start_learning(settings, bootstrap, item_ids, item_vectors)  # PolicyStore, Trainer
     app = serving_app(args, deployments)                                 # the Serve app (Ranker, ContextEncoder)
 
 ``named=True`` registers each actor under its name in :mod:`actors.registry` (Ranker replicas
 and the jobs find them there); ``detached=True`` lets them outlive the driver (the job
-entrypoints). Unnamed loops (benches, tests) can run side by side in one Ray.
+entrypoints). Unnamed loops (benches, tests) can run side by side in one Ray. Ingest and the
+trainer meet only in the samples topic: either can start, stop or fail without the other.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import ray
 from actors import registry
 from actors.ingest import IngestGroup
 from actors.profile_store import ProfileStore
-from actors.sample_buffer import SampleBuffer
 from actors.trainer import Trainer
 from streamrec.config import StreamrecSettings
 from streamrec.rewards import RewardTable
@@ -36,8 +36,6 @@ __all__ = ["Stream", "Learning", "start_stream", "start_learning", "serving_app"
 class Stream:
     profiles: Any
     """The ProfileStore actor."""
-    samples: Any
-    """The SampleBuffer actor."""
     ingest: IngestGroup
 
 
@@ -60,25 +58,23 @@ def _options(name: str, named: bool, detached: bool) -> dict[str, Any]:
 
 def start_stream(settings: StreamrecSettings, bootstrap: str, item_ids: Sequence[str], item_vectors: np.ndarray,
                  *, named: bool = True, detached: bool = False, parallelism: int | None = None) -> Stream:
-    """The ProfileStore, the SampleBuffer and ``ingest.parallelism`` StreamIngest actors in one group."""
+    """The ProfileStore and ``ingest.parallelism`` StreamIngest actors in one group (writing the samples topic)."""
     p, i = settings.profile, settings.ingest
     snapshot = absolute(p.snapshot_dir) if named else None
     profiles = ProfileStore.options(**_options(registry.PROFILES, named, detached)).remote(
         history_length=p.history_length, half_life_s=p.half_life_s, snapshot_dir=snapshot,
         snapshot_every_s=p.snapshot_every_s)
     ray.get(profiles.set_item_vectors.remote(list(item_ids), np.asarray(item_vectors, np.float32)))
-    samples = SampleBuffer.options(**_options(registry.SAMPLES, named, detached)).remote(
-        capacity=i.sample_buffer_capacity, dedup_retention_s=max(600.0, 4 * i.reward_window_s))
-    ingest = IngestGroup(bootstrap=bootstrap, kafka_settings=settings.kafka, ingest_settings=i, buffer=samples,
+    ingest = IngestGroup(bootstrap=bootstrap, kafka_settings=settings.kafka, ingest_settings=i,
                          profile_store=profiles, rewards=RewardTable.from_settings(settings.rewards),
                          name_prefix=registry.INGEST_PREFIX if named else f"{registry.INGEST_PREFIX}-{i.group_id}")
     ingest.scale(i.parallelism if parallelism is None else parallelism)
-    return Stream(profiles, samples, ingest)
+    return Stream(profiles, ingest)
 
 
-def start_learning(settings: StreamrecSettings, samples, item_ids: Sequence[str], item_vectors: np.ndarray,
+def start_learning(settings: StreamrecSettings, bootstrap: str, item_ids: Sequence[str], item_vectors: np.ndarray,
                    *, named: bool = True, detached: bool = False, seed: int = 0) -> Learning:
-    """The PolicyStore over ``trainer.store_dir`` and the Trainer reading ``samples``."""
+    """The PolicyStore over ``trainer.store_dir`` and the Trainer reading the samples topic at ``bootstrap``."""
     t = settings.trainer
     if named:
         store = registry.policy_store(t.store_dir, t.keep_versions, detached=True)
@@ -87,7 +83,7 @@ def start_learning(settings: StreamrecSettings, samples, item_ids: Sequence[str]
 
         store = PolicyStore.remote(absolute(t.store_dir), t.keep_versions)
     trainer = Trainer.options(**_options(registry.TRAINER, named, detached)).remote(
-        settings.model_dump(mode="python"), list(item_ids), np.asarray(item_vectors, np.float32), samples, store,
+        settings.model_dump(mode="python"), list(item_ids), np.asarray(item_vectors, np.float32), bootstrap, store,
         seed=seed)
     ray.get(trainer.metrics.remote(), timeout=600)  # constructed: version 1 is in the store
     return Learning(store, trainer)

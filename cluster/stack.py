@@ -34,7 +34,6 @@ class LocalStack:
     broker: BrokerHandle | None = None
     ray: Any = None
     ingest: Any = None
-    samples: Any = None
     profiles: Any = None
     store: Any = None
     trainer: Any = None
@@ -103,7 +102,7 @@ class LocalStack:
 
         ids, vectors, _ = load_vectors(self.settings.embedding.output_dir)
         stream = start_stream(self._effective(), self.broker.bootstrap, ids, vectors)
-        self.profiles, self.samples, self.ingest = stream.profiles, stream.samples, stream.ingest
+        self.profiles, self.ingest = stream.profiles, stream.ingest
         self._stops.append(("ingest", self.ingest.stop))
         self._stops.append(("profiles", lambda: ray.get(self.profiles.snapshot.remote(), timeout=30)))
 
@@ -117,7 +116,7 @@ class LocalStack:
 
         ids, vectors, _ = load_vectors(self.settings.embedding.output_dir)
         try:
-            learning = start_learning(self._effective(), self.samples, ids, vectors)
+            learning = start_learning(self._effective(), self.broker.bootstrap, ids, vectors)
         except ray.exceptions.RayActorError as e:  # the trainer refused to start (e.g. a lineage it cannot continue)
             cause = str(e).strip().splitlines()
             raise StackError("the trainer did not start: " + next((x for x in reversed(cause) if "Error" in x), cause[-1]))
@@ -184,7 +183,7 @@ class LocalStack:
 
     def _topic_names(self) -> list[str]:
         t = self.settings.kafka.topics
-        return [t.impressions, t.feedback, t.dlq]
+        return [t.impressions, t.feedback, t.dlq, t.samples]
 
     def snapshot(self) -> dict[str, Any]:
         """What the driver knows live (Ray resources, Serve apps, policy version); saved for `status`."""
@@ -210,13 +209,14 @@ class LocalStack:
                                       max(1, sum(m["joined"] + m["late"] + m["orphans"] for m in ms))),
                     "lag": lag, "errors": [m["error"] for m in ms if m["error"]],
                 }
-                snap["samples"] = ray.get(self.samples.metrics.remote(), timeout=10)
                 snap["profiles"] = ray.get(self.profiles.metrics.remote(), timeout=10)
             if self.trainer is not None:
                 tm = ray.get(self.trainer.metrics.remote(), timeout=10)
                 last = tm.get("last") or {}
                 snap["trainer"] = {k: tm[k] for k in ("algorithm", "rounds", "samples", "published", "rejected",
                                                       "serving_version", "error")}
+                snap["samples"] = {"taken": tm["log"]["taken"], "duplicates": tm["log"]["duplicates"],
+                                   "pending": tm["log"]["pending"], "position": tm["log"]["position"]}
                 if last:
                     snap["trainer"]["last_gate"] = {"ok": last["ok"], "why": last["why"],
                                                     "ope_ctr": last["ope"]["ctr"],

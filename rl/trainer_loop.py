@@ -2,12 +2,13 @@
 
 One round (:meth:`TrainerLoop.round`)::
 
-    samples  <- source.take()                           (ingest's hand-off; committed offsets behind it)
+    samples  <- source.take()                           (the samples log, from the checkpoint's position)
     logged   <- rl.logged.samples_to_logged(...)        rebuild the exact serving-time inputs
     train    <- all but the newest holdout_fraction     holdout <- the newest ones
     PPO: SlateLearner.update(train)  |  bandits: policy.update_batch(train)
     report   <- rl.gate.evaluate(candidate, holdout) vs the serving version on the same holdout
-    publish to the store when rl.gate.promote(...) says so; checkpoint the learner
+    publish to the store when rl.gate.promote(...) says so
+    checkpoint: the policy being trained + the log position after these samples; then commit
 
 With ``trainer.canary_share`` > 0 a candidate is judged on evidence gathered for it instead
 (:meth:`TrainerLoop._canary_round`)::
@@ -17,14 +18,20 @@ With ``trainer.canary_share`` > 0 a candidate is judged on evidence gathered for
     once ``canary_samples`` samples logged since it went live are in: rl.gate.evaluate(copy, them)
     vs the serving version on the same samples -> store.promote or store.end_canary
 
+A restarted trainer resumes from its checkpoint: the weights it had trained and the position in
+the log after the samples that trained them, so every sample is trained once whenever it stops
+(docs/architecture.md, "From ingest to trainer").
+
 The loop talks to two interfaces, :class:`SampleSource` and :class:`PolicyStoreAPI`: the
-:class:`actors.trainer.Trainer` actor hands it the SampleBuffer and PolicyStore actors behind
-blocking adapters; tests hand it a list and an :class:`actors.policy_store.PolicyDirectory`.
+:class:`actors.trainer.Trainer` actor hands it an :class:`actors.sample_log.SampleLog` and the
+PolicyStore actor behind a blocking adapter; tests hand it a list and an
+:class:`actors.policy_store.PolicyDirectory`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import time
 from typing import Any, Protocol, Sequence
@@ -44,9 +51,19 @@ from rl.weights import WeightsError, pack, unpack
 from streamrec.config import StreamrecSettings
 from streamrec.storage import Location
 
-__all__ = ["TrainerLoop", "SampleSource", "PolicyStoreAPI", "policy_spec", "LineageError"]
+__all__ = ["TrainerLoop", "SampleSource", "PolicyStoreAPI", "policy_spec", "LineageError", "CHECKPOINT", "ids_digest"]
 
 log = logging.getLogger(__name__)
+
+
+CHECKPOINT = "round.json"
+"""In ``trainer.checkpoint_dir``: the state the trainer resumes from (see :meth:`TrainerLoop._checkpoint`)."""
+
+
+def ids_digest(event_ids) -> int:
+    """Sum of the ids' 64-bit BLAKE2b hashes mod 2**64: equal digests and counts mean (but for a
+    negligible chance) the same set of ids, each once, in any order."""
+    return sum(int.from_bytes(hashlib.blake2b(e.encode(), digest_size=8).digest(), "little") for e in event_ids) % 2**64
 
 
 class LineageError(RuntimeError):
@@ -54,11 +71,19 @@ class LineageError(RuntimeError):
 
 
 class SampleSource(Protocol):
-    """Where training samples wait (the SampleBuffer)."""
+    """Where training samples wait (:class:`actors.sample_log.SampleLog`)."""
 
-    def size(self) -> int: ...
+    def take(self, max_n: int, min_n: int = 1) -> Sequence:
+        """Up to about ``max_n`` samples, oldest first; [] when fewer than ``min_n`` are there."""
 
-    def take(self, max_items: int) -> Sequence: ...
+    def position(self) -> dict[str, int]:
+        """Where the next take starts (JSON-able)."""
+
+    def seek(self, position: dict[str, int] | None) -> None:
+        """Start there (None: where the source's own committed position is)."""
+
+    def commit(self) -> None:
+        """Record :meth:`position` with the source (lag figures; the checkpoint holds the truth)."""
 
 
 class PolicyStoreAPI(Protocol):
@@ -119,9 +144,9 @@ class _Canary:
 
 
 class TrainerLoop:
-    def __init__(self, settings: StreamrecSettings, item_ids, item_vectors: np.ndarray, buffer: SampleSource,
+    def __init__(self, settings: StreamrecSettings, item_ids, item_vectors: np.ndarray, source: SampleSource,
                  store: PolicyStoreAPI, *, seed: int = 0):
-        self.settings, self.buffer, self.store = settings, buffer, store
+        self.settings, self.source, self.store = settings, source, store
         self.rng = np.random.default_rng(seed)
         t = settings.trainer
         self.checkpoint = Location(t.checkpoint_dir)
@@ -151,7 +176,9 @@ class TrainerLoop:
         self.featurizer = Featurizer(np.asarray(item_ids), item_vectors, projection)
         self.spec = policy_spec(settings, self.featurizer.num_rows, item_vectors.shape[1])
         self.stats = {"rounds": 0, "samples": 0, "skipped": 0, "published": 0, "rejected": 0, "deferred": 0,
-                      "canaries": 0, "rolled_back": 0, "last": None}
+                      "canaries": 0, "rolled_back": 0, "consumed": 0, "digest": 0, "last": None}
+        """``consumed``: samples this lineage took from the log, over restarts (``digest``: the sum of
+        their event ids' 64-bit hashes, mod 2**64, to compare with what ingest wrote)."""
         self.watch = LiveWatch(t.rollback_drop, t.rollback_alpha, t.rollback_beta, t.rollback_min_impressions)
         self.learner = None
         if self.spec.algorithm == "ppo":
@@ -160,7 +187,7 @@ class TrainerLoop:
             self.learner = SlateLearner(self.spec, PPOHyper(lr=t.lr, num_epochs=t.num_epochs,
                                                             minibatch_size=t.minibatch_size, seed=seed))
             if latest is not None:
-                self._resume_learner(tensors)
+                self._load_published_into_learner(tensors)
             self.policy = self.learner.serving_policy()
         else:
             self.policy = make_policy(self.spec)
@@ -184,15 +211,24 @@ class TrainerLoop:
         running = store.canary()
         if running is not None:  # its evidence died with the previous trainer: start over
             store.end_canary(running["version"], "the trainer restarted before judging it")
+        self._checkpoint_state: str | None = None
+        self.source.seek(self._restore() if latest is not None else None)
 
     # -- one round -------------------------------------------------------------------------------
     def round(self) -> dict | None:
-        """Take what the buffer holds; train, gate and maybe publish. None when there was too little."""
+        """Take what the log holds; train, gate and maybe publish; checkpoint. None when there was too little."""
         t = self.settings.trainer
-        size = self.buffer.size()
-        if size < t.min_samples:
+        samples = self.source.take(t.max_batch, t.min_samples)
+        if not samples:
             return None
-        samples = self.buffer.take(t.max_batch)
+        out = self._round(samples)
+        self._consumed(samples)
+        self._checkpoint()
+        self.source.commit()
+        return out
+
+    def _round(self, samples: Sequence) -> dict | None:
+        t = self.settings.trainer
         logged = samples_to_logged(samples, self.featurizer, self.spec, self.settings.policy.diversity_lambda)
         self.stats["skipped"] += logged.skipped
         n = len(logged.observations)
@@ -357,11 +393,8 @@ class TrainerLoop:
     def _publish(self, policy: Policy, report: GateReport | None, canary_share: float | None = None,
                  why: str | None = None) -> dict:
         blob, manifest = self._manifest(policy, report, why)
-        manifest = (self.store.publish(blob, manifest) if canary_share is None
-                    else self.store.publish_canary(blob, manifest, canary_share))
-        if self.learner is not None and policy is not self._initial:
-            self.learner.save(self.checkpoint.uri_of("learner"))
-        return manifest
+        return (self.store.publish(blob, manifest) if canary_share is None
+                else self.store.publish_canary(blob, manifest, canary_share))
 
     def publish_initial(self) -> dict | None:
         """Publish version 1 so serving has something from the start.
@@ -417,17 +450,54 @@ class TrainerLoop:
         out["rolled_back"] = {"from": worse, "to": manifest["version"], "rollback_of": manifest["rollback_of"],
                               "why": reason}
 
-    def _resume_learner(self, published: dict) -> None:
-        """The learner's own checkpoint (value head included) when it is there and sound; else the
-        published weights. A checkpoint that fails its checks is refused, never loaded."""
-        if self.checkpoint.exists("learner"):
-            try:
-                self.learner.restore(self.checkpoint.uri_of("learner"))
-                return
-            except WeightsError as e:
-                self.stats["checkpoint_refused"] = str(e)
-                log.warning("learner checkpoint refused, resuming from the published weights: %s", e)
-        self._load_published_into_learner(published)
+    # -- the checkpoint ---------------------------------------------------------------------------
+    def _consumed(self, samples: Sequence) -> None:
+        self.stats["consumed"] += len(samples)
+        self.stats["digest"] = (self.stats["digest"] + ids_digest(x.event_id for x in samples)) % 2**64
+
+    def _checkpoint(self) -> None:
+        """The policy being trained, then ``round.json`` naming it with the log position after the
+        samples it learned from (written last: a reader sees the old pair or the new one)."""
+        name = f"state-{time.time_ns()}"
+        if self.learner is not None:
+            self.learner.save(self.checkpoint.uri_of(name))
+            sha = None
+        else:
+            blob, sha = pack(self.policy.state())
+            self.checkpoint.write_bytes(f"{name}/policy.safetensors", blob)
+        self.checkpoint.write_json(CHECKPOINT, {
+            "state": name, "sha256": sha, "spec": self.spec.to_dict(), "position": self.source.position(),
+            "serving_version": self.serving_version, "trained_through": self.trained_through,
+            **{k: self.stats[k] for k in ("consumed", "digest", "samples", "skipped")}})
+        if self._checkpoint_state is not None:
+            self.checkpoint.remove(self._checkpoint_state)
+        self._checkpoint_state = name
+
+    def _restore(self) -> dict[str, int] | None:
+        """Load the checkpoint when it continues this lineage; its log position (None: none, or refused)."""
+        record = self.checkpoint.read_json(CHECKPOINT, default=None)
+        if not isinstance(record, dict):
+            return None
+        try:
+            if record.get("spec") != self.spec.to_dict():
+                raise WeightsError("it was written for another policy spec")
+            where = self.checkpoint.uri_of(record["state"])
+            if self.learner is not None:
+                self.learner.restore(where)
+                self.policy = self.learner.serving_policy()
+            else:
+                blob = self.checkpoint.read_bytes(f"{record['state']}/policy.safetensors")
+                self.policy = policy_from_state(self.spec, unpack(blob, sha256=record["sha256"]))
+        except (WeightsError, OSError, KeyError) as e:
+            self.stats["checkpoint_refused"] = str(e)
+            log.warning("trainer checkpoint at %s refused, resuming from the published version: %s",
+                        self.checkpoint.uri, e)
+            return None
+        self._checkpoint_state = record["state"]
+        for k in ("consumed", "digest", "samples", "skipped"):
+            self.stats[k] = int(record.get(k, 0))
+        self.trained_through = {**self.trained_through, **record.get("trained_through", {})}
+        return record["position"]
 
     def _load_published_into_learner(self, tensors) -> None:
         state = self.learner.module_state()

@@ -77,8 +77,11 @@ class TopicNames(_Section):
     """Clicks, purchases and other feedback on served items."""
     dlq: str = "streamrec.dlq"
     """Dead letters: the original bytes of events that failed to decode, with the reason in headers."""
+    samples: str = "streamrec.samples"
+    """Joined training samples (msgpack batches), written by ingest, read by the trainer: the durable
+    log between them (docs/architecture.md, "From ingest to trainer")."""
 
-    @field_validator("impressions", "feedback", "dlq")
+    @field_validator("impressions", "feedback", "dlq", "samples")
     @classmethod
     def _valid_topic(cls, v: str) -> str:
         if not _TOPIC_RE.match(v) or v in (".", ".."):
@@ -87,9 +90,9 @@ class TopicNames(_Section):
 
     @model_validator(mode="after")
     def _distinct(self) -> "TopicNames":
-        names = [self.impressions, self.feedback, self.dlq]
-        if len(set(names)) != 3:
-            raise ValueError("impressions, feedback and dlq must be three different topics")
+        names = [self.impressions, self.feedback, self.dlq, self.samples]
+        if len(set(names)) != 4:
+            raise ValueError("impressions, feedback, dlq and samples must be four different topics")
         return self
 
 
@@ -218,8 +221,6 @@ class IngestSettings(_Section):
     session_timeout_ms: int = Field(10_000, ge=6_000, le=30_000)
     """Group session timeout (kafka-python joins Tansu groups only at <= 30 s)."""
     max_poll_interval_ms: int = Field(300_000, ge=10_000, le=3_600_000)
-    sample_buffer_capacity: int = Field(100_000, ge=1, le=100_000_000)
-    """Training samples waiting for the trainer; a full buffer pauses ingest (backpressure)."""
 
 
 class ProfileSettings(_Section):
@@ -307,9 +308,14 @@ class TrainerSettings(_Section):
     keep_versions: int = Field(10, ge=1, le=10_000)
     store_dir: str = ".streamrec/policies"
     checkpoint_dir: str = ".streamrec/trainer"
-    """Learner checkpoints (PPO module + optimizer) for resuming after a crash."""
+    """The trainer's checkpoint, written after every round: the policy being trained and its read
+    position in the samples log, so a restarted trainer trains every sample once (a path or a URI)."""
+    group_id: str = "streamrec-trainer"
+    """The consumer group under which the trainer commits its position in the samples log (for lag
+    figures; the checkpoint's position is the one it resumes from)."""
     max_batch: int = Field(2_048, ge=1)
-    """Most samples one training round takes from the buffer."""
+    """Most samples one training round takes from the samples log (whole log records: a round may
+    take up to one record's worth more)."""
     lr: float = Field(3e-3, gt=0, le=1)
     """PPO's Adam learning rate."""
     num_epochs: int = Field(8, ge=1, le=100)

@@ -1,7 +1,7 @@
 """The one I/O boundary to Kafka: the event sinks (produce) and :class:`KafkaEventSource` (consume).
 
-Everything above these classes (ingest, join, serving) sees plain records and never imports a
-Kafka client, so it is testable without a broker. Two sinks keep one promise (:class:`EventSink`):
+Everything above these classes (ingest, join, serving, the trainer's :class:`KafkaLogReader`)
+sees plain records and never imports a Kafka client, so it is testable without a broker. Two sinks keep one promise (:class:`EventSink`):
 :class:`RdKafkaEventSink` on librdkafka (serving's default, ``kafka.producer_client``) and
 :class:`KafkaEventSink` on kafka-python. The source consumes with librdkafka (confluent-kafka),
 whose C fetch/parse path keeps up with the ingest loop. Clients are imported lazily.
@@ -37,6 +37,7 @@ __all__ = [
     "RdKafkaEventSink",
     "make_event_sink",
     "KafkaEventSource",
+    "KafkaLogReader",
     "reset_group_offsets",
     "group_lag",
     "librdkafka_security",
@@ -495,6 +496,84 @@ class KafkaEventSource:
         """Per ``topic/partition``: the high watermark from the last fetch minus our position."""
         hws = self._high_watermarks(self._consumer.assignment())
         return {f"{t}/{p}": max(0, hi - self._next.get((t, p), hi)) for (t, p), hi in hws.items()}
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+class KafkaLogReader:
+    """Reads one topic from positions it is given: every partition assigned to this one reader (no
+    group rebalancing), positions committed under ``group_id`` only when asked (lag figures)."""
+
+    def __init__(self, bootstrap: str, topic: str, group_id: str, *, client_id: str = "streamrec-reader",
+                 max_fetch_bytes: int = 16 * 1024 * 1024, security=None):
+        from confluent_kafka import Consumer
+
+        self.topic = topic
+        self._consumer = Consumer({
+            "bootstrap.servers": bootstrap, "group.id": group_id, "client.id": client_id,
+            "enable.auto.commit": False, "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
+            "enable.partition.eof": False, "fetch.wait.max.ms": 100, "max.partition.fetch.bytes": max_fetch_bytes,
+            "logger": log, **librdkafka_security(security),
+        })
+
+    def assign(self, start: dict[int, int] | None) -> dict[int, int] | None:
+        """Read every partition from ``start`` (partition -> offset); partitions it does not name start
+        at the group's committed offset, else at the beginning. The offsets used, or None while the
+        topic does not exist."""
+        from confluent_kafka import TopicPartition
+
+        try:
+            meta = self._consumer.list_topics(self.topic, timeout=5).topics.get(self.topic)
+        except Exception as e:
+            log.warning("kafka reader %s: metadata unavailable: %s", self.topic, e)
+            return None
+        if meta is None or meta.error is not None or not meta.partitions:
+            return None
+        parts = sorted(meta.partitions)
+        out = {p: o for p, o in (start or {}).items() if p in meta.partitions}
+        missing = [TopicPartition(self.topic, p) for p in parts if p not in out]
+        if missing:
+            out.update({tp.partition: tp.offset for tp in self._consumer.committed(missing, timeout=10) if tp.offset >= 0})
+        for p in parts:
+            if p not in out:
+                out[p] = self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=5)[0]
+        self._consumer.assign([TopicPartition(self.topic, p, out[p]) for p in parts])
+        return out
+
+    def unassign(self) -> None:
+        self._consumer.unassign()
+
+    def read(self, max_records: int = 500, timeout_s: float = 0.2) -> list[tuple[int, int, bytes]]:
+        """(partition, offset, value) of the next records; [] when none came within ``timeout_s``."""
+        out = []
+        for m in self._consumer.consume(max_records, timeout_s):
+            err = m.error()
+            if err is not None:
+                if err.fatal():
+                    raise RuntimeError(f"kafka reader {self.topic}: {err.str()}")
+                log.warning("kafka reader %s: %s", self.topic, err.str())
+                continue
+            out.append((m.partition(), m.offset(), m.value() or b""))
+        return out
+
+    def commit(self, position: dict[int, int]) -> None:
+        from confluent_kafka import TopicPartition
+
+        if position:
+            self._consumer.commit(offsets=[TopicPartition(self.topic, p, o) for p, o in position.items()],
+                                  asynchronous=False)
+
+    def high_watermarks(self, parts: Iterable[int]) -> dict[int, int]:
+        from confluent_kafka import TopicPartition
+
+        out = {}
+        for p in parts:
+            try:
+                out[p] = self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=5)[1]
+            except Exception:
+                continue
+        return out
 
     def close(self) -> None:
         self._consumer.close()

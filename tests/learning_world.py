@@ -35,12 +35,13 @@ def trainer_settings(tmp_path, algorithm="ppo", **trainer):
     tag = uuid.uuid4().hex[:6]
     return settings_from_args({
         "kafka": {"partitions": 2, "topics": {"impressions": f"lt.imp.{tag}", "feedback": f"lt.fb.{tag}",
-                                              "dlq": f"lt.dlq.{tag}"}},
+                                              "dlq": f"lt.dlq.{tag}", "samples": f"lt.samples.{tag}"}},
         "ingest": {"group_id": f"lt-{tag}", "reward_window_s": 1.0},
         "embedding": {"output_dir": str(tmp_path / f"emb-{tag}")},
         "policy": {"algorithm": algorithm, "slate_size": 3, "num_candidates": 20, "feature_dim": 6,
                    "diversity_lambda": 0.1, "diversity_penalty": 1.0},
         "trainer": {"train_every_s": 0.5, "min_samples": 200, "min_holdout": 1, "store_dir": str(tmp_path / f"store-{tag}"),
+                    "group_id": f"lt-trainer-{tag}",
                     "checkpoint_dir": str(tmp_path / f"ckpt-{tag}"), "gate_tolerance": 10.0, **trainer},
     }, env={})
 

@@ -1,13 +1,14 @@
-"""Training job: run (or attach to) the Trainer on a cluster that already streams samples.
+"""Training job: run (or attach to) the Trainer, reading the samples topic the stream job writes.
 
     ray job submit --working-dir . -- python -m cluster.jobs.train --config ray_config.yaml [--duration-s 600]
     python -m cluster.jobs.train --rollback            # serve the previous good version again
 
-It joins the cluster (``RAY_ADDRESS``), finds the ingest's SampleBuffer by name
-(:mod:`actors.registry`), and starts the PolicyStore (created if missing) and the named Trainer
-through :func:`cluster.loop.start_learning` — or attaches to the ones ``streamrec up`` started. The Trainer resumes
-a published lineage from the store and its checkpoint directory, so resubmitting the job after a
-crash continues where the last published version left off. Progress is a live table.
+It joins the cluster (``RAY_ADDRESS``) and starts the PolicyStore (created if missing) and the
+named Trainer through :func:`cluster.loop.start_learning` — or attaches to the ones ``streamrec up``
+started. The Trainer resumes from its checkpoint (``trainer.checkpoint_dir``: the weights it
+trained and its position in the samples topic), so resubmitting the job after a crash trains every
+sample once. It may start before the stream job: it reads the topic once it exists. Progress is a
+live table.
 """
 
 from __future__ import annotations
@@ -36,16 +37,16 @@ def main(argv: list[str] | None = None) -> int:
     settings = job_settings(args.config)
     if settings is None:
         return 2
+    if not settings.kafka.bootstrap_servers:
+        print("kafka.bootstrap_servers (or STREAMREC_KAFKA_BOOTSTRAP) is required on a cluster", file=sys.stderr)
+        return 2
     ray.init(address=settings.ray.address or "auto", namespace=registry.NAMESPACE, log_to_driver=False)
     found = wait_for(f"embeddings at {settings.embedding.output_dir} (the embedding job writes them)",
                      live_vectors(settings.embedding.output_dir), args.wait_s)
-    buffer = None if found is None else wait_for(
-        f"the SampleBuffer {registry.SAMPLES!r} (python -m cluster.jobs.stream, or streamrec up, starts it)",
-        lambda: registry.lookup(registry.SAMPLES), args.wait_s)
-    if buffer is None:
+    if found is None:
         return 1
     ids, vectors = found
-    trainer = start_learning(settings, buffer, ids, vectors, detached=True).trainer
+    trainer = start_learning(settings, settings.kafka.bootstrap_servers, ids, vectors, detached=True).trainer
     if args.rollback:
         print(json.dumps(ray.get(trainer.rollback.remote(None, args.reason))))
         return 0

@@ -69,7 +69,7 @@ def _scenario(tmp: Path, gcs_port: int, http_port: int, spawned: list) -> int:
     from ray import serve
 
     from actors import registry
-    from cluster.broker import ensure_topics, start_embedded_broker, stop_broker
+    from cluster.broker import ensure_topics, loop_topics, start_embedded_broker, stop_broker
     from cluster.loop import serving_app, start_learning, start_stream
     from streamrec.config import settings_from_args
     from streamrec.vectors import write_vectors
@@ -89,11 +89,10 @@ def _scenario(tmp: Path, gcs_port: int, http_port: int, spawned: list) -> int:
                 "trainer": {"train_every_s": 1.0, "min_samples": 50, "min_holdout": 1,
                             "store_dir": str(tmp / "store"), "checkpoint_dir": str(tmp / "ckpt")}}
         s = settings_from_args(args, env={})
-        t = s.kafka.topics
-        ensure_topics(broker.bootstrap, {t.impressions: 2, t.feedback: 2, t.dlq: 1})
+        ensure_topics(broker.bootstrap, loop_topics(s.kafka))
         ray.init(address=f"127.0.0.1:{gcs_port}", namespace=registry.NAMESPACE, log_to_driver=False)
         stream = start_stream(s, broker.bootstrap, ids.tolist(), vecs, detached=True)
-        start_learning(s, stream.samples, ids.tolist(), vecs, detached=True)
+        start_learning(s, broker.bootstrap, ids.tolist(), vecs, detached=True)
         serve.start(http_options={"host": "127.0.0.1", "port": http_port})
         serve.run(serving_app(args, [{"name": "Ranker", "num_replicas": 1}, {"name": "ContextEncoder", "num_replicas": 1}]),
                   name="streamrec", route_prefix="/")
@@ -135,9 +134,9 @@ def _scenario(tmp: Path, gcs_port: int, http_port: int, spawned: list) -> int:
         answered: dict[str, bool] = {}
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not all(answered.get(n) for n in (registry.STORE, registry.PROFILES,
-                                                                                  registry.SAMPLES, registry.TRAINER)):
+                                                                                  registry.TRAINER)):
             for name, method in ((registry.STORE, "latest"), (registry.PROFILES, "metrics"),
-                                 (registry.SAMPLES, "metrics"), (registry.TRAINER, "metrics")):
+                                 (registry.TRAINER, "metrics")):
                 try:
                     ray.get(getattr(registry.lookup(name), method).remote(), timeout=10)
                     answered[name] = True

@@ -117,16 +117,14 @@ def _scenario(tmp: Path, cluster, bootstrap: str) -> dict:
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     from actors import registry
-    from cluster.broker import ensure_topics
-    from cluster.broker import free_port
+    from cluster.broker import ensure_topics, free_port, loop_topics
     from cluster.local_cluster import wait_until
     from cluster.loop import serving_app
     from streamrec.config import settings_from_args
 
     cfg, app = _config(tmp, bootstrap)
     s = settings_from_args(app["args"], env={})
-    t = s.kafka.topics
-    ensure_topics(bootstrap, {t.impressions: 2, t.feedback: 2, t.dlq: 1})
+    ensure_topics(bootstrap, loop_topics(s.kafka))
     out: dict = {"seconds": {}}
     t0 = time.monotonic()
     ray.init(address=cluster.address, namespace=registry.NAMESPACE, log_to_driver=False)
@@ -199,7 +197,7 @@ def _scenario(tmp: Path, cluster, bootstrap: str) -> dict:
     out["published_version"] = (ray.get(store.latest.remote()) or {}).get("version")
     head = next(n["NodeID"] for n in ray.nodes() if n["Resources"].get("node:__internal_head__"))
     placed = {}
-    for name in (registry.TRAINER, registry.SAMPLES, registry.PROFILES, f"{registry.INGEST_PREFIX}-0"):
+    for name in (registry.TRAINER, registry.PROFILES, f"{registry.INGEST_PREFIX}-0"):
         actor = registry.lookup(name)
         placed[name] = None if actor is None else ray.util.state.get_actor(actor._actor_id.hex()).node_id != head
     out["on_worker_nodes"] = placed
@@ -209,7 +207,7 @@ def _scenario(tmp: Path, cluster, bootstrap: str) -> dict:
     for job in (stream, train):
         jobs.stop_job(job)
     serve.shutdown()
-    for name in (registry.TRAINER, registry.SAMPLES, registry.PROFILES, registry.STORE):
+    for name in (registry.TRAINER, registry.PROFILES, registry.STORE):
         actor = registry.lookup(name)
         if actor is not None:
             ray.kill(actor)

@@ -1,30 +1,30 @@
-"""Helpers for stream tests: topics, producing impressions/feedback, draining the sample buffer."""
+"""Helpers for stream tests: topics, producing impressions/feedback, reading the samples log."""
 
 from __future__ import annotations
 
 import time
 import uuid
 
-import ray
 from kafka import KafkaProducer
 
-from cluster.broker import ensure_topics
+from actors.sample_log import SampleLog
+from cluster.broker import ensure_topics, loop_topics
 from streamrec.config import settings_from_args
-from streamrec.events import Feedback, Impression, encode
+from streamrec.events import Feedback, Impression, encode, encode_samples
 
 
 def stream_settings(window_s: float = 2.0, partitions: int = 3):
     tag = uuid.uuid4().hex[:8]
     return settings_from_args({
         "kafka": {"partitions": partitions,
-                  "topics": {"impressions": f"imp.{tag}", "feedback": f"fb.{tag}", "dlq": f"dlq.{tag}"}},
+                  "topics": {"impressions": f"imp.{tag}", "feedback": f"fb.{tag}", "dlq": f"dlq.{tag}",
+                             "samples": f"samples.{tag}"}},
         "ingest": {"group_id": f"ingest-{tag}", "reward_window_s": window_s},
     }, env={})
 
 
 def create_topics(bootstrap: str, s) -> None:
-    t = s.kafka.topics
-    ensure_topics(bootstrap, {t.impressions: s.kafka.partitions, t.feedback: s.kafka.partitions, t.dlq: 1})
+    ensure_topics(bootstrap, loop_topics(s.kafka))
 
 
 def make_events(n: int, click_every: int = 3, users: int = 50, prefix: str = "e"):
@@ -52,11 +52,24 @@ def produce(bootstrap: str, topic: str, events, raw: bool = False) -> None:
     p.close()
 
 
-def drain(buffer, want: int, timeout_s: float = 120.0, group=None) -> list:
+def write_samples(bootstrap: str, topic: str, samples: list, per_record: int = 500) -> None:
+    """Samples into the samples log as ingest writes them (msgpack records; ids as plain str, as decoded)."""
+    samples = [x._replace(items=tuple(map(str, x.items))) for x in samples]
+    chunks = [samples[i:i + per_record] for i in range(0, len(samples), per_record)]
+    produce(bootstrap, topic, [(None, encode_samples(c)) for c in chunks], raw=True)
+
+
+def samples_reader(bootstrap: str, s) -> SampleLog:
+    """A reader of the samples log, as the trainer opens it (deduplicating by event_id)."""
+    return SampleLog.open(bootstrap, s)
+
+
+def drain(reader: SampleLog, want: int, timeout_s: float = 120.0) -> list:
+    """Samples taken from the log until ``want`` came or ``timeout_s`` passed."""
     got = []
     deadline = time.monotonic() + timeout_s
     while len(got) < want and time.monotonic() < deadline:
-        got.extend(ray.get(buffer.take.remote(50_000)))
+        got.extend(reader.take(50_000))
         if len(got) < want:
             time.sleep(0.5)
     return got

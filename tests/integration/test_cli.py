@@ -145,7 +145,7 @@ def test_up_simulate_status_down_leaves_no_process(tmp_path):
         assert info["running"] and info["pid"] == up.pid
         assert info["kafka"]["embedded"] and info["kafka"]["reachable"]
         assert info["kafka"]["topics"] == {"streamrec.impressions": True, "streamrec.feedback": True,
-                                           "streamrec.dlq": True}
+                                           "streamrec.dlq": True, "streamrec.samples": True}
         assert info["ray"]["started_here"] and info["ray"]["dashboard_url"].startswith("http://127.0.0.1:")
         _assert_token_auth(info["ray"], run_dir)
         assert info["ray"]["gcs_address"].startswith("127.0.0.1:")  # the head advertises loopback
@@ -172,6 +172,7 @@ def test_up_simulate_status_down_leaves_no_process(tmp_path):
         assert info["policy"]["version"] == snap["trainer"]["serving_version"]  # one serving version
         assert snap["simulator"]["impressions"] > 0 and snap["simulator"]["errors"] == {}, snap["simulator"]
         assert snap["serve"]["streamrec"]["status"] == "RUNNING"
+        assert snap["samples"]["taken"] > 0 and snap["samples"]["position"]  # the trainer's place in the log
         table = _cli("status", env=env)
         assert table.returncode == 0 and "streamrec.impressions" in table.stdout and "ingest" in table.stdout
         assert "policy" in table.stdout and "simulated users" in table.stdout

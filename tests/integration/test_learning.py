@@ -11,8 +11,6 @@ import ray
 import torch
 
 from actors.remote import Blocking
-from actors.sample_buffer import SampleBuffer
-from cluster.broker import ensure_topics
 from cluster.loop import start_learning, start_stream
 from rl.learners.ppo import PPOHyper, SlateLearner
 from rl.logged_batch import LoggedBatch
@@ -23,10 +21,10 @@ from serve.ranking import Ranking
 from streamrec.eventbus import KafkaEventSink
 from streamrec.events import Feedback, Impression, encode
 from streamrec.index import ItemIndex
+from tests.integration.stream_helpers import create_topics, write_samples
 from tests.learning_world import served_samples, trainer_settings, world
 
 pytestmark = pytest.mark.integration
-
 
 def test_module_scores_and_slate_logp_match_the_serving_model():
     spec = PolicySpec("ppo", m=4, num_candidates=10, slate_size=3, num_rows=21, penalty=1.5, temperature=0.7)
@@ -49,7 +47,6 @@ def test_module_scores_and_slate_logp_match_the_serving_model():
             assert lp == pytest.approx(plackett_luce_logp(policy.scores(ob), s, 0.7, ob.similarity(), 1.5), abs=1e-4)
     finally:
         learner.shutdown()
-
 
 def test_ppo_learns_from_logged_slates_only():
     """No environment: the behaviour policy's logged slates and log-probabilities are all PPO sees."""
@@ -77,7 +74,6 @@ def test_ppo_learns_from_logged_slates_only():
         assert batch.rewards.mean() > first.rewards.mean() + 0.15
     finally:
         learner.shutdown()
-
 
 def test_a_trained_policy_ranks_the_same_user_differently_by_context():
     """Clicks depend on the device: on mobile users take the candidate strongest on feature 0, on
@@ -127,7 +123,6 @@ def test_a_trained_policy_ranks_the_same_user_differently_by_context():
     finally:
         learner.shutdown()
 
-
 class _Payload:
     """Unpickling this creates a file: the proof that a restore unpickled what it read."""
 
@@ -136,7 +131,6 @@ class _Payload:
 
     def __reduce__(self):
         return open, (self.marker, "w")
-
 
 def test_a_learner_checkpoint_round_trips_and_a_tampered_one_is_refused_unrun(tmp_path):
     import hashlib
@@ -173,12 +167,11 @@ def test_a_learner_checkpoint_round_trips_and_a_tampered_one_is_refused_unrun(tm
         saved.shutdown()
         fresh.shutdown()
 
-
-def test_trainer_publishes_resumes_after_a_crash_and_rolls_back(ray_session, tmp_path):
+def test_trainer_publishes_resumes_after_a_crash_and_rolls_back(broker, ray_session, tmp_path):
     ids, vecs, user_vecs, sim = world()
     s = trainer_settings(tmp_path)
-    buffer = SampleBuffer.remote(capacity=100_000)
-    learning = start_learning(s, buffer, ids, vecs, named=False)
+    create_topics(broker.bootstrap, s)
+    learning = start_learning(s, broker.bootstrap, ids, vecs, named=False)
     store, trainer = learning.store, learning.trainer
     try:
         m = ray.get(trainer.metrics.remote())
@@ -187,7 +180,7 @@ def test_trainer_publishes_resumes_after_a_crash_and_rolls_back(ray_session, tmp
         assert follower.poll() and follower.version == 1
         core = Ranking(follower.current.featurizer, ItemIndex.build(ids, vecs), follower.current.policy, 1, 20)
         rng = np.random.default_rng(0)
-        ray.get(buffer.put.remote(served_samples(core, sim, user_vecs, 600, rng)))
+        write_samples(broker.bootstrap, s.kafka.topics.samples, served_samples(core, sim, user_vecs, 600, rng))
         deadline = time.monotonic() + 120
         while ray.get(trainer.metrics.remote())["published"] < 1 and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -209,7 +202,7 @@ def test_trainer_publishes_resumes_after_a_crash_and_rolls_back(ray_session, tmp
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
                 time.sleep(1)
         assert m["serving_version"] == before  # no new "initial" version after the restart
-        ray.get(buffer.put.remote(served_samples(core, sim, user_vecs, 300, rng)))
+        write_samples(broker.bootstrap, s.kafka.topics.samples, served_samples(core, sim, user_vecs, 300, rng))
         deadline = time.monotonic() + 120
         while ray.get(store.latest.remote())["version"] == before and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -221,19 +214,18 @@ def test_trainer_publishes_resumes_after_a_crash_and_rolls_back(ray_session, tmp
         assert rolled["sha256"] == ray.get(store.manifest.remote(before))["sha256"]
     finally:
         ray.get(trainer.stop.remote())
-        for a in (trainer, store, buffer):
+        for a in (trainer, store):
             ray.kill(a)
-
 
 def test_closed_loop_on_kafka_trains_and_serves_new_versions(broker, ray_session, tmp_path):
     """simulated clients -> impressions/feedback on Kafka -> ingest -> trainer -> store -> clients."""
     ids, vecs, user_vecs, sim = world(seed=1)
     s = trainer_settings(tmp_path, algorithm="linucb")
     t = s.kafka.topics
-    ensure_topics(broker.bootstrap, {t.impressions: 2, t.feedback: 2, t.dlq: 1})
+    create_topics(broker.bootstrap, s)
     stream = start_stream(s, broker.bootstrap, ids, vecs, named=False, parallelism=1)
-    buffer, profiles, group = stream.samples, stream.profiles, stream.ingest
-    learning = start_learning(s, buffer, ids, vecs, named=False)
+    profiles, group = stream.profiles, stream.ingest
+    learning = start_learning(s, broker.bootstrap, ids, vecs, named=False)
     store, trainer = learning.store, learning.trainer
     sink = KafkaEventSink(broker.bootstrap)
     try:
@@ -271,5 +263,84 @@ def test_closed_loop_on_kafka_trains_and_serves_new_versions(broker, ray_session
         sink.close()
         group.stop()
         ray.get(trainer.stop.remote())
-        for a in (trainer, store, buffer, profiles):
+        for a in (trainer, store, profiles):
+            ray.kill(a)
+
+
+def _wait_actor(actor, timeout_s: float = 120.0) -> dict:
+    """The metrics of an actor that Ray is restarting, once it answers."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return ray.get(actor.metrics.remote(), timeout=30)
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
+            assert time.monotonic() < deadline, "the actor did not come back"
+            time.sleep(1)
+
+
+def test_killing_an_ingest_actor_and_the_trainer_mid_stream_trains_every_joined_sample_once(
+        broker, ray_session, tmp_path):
+    """Impressions and clicks flow through two ingest actors into the samples log and the trainer.
+    One ingest actor is killed while a wave is produced, then the trainer while the next one is:
+    the trainer's lineage has taken every joined sample exactly once (its count and id digest,
+    carried over its restart by the checkpoint, equal the impressions': a count restarted from
+    zero, a sample lost or one taken twice would not), and it trained on."""
+    from rl.trainer_loop import ids_digest
+
+    ids, vecs, user_vecs, sim = world(seed=2)
+    s = trainer_settings(tmp_path, algorithm="linucb", min_samples=50, max_batch=400)
+    t = s.kafka.topics
+    create_topics(broker.bootstrap, s)
+    stream = start_stream(s, broker.bootstrap, ids, vecs, named=False, parallelism=2)
+    learning = start_learning(s, broker.bootstrap, ids, vecs, named=False)
+    store, trainer, group = learning.store, learning.trainer, stream.ingest
+    follower = PolicyFollower(Blocking(store), ids, vecs)
+    follower.poll()
+    core = Ranking(follower.current.featurizer, ItemIndex.build(ids, vecs), follower.current.policy, 1, 20)
+    rng = np.random.default_rng(0)
+    sink = KafkaEventSink(broker.bootstrap, buffer_events=100_000)
+    produced: list[str] = []
+
+    def wave(n: int) -> None:
+        for x in served_samples(core, sim, user_vecs, n, rng):
+            now = time.time()
+            sink.send(t.impressions, x.user_id, encode(Impression(x.event_id, now, x.user_id, tuple(map(str, x.items)),
+                                                                  x.propensities, x.policy_version, x.context,
+                                                                  x.features)))
+            for item, r in zip(x.items, x.rewards):
+                if r > 0:
+                    sink.send(t.feedback, x.user_id, encode(Feedback(x.event_id, now, x.user_id, str(item))))
+            produced.append(x.event_id)
+        assert sink.flush(30)
+
+    def consumed() -> int:
+        return ray.get(trainer.metrics.remote(), timeout=30)["consumed"]
+
+    try:
+        wave(1_500)
+        deadline = time.monotonic() + 120
+        while consumed() == 0:
+            assert time.monotonic() < deadline, "the trainer took nothing"
+            time.sleep(0.5)
+        ray.kill(group.actors[0], no_restart=False)  # ingest crash mid-stream: it replays from its last commit
+        wave(1_500)
+        _wait_actor(group.actors[0])
+        assert 0 < consumed() < len(produced)
+        ray.kill(trainer, no_restart=False)  # trainer crash mid-stream: it resumes from its checkpoint
+        wave(1_500)
+        _wait_actor(trainer)
+        deadline = time.monotonic() + 180
+        while (m := ray.get(trainer.metrics.remote(), timeout=30))["consumed"] < len(produced):
+            assert time.monotonic() < deadline, (m["consumed"], len(produced), m["error"])
+            time.sleep(1)
+        time.sleep(3)  # anything taken twice would show up now
+        m = ray.get(trainer.metrics.remote(), timeout=30)
+        assert m["consumed"] == len(produced) == 4_500 and m["digest"] == ids_digest(produced)
+        assert m["error"] is None and m["skipped"] == 0 and m["rounds"] > 0
+        assert m["published"] >= 1 or ray.get(store.latest.remote())["version"] >= 2  # and it trained on
+    finally:
+        sink.close()
+        group.stop()
+        ray.get(trainer.stop.remote())
+        for a in (trainer, store, stream.profiles):
             ray.kill(a)

@@ -15,7 +15,7 @@ import pytest
 import ray
 import yaml
 
-from cluster.broker import ensure_topics, free_port
+from cluster.broker import ensure_topics, free_port, loop_topics
 from cluster.stack import wait_http
 from rl.weights import pack, unpack
 from streamrec.config import settings_from_args
@@ -55,35 +55,36 @@ def stack(broker, ray_session, tmp_path_factory):
     tag = uuid.uuid4().hex[:6]
     args = {
         "kafka": {"bootstrap_servers": broker.bootstrap, "partitions": 2,
-                  "topics": {"impressions": f"s.imp.{tag}", "feedback": f"s.fb.{tag}", "dlq": f"s.dlq.{tag}"}},
+                  "topics": {"impressions": f"s.imp.{tag}", "feedback": f"s.fb.{tag}", "dlq": f"s.dlq.{tag}",
+                             "samples": f"s.samples.{tag}"}},
         "ingest": {"group_id": f"s-{tag}", "reward_window_s": 1.0, "parallelism": 1},
         "profile": {"snapshot_dir": str(tmp / "profiles")},
         "embedding": {"output_dir": str(emb)},
         "catalog": {"num_items": 300, "num_users": 60},
         "policy": {"algorithm": "ppo", "slate_size": 5, "num_candidates": 40},
         "trainer": {"train_every_s": 1.0, "min_samples": 100, "min_holdout": 1, "store_dir": str(tmp / "store"),
+                    "group_id": f"s-trainer-{tag}",
                     "checkpoint_dir": str(tmp / "ckpt"), "gate_tolerance": 10.0, "keep_versions": 50},
         "auth": {"api_keys": [KEY]},
     }
     s = settings_from_args(args, env={})
-    t = s.kafka.topics
-    ensure_topics(broker.bootstrap, {t.impressions: 2, t.feedback: 2, t.dlq: 1})
+    ensure_topics(broker.bootstrap, loop_topics(s.kafka))
     item_ids = items.column("item_id").to_pylist()
     stream = start_stream(s, broker.bootstrap, item_ids, item_vecs)  # named: the Ranker replicas find them
-    buffer, profiles, group = stream.samples, stream.profiles, stream.ingest
-    learning = start_learning(s, buffer, item_ids, item_vecs)
+    profiles, group = stream.profiles, stream.ingest
+    learning = start_learning(s, broker.bootstrap, item_ids, item_vecs)
     store, trainer = learning.store, learning.trainer
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(serving_app(args, _deployments(2)), name="streamrec", route_prefix="/")
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/healthz", timeout_s=120)
-    yield {"url": url, "store": store, "trainer": trainer, "buffer": buffer, "settings": s, "args": args,
+    yield {"url": url, "store": store, "trainer": trainer, "settings": s, "args": args,
            "headers": {"Authorization": f"Bearer {KEY}"}, "users": users}
     serve.shutdown()
     group.stop()
     ray.get(trainer.stop.remote())
-    for a in (trainer, store, buffer, profiles):
+    for a in (trainer, store, profiles):
         ray.kill(a)
 
 

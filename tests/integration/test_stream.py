@@ -11,29 +11,28 @@ from kafka import KafkaConsumer
 
 from actors.ingest import IngestGroup
 from actors.profile_store import ProfileStore
-from actors.sample_buffer import SampleBuffer
 from serve.profile_mirror import ProfileMirror
 from streamrec.events import encode
-from tests.integration.stream_helpers import create_topics, drain, make_events, produce, stream_settings
+from tests.integration.stream_helpers import (create_topics, drain, make_events, produce, samples_reader,
+                                              stream_settings)
 
 pytestmark = pytest.mark.integration
 
 
-def _stream(broker, window_s: float, partitions: int = 3, capacity: int = 100_000):
-    """Fresh topics, a SampleBuffer and an (empty) ingest group on them."""
+def _stream(broker, window_s: float, partitions: int = 3):
+    """Fresh topics, a reader of the samples log (as the trainer's) and an (empty) ingest group on them."""
     s = stream_settings(window_s=window_s, partitions=partitions)
     create_topics(broker.bootstrap, s)
-    buffer = SampleBuffer.remote(capacity=capacity)
-    return s, buffer, _group(broker, s, buffer)
+    return s, samples_reader(broker.bootstrap, s), _group(broker, s)
 
 
-def _group(broker, s, buffer, profile_store=None):
+def _group(broker, s, profile_store=None):
     return IngestGroup(bootstrap=broker.bootstrap, kafka_settings=s.kafka, ingest_settings=s.ingest,
-                       buffer=buffer, profile_store=profile_store, name_prefix=f"ing-{s.ingest.group_id}")
+                       profile_store=profile_store, name_prefix=f"ing-{s.ingest.group_id}")
 
 
 def test_10k_events_with_a_killed_ingest_actor_give_each_sample_exactly_once(broker, ray_session):
-    s, buffer, group = _stream(broker, window_s=2.0, capacity=100_000)
+    s, reader, group = _stream(broker, window_s=2.0)
     group.scale(2)
     try:
         imps, fbs = make_events(10_000)
@@ -43,22 +42,21 @@ def test_10k_events_with_a_killed_ingest_actor_give_each_sample_exactly_once(bro
         ray.kill(group.actors[0], no_restart=False)  # crash mid-stream; Ray restarts it
         produce(broker.bootstrap, s.kafka.topics.impressions, imps[5_000:])
         produce(broker.bootstrap, s.kafka.topics.feedback, [f for f in fbs if int(f.event_id[1:]) >= 5_000])
-        got = drain(buffer, 10_000, timeout_s=180)
+        got = drain(reader, 10_000, timeout_s=180)
         time.sleep(3)  # anything extra would show up now
-        got += ray.get(buffer.take.remote())
+        got += reader.take(50_000)
         ids = [x.event_id for x in got]
         assert len(ids) == 10_000 and set(ids) == {i.event_id for i in imps}  # none lost, none twice
         clicked = {f.event_id for f in fbs}
         for x in got:
             assert x.rewards == ((0.0, 1.0, 0.0, 0.0, 0.0) if x.event_id in clicked else (0.0,) * 5)
-        m = ray.get(buffer.metrics.remote())
-        assert m["accepted"] == 10_000
+        assert reader.metrics()["taken"] == 10_000
     finally:
         group.stop()
 
 
 def test_poison_events_go_to_the_dlq_with_their_reason_and_the_stream_goes_on(broker, ray_session):
-    s, buffer, group = _stream(broker, window_s=1.0)
+    s, reader, group = _stream(broker, window_s=1.0)
     group.scale(1)
     imps, _ = make_events(20)
     base = json.loads(encode(imps[0]))
@@ -78,7 +76,7 @@ def test_poison_events_go_to_the_dlq_with_their_reason_and_the_stream_goes_on(br
                 records.append((b"u-bad", list(poison.values())[i]))
         produce(broker.bootstrap, s.kafka.topics.impressions, records, raw=True)
         produce(broker.bootstrap, s.kafka.topics.feedback, [(b"u1", fb_poison)], raw=True)
-        got = drain(buffer, 20, timeout_s=60)
+        got = drain(reader, 20, timeout_s=60)
         assert sorted(x.event_id for x in got) == sorted(i.event_id for i in imps)
         c = KafkaConsumer(s.kafka.topics.dlq, bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest",
                           consumer_timeout_ms=5_000, max_partition_fetch_bytes=4_000_000, fetch_max_bytes=8_000_000)
@@ -100,7 +98,7 @@ def test_poison_events_go_to_the_dlq_with_their_reason_and_the_stream_goes_on(br
 
 
 def test_scaling_ingest_1_3_1_mid_stream_loses_nothing(broker, ray_session):
-    s, buffer, group = _stream(broker, window_s=1.0)
+    s, reader, group = _stream(broker, window_s=1.0)
     imps, fbs = make_events(3_000, prefix="s")
     try:
         group.scale(1)
@@ -111,9 +109,9 @@ def test_scaling_ingest_1_3_1_mid_stream_loses_nothing(broker, ray_session):
         time.sleep(2)
         group.scale(1)
         produce(broker.bootstrap, s.kafka.topics.impressions, imps[2_000:])
-        got = drain(buffer, 3_000, timeout_s=180)
+        got = drain(reader, 3_000, timeout_s=180)
         time.sleep(2)
-        got += ray.get(buffer.take.remote())
+        got += reader.take(50_000)
         ids = [x.event_id for x in got]
         assert len(ids) == 3_000 and set(ids) == {i.event_id for i in imps}
     finally:
@@ -121,32 +119,32 @@ def test_scaling_ingest_1_3_1_mid_stream_loses_nothing(broker, ray_session):
 
 
 def test_feedback_after_the_window_is_counted_not_trained(broker, ray_session):
-    s, buffer, group = _stream(broker, window_s=1.0)
+    s, reader, group = _stream(broker, window_s=1.0)
     group.scale(1)
     imps, fbs = make_events(10, click_every=1, prefix="late")
     try:
         produce(broker.bootstrap, s.kafka.topics.impressions, imps)
-        got = drain(buffer, 10, timeout_s=60)
+        got = drain(reader, 10, timeout_s=60)
         assert all(x.rewards == (0.0,) * 5 for x in got)
         produce(broker.bootstrap, s.kafka.topics.feedback, fbs)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and sum(m["late"] for m in group.metrics()) < 10:
             time.sleep(0.5)
         assert sum(m["late"] for m in group.metrics()) == 10
-        assert ray.get(buffer.take.remote()) == []
+        assert reader.take(50_000) == []
     finally:
         group.stop()
 
 
 def test_events_written_by_an_independent_client_are_consumed(broker, ray_session, independent_client):
-    s, buffer, group = _stream(broker, window_s=1.0, partitions=1)
+    s, reader, group = _stream(broker, window_s=1.0, partitions=1)
     group.scale(1)
     imps, fbs = make_events(5, click_every=1, prefix="k")
     try:
         from msgspec.structs import asdict
         independent_client.write(s.kafka.topics.impressions, [(i.user_id, asdict(i)) for i in imps])
         independent_client.write(s.kafka.topics.feedback, [(f.user_id, asdict(f)) for f in fbs])
-        got = drain(buffer, 5, timeout_s=60)
+        got = drain(reader, 5, timeout_s=60)
         assert sorted(x.event_id for x in got) == sorted(i.event_id for i in imps)
         assert all(x.rewards[1] == 1.0 for x in got)
     finally:
@@ -158,18 +156,18 @@ def test_profile_store_is_fed_live_and_survives_restart(broker, ray_session, tmp
 
     s = stream_settings(window_s=1.0)
     create_topics(broker.bootstrap, s)
-    buffer = SampleBuffer.remote()
+    reader = samples_reader(broker.bootstrap, s)
     store = ProfileStore.remote(history_length=3, snapshot_dir=str(tmp_path), snapshot_every_s=3600)
     ids = [f"i{k}" for k in range(97)]
     vecs = np.eye(97, dtype=np.float32)
     ray.get(store.set_item_vectors.remote(ids, vecs))
-    group = _group(broker, s, buffer, profile_store=store)
+    group = _group(broker, s, profile_store=store)
     group.scale(1)
     imps, fbs = make_events(30, click_every=1, users=2, prefix="p")
     try:
         produce(broker.bootstrap, s.kafka.topics.impressions, imps)
         produce(broker.bootstrap, s.kafka.topics.feedback, fbs)
-        drain(buffer, 30, timeout_s=60)
+        drain(reader, 30, timeout_s=60)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and ray.get(store.metrics.remote())["events"] < 30:
             time.sleep(0.3)
@@ -201,23 +199,30 @@ def test_profile_store_is_fed_live_and_survives_restart(broker, ray_session, tmp
         group.stop()
 
 
-def test_a_full_buffer_pauses_ingest_without_losing_anything(broker, ray_session):
-    s, buffer, group = _stream(broker, window_s=0.5, capacity=100)
+def test_the_samples_log_keeps_what_no_trainer_has_read_and_a_reader_resumes_at_its_position(broker, ray_session):
+    """Ingest never waits for the trainer: it commits with no reader running. A reader then reads
+    every sample once, and another opened at the first one's position reads only what came after."""
+    s = stream_settings(window_s=0.5)
+    create_topics(broker.bootstrap, s)
+    group = _group(broker, s)
     group.scale(1)
-    imps, _ = make_events(1_500, prefix="bp")
-    t0 = time.time() + 6  # after the group has formed (~5 s)
-    for k, imp in enumerate(imps):  # windows close over ~3 s, in many small batches
-        imp.ts = t0 + k * 0.002
+    imps, _ = make_events(1_500, prefix="log")
     try:
-        produce(broker.bootstrap, s.kafka.topics.impressions, imps)
-        got = []
-        deadline = time.monotonic() + 120
-        while len(got) < 1_500 and time.monotonic() < deadline:
-            time.sleep(0.3)  # a slow trainer
-            got.extend(ray.get(buffer.take.remote(60)))
-        assert sorted(x.event_id for x in got) == sorted(i.event_id for i in imps)
+        produce(broker.bootstrap, s.kafka.topics.impressions, imps[:1_000])
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and sum(m["samples"] for m in group.metrics()) < 1_000:
+            time.sleep(0.3)
+        first = samples_reader(broker.bootstrap, s)
+        got = drain(first, 1_000, timeout_s=60)
+        assert sorted(x.event_id for x in got) == sorted(i.event_id for i in imps[:1_000])
+        at = first.position()
+        produce(broker.bootstrap, s.kafka.topics.impressions, imps[1_000:])
+        resumed = samples_reader(broker.bootstrap, s)
+        resumed.seek(at)
+        rest = drain(resumed, 500, timeout_s=60)
+        assert sorted(x.event_id for x in rest) == sorted(i.event_id for i in imps[1_000:])
         m = group.metrics()[0]
-        assert m["handoff_waits"] > 0 and m["alive"] and m["error"] is None
+        assert m["commits"] > 0 and m["alive"] and m["error"] is None
     finally:
         group.stop()
 
@@ -230,9 +235,9 @@ def test_replay_from_the_start_rebuilds_every_sample(broker, ray_session):
     imps, fbs = make_events(200, prefix="r")
     produce(broker.bootstrap, s.kafka.topics.impressions, imps)
     produce(broker.bootstrap, s.kafka.topics.feedback, fbs)
-    first = SampleBuffer.remote()
-    group = _group(broker, s, first)
+    group = _group(broker, s)
     group.scale(1)
+    first = samples_reader(broker.bootstrap, s)
     try:
         a = drain(first, 200, timeout_s=60)
     finally:
@@ -240,10 +245,11 @@ def test_replay_from_the_start_rebuilds_every_sample(broker, ray_session):
     t = s.kafka.topics
     target = reset_group_offsets(broker.bootstrap, s.ingest.group_id, [t.impressions, t.feedback], to_earliest=True)
     assert set(target.values()) == {0}
-    second = SampleBuffer.remote()
-    group = _group(broker, s, second)
+    group = _group(broker, s)
     group.scale(1)
-    try:
+    try:  # the replay writes the samples to the log again: a reader past the first copies reads them
+        second = samples_reader(broker.bootstrap, s)
+        second.seek(first.position())
         b = drain(second, 200, timeout_s=60)
     finally:
         group.stop()

@@ -37,7 +37,7 @@ def test_defaults_without_args():
         ({"kafka": {"topics": {"dlq": "bad topic!"}}},
          "args.kafka.topics.dlq: a Kafka topic name is 1-249 characters of letters, digits, '.', '_' or '-'"),
         ({"kafka": {"topics": {"dlq": "streamrec.feedback"}}},
-         "args.kafka.topics: impressions, feedback and dlq must be three different topics"),
+         "args.kafka.topics: impressions, feedback, dlq and samples must be four different topics"),
         ({"policy": {"slate_size": 101}}, "args.policy.slate_size: Input should be less than or equal to 100"),
         ({"policy": {"algorithm": "bandit"}},
          "args.policy.algorithm: Input should be 'ppo', 'linucb', 'thompson', 'egreedy', 'popularity' or 'random'"),

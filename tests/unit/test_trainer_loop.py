@@ -16,7 +16,7 @@ from actors.policy_store import PolicyDirectory
 from rl.gate import evaluate
 from rl.logged import samples_to_logged
 from rl.policies import policy_from_state
-from rl.trainer_loop import LineageError, TrainerLoop
+from rl.trainer_loop import CHECKPOINT, LineageError, TrainerLoop
 from serve.follower import Canary, PolicyFollower
 from serve.ranking import Ranking
 from streamrec.events import TrainingSample
@@ -25,17 +25,28 @@ from tests.learning_world import served_samples, trainer_settings, world
 
 
 class _ListBuffer:
-    """The SampleBuffer's two calls the trainer makes, over a list (TrainerLoop takes plain objects)."""
+    """The samples log's calls the trainer makes, over a list (TrainerLoop takes plain objects);
+    the position is how many were taken."""
 
     def __init__(self):
         self.items: list = []
+        self.taken = 0
 
-    def size(self) -> int:
-        return len(self.items)
-
-    def take(self, n: int) -> list:
+    def take(self, n: int, min_n: int = 1) -> list:
+        if len(self.items) < min_n:
+            return []
         out, self.items = self.items[:n], self.items[n:]
+        self.taken += len(out)
         return out
+
+    def position(self) -> dict:
+        return {"0": self.taken}
+
+    def seek(self, position) -> None:
+        pass
+
+    def commit(self) -> None:
+        pass
 
 
 def test_publish_every_s_defers_passing_candidates_and_keeps_training(tmp_path):
@@ -88,6 +99,56 @@ def test_a_bandits_first_version_explores_uniformly_and_a_restart_keeps_its_line
     # min_ess, so DR keeps whole-slate weights (cascade DR needs more top-position evidence)
     assert out["ope"]["estimator"] == "dr" and out["ope"]["ess"] < s.trainer.min_ess
     assert out["current_ope"]["estimator"] == "snips"  # the random version on its own logs
+
+
+class _SeekingBuffer(_ListBuffer):
+    """Remembers where the trainer told it to start."""
+
+    def __init__(self, items):
+        super().__init__()
+        self.items, self.all, self.sought = list(items), list(items), "never"
+
+    def seek(self, position) -> None:
+        self.sought = position
+        if position is not None:
+            self.taken = int(position["0"])
+            self.items = self.all[self.taken:]
+
+
+def test_a_restarted_trainer_resumes_its_checkpoint_weights_position_and_counts(tmp_path):
+    """Each round checkpoints the policy being trained with the log position after its samples; a
+    trainer started again continues from there (not from the last published version), so each
+    sample is consumed once. A checkpoint that fails its checks is refused."""
+    from rl.weights import pack
+
+    ids, vecs, user_vecs, sim = world()
+    s = trainer_settings(tmp_path, algorithm="linucb", min_samples=100, max_batch=300)
+    store = PolicyDirectory(tmp_path / "store", 10)
+    probe = TrainerLoop(s, ids, vecs, _ListBuffer(), store)
+    probe.publish_initial()
+    core = Ranking(probe.featurizer, ItemIndex.build(ids, vecs), probe.serving, 1, 20)
+    log = served_samples(core, sim, user_vecs, 900, np.random.default_rng(0))
+    buffer = _SeekingBuffer(log)
+    loop = TrainerLoop(s, ids, vecs, buffer, store)
+    assert buffer.sought is None  # nothing checkpointed yet: the log's committed position
+    loop.round(), loop.round()  # each publishes, then learns from its holdout too
+    assert store.latest()["version"] >= 2 and loop.stats["consumed"] == 600
+    again = TrainerLoop(s, ids, vecs, _SeekingBuffer(log), store)
+    assert again.source.sought == {"0": 600}
+    assert again.stats["consumed"] == 600 and again.stats["digest"] == loop.stats["digest"]
+    assert np.allclose(again.policy.state()["b"], loop.policy.state()["b"], rtol=1e-6)  # (stored as float32)
+    assert not np.allclose(again.policy.state()["b"], again.serving.state()["b"], rtol=1e-6)  # not the published weights
+    again.round()
+    assert again.stats["consumed"] == 900 and [x.event_id for x in again.source.all[600:]] == [
+        x.event_id for x in log[600:]]
+    record = again.checkpoint.read_json(CHECKPOINT)
+    assert record["position"] == {"0": 900} and record["consumed"] == 900
+    # a tampered state file: refused, the trainer resumes from the published version at the committed position
+    blob, _ = pack({"b": np.zeros(3, np.float32)})
+    again.checkpoint.write_bytes(f"{record['state']}/policy.safetensors", blob)
+    third = TrainerLoop(s, ids, vecs, _SeekingBuffer(log), store)
+    assert third.source.sought is None and "sha256" in third.stats["checkpoint_refused"]
+    assert np.allclose(third.policy.state()["b"], third.serving.state()["b"])
 
 
 def test_a_canary_logs_the_mixtures_exact_probabilities(tmp_path):
