@@ -225,7 +225,8 @@ class StreamIngest:
 
 
 class IngestGroup:
-    """Driver-side handle on N StreamIngest actors in one consumer group; ``scale`` changes N."""
+    """Driver-side handle on N StreamIngest actors in one consumer group; ``scale`` changes N (by
+    hand, or by an :class:`actors.ingest_scaling.LagController` set as ``controller``)."""
 
     def __init__(self, *, bootstrap: str, kafka_settings, ingest_settings, profile_store=None,
                  name_prefix: str = INGEST_PREFIX, rewards: RewardTable | None = None):
@@ -241,6 +242,7 @@ class IngestGroup:
         self.name_prefix = name_prefix
         self.actors: list = []
         self._n = 0
+        self.controller = None
 
     def scale(self, n: int) -> int:
         if n < 0:
@@ -261,4 +263,6 @@ class IngestGroup:
         return ray.get([a.metrics.remote() for a in self.actors], timeout=30)
 
     def stop(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
         self.scale(0)

@@ -231,6 +231,10 @@ def _status_table(info: dict[str, Any]) -> Table:
         lag = ing.get("lag") or {}
         if lag:
             t.add_row("  consumer lag", str(sum(lag.values())), ", ".join(f"{k}={v}" for k, v in sorted(lag.items())))
+        scaling = (ing.get("scaling") or {}).get("changes") or []
+        if scaling:
+            t.add_row("  lag controller", f"{len(scaling)} change(s)", ", ".join(
+                f"{c['actors']}->{c['target']} at lag {c['lag']}" for c in scaling))
     if snap.get("samples"):
         t.add_row("trainer input", "", f"samples log at {snap['samples']['position']}: {snap['samples']['taken']} "
                   f"taken, {snap['samples']['duplicates']} duplicates dropped")

@@ -23,6 +23,7 @@ import ray
 
 from actors import registry
 from actors.ingest import IngestGroup
+from actors.ingest_scaling import LagController
 from actors.profile_store import ProfileStore
 from actors.trainer import Trainer
 from streamrec.config import StreamrecSettings
@@ -58,7 +59,8 @@ def _options(name: str, named: bool, detached: bool) -> dict[str, Any]:
 
 def start_stream(settings: StreamrecSettings, bootstrap: str, item_ids: Sequence[str], item_vectors: np.ndarray,
                  *, named: bool = True, detached: bool = False, parallelism: int | None = None) -> Stream:
-    """The ProfileStore and ``ingest.parallelism`` StreamIngest actors in one group (writing the samples topic)."""
+    """The ProfileStore and ``ingest.parallelism`` StreamIngest actors in one group (writing the samples
+    topic); with ``ingest.max_parallelism``, a controller that sizes the group on its lag."""
     p, i = settings.profile, settings.ingest
     snapshot = absolute(p.snapshot_dir) if named else None
     profiles = ProfileStore.options(**_options(registry.PROFILES, named, detached)).remote(
@@ -69,6 +71,8 @@ def start_stream(settings: StreamrecSettings, bootstrap: str, item_ids: Sequence
                          profile_store=profiles, rewards=RewardTable.from_settings(settings.rewards),
                          name_prefix=registry.INGEST_PREFIX if named else f"{registry.INGEST_PREFIX}-{i.group_id}")
     ingest.scale(i.parallelism if parallelism is None else parallelism)
+    if i.max_parallelism is not None and parallelism is None:
+        ingest.controller = LagController.for_group(ingest, bootstrap, settings.kafka, i).start()
     return Stream(profiles, ingest)
 
 

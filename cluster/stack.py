@@ -209,6 +209,9 @@ class LocalStack:
                                       max(1, sum(m["joined"] + m["late"] + m["orphans"] for m in ms))),
                     "lag": lag, "errors": [m["error"] for m in ms if m["error"]],
                 }
+                if self.ingest.controller is not None:
+                    snap["ingest"]["scaling"] = {"last": self.ingest.controller.last,
+                                                 "changes": self.ingest.controller.history[-5:]}
                 snap["profiles"] = ray.get(self.profiles.metrics.remote(), timeout=10)
             if self.trainer is not None:
                 tm = ray.get(self.trainer.metrics.remote(), timeout=10)

@@ -213,7 +213,18 @@ class EmbeddingSettings(_Section):
 
 class IngestSettings(_Section):
     parallelism: int = Field(1, ge=1, le=256)
-    """StreamIngest actors in the consumer group."""
+    """StreamIngest actors in the consumer group (at start, and the least the lag controller keeps)."""
+    max_parallelism: int | None = Field(None, ge=1, le=256)
+    """Grow the group on consumer lag up to this many actors (and never past the partition count);
+    None: fixed at ``parallelism``."""
+    scale_up_lag: int = Field(20_000, ge=1)
+    """Records behind, over all partitions, per actor: the controller grows the group to
+    ceil(lag / scale_up_lag) actors."""
+    scale_down_lag: int = Field(1_000, ge=0)
+    """The group shrinks by one actor each time the lag stayed below this for ``scale_down_after_s``."""
+    scale_down_after_s: float = Field(60.0, ge=0)
+    scale_interval_s: float = Field(5.0, gt=0)
+    """How often the controller reads the group's lag."""
     group_id: str = "streamrec-ingest"
     reward_window_s: float = Field(30.0, gt=0, le=86_400)
     """Feedback later than this after its impression is counted, not trained."""
@@ -221,6 +232,12 @@ class IngestSettings(_Section):
     session_timeout_ms: int = Field(10_000, ge=6_000, le=30_000)
     """Group session timeout (kafka-python joins Tansu groups only at <= 30 s)."""
     max_poll_interval_ms: int = Field(300_000, ge=10_000, le=3_600_000)
+
+    @model_validator(mode="after")
+    def _scaling(self) -> "IngestSettings":
+        if self.max_parallelism is not None and self.max_parallelism < self.parallelism:
+            raise ValueError(f"max_parallelism ({self.max_parallelism}) is below parallelism ({self.parallelism})")
+        return self
 
 
 class ProfileSettings(_Section):

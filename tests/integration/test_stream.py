@@ -254,3 +254,40 @@ def test_replay_from_the_start_rebuilds_every_sample(broker, ray_session):
     finally:
         group.stop()
     assert sorted((x.event_id, x.rewards) for x in a) == sorted((x.event_id, x.rewards) for x in b)
+
+
+def test_a_backlog_grows_the_ingest_group_then_the_drained_group_shrinks_losing_nothing(broker, ray_session):
+    """60,000 impressions wait before ingest starts with one actor: the lag controller reads the
+    group's lag, grows it to the partition count, and once the lag has drained, shrinks it one
+    actor per quiet period back to one. Every impression becomes exactly one sample."""
+    from actors.ingest_scaling import LagController
+    from streamrec.config import settings_from_args
+
+    base = stream_settings(window_s=0.5, partitions=3)
+    s = settings_from_args({**base.model_dump(mode="json", exclude={"auth"}), "ingest": {
+        **base.ingest.model_dump(), "max_parallelism": 4, "scale_up_lag": 5_000, "scale_down_lag": 200,
+        "scale_down_after_s": 3.0, "scale_interval_s": 1.0}}, env={})
+    create_topics(broker.bootstrap, s)
+    imps, _ = make_events(60_000, prefix="lag")
+    produce(broker.bootstrap, s.kafka.topics.impressions, imps)
+    reader = samples_reader(broker.bootstrap, s)
+    group = _group(broker, s)
+    group.scale(1)
+    controller = LagController.for_group(group, broker.bootstrap, s.kafka, s.ingest)
+    assert controller.policy.max_actors == 3  # max_parallelism 4, but only 3 partitions
+    group.controller = controller.start()
+    try:
+        got = drain(reader, 60_000, timeout_s=240)
+        deadline = time.monotonic() + 120
+        while controller.history[-1]["target"] > 1 and time.monotonic() < deadline:
+            time.sleep(1)
+        moves = [(h["actors"], h["target"]) for h in controller.history]
+        assert moves[0] == (1, 3) and controller.history[0]["lag"] > 10_000, controller.history
+        assert moves[1:] == [(3, 2), (2, 1)], controller.history  # one actor per quiet period
+        assert controller.last["lag"] < 200
+        time.sleep(2)
+        got += reader.take(100_000)
+        ids = [x.event_id for x in got]
+        assert len(ids) == 60_000 and set(ids) == {i.event_id for i in imps}  # none lost, none twice
+    finally:
+        group.stop()

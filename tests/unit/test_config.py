@@ -43,6 +43,7 @@ def test_defaults_without_args():
          "args.policy.algorithm: Input should be 'ppo', 'linucb', 'thompson', 'egreedy', 'popularity' or 'random'"),
         ({"policy": {"epsilon": "a lot"}}, "args.policy.epsilon: Input should be a valid number, unable to parse string as a number"),
         ({"catalog": {"source": "movielens"}}, "args.catalog: path is required when source is 'movielens'"),
+        ({"ingest": {"parallelism": 3, "max_parallelism": 2}}, "args.ingest: max_parallelism (2) is below parallelism (3)"),
         ({"ingest": {"session_timeout_ms": 45000}},
          "args.ingest.session_timeout_ms: Input should be less than or equal to 30000"),
         ({"auth": {"api_keys": ["short"]}}, "args.auth.api_keys: every API key needs at least 8 characters"),
