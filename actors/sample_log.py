@@ -9,7 +9,10 @@ of: a crashed ingest replays into the log, a crashed trainer re-reads it (docs/a
 
 ``take`` hands out whole log records (a position is always a record boundary) with samples
 already taken dropped by ``event_id`` (an ingest that crashed between writing and committing
-writes them again). The memory of seen ids is bounded by time.
+writes them again, up to a restart and a group rejoin later). The memory of seen ids is bounded
+by time; a reader that resumes at a position first re-reads, without handing them out, the
+records written in the ``lookback_s`` before its checkpoint, so a copy written after a restart
+is still recognised.
 """
 
 from __future__ import annotations
@@ -59,15 +62,18 @@ class SampleLog:
     """Reads the samples log from a given position; one reader per trainer. ``reader`` is a
     :class:`streamrec.eventbus.KafkaLogReader` (or anything with its calls: unit tests)."""
 
-    def __init__(self, reader, *, dedup_retention_s: float = 600.0):
+    def __init__(self, reader, *, dedup_retention_s: float = 600.0, lookback_s: float = 120.0):
         self.reader = reader
+        self.lookback_s = lookback_s
         self._start: dict[int, int] | None = None  # where to begin (seek before the first take)
+        self._since: float | None = None  # re-read (remember, do not hand out) records written after this
+        self._warm: dict[int, int] = {}  # partition -> the offset where handing out starts again
         self._assigned = False
         self._pending: deque[tuple[int, int, list[TrainingSample]]] = deque()  # (partition, offset, samples) fetched
         self._n_pending = 0
         self._position: dict[int, int] = {}  # partition -> the offset after the last record taken
         self.seen = SeenIds(dedup_retention_s)
-        self.counts = {"records": 0, "taken": 0, "duplicates": 0, "bad_records": 0}
+        self.counts = {"records": 0, "taken": 0, "duplicates": 0, "bad_records": 0, "reread": 0}
 
     @classmethod
     def open(cls, bootstrap: str, settings) -> "SampleLog":
@@ -83,10 +89,12 @@ class SampleLog:
         """Per partition (as a string, for JSON), the offset after the last record taken."""
         return {str(p): o for p, o in sorted(self._position.items())}
 
-    def seek(self, position: dict[str, int] | None) -> None:
+    def seek(self, position: dict[str, int] | None, written_at: float | None = None) -> None:
         """Read from ``position`` (a :meth:`position`), or from the committed offsets when None.
-        Drops what was fetched and not taken."""
+        Drops what was fetched and not taken. ``written_at`` (epoch seconds: when the position was
+        checkpointed) first re-reads the ids of the records from ``lookback_s`` before it."""
         self._start = None if position is None else {int(p): int(o) for p, o in position.items()}
+        self._since = None if position is None or written_at is None else written_at - self.lookback_s
         self._pending.clear()
         self._n_pending = 0
         if self._assigned:
@@ -100,10 +108,18 @@ class SampleLog:
 
     def _assign(self) -> bool:
         if not self._assigned:
-            start = self.reader.assign(self._start)
+            begin = None if self._start is None else dict(self._start)
+            warm: dict[int, int] = {}
+            if begin is not None and self._since is not None:
+                for p, o in self.reader.offsets_for_time(int(self._since * 1000)).items():
+                    if p in begin and o < begin[p]:
+                        warm[p], begin[p] = begin[p], o
+            start = self.reader.assign(begin)
             if start is None:  # the topic does not exist yet (no ingest has run)
                 return False
-            self._position = {**start, **self._position} if self._start is None else dict(start)
+            start.update(warm)  # the position is where handing out starts
+            self._position = {**start, **self._position} if self._start is None else start
+            self._warm = warm
             self._assigned = True
         return True
 
@@ -125,6 +141,9 @@ class SampleLog:
                     self.counts["bad_records"] += 1
                     log.error("samples log %d@%d: %s", part, offset, e)
                     batch = []
+                if offset < self._warm.get(part, -1):  # taken before the checkpoint: remember its ids only
+                    self.counts["reread"] += len(self.seen.fresh(batch))
+                    continue
                 self._pending.append((part, offset, batch))
                 self._n_pending += len(batch)
 

@@ -60,7 +60,7 @@ class Trainer:
     def _round(self) -> dict | None:
         if self._broken:
             try:
-                self.loop.source.close()
+                self.loop.close()
             except Exception:  # closed by an earlier attempt
                 pass
             self.loop = self._new_loop()
@@ -87,5 +87,10 @@ class Trainer:
         return self.loop.spec.to_dict()
 
     def stop(self) -> None:
+        """End the rounds and release the loop's consumer and learners (a second call does nothing)."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         self._thread.join(timeout=30)
+        with self._lock:
+            self.loop.close()

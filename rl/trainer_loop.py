@@ -79,11 +79,15 @@ class SampleSource(Protocol):
     def position(self) -> dict[str, int]:
         """Where the next take starts (JSON-able)."""
 
-    def seek(self, position: dict[str, int] | None) -> None:
-        """Start there (None: where the source's own committed position is)."""
+    def seek(self, position: dict[str, int] | None, written_at: float | None = None) -> None:
+        """Start there (None: where the source's own committed position is); ``written_at``: when
+        that position was checkpointed (the source recognises samples taken shortly before it)."""
 
     def commit(self) -> None:
         """Record :meth:`position` with the source (lag figures; the checkpoint holds the truth)."""
+
+    def close(self) -> None:
+        """Release what the source holds (its consumer)."""
 
 
 class PolicyStoreAPI(Protocol):
@@ -185,7 +189,9 @@ class TrainerLoop:
             from rl.learners.ppo import PPOHyper, SlateLearner  # torch and RLlib: only for the neural policy
 
             self.learner = SlateLearner(self.spec, PPOHyper(lr=t.lr, num_epochs=t.num_epochs,
-                                                            minibatch_size=t.minibatch_size, seed=seed))
+                                                            minibatch_size=t.minibatch_size, seed=seed,
+                                                            num_learners=t.num_learners,
+                                                            gpus_per_learner=t.gpus_per_learner))
             if latest is not None:
                 self._load_published_into_learner(tensors)
             self.policy = self.learner.serving_policy()
@@ -212,7 +218,7 @@ class TrainerLoop:
         if running is not None:  # its evidence died with the previous trainer: start over
             store.end_canary(running["version"], "the trainer restarted before judging it")
         self._checkpoint_state: str | None = None
-        self.source.seek(self._restore() if latest is not None else None)
+        self.source.seek(*(self._restore() if latest is not None else (None, None)))
 
     # -- one round -------------------------------------------------------------------------------
     def round(self) -> dict | None:
@@ -450,6 +456,14 @@ class TrainerLoop:
         out["rolled_back"] = {"from": worse, "to": manifest["version"], "rollback_of": manifest["rollback_of"],
                               "why": reason}
 
+    def close(self) -> None:
+        """Let go of the samples source and the learner group (remote learners included)."""
+        try:
+            self.source.close()
+        finally:
+            if self.learner is not None:
+                self.learner.shutdown()
+
     # -- the checkpoint ---------------------------------------------------------------------------
     def _consumed(self, samples: Sequence) -> None:
         self.stats["consumed"] += len(samples)
@@ -467,17 +481,18 @@ class TrainerLoop:
             self.checkpoint.write_bytes(f"{name}/policy.safetensors", blob)
         self.checkpoint.write_json(CHECKPOINT, {
             "state": name, "sha256": sha, "spec": self.spec.to_dict(), "position": self.source.position(),
-            "serving_version": self.serving_version, "trained_through": self.trained_through,
+            "serving_version": self.serving_version, "trained_through": self.trained_through, "written_at": time.time(),
             **{k: self.stats[k] for k in ("consumed", "digest", "samples", "skipped")}})
         if self._checkpoint_state is not None:
             self.checkpoint.remove(self._checkpoint_state)
         self._checkpoint_state = name
 
-    def _restore(self) -> dict[str, int] | None:
-        """Load the checkpoint when it continues this lineage; its log position (None: none, or refused)."""
+    def _restore(self) -> tuple[dict[str, int] | None, float | None]:
+        """Load the checkpoint when it continues this lineage; its log position and when it was
+        written ((None, None): none, or refused)."""
         record = self.checkpoint.read_json(CHECKPOINT, default=None)
         if not isinstance(record, dict):
-            return None
+            return None, None
         try:
             if record.get("spec") != self.spec.to_dict():
                 raise WeightsError("it was written for another policy spec")
@@ -492,12 +507,12 @@ class TrainerLoop:
             self.stats["checkpoint_refused"] = str(e)
             log.warning("trainer checkpoint at %s refused, resuming from the published version: %s",
                         self.checkpoint.uri, e)
-            return None
+            return None, None
         self._checkpoint_state = record["state"]
         for k in ("consumed", "digest", "samples", "skipped"):
             self.stats[k] = int(record.get(k, 0))
         self.trained_through = {**self.trained_through, **record.get("trained_through", {})}
-        return record["position"]
+        return record["position"], record.get("written_at")
 
     def _load_published_into_learner(self, tensors) -> None:
         state = self.learner.module_state()

@@ -338,6 +338,12 @@ class TrainerSettings(_Section):
     num_epochs: int = Field(8, ge=1, le=100)
     """PPO passes over each round's samples."""
     minibatch_size: int = Field(256, ge=1)
+    num_learners: int = Field(0, ge=0, le=64)
+    """PPO's RLlib learners: 0 trains inside the trainer's process; n >= 1 starts n remote Learner
+    actors (data-parallel, placed by Ray anywhere on the cluster)."""
+    gpus_per_learner: float = Field(0.0, ge=0, le=8)
+    """GPUs each learner asks for (1 on a cluster with GPU workers: the autoscaler starts them; the
+    KubeRay renderer sets it when there is a GPU group and ``num_learners`` >= 1)."""
 
 
 class ServeSettings(_Section):

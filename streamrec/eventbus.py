@@ -544,6 +544,19 @@ class KafkaLogReader:
     def unassign(self) -> None:
         self._consumer.unassign()
 
+    def offsets_for_time(self, ts_ms: int) -> dict[int, int]:
+        """Per partition, the first offset whose record was written at or after ``ts_ms`` (the end
+        offset when none was); {} while the topic does not exist."""
+        from confluent_kafka import TopicPartition
+
+        meta = self._consumer.list_topics(self.topic, timeout=5).topics.get(self.topic)
+        if meta is None or meta.error is not None or not meta.partitions:
+            return {}
+        found = self._consumer.offsets_for_times([TopicPartition(self.topic, p, ts_ms) for p in sorted(meta.partitions)],
+                                                 timeout=10)
+        ends = self.high_watermarks(meta.partitions)
+        return {tp.partition: tp.offset if tp.offset >= 0 else ends.get(tp.partition, 0) for tp in found}
+
     def read(self, max_records: int = 500, timeout_s: float = 0.2) -> list[tuple[int, int, bytes]]:
         """(partition, offset, value) of the next records; [] when none came within ``timeout_s``."""
         out = []

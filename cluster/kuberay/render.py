@@ -115,8 +115,11 @@ def production_config(config_text: str, opts: RenderOptions) -> str:
     args.setdefault("profile", {})["snapshot_dir"] = f"{d}/profiles"
     t = args.setdefault("trainer", {})
     t["store_dir"], t["checkpoint_dir"] = f"{d}/policies", f"{d}/trainer"
-    if any(g.gpus for g in opts.workers) and (args.get("embedding") or {}).get("device", "auto") == "auto":
-        args.setdefault("embedding", {})["device"] = "cuda"  # the GPU group starts at zero: the embed job asks for it
+    if any(g.gpus for g in opts.workers):
+        if (args.get("embedding") or {}).get("device", "auto") == "auto":
+            args.setdefault("embedding", {})["device"] = "cuda"  # the GPU group starts at zero: the embed job asks for it
+        if t.get("num_learners", 0) >= 1 and "gpus_per_learner" not in t:
+            t["gpus_per_learner"] = 1  # each remote PPO learner on a GPU worker
     args.setdefault("kafka", {}).pop("bootstrap_servers", None)  # from the Secret (STREAMREC_KAFKA_BOOTSTRAP)
     if (args.get("auth") or {}).get("api_keys"):
         raise RenderError("applications[].args.auth.api_keys: keys in the config would land in the manifest; "

@@ -55,10 +55,14 @@ class PPOHyper:
     """Bonus on the first position's entropy (exploration is the serving temperature's job)."""
     vf_loss_coeff: float = 0.5
     seed: int = 0
+    num_learners: int = 0
+    """0: the learner runs in this process; n >= 1: n remote RLlib Learner actors."""
+    gpus_per_learner: float = 0.0
 
 
 class SlateLearner:
-    """An RLlib PPO LearnerGroup holding one :class:`rl.learners.module.SlateScorerModule`."""
+    """An RLlib PPO LearnerGroup holding one :class:`rl.learners.module.SlateScorerModule`: local, or
+    ``hyper.num_learners`` remote Learner actors (the weights are read from and set on the group)."""
 
     def __init__(self, spec: PolicySpec, hyper: PPOHyper = PPOHyper()):
         if spec.algorithm != "ppo":
@@ -79,7 +83,7 @@ class SlateLearner:
                       clip_param=hyper.clip_param, entropy_coeff=hyper.entropy_coeff,
                       vf_loss_coeff=hyper.vf_loss_coeff, use_kl_loss=False, gamma=1.0, lambda_=1.0,
                       train_batch_size_per_learner=hyper.minibatch_size)
-            .learners(num_learners=0)
+            .learners(num_learners=hyper.num_learners, num_gpus_per_learner=hyper.gpus_per_learner)
             .debugging(seed=hyper.seed)
         )
         self.group = config.build_learner_group()

@@ -97,8 +97,9 @@ def _config(tmp: Path, bootstrap: str) -> tuple[Path, dict]:
         "embedding": {"output_dir": f"{store}/embeddings", "num_encoders": 1, "device": "cuda"},
         "ingest": {"reward_window_s": 1.0, "parallelism": 1},
         "profile": {"snapshot_dir": f"{store}/profiles"},
-        "policy": {"algorithm": "linucb", "slate_size": 5, "num_candidates": 40},
+        "policy": {"algorithm": "ppo", "slate_size": 5, "num_candidates": 40},
         "trainer": {"train_every_s": 1.0, "min_samples": 40, "min_holdout": 1, "gate_tolerance": 10.0,
+                    "num_learners": 1, "num_epochs": 2,
                     "store_dir": f"{store}/policies", "checkpoint_dir": f"{store}/trainer"},
     })
     for d in app["deployments"]:
@@ -200,6 +201,11 @@ def _scenario(tmp: Path, cluster, bootstrap: str) -> dict:
     for name in (registry.TRAINER, registry.PROFILES, f"{registry.INGEST_PREFIX}-0"):
         actor = registry.lookup(name)
         placed[name] = None if actor is None else ray.util.state.get_actor(actor._actor_id.hex()).node_id != head
+    # RLlib starts remote learners through Ray Train's worker group: the actor class is its wrapper
+    learners = [a for a in ray.util.state.list_actors(filters=[("state", "=", "ALIVE")])
+                if a.class_name.endswith("_WrappedExecutable")]
+    placed["learner"] = len(learners) == 1 and learners[0].node_id != head
+    out["remote_learners"] = len(learners)
     out["on_worker_nodes"] = placed
     out["seconds"]["loop_trained"] = round(time.monotonic() - started, 1)
 

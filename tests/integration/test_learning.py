@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 
@@ -21,10 +22,11 @@ from serve.ranking import Ranking
 from streamrec.eventbus import KafkaEventSink
 from streamrec.events import Feedback, Impression, encode
 from streamrec.index import ItemIndex
-from tests.integration.stream_helpers import create_topics, write_samples
+from tests.integration.stream_helpers import create_topics, drain, samples_reader, write_samples
 from tests.learning_world import served_samples, trainer_settings, world
 
 pytestmark = pytest.mark.integration
+
 
 def test_module_scores_and_slate_logp_match_the_serving_model():
     spec = PolicySpec("ppo", m=4, num_candidates=10, slate_size=3, num_rows=21, penalty=1.5, temperature=0.7)
@@ -47,6 +49,7 @@ def test_module_scores_and_slate_logp_match_the_serving_model():
             assert lp == pytest.approx(plackett_luce_logp(policy.scores(ob), s, 0.7, ob.similarity(), 1.5), abs=1e-4)
     finally:
         learner.shutdown()
+
 
 def test_ppo_learns_from_logged_slates_only():
     """No environment: the behaviour policy's logged slates and log-probabilities are all PPO sees."""
@@ -74,6 +77,7 @@ def test_ppo_learns_from_logged_slates_only():
         assert batch.rewards.mean() > first.rewards.mean() + 0.15
     finally:
         learner.shutdown()
+
 
 def test_a_trained_policy_ranks_the_same_user_differently_by_context():
     """Clicks depend on the device: on mobile users take the candidate strongest on feature 0, on
@@ -123,6 +127,7 @@ def test_a_trained_policy_ranks_the_same_user_differently_by_context():
     finally:
         learner.shutdown()
 
+
 class _Payload:
     """Unpickling this creates a file: the proof that a restore unpickled what it read."""
 
@@ -131,6 +136,7 @@ class _Payload:
 
     def __reduce__(self):
         return open, (self.marker, "w")
+
 
 def test_a_learner_checkpoint_round_trips_and_a_tampered_one_is_refused_unrun(tmp_path):
     import hashlib
@@ -166,6 +172,7 @@ def test_a_learner_checkpoint_round_trips_and_a_tampered_one_is_refused_unrun(tm
     finally:
         saved.shutdown()
         fresh.shutdown()
+
 
 def test_trainer_publishes_resumes_after_a_crash_and_rolls_back(broker, ray_session, tmp_path):
     ids, vecs, user_vecs, sim = world()
@@ -216,6 +223,7 @@ def test_trainer_publishes_resumes_after_a_crash_and_rolls_back(broker, ray_sess
         ray.get(trainer.stop.remote())
         for a in (trainer, store):
             ray.kill(a)
+
 
 def test_closed_loop_on_kafka_trains_and_serves_new_versions(broker, ray_session, tmp_path):
     """simulated clients -> impressions/feedback on Kafka -> ingest -> trainer -> store -> clients."""
@@ -268,7 +276,8 @@ def test_closed_loop_on_kafka_trains_and_serves_new_versions(broker, ray_session
 
 
 def _wait_actor(actor, timeout_s: float = 120.0) -> dict:
-    """The metrics of an actor that Ray is restarting, once it answers."""
+    """The metrics of an actor that Ray may be restarting, once it answers (``ray.kill`` takes a
+    moment: an actor just killed may answer once more before it goes)."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -280,15 +289,16 @@ def _wait_actor(actor, timeout_s: float = 120.0) -> dict:
 
 def test_killing_an_ingest_actor_and_the_trainer_mid_stream_trains_every_joined_sample_once(
         broker, ray_session, tmp_path):
-    """Impressions and clicks flow through two ingest actors into the samples log and the trainer.
-    One ingest actor is killed while a wave is produced, then the trainer while the next one is:
+    """Impressions and clicks flow steadily through two ingest actors into the samples log and the
+    trainer. An ingest actor and then the trainer are killed, then the trainer alone again; after
+    one more trainer restart, copies of the last samples it took are written to the log:
     the trainer's lineage has taken every joined sample exactly once (its count and id digest,
     carried over its restart by the checkpoint, equal the impressions': a count restarted from
     zero, a sample lost or one taken twice would not), and it trained on."""
     from rl.trainer_loop import ids_digest
 
     ids, vecs, user_vecs, sim = world(seed=2)
-    s = trainer_settings(tmp_path, algorithm="linucb", min_samples=50, max_batch=400)
+    s = trainer_settings(tmp_path, algorithm="linucb", min_samples=1, max_batch=400)
     t = s.kafka.topics
     create_topics(broker.bootstrap, s)
     stream = start_stream(s, broker.bootstrap, ids, vecs, named=False, parallelism=2)
@@ -301,42 +311,73 @@ def test_killing_an_ingest_actor_and_the_trainer_mid_stream_trains_every_joined_
     sink = KafkaEventSink(broker.bootstrap, buffer_events=100_000)
     produced: list[str] = []
 
-    def wave(n: int) -> None:
-        for x in served_samples(core, sim, user_vecs, n, rng):
-            now = time.time()
-            sink.send(t.impressions, x.user_id, encode(Impression(x.event_id, now, x.user_id, tuple(map(str, x.items)),
-                                                                  x.propensities, x.policy_version, x.context,
-                                                                  x.features)))
-            for item, r in zip(x.items, x.rewards):
-                if r > 0:
-                    sink.send(t.feedback, x.user_id, encode(Feedback(x.event_id, now, x.user_id, str(item))))
-            produced.append(x.event_id)
-        assert sink.flush(30)
+    stop = threading.Event()
+
+    def produce_steadily() -> None:  # about 300 impressions/s until stopped
+        while not stop.is_set():
+            for x in served_samples(core, sim, user_vecs, 60, rng):
+                now = time.time()
+                sink.send(t.impressions, x.user_id, encode(Impression(
+                    x.event_id, now, x.user_id, tuple(map(str, x.items)), x.propensities, x.policy_version,
+                    x.context, x.features)))
+                for item, r in zip(x.items, x.rewards):
+                    if r > 0:
+                        sink.send(t.feedback, x.user_id, encode(Feedback(x.event_id, now, x.user_id, str(item))))
+                produced.append(x.event_id)
+            stop.wait(0.2)
 
     def consumed() -> int:
-        return ray.get(trainer.metrics.remote(), timeout=30)["consumed"]
+        return _wait_actor(trainer)["consumed"]
 
+    producer = threading.Thread(target=produce_steadily, daemon=True)
+    producer.start()
     try:
-        wave(1_500)
         deadline = time.monotonic() + 120
         while consumed() == 0:
             assert time.monotonic() < deadline, "the trainer took nothing"
             time.sleep(0.5)
-        ray.kill(group.actors[0], no_restart=False)  # ingest crash mid-stream: it replays from its last commit
-        wave(1_500)
-        _wait_actor(group.actors[0])
+        time.sleep(2)
+        # an ingest actor crashes mid-stream (it replays from its last commit), then the trainer
+        ray.kill(group.actors[0], no_restart=False)
+        time.sleep(1.5)
+        ray.kill(trainer, no_restart=False)
+        time.sleep(2)
+        _wait_actor(group.actors[0]), _wait_actor(trainer)
+        time.sleep(5)
         assert 0 < consumed() < len(produced)
-        ray.kill(trainer, no_restart=False)  # trainer crash mid-stream: it resumes from its checkpoint
-        wave(1_500)
+        ray.kill(trainer, no_restart=False)  # and the trainer alone
+        time.sleep(2)
         _wait_actor(trainer)
-        deadline = time.monotonic() + 180
-        while (m := ray.get(trainer.metrics.remote(), timeout=30))["consumed"] < len(produced):
-            assert time.monotonic() < deadline, (m["consumed"], len(produced), m["error"])
+        time.sleep(3)
+        stop.set()
+        producer.join(30)
+        assert sink.flush(30)
+
+        def taken_all() -> dict:
+            deadline = time.monotonic() + 180
+            while (m := _wait_actor(trainer))["consumed"] < len(produced):
+                assert time.monotonic() < deadline, (m["consumed"], len(produced), m["error"])
+                time.sleep(1)
+            return m
+
+        taken_all()
+        # copies of samples the trainer took shortly before a restart are written to the log after
+        # it (an ingest actor that crashed between writing and committing rewrites its samples
+        # once its group has rejoined): the restarted trainer recognises every copy
+        ray.kill(trainer, no_restart=False)
+        time.sleep(2)
+        _wait_actor(trainer)
+        whole = samples_reader(broker.bootstrap, s)
+        whole.seek({"0": 0})
+        taken = drain(whole, len(produced), timeout_s=60)
+        write_samples(broker.bootstrap, t.samples, taken[-1_000:])
+        deadline = time.monotonic() + 60
+        while _wait_actor(trainer)["log"]["duplicates"] < 1_000:
+            assert time.monotonic() < deadline, _wait_actor(trainer)["log"]
             time.sleep(1)
-        time.sleep(3)  # anything taken twice would show up now
-        m = ray.get(trainer.metrics.remote(), timeout=30)
-        assert m["consumed"] == len(produced) == 4_500 and m["digest"] == ids_digest(produced)
-        assert m["error"] is None and m["skipped"] == 0 and m["rounds"] > 0
+        m = _wait_actor(trainer)
+        assert m["consumed"] == len(produced) and m["digest"] == ids_digest(produced)
+        assert m["error"] is None and m["skipped"] == 0
         assert m["published"] >= 1 or ray.get(store.latest.remote())["version"] >= 2  # and it trained on
     finally:
         sink.close()

@@ -29,5 +29,6 @@ def test_service_first_then_jobs_on_an_autoscaling_cluster():
     assert r["before_policy"]["healthz"][0] == 503 and r["before_policy"]["healthz"][1]["error"].startswith("no policy yet")
     assert r["published_version"] >= 2  # clicks went through Kafka, ingest, the trainer, the store
     assert r["requests"].get("200", 0) > 0 and set(r["requests"]) <= {"200", "503"}
-    assert all(r["on_worker_nodes"].values()), r["on_worker_nodes"]
+    assert all(r["on_worker_nodes"].values()), r["on_worker_nodes"]  # the PPO learner too: one remote actor
+    assert r["remote_learners"] == 1
     assert r["scaled_down"]

@@ -114,6 +114,19 @@ def test_object_storage_replaces_the_volume():
         "s3://streamrec-prod/loop/trainer", "s3://streamrec-prod/loop/profiles")
 
 
+def test_remote_ppo_learners_ask_for_the_gpu_group():
+    from streamrec.config import settings_from_args
+
+    def learner_settings(config_text: str):
+        args = yaml.safe_load(render_service(config_text, OPTS)["spec"]["serveConfigV2"])["applications"][0]["args"]
+        return settings_from_args(args, env={"STREAMREC_API_KEYS": "a-key-of-16-chars"}).trainer
+
+    two = CONFIG.replace("      trainer:\n", "      trainer:\n        num_learners: 2\n", 1)
+    assert two != CONFIG
+    assert (learner_settings(two).num_learners, learner_settings(two).gpus_per_learner) == (2, 1.0)
+    assert learner_settings(CONFIG).gpus_per_learner == 0.0  # the learner in the trainer's process: no GPU asked
+
+
 def test_the_jobs_run_on_the_services_cluster():
     jobs = render_jobs(OPTS, cluster="streamrec-raycluster-x7k2p")
     assert [j["metadata"]["name"] for j in jobs] == [f"streamrec-{k}" for k in JOBS]

@@ -16,6 +16,7 @@ class MemoryLog:
 
     def __init__(self, partitions: dict[int, list[bytes]] | None = None, exists: bool = True):
         self.parts = partitions if partitions is not None else {0: []}
+        self.times: dict[int, list[float]] = {p: [float(i) for i in range(len(r))] for p, r in self.parts.items()}
         self.exists = exists
         self.committed: dict[int, int] = {}
         self._at: dict[int, int] | None = None
@@ -28,6 +29,11 @@ class MemoryLog:
 
     def unassign(self):
         self._at = None
+
+    def offsets_for_time(self, ts_ms):
+        """Record i of a partition was written at i seconds (``times``)."""
+        return {p: next((i for i, t in enumerate(self.times[p]) if t * 1000 >= ts_ms), len(self.parts[p]))
+                for p in self.parts}
 
     def read(self, max_records=500, timeout_s=0.2):
         out = []
@@ -82,6 +88,18 @@ def test_seek_reads_again_from_a_position_and_none_means_the_committed_one():
     third = SampleLog(log)
     third.seek(None)
     assert sorted(s.event_id for s in third.take(100)) == ["e10", "e2"]
+
+
+def test_a_resumed_reader_remembers_the_ids_taken_shortly_before_its_position():
+    """Records 0-3 were taken before the checkpoint (position 4, written at t=4); an ingest that
+    crashed rewrote e2 and e3 after it. The resumed reader re-reads the ids written in its
+    lookback (records 1-3: t >= 4 - 3), so it drops those copies; e0 is outside the lookback."""
+    log = MemoryLog({0: [record(0), record(1), record(2), record(3), record(2, 3, 0, 4)]})
+    reader = SampleLog(log, lookback_s=3.0)
+    reader.seek({"0": 4}, written_at=4.0)
+    assert [s.event_id for s in reader.take(100)] == ["e0", "e4"]
+    assert reader.metrics()["reread"] == 3 and reader.metrics()["duplicates"] == 2
+    assert reader.position() == {"0": 5}
 
 
 def test_redelivered_samples_are_dropped_and_counted():

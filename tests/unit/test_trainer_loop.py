@@ -42,10 +42,13 @@ class _ListBuffer:
     def position(self) -> dict:
         return {"0": self.taken}
 
-    def seek(self, position) -> None:
+    def seek(self, position, written_at=None) -> None:
         pass
 
     def commit(self) -> None:
+        pass
+
+    def close(self) -> None:
         pass
 
 
@@ -108,7 +111,7 @@ class _SeekingBuffer(_ListBuffer):
         super().__init__()
         self.items, self.all, self.sought = list(items), list(items), "never"
 
-    def seek(self, position) -> None:
+    def seek(self, position, written_at=None) -> None:
         self.sought = position
         if position is not None:
             self.taken = int(position["0"])
