@@ -72,6 +72,17 @@ class LiveWatch:
     def went_live(self, version: int, predecessor: int | None) -> None:
         self.live, self.predecessor, self.settled = int(version), predecessor, False
 
+    def state(self) -> dict:
+        """What a restarted trainer needs to go on testing the live version (JSON-able)."""
+        return {"counts": {str(v): list(n) for v, n in self.counts.items()}, "live": self.live,
+                "predecessor": self.predecessor, "settled": self.settled}
+
+    def restore(self, state: dict) -> None:
+        """Take back :meth:`state` (the thresholds stay the configured ones)."""
+        self.counts = {int(v): [int(n[0]), int(n[1])] for v, n in state.get("counts", {}).items()}
+        self.live, self.predecessor = state.get("live"), state.get("predecessor")
+        self.settled = bool(state.get("settled", False))
+
     def add(self, versions, clicked) -> None:
         """``versions``: (B,) the version that chose each sample's slate; ``clicked``: (B,) 0/1."""
         for v, c in zip(versions, clicked):

@@ -482,6 +482,7 @@ class TrainerLoop:
         self.checkpoint.write_json(CHECKPOINT, {
             "state": name, "sha256": sha, "spec": self.spec.to_dict(), "position": self.source.position(),
             "serving_version": self.serving_version, "trained_through": self.trained_through, "written_at": time.time(),
+            "watch": self.watch.state(),
             **{k: self.stats[k] for k in ("consumed", "digest", "samples", "skipped")}})
         if self._checkpoint_state is not None:
             self.checkpoint.remove(self._checkpoint_state)
@@ -512,6 +513,8 @@ class TrainerLoop:
         for k in ("consumed", "digest", "samples", "skipped"):
             self.stats[k] = int(record.get(k, 0))
         self.trained_through = {**self.trained_through, **record.get("trained_through", {})}
+        if record.get("serving_version") == self.serving_version and "watch" in record:
+            self.watch.restore(record["watch"])  # the live version's test goes on from its counts
         return record["position"], record.get("written_at")
 
     def _load_published_into_learner(self, tensors) -> None:

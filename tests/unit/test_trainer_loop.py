@@ -307,6 +307,19 @@ def test_a_live_version_found_worse_by_the_sequential_test_is_rolled_back(tmp_pa
     assert store.history()[0]["reason"] == "first version" and "lower bound" in store.history()[1]["reason"]
 
 
+def test_the_live_versions_test_goes_on_after_a_trainer_restart(tmp_path):
+    """The same worse version 2, but the trainer restarts right after it went live: the checkpoint
+    carries version 1's measured CTR and version 2's test, so the restarted loop rolls back."""
+    loop, store, buffer, core, user_vecs, sim, rng = _version_2_live_after_300_of_version_1(tmp_path, seed=0)
+    ids, vecs, _, _ = world()
+    again = TrainerLoop(loop.settings, ids, vecs, buffer, store)
+    assert again.watch.live == 2 and again.watch.predecessor == 1 and again.watch.counts[1][0] == 300
+    buffer.items = [x._replace(rewards=(0.0,) * len(x.rewards))
+                    for x in served_samples(core, sim, user_vecs, 300, rng, t0=350)]
+    out = again.round()
+    assert out["rolled_back"]["from"] == 2 and out["rolled_back"]["rollback_of"] == 1
+
+
 def test_a_live_version_as_good_as_its_predecessor_is_kept(tmp_path):
     loop, store, buffer, core, user_vecs, sim, rng = _version_2_live_after_300_of_version_1(tmp_path, seed=1)
     for t0 in (300, 900, 1500):
