@@ -29,9 +29,17 @@ log = logging.getLogger(__name__)
 class Trainer:
     """Runs :class:`TrainerLoop` rounds every ``trainer.train_every_s`` in a background thread."""
 
-    def __init__(self, settings: dict[str, Any], item_ids, item_vectors, bootstrap: str, store, seed: int = 0):
+    def __init__(self, settings: dict[str, Any], bootstrap: str, store, item_ids=None, item_vectors=None,
+                 seed: int = 0):
+        """``item_ids``/``item_vectors`` None: the live embedding run at ``embedding.output_dir``,
+        read here, so a restart on any node needs nothing from the process that created the actor
+        (arguments in the object store die with their owner's node)."""
         self.settings = StreamrecSettings.model_validate(settings)
-        self._args = (item_ids, item_vectors, bootstrap, Blocking(store), seed)
+        if item_ids is None:
+            from streamrec.vectors import load_vectors
+
+            item_ids, item_vectors, _ = load_vectors(self.settings.embedding.output_dir)
+        self._args = (list(item_ids), item_vectors, bootstrap, Blocking(store), seed)
         self.loop = self._new_loop()
         self.loop.publish_initial()
         self._broken = False  # a round failed: rebuild the loop from its checkpoint before the next

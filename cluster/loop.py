@@ -76,9 +76,14 @@ def start_stream(settings: StreamrecSettings, bootstrap: str, item_ids: Sequence
     return Stream(profiles, ingest)
 
 
-def start_learning(settings: StreamrecSettings, bootstrap: str, item_ids: Sequence[str], item_vectors: np.ndarray,
-                   *, named: bool = True, detached: bool = False, seed: int = 0) -> Learning:
-    """The PolicyStore over ``trainer.store_dir`` and the Trainer reading the samples topic at ``bootstrap``."""
+def start_learning(settings: StreamrecSettings, bootstrap: str, item_ids: Sequence[str] | None = None,
+                   item_vectors: np.ndarray | None = None, *, named: bool = True, detached: bool = False,
+                   seed: int = 0) -> Learning:
+    """The PolicyStore over ``trainer.store_dir`` and the Trainer reading the samples topic at ``bootstrap``.
+
+    Without ``item_ids``/``item_vectors`` the Trainer reads the live embedding run itself (what the
+    jobs and ``streamrec up`` do: a Trainer restarted on another node after its node was lost
+    rebuilds from storage, not from arguments held by this process)."""
     t = settings.trainer
     if named:
         store = registry.policy_store(t.store_dir, t.keep_versions, detached=True)
@@ -86,9 +91,9 @@ def start_learning(settings: StreamrecSettings, bootstrap: str, item_ids: Sequen
         from actors.policy_store import PolicyStore
 
         store = PolicyStore.remote(absolute(t.store_dir), t.keep_versions)
+    catalog = (None, None) if item_ids is None else (list(item_ids), np.asarray(item_vectors, np.float32))
     trainer = Trainer.options(**_options(registry.TRAINER, named, detached)).remote(
-        settings.model_dump(mode="python"), list(item_ids), np.asarray(item_vectors, np.float32), bootstrap, store,
-        seed=seed)
+        settings.model_dump(mode="python"), bootstrap, store, *catalog, seed=seed)
     ray.get(trainer.metrics.remote(), timeout=600)  # constructed: version 1 is in the store
     return Learning(store, trainer)
 

@@ -112,11 +112,9 @@ class LocalStack:
 
         from actors import registry
         from cluster.loop import start_learning
-        from streamrec.vectors import load_vectors
 
-        ids, vectors, _ = load_vectors(self.settings.embedding.output_dir)
         try:
-            learning = start_learning(self._effective(), self.broker.bootstrap, ids, vectors)
+            learning = start_learning(self._effective(), self.broker.bootstrap)  # the Trainer reads the vectors
         except ray.exceptions.RayActorError as e:  # the trainer refused to start (e.g. a lineage it cannot continue)
             cause = str(e).strip().splitlines()
             raise StackError("the trainer did not start: " + next((x for x in reversed(cause) if "Error" in x), cause[-1]))

@@ -54,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
 
     def line() -> str:
-        ms = group.metrics()
+        try:
+            ms = group.metrics()
+        except (ray.exceptions.RayError, TimeoutError) as e:  # an actor restarting (its node lost): ingest goes on
+            return f"ingest x{len(group.actors)}: an actor is restarting ({type(e).__name__})"
         return (f"ingest x{len(ms)}: {sum(m['events_per_s'] for m in ms):,.0f} events/s, "
                 f"{sum(m['samples'] for m in ms):,} samples to {k.topics.samples}, dlq {sum(m['dlq'] for m in ms)}, "
                 f"late {sum(m['late'] for m in ms)}")

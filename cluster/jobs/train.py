@@ -45,8 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                      live_vectors(settings.embedding.output_dir), args.wait_s)
     if found is None:
         return 1
-    ids, vectors = found
-    trainer = start_learning(settings, settings.kafka.bootstrap_servers, ids, vectors, detached=True).trainer
+    trainer = start_learning(settings, settings.kafka.bootstrap_servers, detached=True).trainer  # reads the vectors itself
     if args.rollback:
         print(json.dumps(ray.get(trainer.rollback.remote(None, args.reason))))
         return 0
@@ -61,11 +60,18 @@ def main(argv: list[str] | None = None) -> int:
                    str(m["rejected"]), last.get("why", "-"), m.get("error") or "")
         return tb
 
+    def current() -> dict:
+        try:
+            return ray.get(trainer.metrics.remote(), timeout=30)
+        except (ray.exceptions.RayError, TimeoutError) as e:  # restarting (its node lost): it resumes by itself
+            return {"algorithm": "?", "serving_version": "?", "rounds": "-", "samples": "-", "published": "-",
+                    "rejected": "-", "error": f"restarting ({type(e).__name__})"}
+
     try:
-        with Live(table(ray.get(trainer.metrics.remote())), refresh_per_second=1) as live:
+        with Live(table(current()), refresh_per_second=1) as live:
             while not args.duration_s or time.monotonic() - started < args.duration_s:
                 time.sleep(2)
-                live.update(table(ray.get(trainer.metrics.remote())))
+                live.update(table(current()))
     except KeyboardInterrupt:
         pass
     print(json.dumps({k: v for k, v in ray.get(trainer.metrics.remote()).items() if k != "last"}))

@@ -10,7 +10,10 @@ Ray). It starts an S3-protocol server (moto), the embedded broker and a :class:`
    brings up the ``gpu`` node type for the encoder actor, which finds no CUDA there, falls back to
    the CPU and says so in the job's log; the vectors go to ``s3://``;
 3. submits the stream and train jobs; requests and clicks flow until the trainer publishes a
-   version beyond the first;
+   version beyond the first (PPO, with one remote learner); then SIGKILLs every process of the
+   worker node the trainer runs on while clients keep calling, and counts failed requests and
+   whether the restarted trainer took every impression served, once; then a burst of 200,000
+   impressions makes the stream job's lag controller add an ingest actor;
 4. stops the jobs and waits for the idle worker nodes to leave.
 
 It prints one JSON line of what it saw, with the seconds each step took.
@@ -95,16 +98,17 @@ def _config(tmp: Path, bootstrap: str) -> tuple[Path, dict]:
         "kafka": {"bootstrap_servers": bootstrap, "partitions": 2},
         "catalog": {"source": "synthetic", "num_items": 150, "num_users": 40},
         "embedding": {"output_dir": f"{store}/embeddings", "num_encoders": 1, "device": "cuda"},
-        "ingest": {"reward_window_s": 1.0, "parallelism": 1},
+        "ingest": {"reward_window_s": 1.0, "parallelism": 1, "max_parallelism": 2, "scale_up_lag": 2_000,
+                   "scale_down_lag": 100, "scale_down_after_s": 5.0, "scale_interval_s": 1.0},
         "profile": {"snapshot_dir": f"{store}/profiles"},
         "policy": {"algorithm": "ppo", "slate_size": 5, "num_candidates": 40},
-        "trainer": {"train_every_s": 1.0, "min_samples": 40, "min_holdout": 1, "gate_tolerance": 10.0,
+        "trainer": {"train_every_s": 1.0, "min_samples": 1, "min_holdout": 1, "gate_tolerance": 10.0,
                     "num_learners": 1, "num_epochs": 2,
                     "store_dir": f"{store}/policies", "checkpoint_dir": f"{store}/trainer"},
     })
     for d in app["deployments"]:
         d.pop("autoscaling_config", None)
-        d["num_replicas"] = 1
+        d["num_replicas"] = 2 if d["name"] == "Ranker" else 1
     cfg = tmp / "cluster.yaml"
     cfg.write_text(yaml.safe_dump(raw))
     return cfg, app
@@ -163,6 +167,7 @@ def _scenario(tmp: Path, cluster, bootstrap: str) -> dict:
 
     started = time.monotonic()
     embed = submit("cluster.jobs.embed")
+    out["seconds"]["embed_submitted"] = round(time.monotonic() - t0, 1)
     wait_until("embed job", lambda: jobs.get_job_status(embed) in {JobStatus.SUCCEEDED, JobStatus.FAILED}, 420, 2)
     out["embed"] = {"status": str(jobs.get_job_status(embed)), "seconds": round(time.monotonic() - started, 1),
                     "log_says_cpu_fallback": "no usable CUDA device on this GPU node" in jobs.get_job_logs(embed)}
@@ -180,6 +185,7 @@ def _scenario(tmp: Path, cluster, bootstrap: str) -> dict:
     out["seconds"]["jobs_to_ready"] = round(time.monotonic() - started, 1)
     statuses: Counter = Counter()
     store = registry.lookup(registry.STORE)
+    served: list[str] = []  # the event id of every impression served
     deadline = time.monotonic() + 240
     i = 0
     while time.monotonic() < deadline:
@@ -187,10 +193,12 @@ def _scenario(tmp: Path, cluster, bootstrap: str) -> dict:
         i += 1
         r = client.post("/v1/recommend", json={"user_id": user, "k": 5})
         statuses[r.status_code] += 1
-        if r.status_code == 200 and i % 2 == 0:
+        if r.status_code == 200:
             body = r.json()
-            client.post("/v1/feedback", json={"event_id": body["event_id"], "user_id": user,
-                                              "item_id": body["items"][0]["item_id"]})
+            served.append(body["event_id"])
+            if i % 2 == 0:
+                client.post("/v1/feedback", json={"event_id": body["event_id"], "user_id": user,
+                                                  "item_id": body["items"][0]["item_id"]})
         if i % 50 == 0 and (ray.get(store.latest.remote()) or {}).get("version", 0) >= 2:
             break
         time.sleep(0.02)
@@ -208,6 +216,10 @@ def _scenario(tmp: Path, cluster, bootstrap: str) -> dict:
     out["remote_learners"] = len(learners)
     out["on_worker_nodes"] = placed
     out["seconds"]["loop_trained"] = round(time.monotonic() - started, 1)
+
+    # 3b. the worker node the trainer runs on dies under traffic
+    out["node_loss"] = _lose_a_node(client, served)
+    out["lag_spike"] = _lag_spike(bootstrap, s)
 
     # 4. stop everything that holds a node; the idle nodes leave
     for job in (stream, train):
@@ -227,6 +239,167 @@ def _scenario(tmp: Path, cluster, bootstrap: str) -> dict:
     watching.set()
     out["nodes_seen"] = list(seen_nodes.values())
     out["embeddings_in_object_store"] = s.embedding.output_dir
+    return out
+
+
+def _processes_of_node(node_id: str) -> list[int]:
+    """The pids of a fake node's processes (the provider starts them with the node id in their environment)."""
+    mark = f"RAY_OVERRIDE_NODE_ID_FOR_TESTING={node_id}".encode()
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/environ", "rb") as f:
+                    if mark in f.read().split(b"\0"):
+                        pids.append(int(d))
+            except OSError:
+                continue
+    return pids
+
+
+def _lose_a_node(client, served: list[str]) -> dict:
+    """SIGKILL every process of the node that runs the trainer while clients keep calling (one
+    retry each); then count: requests failed after their retry, and whether the trainer's lineage
+    took every impression served, once (its consumed count and id digest)."""
+    import signal
+
+    import ray
+    import ray.util.state
+
+    from actors import registry
+    from cluster.local_cluster import wait_until
+    from rl.trainer_loop import ids_digest
+
+    trainer = registry.lookup(registry.TRAINER)
+    node = ray.util.state.get_actor(trainer._actor_id.hex()).node_id
+    alive = ray.util.state.list_actors(filters=[("state", "=", "ALIVE")])
+    out: dict = {"node_ran": sorted(a.class_name for a in alive if a.node_id == node)}
+    counts: Counter = Counter()
+    stop = threading.Event()
+
+    def call(user: str):
+        for attempt in (0, 1):
+            try:
+                r = client.post("/v1/recommend", json={"user_id": user, "k": 5})
+                if r.status_code == 200:
+                    return r
+                counts[f"attempt_{attempt}_{r.status_code}"] += 1
+            except Exception as e:
+                counts[f"attempt_{attempt}_{type(e).__name__}"] += 1
+            time.sleep(0.5)
+        counts["failed_after_retry"] += 1
+        return None
+
+    def traffic() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            r = call(f"user{i % 40}")
+            if r is not None:
+                counts["served"] += 1
+                body = r.json()
+                served.append(body["event_id"])
+                if i % 2 == 0:
+                    try:
+                        client.post("/v1/feedback", json={"event_id": body["event_id"], "user_id": f"user{i % 40}",
+                                                          "item_id": body["items"][0]["item_id"]})
+                    except Exception:
+                        counts["feedback_failed"] += 1
+            time.sleep(0.05)
+
+    def metrics() -> dict | None:
+        try:
+            return ray.get(registry.lookup(registry.TRAINER).metrics.remote(), timeout=10)
+        except Exception:
+            return None
+
+    th = threading.Thread(target=traffic, daemon=True)
+    th.start()
+    time.sleep(3)
+    pids = _processes_of_node(node)
+    out["processes_killed"] = len(pids)
+    lost_at = time.monotonic()
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    before = (metrics() or {}).get("consumed", 0)
+
+    def node_dead() -> bool:
+        return any(n["NodeID"] == node and not n["Alive"] for n in ray.nodes())
+
+    def trainer_elsewhere() -> bool:
+        a = ray.util.state.get_actor(registry.lookup(registry.TRAINER)._actor_id.hex())
+        return a is not None and a.state == "ALIVE" and a.node_id != node and metrics() is not None
+
+    wait_until("the node marked dead", node_dead, 240, 0.5)
+    out["seconds_to_node_marked_dead"] = round(time.monotonic() - lost_at, 1)
+    wait_until("the trainer on another node", trainer_elsewhere, 240, 1)
+    out["seconds_to_trainer_back"] = round(time.monotonic() - lost_at, 1)
+    wait_until("training again", lambda: (metrics() or {}).get("consumed", 0) > before, 240, 1)
+    out["seconds_to_training_again"] = round(time.monotonic() - lost_at, 1)
+    time.sleep(10)
+    stop.set()
+    th.join(60)
+    try:
+        wait_until("every impression taken", lambda: (metrics() or {}).get("consumed", 0) >= len(set(served)), 120, 2)
+    except TimeoutError:
+        pass
+    m = metrics() or {}
+    out.update(requests=dict(counts), impressions_served=len(served), distinct=len(set(served)),
+               consumed=m.get("consumed"), digest_matches=m.get("digest") == ids_digest(set(served)))
+    return out
+
+
+def _lag_spike(bootstrap: str, s) -> dict:
+    """200,000 impressions as fast as one producer writes them: the stream job's lag controller
+    (``ingest.max_parallelism: 2``) adds an ingest actor; seconds from the first of them until an
+    actor that was not there before has consumed records."""
+    import ray
+    from kafka import KafkaProducer
+
+    from actors import registry
+    from cluster.local_cluster import wait_until
+    from streamrec.events import Impression, encode
+
+    def ingest_actors() -> dict[int, object]:
+        return {i: a for i in range(32) if (a := registry.lookup(f"{registry.INGEST_PREFIX}-{i}")) is not None}
+
+    before = set(ingest_actors())
+
+    def produce() -> None:
+        p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024)
+        now = time.time()
+        for i in range(200_000):
+            imp = Impression(event_id=f"spike-{i}", ts=now, user_id=f"user{i % 40}", items=("x1", "x2", "x3"),
+                             propensities=(0.5, 0.5, 0.5), policy_version=1)
+            p.send(s.kafka.topics.impressions, key=imp.user_id.encode(), value=encode(imp))
+        p.flush(120)
+        p.close()
+        out["seconds_to_write_the_spike"] = round(time.monotonic() - spiked, 1)
+
+    out: dict = {"impressions": 200_000, "ingest_actors_before": len(before)}
+    th = threading.Thread(target=produce, daemon=True)
+    spiked = time.monotonic()
+    th.start()
+
+    def added_consuming() -> bool:
+        for i, a in ingest_actors().items():
+            if i not in before:
+                try:
+                    if ray.get(a.metrics.remote(), timeout=10)["records"] > 0:
+                        return True
+                except Exception:
+                    continue
+        return False
+
+    try:
+        wait_until("an added ingest actor consuming", added_consuming, 240, 0.5)
+        out["seconds_to_added_actor_consuming"] = round(time.monotonic() - spiked, 1)
+    except TimeoutError as e:
+        out["error"] = str(e)
+    th.join(180)
     return out
 
 

@@ -31,4 +31,9 @@ def test_service_first_then_jobs_on_an_autoscaling_cluster():
     assert r["requests"].get("200", 0) > 0 and set(r["requests"]) <= {"200", "503"}
     assert all(r["on_worker_nodes"].values()), r["on_worker_nodes"]  # the PPO learner too: one remote actor
     assert r["remote_learners"] == 1
+    loss = r["node_loss"]  # the trainer's node died under traffic (SIGKILL of all its processes)
+    assert loss["processes_killed"] > 0 and "Trainer" in loss["node_ran"]
+    assert loss["requests"].get("failed_after_retry", 0) == 0 and loss["requests"]["served"] > 0
+    assert loss["consumed"] == loss["distinct"] == loss["impressions_served"] and loss["digest_matches"]
+    assert "seconds_to_added_actor_consuming" in r["lag_spike"], r["lag_spike"]  # the lag controller grew ingest
     assert r["scaled_down"]
