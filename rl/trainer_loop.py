@@ -242,7 +242,7 @@ class TrainerLoop:
             return None
         if t.canary_share > 0 and self.serving is not None:
             return self._canary_round(samples, logged)
-        order = np.arange(n)  # the buffer hands samples over in arrival order: the newest are last
+        order = np.arange(n)  # the samples log holds them in the order they closed: the newest are last
         n_hold = max(1, int(round(n * t.holdout_fraction)))
         train, fresh = logged.subset(order[:-n_hold]), logged.subset(order[-n_hold:])
         self.holdout.append(fresh)

@@ -148,7 +148,7 @@ _SAMPLES_DECODER = msgspec.msgpack.Decoder(list[TrainingSample])
 
 
 def encode_samples(samples: list[TrainingSample]) -> bytes:
-    """A batch of samples as msgpack (the ingest -> SampleBuffer hand-off): C speed, no pickle."""
+    """A batch of samples as msgpack (one record of the samples topic): C speed, no pickle."""
     return _SAMPLES_ENCODER.encode(samples)
 
 
