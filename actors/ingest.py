@@ -32,12 +32,33 @@ from streamrec.events import dead_letter_headers, decode_batch, encode_samples
 from streamrec.join import RewardJoiner, Watermark
 from streamrec.rewards import RewardTable, is_positive
 
-__all__ = ["StreamIngest", "IngestGroup", "SAMPLES_PER_RECORD"]
+__all__ = ["StreamIngest", "IngestGroup", "SAMPLES_PER_RECORD", "sample_records"]
 
 log = logging.getLogger(__name__)
 _event_ts = operator.attrgetter("ts")
 SAMPLES_PER_RECORD = 500
 """Samples in one record of the samples topic (a few hundred KB: well under the broker's limits)."""
+MAX_RECORD_BYTES = 4 * 1024 * 1024
+"""A record that would be larger is split (:func:`sample_records`)."""
+
+
+def sample_records(samples: list, per_record: int = SAMPLES_PER_RECORD, max_bytes: int = MAX_RECORD_BYTES) -> list[bytes]:
+    """The samples as records of the samples topic: ``per_record`` at a time, each halved while it
+    encodes to more than ``max_bytes`` (samples carry their impressions' context and features, each
+    up to ``kafka.max_event_bytes``; the producer refuses records over 16 MB)."""
+    out: list[bytes] = []
+
+    def add(chunk: list) -> None:
+        blob = encode_samples(chunk)
+        if len(blob) > max_bytes and len(chunk) > 1:
+            add(chunk[:len(chunk) // 2])
+            add(chunk[len(chunk) // 2:])
+        else:
+            out.append(blob)
+
+    for i in range(0, len(samples), per_record):
+        add(samples[i:i + per_record])
+    return out
 
 
 def _rss_bytes() -> int:
@@ -169,8 +190,8 @@ class StreamIngest:
     def _handoff(self, token, samples: list) -> None:
         """Write due samples to the samples topic (msgpack, in C) and let the joiner count their
         offsets as done: :meth:`_commit` flushes the producer before it commits any of them."""
-        for i in range(0, len(samples), SAMPLES_PER_RECORD):
-            self._send(self.samples_topic, None, encode_samples(samples[i:i + SAMPLES_PER_RECORD]))
+        for blob in sample_records(samples):
+            self._send(self.samples_topic, None, blob)
             self.counts["sample_records"] += 1
         self.joiner.ack(token)
         self.counts["handoffs"] += 1

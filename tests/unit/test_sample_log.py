@@ -130,3 +130,17 @@ def test_seen_ids_forget_after_their_retention():
     assert seen.fresh([sample(1), sample(2)], now=5.0) == [sample(2)]
     assert seen.fresh([sample(0)], now=10.5) == [sample(0)]  # e0 (seen at 0) was forgotten
     assert seen.fresh([sample(2)], now=10.5) == []  # e2 (seen at 5) was not
+
+
+def test_ingest_writes_records_of_at_most_per_record_samples_halved_while_too_large():
+    from actors.ingest import sample_records
+    from streamrec.events import decode_samples
+
+    samples = [sample(i) for i in range(7)]
+    assert [len(decode_samples(b)) for b in sample_records(samples, per_record=3)] == [3, 3, 1]
+    big = [s._replace(context={"text": "x" * 1_000}) for s in samples[:4]]
+    records = sample_records(big, per_record=4, max_bytes=2_500)  # ~1 KB a sample: two per record
+    assert [len(decode_samples(b)) for b in records] == [2, 2]
+    assert [x.event_id for b in records for x in decode_samples(b)] == ["e0", "e1", "e2", "e3"]
+    one = sample_records(big[:1], per_record=4, max_bytes=10)  # a single sample is never split
+    assert len(one) == 1 and decode_samples(one[0]) == big[:1]
