@@ -28,6 +28,7 @@ __all__ = ["SeenIds", "SampleLog"]
 
 log = logging.getLogger(__name__)
 
+
 class SeenIds:
     """Event ids seen in the last ``retention_s`` seconds: drops redelivered samples."""
 

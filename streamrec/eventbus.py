@@ -1,7 +1,8 @@
-"""The one I/O boundary to Kafka: the event sinks (produce) and :class:`KafkaEventSource` (consume).
+"""The one I/O boundary to Kafka: the event sinks (produce), :class:`KafkaEventSource` (ingest's
+group consumer) and :class:`KafkaLogReader` (the trainer's reader of the samples topic).
 
-Everything above these classes (ingest, join, serving, the trainer's :class:`KafkaLogReader`)
-sees plain records and never imports a Kafka client, so it is testable without a broker. Two sinks keep one promise (:class:`EventSink`):
+Everything above these classes (ingest, join, serving, the trainer's ``SampleLog``) sees plain
+records and never imports a Kafka client, so it is testable without a broker. Two sinks keep one promise (:class:`EventSink`):
 :class:`RdKafkaEventSink` on librdkafka (serving's default, ``kafka.producer_client``) and
 :class:`KafkaEventSink` on kafka-python. The source consumes with librdkafka (confluent-kafka),
 whose C fetch/parse path keeps up with the ingest loop. Clients are imported lazily.
@@ -523,15 +524,10 @@ class KafkaLogReader:
         topic does not exist."""
         from confluent_kafka import TopicPartition
 
-        try:
-            meta = self._consumer.list_topics(self.topic, timeout=5).topics.get(self.topic)
-        except Exception as e:
-            log.warning("kafka reader %s: metadata unavailable: %s", self.topic, e)
+        parts = self._partitions()
+        if not parts:
             return None
-        if meta is None or meta.error is not None or not meta.partitions:
-            return None
-        parts = sorted(meta.partitions)
-        out = {p: o for p, o in (start or {}).items() if p in meta.partitions}
+        out = {p: o for p, o in (start or {}).items() if p in parts}
         missing = [TopicPartition(self.topic, p) for p in parts if p not in out]
         if missing:
             out.update({tp.partition: tp.offset for tp in self._consumer.committed(missing, timeout=10) if tp.offset >= 0})
@@ -541,6 +537,15 @@ class KafkaLogReader:
         self._consumer.assign([TopicPartition(self.topic, p, out[p]) for p in parts])
         return out
 
+    def _partitions(self) -> list[int]:
+        """The topic's partitions; [] while it does not exist or its metadata is unavailable."""
+        try:
+            meta = self._consumer.list_topics(self.topic, timeout=5).topics.get(self.topic)
+        except Exception as e:
+            log.warning("kafka reader %s: metadata unavailable: %s", self.topic, e)
+            return []
+        return [] if meta is None or meta.error is not None else sorted(meta.partitions)
+
     def unassign(self) -> None:
         self._consumer.unassign()
 
@@ -549,12 +554,11 @@ class KafkaLogReader:
         offset when none was); {} while the topic does not exist."""
         from confluent_kafka import TopicPartition
 
-        meta = self._consumer.list_topics(self.topic, timeout=5).topics.get(self.topic)
-        if meta is None or meta.error is not None or not meta.partitions:
+        parts = self._partitions()
+        if not parts:
             return {}
-        found = self._consumer.offsets_for_times([TopicPartition(self.topic, p, ts_ms) for p in sorted(meta.partitions)],
-                                                 timeout=10)
-        ends = self.high_watermarks(meta.partitions)
+        found = self._consumer.offsets_for_times([TopicPartition(self.topic, p, ts_ms) for p in parts], timeout=10)
+        ends = self.high_watermarks(parts)
         return {tp.partition: tp.offset if tp.offset >= 0 else ends.get(tp.partition, 0) for tp in found}
 
     def read(self, max_records: int = 500, timeout_s: float = 0.2) -> list[tuple[int, int, bytes]]:
