@@ -5,7 +5,7 @@
     HTTP -> Ranker (serve/http.py: auth, limits, /v1/recommend, /v1/feedback, /healthz, /metrics, /docs)
               |-- ContextEncoder.encode(text)   (batched; a handle call only for a text not in the replica's LRU)
               |-- Replica.rank(...)             (in process: retrieval, profile, policy, exploration, version)
-              '-- EventSink -> Kafka            (impression / feedback; never waited on)
+              '-- EventSink -> Kafka            (impression / feedback; acknowledged before the response)
             background thread: newer policy versions and changed user profiles (Replica.tick)
 
 The Ranker is the HTTP ingress itself: ranking is a millisecond of numpy, and a separate
@@ -21,6 +21,7 @@ only ever come from the PolicyStore.
 """
 
 
+import asyncio
 import gc
 import threading
 import time
@@ -59,7 +60,9 @@ class Ranker:
         k = s.kafka
         self.topics = k.topics
         self.sink = make_event_sink(k) if k.bootstrap_servers else None
+        self.ack_timeout_s = s.serve.event_ack_timeout_s
         self.events_without_kafka = 0
+        self.unacked_responses = 0
         store = Blocking(registry.policy_store(s.trainer.store_dir, s.trainer.keep_versions), timeout_s=30)
         mirror = ProfileMirror(ProfileStoreFinder().changes_since, s.serve.profile_mirror_users)
         self.replica = Replica(s, store, mirror)
@@ -85,11 +88,27 @@ class Ranker:
         """Runtime knobs (never weights): ``policy_poll_s``."""
         self.poll_s = float(user_config.get("policy_poll_s", self.poll_s))
 
-    def _emit(self, topic: str, key: str, value: bytes) -> None:
+    async def _emit(self, topic: str, key: str, value: bytes) -> None:
+        """Hand the event to the sink and wait (``serve.event_ack_timeout_s`` at most) until the
+        broker acknowledged it: what was answered is in Kafka, whatever happens to this replica next."""
         if self.sink is None:
             self.events_without_kafka += 1
-        else:
+            return
+        if self.ack_timeout_s <= 0:
             self.sink.send(topic, key, value)
+            return
+        loop = asyncio.get_running_loop()
+        acked = loop.create_future()
+
+        def on_done(ok: bool) -> None:  # the sink's thread
+            loop.call_soon_threadsafe(lambda: acked.done() or acked.set_result(ok))
+
+        if not self.sink.send(topic, key, value, on_done=on_done):
+            return  # dropped (buffer full) or refused: the sink counts it
+        try:
+            await asyncio.wait_for(acked, self.ack_timeout_s)
+        except asyncio.TimeoutError:
+            self.unacked_responses += 1
 
     async def recommend(self, req: RecommendRequest) -> JSONResponse:
         """A slate of ``k`` items for ``user_id``, with the policy version and each item's propensity."""
@@ -112,7 +131,7 @@ class Ranker:
             return error(503, str(e), {"Retry-After": "2"})
         event_id = uuid.uuid4().hex
         context = req.context.model_dump(exclude_none=True) if req.context else {}
-        self._emit(self.topics.impressions, req.user_id, encode(Impression(
+        await self._emit(self.topics.impressions, req.user_id, encode(Impression(
             event_id, time.time(), req.user_id, tuple(ranked["items"]), tuple(ranked["propensities"]),
             ranked["policy_version"], context, ranked["features"])))
         items = [{"item_id": i, "score": s, "propensity": p, "position": j}
@@ -122,13 +141,14 @@ class Ranker:
 
     async def feedback(self, fb: FeedbackRequest) -> dict[str, str]:
         """A click (or purchase, like, ...) on an item of a served slate; joined to it by ``event_id``."""
-        self._emit(self.topics.feedback, fb.user_id,
+        await self._emit(self.topics.feedback, fb.user_id,
                    encode(Feedback(fb.event_id, time.time(), fb.user_id, fb.item_id, fb.type, fb.value)))
         return {"status": "accepted"}
 
     def prometheus(self) -> str:
         st = self.replica.status()
         extra: dict[str, float] = {"events_without_kafka": self.events_without_kafka,
+                                   "events_unacked_responses": self.unacked_responses,
                                    "policy_swaps": st["swaps"], "policy_refused": st["refused"],
                                    "policy_rollbacks": st["rollbacks"],
                                    "policy_version": float(st["version"] or 0),

@@ -366,6 +366,11 @@ class ServeSettings(_Section):
     cluster, read when Serve's processes start: ``streamrec up`` sets it when it starts Ray; a
     cluster it joins (KubeRay) needs it in its containers' environment (``cluster/kuberay/render.py``
     writes it)."""
+    event_ack_timeout_s: float = Field(1.0, ge=0, le=30)
+    """How long a response waits for the broker to acknowledge its event (the impression of a
+    slate, a feedback): a 2xx then means the event is in Kafka, so a replica or node lost after
+    answering loses nothing. Past the timeout (broker slow or away) the response goes out anyway,
+    the event stays queued and ``/metrics`` counts it (``streamrec_events_unacked_responses``). 0: never wait."""
     explore: bool = True
     """Sample slates (Plackett-Luce / epsilon) with logged propensities; False serves the greedy slate."""
 

@@ -9,9 +9,10 @@ whose C fetch/parse path keeps up with the ingest loop. Clients are imported laz
 
 ``send`` never blocks the caller: events go to a bounded buffer (librdkafka's queue, or an
 in-process queue that a background thread hands to kafka-python's producer) with ``acks=all``,
-retries and delivery callbacks. When the broker is unreachable the buffer fills up to its
-bound, then further events are dropped and counted, and the request that produced them is
-served on time all the same.
+retries and delivery callbacks. ``on_done`` tells the caller when the broker acknowledged its
+event (serving waits for it, bounded, before answering: ``serve.event_ack_timeout_s``). When the
+broker is unreachable the buffer fills up to its bound, then further events are dropped and
+counted, and the request that produced them is served all the same.
 
 ``kafka.security`` (TLS, SASL) is mapped once per client library (:func:`librdkafka_security`,
 :func:`kafka_python_security`) and passed to every client: producers, the consumer, admin.
@@ -51,9 +52,14 @@ _PARTITION_EOF = -191  # confluent_kafka.KafkaError._PARTITION_EOF
 _is_not_none = functools.partial(operator.is_not, None)
 
 
+#: Called once with True when the broker acknowledged the event, False when it was not delivered
+#: (in the sink's own thread: hand the result over, never block there).
+OnDone = Callable[[bool], None]
+
+
 class EventSink(Protocol):
     def send(self, topic: str, key: str | bytes | None, value: bytes,
-             headers: Sequence[tuple[str, bytes]] | None = None) -> bool: ...
+             headers: Sequence[tuple[str, bytes]] | None = None, on_done: OnDone | None = None) -> bool: ...
 
     def flush(self, timeout_s: float = 10.0) -> bool: ...
 
@@ -139,10 +145,11 @@ class KafkaEventSink:
 
     # -- caller side: never blocks ------------------------------------------------------------
     def send(self, topic: str, key: str | bytes | None, value: bytes,
-             headers: Sequence[tuple[str, bytes]] | None = None) -> bool:
-        """Queue one event; False when the buffer is full (counted as dropped unless the caller retries)."""
+             headers: Sequence[tuple[str, bytes]] | None = None, on_done: OnDone | None = None) -> bool:
+        """Queue one event; False when the buffer is full (counted as dropped unless the caller
+        retries; ``on_done`` is then never called)."""
         try:
-            self._q.put_nowait((topic, _key_bytes(key), value, list(headers) if headers else None))
+            self._q.put_nowait((topic, _key_bytes(key), value, list(headers) if headers else None, on_done))
         except queue.Full:
             with self._lock:
                 self.stats.dropped += 1
@@ -179,7 +186,7 @@ class KafkaEventSink:
         return d
 
     # -- background: the only place that may wait on Kafka -----------------------------------
-    def _done(self, ok: bool):
+    def _done(self, ok: bool, on_done: OnDone | None):
         def cb(_):
             with self._lock:
                 self._inflight -= 1
@@ -187,6 +194,8 @@ class KafkaEventSink:
                     self.stats.delivered += 1
                 else:
                     self.stats.failed += 1
+            if on_done is not None:
+                on_done(ok)
         return cb
 
     def _run(self) -> None:
@@ -205,16 +214,16 @@ class KafkaEventSink:
                 item = self._q.get(timeout=0.05)
             except queue.Empty:
                 continue
-            topic, key, value, headers = item
+            topic, key, value, headers, on_done = item
             with self._lock:
                 self._inflight += 1
             try:
                 fut = self._producer.send(topic, key=key, value=value, headers=headers)
-                fut.add_callback(self._done(True))
-                fut.add_errback(self._done(False))
+                fut.add_callback(self._done(True, on_done))
+                fut.add_errback(self._done(False, on_done))
             except Exception as e:  # metadata timeout etc.: counted as failed
                 log.warning("event sink: send to %s failed: %s", topic, e)
-                self._done(False)(e)
+                self._done(False, on_done)(e)
 
 
 class RdKafkaEventSink:
@@ -248,11 +257,13 @@ class RdKafkaEventSink:
         self._thread.start()
 
     def send(self, topic: str, key: str | bytes | None, value: bytes,
-             headers: Sequence[tuple[str, bytes]] | None = None) -> bool:
-        """Queue one event; False when the buffer is full (counted as dropped) or the record is refused."""
+             headers: Sequence[tuple[str, bytes]] | None = None, on_done: OnDone | None = None) -> bool:
+        """Queue one event; False when the buffer is full (counted as dropped) or the record is
+        refused (``on_done`` is then never called)."""
+        delivered = self._delivered if on_done is None else functools.partial(self._delivered, on_done=on_done)
         try:
             self._producer.produce(topic, value, _key_bytes(key), headers=list(headers) if headers else None,
-                                   on_delivery=self._delivered)
+                                   on_delivery=delivered)
         except BufferError:
             with self._lock:
                 self.stats.dropped += 1
@@ -267,12 +278,14 @@ class RdKafkaEventSink:
             self.stats.queued += 1
         return True
 
-    def _delivered(self, err, _msg) -> None:
+    def _delivered(self, err, _msg, on_done: OnDone | None = None) -> None:
         with self._lock:
             if err is None:
                 self.stats.delivered += 1
             else:
                 self.stats.failed += 1
+        if on_done is not None:
+            on_done(err is None)
 
     def _serve_callbacks(self) -> None:
         while not self._stop.is_set():

@@ -10,10 +10,13 @@ Ray). It starts an S3-protocol server (moto), the embedded broker and a :class:`
    brings up the ``gpu`` node type for the encoder actor, which finds no CUDA there, falls back to
    the CPU and says so in the job's log; the vectors go to ``s3://``;
 3. submits the stream and train jobs; requests and clicks flow until the trainer publishes a
-   version beyond the first (PPO, with one remote learner); then SIGKILLs every process of the
-   worker node the trainer runs on while clients keep calling, and counts failed requests and
-   whether the restarted trainer took every impression served, once; then a burst of 200,000
-   impressions makes the stream job's lag controller add an ingest actor;
+   version beyond the first (PPO, with one remote learner); then eight clients without pause make
+   the Ranker (a worker CPU a replica) ask for a third replica, for which the autoscaler adds a
+   node, and it goes back to two when they stop; then SIGKILLs every process of two worker nodes,
+   the trainer's and a Ranker replica's, while clients keep calling, and counts failed requests,
+   served impressions missing from Kafka, and whether the restarted trainer took every impression
+   in Kafka once; then a burst of 200,000 impressions makes the stream job's lag controller add an
+   ingest actor;
 4. stops the jobs and waits for the idle worker nodes to leave.
 
 It prints one JSON line of what it saw, with the seconds each step took.
@@ -64,13 +67,16 @@ def _moto(tmp: Path) -> tuple[subprocess.Popen, dict[str, str]]:
 
 def main() -> int:
     from cluster.broker import start_embedded_broker, stop_broker
-    from cluster.local_cluster import LocalCluster
+    from cluster.local_cluster import NODE_TYPES, LocalCluster
 
     tmp = Path(tempfile.mkdtemp(prefix="streamrec-multinode-"))
     moto, s3_env = _moto(tmp)
     os.environ.update(s3_env)
     broker = start_embedded_broker(log_dir=tmp)
-    cluster = LocalCluster(tmp / "cluster", env={**s3_env, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)})
+    # room for three Ranker replicas of a node each beside the stream and train jobs' actors
+    node_types = {**NODE_TYPES, "cpu": {**NODE_TYPES["cpu"], "max_workers": 7}}
+    cluster = LocalCluster(tmp / "cluster", env={**s3_env, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)},
+                           node_types=node_types)
     try:
         cluster.start()
         print(json.dumps(_scenario(tmp, cluster, broker.bootstrap)), flush=True)
@@ -108,7 +114,12 @@ def _config(tmp: Path, bootstrap: str) -> tuple[Path, dict]:
     })
     for d in app["deployments"]:
         d.pop("autoscaling_config", None)
-        d["num_replicas"] = 2 if d["name"] == "Ranker" else 1
+        if d["name"] == "Ranker":  # a worker node's one CPU each: every replica beyond the nodes' room needs a node
+            d["ray_actor_options"] = {"num_cpus": 1}
+            d["autoscaling_config"] = {"min_replicas": 2, "max_replicas": 3, "target_ongoing_requests": 1,
+                                       "upscale_delay_s": 1, "downscale_delay_s": 5, "look_back_period_s": 4}
+        else:
+            d["num_replicas"] = 1
     cfg = tmp / "cluster.yaml"
     cfg.write_text(yaml.safe_dump(raw))
     return cfg, app
@@ -148,7 +159,8 @@ def _scenario(tmp: Path, cluster, bootstrap: str) -> dict:
 
     # 1. the service first: nothing else exists yet
     http_port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": http_port})
+    # one proxy, on the head: on one machine every node's proxy would bind the same address
+    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": http_port})
     serve.run(serving_app(app["args"], app["deployments"]), name="streamrec", route_prefix="/")
     out["seconds"]["service_up"] = round(time.monotonic() - t0, 1)
     url = f"http://127.0.0.1:{http_port}"
@@ -217,8 +229,10 @@ def _scenario(tmp: Path, cluster, bootstrap: str) -> dict:
     out["on_worker_nodes"] = placed
     out["seconds"]["loop_trained"] = round(time.monotonic() - started, 1)
 
-    # 3b. the worker node the trainer runs on dies under traffic
-    out["node_loss"] = _lose_a_node(client, served)
+    # 3b. the Ranker scales out under load onto a node the autoscaler adds, and back
+    out["ranker_scale_out"] = _scale_out(url, served)
+    # 3c. the worker nodes of the trainer and of a Ranker replica die under traffic
+    out["node_loss"] = _lose_nodes(client, served, bootstrap, s)
     out["lag_spike"] = _lag_spike(bootstrap, s)
 
     # 4. stop everything that holds a node; the idle nodes leave
@@ -242,6 +256,63 @@ def _scenario(tmp: Path, cluster, bootstrap: str) -> dict:
     return out
 
 
+RANKER = "ServeReplica:streamrec:Ranker"  # the actor class of the app's Ranker replicas
+
+
+def _ranker_replicas() -> list:
+    import ray.util.state
+
+    return ray.util.state.list_actors(filters=[("state", "=", "ALIVE"), ("class_name", "=", RANKER)])
+
+
+def _scale_out(url: str, served: list[str]) -> dict:
+    """Eight clients calling without pause: the Ranker's autoscaling (one request in flight per
+    replica as its target, 2..3 replicas of one CPU each) asks for a third replica, which fits on
+    no running worker node, so the autoscaler adds one; once the clients stop, the Ranker goes
+    back to two replicas."""
+    import httpx
+    import ray
+
+    from cluster.local_cluster import wait_until
+
+    nodes_before = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    out: dict = {"replicas_before": len(_ranker_replicas())}
+    counts: Counter = Counter()
+    stop = threading.Event()
+
+    def client(k: int) -> None:
+        with httpx.Client(base_url=url, timeout=30) as c:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                try:
+                    r = c.post("/v1/recommend", json={"user_id": f"user{(7 * k + i) % 40}", "k": 5})
+                    counts[str(r.status_code)] += 1
+                    if r.status_code == 200:
+                        served.append(r.json()["event_id"])
+                except httpx.HTTPError as e:
+                    counts[type(e).__name__] += 1
+
+    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(8)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    try:
+        wait_until("a third Ranker replica running", lambda: len(_ranker_replicas()) >= 3, 240, 1)
+        out["seconds_to_third_replica"] = round(time.monotonic() - started, 1)
+        out["on_an_added_node"] = sum(a.node_id not in nodes_before for a in _ranker_replicas())
+        time.sleep(3)  # the third replica takes its share
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    out["requests"] = dict(counts)
+    stopped = time.monotonic()
+    wait_until("back to two Ranker replicas", lambda: len(_ranker_replicas()) == 2, 240, 1)
+    out["seconds_to_two_replicas"] = round(time.monotonic() - stopped, 1)
+    return out
+
+
 def _processes_of_node(node_id: str) -> list[int]:
     """The pids of a fake node's processes (the provider starts them with the node id in their environment)."""
     mark = f"RAY_OVERRIDE_NODE_ID_FOR_TESTING={node_id}".encode()
@@ -257,10 +328,36 @@ def _processes_of_node(node_id: str) -> list[int]:
     return pids
 
 
-def _lose_a_node(client, served: list[str]) -> dict:
-    """SIGKILL every process of the node that runs the trainer while clients keep calling (one
-    retry each); then count: requests failed after their retry, and whether the trainer's lineage
-    took every impression served, once (its consumed count and id digest)."""
+def _logged_impressions(bootstrap: str, s) -> set[str]:
+    """The event id of every impression in the impressions topic now (what serving wrote to Kafka)."""
+    import uuid
+
+    from streamrec.eventbus import KafkaLogReader
+    from streamrec.events import decode
+
+    reader = KafkaLogReader(bootstrap, s.kafka.topics.impressions, f"audit-{uuid.uuid4().hex[:8]}")
+    try:
+        parts = range(s.kafka.partitions)
+        reader.assign({p: 0 for p in parts})
+        ends, at = reader.high_watermarks(parts), {p: 0 for p in parts}
+        ids: set[str] = set()
+        deadline = time.monotonic() + 120
+        while any(at[p] < ends.get(p, 0) for p in parts) and time.monotonic() < deadline:
+            for p, offset, value in reader.read(5_000, 1.0):
+                at[p] = offset + 1
+                ids.add(decode(value, expect="impression").event_id)
+        return ids
+    finally:
+        reader.close()
+
+
+def _lose_nodes(client, served: list[str], bootstrap: str, s) -> dict:
+    """SIGKILL every process of two worker nodes at once, the trainer's and a Ranker replica's,
+    while clients keep calling (one retry each, feedback too); then count: requests failed after
+    their retry, served impressions missing from Kafka, and whether the trainer's lineage took
+    every impression in Kafka once (its consumed count and id digest). An impression in Kafka
+    that no client received (its replica died after the broker's ack, before the answer) is
+    counted as ``logged_not_served``: trained as a slate nobody clicked."""
     import signal
 
     import ray
@@ -271,40 +368,40 @@ def _lose_a_node(client, served: list[str]) -> dict:
     from rl.trainer_loop import ids_digest
 
     trainer = registry.lookup(registry.TRAINER)
-    node = ray.util.state.get_actor(trainer._actor_id.hex()).node_id
+    trainer_node = ray.util.state.get_actor(trainer._actor_id.hex()).node_id
+    ranker_node = next(a.node_id for a in _ranker_replicas() if a.node_id != trainer_node)
+    victims = {trainer_node, ranker_node}
     alive = ray.util.state.list_actors(filters=[("state", "=", "ALIVE")])
-    out: dict = {"node_ran": sorted(a.class_name for a in alive if a.node_id == node)}
+    out: dict = {"nodes_ran": [sorted(a.class_name for a in alive if a.node_id == n) for n in (trainer_node, ranker_node)]}
     counts: Counter = Counter()
     stop = threading.Event()
 
-    def call(user: str):
+    def call(path: str, body: dict):
         for attempt in (0, 1):
             try:
-                r = client.post("/v1/recommend", json={"user_id": user, "k": 5})
-                if r.status_code == 200:
+                r = client.post(path, json=body)
+                if r.status_code < 300:
                     return r
-                counts[f"attempt_{attempt}_{r.status_code}"] += 1
+                counts[f"{path}_attempt_{attempt}_{r.status_code}"] += 1
             except Exception as e:
-                counts[f"attempt_{attempt}_{type(e).__name__}"] += 1
+                counts[f"{path}_attempt_{attempt}_{type(e).__name__}"] += 1
             time.sleep(0.5)
-        counts["failed_after_retry"] += 1
+        counts[f"{path}_failed_after_retry"] += 1
         return None
 
     def traffic() -> None:
         i = 0
         while not stop.is_set():
             i += 1
-            r = call(f"user{i % 40}")
+            user = f"user{i % 40}"
+            r = call("/v1/recommend", {"user_id": user, "k": 5})
             if r is not None:
                 counts["served"] += 1
                 body = r.json()
                 served.append(body["event_id"])
                 if i % 2 == 0:
-                    try:
-                        client.post("/v1/feedback", json={"event_id": body["event_id"], "user_id": f"user{i % 40}",
-                                                          "item_id": body["items"][0]["item_id"]})
-                    except Exception:
-                        counts["feedback_failed"] += 1
+                    call("/v1/feedback", {"event_id": body["event_id"], "user_id": user,
+                                          "item_id": body["items"][0]["item_id"]})
             time.sleep(0.05)
 
     def metrics() -> dict | None:
@@ -316,7 +413,7 @@ def _lose_a_node(client, served: list[str]) -> dict:
     th = threading.Thread(target=traffic, daemon=True)
     th.start()
     time.sleep(3)
-    pids = _processes_of_node(node)
+    pids = [pid for n in victims for pid in _processes_of_node(n)]
     out["processes_killed"] = len(pids)
     lost_at = time.monotonic()
     for pid in pids:
@@ -326,29 +423,34 @@ def _lose_a_node(client, served: list[str]) -> dict:
             pass
     before = (metrics() or {}).get("consumed", 0)
 
-    def node_dead() -> bool:
-        return any(n["NodeID"] == node and not n["Alive"] for n in ray.nodes())
+    def nodes_dead() -> bool:
+        return all(any(n["NodeID"] == v and not n["Alive"] for n in ray.nodes()) for v in victims)
 
     def trainer_elsewhere() -> bool:
         a = ray.util.state.get_actor(registry.lookup(registry.TRAINER)._actor_id.hex())
-        return a is not None and a.state == "ALIVE" and a.node_id != node and metrics() is not None
+        return a is not None and a.state == "ALIVE" and a.node_id not in victims and metrics() is not None
 
-    wait_until("the node marked dead", node_dead, 240, 0.5)
-    out["seconds_to_node_marked_dead"] = round(time.monotonic() - lost_at, 1)
+    wait_until("the nodes marked dead", nodes_dead, 240, 0.5)
+    out["seconds_to_nodes_marked_dead"] = round(time.monotonic() - lost_at, 1)
     wait_until("the trainer on another node", trainer_elsewhere, 240, 1)
     out["seconds_to_trainer_back"] = round(time.monotonic() - lost_at, 1)
     wait_until("training again", lambda: (metrics() or {}).get("consumed", 0) > before, 240, 1)
     out["seconds_to_training_again"] = round(time.monotonic() - lost_at, 1)
-    time.sleep(10)
+    wait_until("two Ranker replicas again", lambda: len(_ranker_replicas()) >= 2, 240, 1)
+    out["seconds_to_ranker_replaced"] = round(time.monotonic() - lost_at, 1)
+    time.sleep(5)
     stop.set()
     th.join(60)
+    logged = _logged_impressions(bootstrap, s)
     try:
-        wait_until("every impression taken", lambda: (metrics() or {}).get("consumed", 0) >= len(set(served)), 120, 2)
+        wait_until("every logged impression taken", lambda: (metrics() or {}).get("consumed", 0) >= len(logged), 120, 2)
     except TimeoutError:
         pass
     m = metrics() or {}
     out.update(requests=dict(counts), impressions_served=len(served), distinct=len(set(served)),
-               consumed=m.get("consumed"), digest_matches=m.get("digest") == ids_digest(set(served)))
+               logged=len(logged), served_not_logged=len(set(served) - logged),
+               logged_not_served=len(logged - set(served)),
+               consumed=m.get("consumed"), digest_matches=m.get("digest") == ids_digest(logged))
     return out
 
 

@@ -31,9 +31,14 @@ def test_service_first_then_jobs_on_an_autoscaling_cluster():
     assert r["requests"].get("200", 0) > 0 and set(r["requests"]) <= {"200", "503"}
     assert all(r["on_worker_nodes"].values()), r["on_worker_nodes"]  # the PPO learner too: one remote actor
     assert r["remote_learners"] == 1
-    loss = r["node_loss"]  # the trainer's node died under traffic (SIGKILL of all its processes)
-    assert loss["processes_killed"] > 0 and "Trainer" in loss["node_ran"]
-    assert loss["requests"].get("failed_after_retry", 0) == 0 and loss["requests"]["served"] > 0
-    assert loss["consumed"] == loss["distinct"] == loss["impressions_served"] and loss["digest_matches"]
+    out = r["ranker_scale_out"]  # load grew the Ranker to a third replica, on a node the autoscaler added
+    assert out["replicas_before"] == 2 and out["on_an_added_node"] >= 1, out
+    assert set(out["requests"]) == {"200"}, out
+    loss = r["node_loss"]  # the trainer's node and a Ranker replica's died under traffic (SIGKILL of all their processes)
+    assert loss["processes_killed"] > 0, loss
+    assert "Trainer" in loss["nodes_ran"][0] and "ServeReplica:streamrec:Ranker" in loss["nodes_ran"][1], loss
+    assert not any(k.endswith("failed_after_retry") for k in loss["requests"]) and loss["requests"]["served"] > 0, loss
+    assert loss["served_not_logged"] == 0 and loss["distinct"] == loss["impressions_served"]  # nothing served was lost
+    assert loss["consumed"] == loss["logged"] and loss["digest_matches"], loss  # everything in Kafka trained once
     assert "seconds_to_added_actor_consuming" in r["lag_spike"], r["lag_spike"]  # the lag controller grew ingest
     assert r["scaled_down"]

@@ -134,6 +134,51 @@ def test_recommend_feedback_sample_train_and_the_new_version_is_served(stack):
     assert tm["samples"] > 0 and tm["skipped"] == 0
 
 
+def test_a_2xx_means_its_event_is_in_kafka_and_a_broker_away_delays_answers_by_the_bound_only(stack):
+    from ray import serve
+
+    from cluster.loop import serving_app
+    from streamrec.eventbus import KafkaLogReader
+
+    s, b = stack["settings"], stack["args"]["kafka"]["bootstrap_servers"]
+    readers = {t: KafkaLogReader(b, t, f"probe-{uuid.uuid4().hex[:6]}") for t in (s.kafka.topics.impressions,
+                                                                                   s.kafka.topics.feedback)}
+
+    def logged(topic: str) -> int:  # records in the topic right now (the broker's high watermarks)
+        return sum(readers[topic].high_watermarks(range(s.kafka.partitions)).values())
+
+    with httpx.Client(base_url=stack["url"], headers=stack["headers"], timeout=30) as c:
+        for i in range(10):
+            before = logged(s.kafka.topics.impressions)
+            r = _recommend(c, user=f"user{i}")
+            assert r.status_code == 200 and logged(s.kafka.topics.impressions) == before + 1
+            before = logged(s.kafka.topics.feedback)
+            fb = c.post("/v1/feedback", json={"event_id": r.json()["event_id"], "user_id": f"user{i}",
+                                              "item_id": r.json()["items"][0]["item_id"]})
+            assert fb.status_code == 202 and logged(s.kafka.topics.feedback) == before + 1
+    for reader in readers.values():
+        reader.close()
+
+    # the same app with its broker away (nothing listens there): answered after the bound, counted
+    args = copy.deepcopy(stack["args"])
+    args["kafka"]["bootstrap_servers"] = f"127.0.0.1:{free_port()}"
+    args["serve"] = {"event_ack_timeout_s": 0.5}
+    serve.run(serving_app(args, _deployments(1)), name="away", route_prefix="/away")
+    try:
+        with httpx.Client(base_url=stack["url"] + "/away", headers=stack["headers"], timeout=30) as c:
+            deadline = time.monotonic() + 120
+            while (h := c.get("/healthz")).status_code != 200 and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert h.status_code == 200, h.text
+            t0 = time.monotonic()
+            r = _recommend(c)
+            assert r.status_code == 200 and 0.5 <= time.monotonic() - t0 < 5, r.text
+            m = c.get("/metrics").text
+            assert "streamrec_events_unacked_responses 1" in m and "streamrec_events_buffered 1" in m, m
+    finally:
+        serve.delete("away")
+
+
 def _republish(store, version: int, scale: float, *, num_rows: int | None = None) -> dict:
     manifest, blob = ray.get(store.get.remote(version))
     tensors = unpack(blob)

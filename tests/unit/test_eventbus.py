@@ -75,3 +75,32 @@ def test_the_librdkafka_sink_counts_what_it_could_not_deliver_by_close_as_failed
     assert all(sink.send("t", "u", b"v") for _ in range(3))
     sink.close(0.2)
     assert sink.metrics() == {"queued": 3, "delivered": 0, "failed": 3, "dropped": 0, "buffered": 0}
+
+
+def test_each_event_reports_its_own_delivery_once():
+    prod = FakeProducer()
+    sink = KafkaEventSink("x:1", producer_factory=lambda: prod)
+    done = []
+    assert sink.send("t", "u", b"a", on_done=lambda ok: done.append(("a", ok)))
+    assert sink.send("t", "u", b"b")  # no callback asked for
+    assert sink.send("t", "u", b"c", on_done=lambda ok: done.append(("c", ok)))
+    assert sink.flush(5)
+    assert done == [("a", True), ("c", True)]
+    sink.close()
+
+
+def test_an_event_the_librdkafka_sink_could_not_deliver_reports_false():
+    sink = _librdkafka_sink_without_broker(3)
+    done = []
+    assert sink.send("t", "u", b"v", on_done=done.append)
+    sink.close(0.2)
+    assert done == [False]
+
+
+def test_a_dropped_event_never_reports():
+    sink = _librdkafka_sink_without_broker(1)
+    done = []
+    assert sink.send("t", "u", b"v")
+    assert not sink.send("t", "u", b"w", on_done=done.append)
+    sink.close(0.2)
+    assert done == []
