@@ -41,7 +41,7 @@ class Replica:
     """
 
     def __init__(self, settings: StreamrecSettings, store: StoreReader, profiles: ProfileMirror | None = None, *,
-                 seed: int | None = None):
+                 seed: int | None = None, name: str | None = None):
         self.settings = settings
         self.store = store
         self.follower: PolicyFollower | None = None
@@ -50,7 +50,7 @@ class Replica:
         self.profiles = profiles
         self.rng = np.random.default_rng(seed)
         self.ranking: Ranking | None = None
-        self.replica = uuid.uuid4().hex[:8]
+        self.replica = name or uuid.uuid4().hex[:8]  # answered in X-Streamrec-Replica
         self._next_profile_sync = 0.0
         self.last_error: str | None = None
         self.poll()

@@ -310,11 +310,13 @@ class RdKafkaEventSink:
         return d
 
 
-def make_event_sink(kafka, client_id: str = "streamrec-sink") -> EventSink:
-    """The sink ``kafka.producer_client`` names, configured from :class:`~streamrec.config.KafkaSettings`."""
+def make_event_sink(kafka, client_id: str = "streamrec-sink", *, linger_ms: int = 5) -> EventSink:
+    """The sink ``kafka.producer_client`` names, configured from :class:`~streamrec.config.KafkaSettings`.
+
+    ``linger_ms``: how long the producer waits to batch; 0 for a caller that waits on the ack."""
     cls = RdKafkaEventSink if kafka.producer_client == "librdkafka" else KafkaEventSink
     return cls(kafka.bootstrap_servers, buffer_events=kafka.producer_buffer_events, idempotent=kafka.idempotent_producer,
-               client_id=client_id, security=kafka.security)
+               client_id=client_id, security=kafka.security, linger_ms=linger_ms)
 
 
 class PartitionBatch(NamedTuple):

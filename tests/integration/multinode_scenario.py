@@ -353,7 +353,7 @@ def _logged_impressions(bootstrap: str, s) -> set[str]:
 
 def _lose_nodes(client, served: list[str], bootstrap: str, s) -> dict:
     """SIGKILL every process of two worker nodes at once, the trainer's and a Ranker replica's,
-    while clients keep calling (one retry each, feedback too); then count: requests failed after
+    while three clients keep calling (one retry each, feedback too); then count: requests failed after
     their retry, served impressions missing from Kafka, and whether the trainer's lineage took
     every impression in Kafka once (its consumed count and id digest). An impression in Kafka
     that no client received (its replica died after the broker's ack, before the answer) is
@@ -369,12 +369,13 @@ def _lose_nodes(client, served: list[str], bootstrap: str, s) -> dict:
 
     trainer = registry.lookup(registry.TRAINER)
     trainer_node = ray.util.state.get_actor(trainer._actor_id.hex()).node_id
-    ranker_node = next(a.node_id for a in _ranker_replicas() if a.node_id != trainer_node)
+    victim = next(a for a in _ranker_replicas() if a.node_id != trainer_node)
+    ranker_node, victim_id = victim.node_id, victim.name.rsplit("#", 1)[-1]
     victims = {trainer_node, ranker_node}
     alive = ray.util.state.list_actors(filters=[("state", "=", "ALIVE")])
     out: dict = {"nodes_ran": [sorted(a.class_name for a in alive if a.node_id == n) for n in (trainer_node, ranker_node)]}
     counts: Counter = Counter()
-    stop = threading.Event()
+    stop, killed = threading.Event(), threading.Event()
 
     def call(path: str, body: dict):
         for attempt in (0, 1):
@@ -389,14 +390,16 @@ def _lose_nodes(client, served: list[str], bootstrap: str, s) -> dict:
         counts[f"{path}_failed_after_retry"] += 1
         return None
 
-    def traffic() -> None:
+    def traffic(k: int) -> None:
         i = 0
         while not stop.is_set():
             i += 1
-            user = f"user{i % 40}"
+            user = f"user{(7 * k + i) % 40}"
             r = call("/v1/recommend", {"user_id": user, "k": 5})
             if r is not None:
                 counts["served"] += 1
+                if r.headers.get("X-Streamrec-Replica") == victim_id:
+                    counts["victim_answered_after_kill" if killed.is_set() else "victim_answered"] += 1
                 body = r.json()
                 served.append(body["event_id"])
                 if i % 2 == 0:
@@ -410,8 +413,9 @@ def _lose_nodes(client, served: list[str], bootstrap: str, s) -> dict:
         except Exception:
             return None
 
-    th = threading.Thread(target=traffic, daemon=True)
-    th.start()
+    threads = [threading.Thread(target=traffic, args=(k,), daemon=True) for k in range(3)]
+    for th in threads:
+        th.start()
     time.sleep(3)
     pids = [pid for n in victims for pid in _processes_of_node(n)]
     out["processes_killed"] = len(pids)
@@ -421,6 +425,7 @@ def _lose_nodes(client, served: list[str], bootstrap: str, s) -> dict:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    killed.set()
     before = (metrics() or {}).get("consumed", 0)
 
     def nodes_dead() -> bool:
@@ -440,7 +445,8 @@ def _lose_nodes(client, served: list[str], bootstrap: str, s) -> dict:
     out["seconds_to_ranker_replaced"] = round(time.monotonic() - lost_at, 1)
     time.sleep(5)
     stop.set()
-    th.join(60)
+    for th in threads:
+        th.join(60)
     logged = _logged_impressions(bootstrap, s)
     try:
         wait_until("every logged impression taken", lambda: (metrics() or {}).get("consumed", 0) >= len(logged), 120, 2)

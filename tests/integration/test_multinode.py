@@ -38,6 +38,7 @@ def test_service_first_then_jobs_on_an_autoscaling_cluster():
     assert loss["processes_killed"] > 0, loss
     assert "Trainer" in loss["nodes_ran"][0] and "ServeReplica:streamrec:Ranker" in loss["nodes_ran"][1], loss
     assert not any(k.endswith("failed_after_retry") for k in loss["requests"]) and loss["requests"]["served"] > 0, loss
+    assert loss["requests"]["victim_answered"] > 0, loss  # the killed replica was serving this traffic
     assert loss["served_not_logged"] == 0 and loss["distinct"] == loss["impressions_served"]  # nothing served was lost
     assert loss["consumed"] == loss["logged"] and loss["digest_matches"], loss  # everything in Kafka trained once
     assert "seconds_to_added_actor_consuming" in r["lag_spike"], r["lag_spike"]  # the lag controller grew ingest
