@@ -12,8 +12,8 @@ Ray). It starts an S3-protocol server (moto), the embedded broker and a :class:`
 3. submits the stream and train jobs; requests and clicks flow until the trainer publishes a
    version beyond the first (PPO, with one remote learner); then eight clients without pause make
    the Ranker (a worker CPU a replica) ask for a third replica, for which the autoscaler adds a
-   node, and it goes back to two when they stop; then SIGKILLs every process of two worker nodes,
-   the trainer's and a Ranker replica's, while clients keep calling, and counts failed requests,
+   node, and it goes back to two when they stop; then SIGKILLs every process of the worker nodes of
+   the trainer, an ingest actor and a Ranker replica while clients keep calling, and counts failed requests,
    served impressions missing from Kafka, and whether the restarted trainer took every impression
    in Kafka once; then a burst of 200,000 impressions makes the stream job's lag controller add an
    ingest actor;
@@ -231,7 +231,7 @@ def _scenario(tmp: Path, cluster, bootstrap: str) -> dict:
 
     # 3b. the Ranker scales out under load onto a node the autoscaler adds, and back
     out["ranker_scale_out"] = _scale_out(url, served)
-    # 3c. the worker nodes of the trainer and of a Ranker replica die under traffic
+    # 3c. the worker nodes of the trainer, an ingest actor and a Ranker replica die under traffic
     out["node_loss"] = _lose_nodes(client, served, bootstrap, s)
     out["lag_spike"] = _lag_spike(bootstrap, s)
 
@@ -328,16 +328,26 @@ def _processes_of_node(node_id: str) -> list[int]:
     return pids
 
 
-def _logged_impressions(bootstrap: str, s) -> set[str]:
-    """The event id of every impression in the impressions topic now (what serving wrote to Kafka)."""
+def _alive_elsewhere(name: str, nodes: set[str]) -> bool:
+    """The named actor is alive on a node not in ``nodes``."""
+    import ray.util.state
+
+    from actors import registry
+
+    handle = registry.lookup(name)
+    a = None if handle is None else ray.util.state.get_actor(handle._actor_id.hex())
+    return a is not None and a.state == "ALIVE" and a.node_id not in nodes
+
+
+def _ids_in_topic(bootstrap: str, topic: str, partitions: int, ids_of) -> set[str]:
+    """Every event id in ``topic`` now (``ids_of(value)``: a record's ids)."""
     import uuid
 
     from streamrec.eventbus import KafkaLogReader
-    from streamrec.events import decode
 
-    reader = KafkaLogReader(bootstrap, s.kafka.topics.impressions, f"audit-{uuid.uuid4().hex[:8]}")
+    reader = KafkaLogReader(bootstrap, topic, f"audit-{uuid.uuid4().hex[:8]}")
     try:
-        parts = range(s.kafka.partitions)
+        parts = range(partitions)
         reader.assign({p: 0 for p in parts})
         ends, at = reader.high_watermarks(parts), {p: 0 for p in parts}
         ids: set[str] = set()
@@ -345,15 +355,30 @@ def _logged_impressions(bootstrap: str, s) -> set[str]:
         while any(at[p] < ends.get(p, 0) for p in parts) and time.monotonic() < deadline:
             for p, offset, value in reader.read(5_000, 1.0):
                 at[p] = offset + 1
-                ids.add(decode(value, expect="impression").event_id)
+                ids.update(ids_of(value))
         return ids
     finally:
         reader.close()
 
 
+def _logged_impressions(bootstrap: str, s) -> set[str]:
+    """The event id of every impression in the impressions topic now (what serving wrote to Kafka)."""
+    from streamrec.events import decode
+
+    return _ids_in_topic(bootstrap, s.kafka.topics.impressions, s.kafka.partitions,
+                         lambda v: [decode(v, expect="impression").event_id])
+
+
+def _sampled_impressions(bootstrap: str, s) -> set[str]:
+    """The event id of every sample ingest wrote to the samples topic (one partition)."""
+    from streamrec.events import decode_samples
+
+    return _ids_in_topic(bootstrap, s.kafka.topics.samples, 1, lambda v: [x.event_id for x in decode_samples(v)])
+
+
 def _lose_nodes(client, served: list[str], bootstrap: str, s) -> dict:
-    """SIGKILL every process of two worker nodes at once, the trainer's and a Ranker replica's,
-    while three clients keep calling (one retry each, feedback too); then count: requests failed after
+    """SIGKILL every process of the worker nodes of the trainer, of an ingest actor and of a Ranker
+    replica (two or three nodes) at once, while three clients keep calling (one retry each, feedback too); then count: requests failed after
     their retry, served impressions missing from Kafka, and whether the trainer's lineage took
     every impression in Kafka once (its consumed count and id digest). An impression in Kafka
     that no client received (its replica died after the broker's ack, before the answer) is
@@ -367,13 +392,15 @@ def _lose_nodes(client, served: list[str], bootstrap: str, s) -> dict:
     from cluster.local_cluster import wait_until
     from rl.trainer_loop import ids_digest
 
-    trainer = registry.lookup(registry.TRAINER)
-    trainer_node = ray.util.state.get_actor(trainer._actor_id.hex()).node_id
-    victim = next(a for a in _ranker_replicas() if a.node_id != trainer_node)
-    ranker_node, victim_id = victim.node_id, victim.name.rsplit("#", 1)[-1]
-    victims = {trainer_node, ranker_node}
+    def node_of(name: str) -> str:
+        return ray.util.state.get_actor(registry.lookup(name)._actor_id.hex()).node_id
+
+    trainer_node, ingest_node = node_of(registry.TRAINER), node_of(f"{registry.INGEST_PREFIX}-0")
+    victim = next(a for a in _ranker_replicas() if a.node_id not in (trainer_node, ingest_node))
+    victim_id = victim.name.rsplit("#", 1)[-1]
+    victims = {trainer_node, ingest_node, victim.node_id}
     alive = ray.util.state.list_actors(filters=[("state", "=", "ALIVE")])
-    out: dict = {"nodes_ran": [sorted(a.class_name for a in alive if a.node_id == n) for n in (trainer_node, ranker_node)]}
+    out: dict = {"nodes_ran": [sorted(a.class_name for a in alive if a.node_id == n) for n in victims]}
     counts: Counter = Counter()
     stop, killed = threading.Event(), threading.Event()
 
@@ -432,8 +459,7 @@ def _lose_nodes(client, served: list[str], bootstrap: str, s) -> dict:
         return all(any(n["NodeID"] == v and not n["Alive"] for n in ray.nodes()) for v in victims)
 
     def trainer_elsewhere() -> bool:
-        a = ray.util.state.get_actor(registry.lookup(registry.TRAINER)._actor_id.hex())
-        return a is not None and a.state == "ALIVE" and a.node_id not in victims and metrics() is not None
+        return _alive_elsewhere(registry.TRAINER, victims) and metrics() is not None
 
     wait_until("the nodes marked dead", nodes_dead, 240, 0.5)
     out["seconds_to_nodes_marked_dead"] = round(time.monotonic() - lost_at, 1)
@@ -441,6 +467,8 @@ def _lose_nodes(client, served: list[str], bootstrap: str, s) -> dict:
     out["seconds_to_trainer_back"] = round(time.monotonic() - lost_at, 1)
     wait_until("training again", lambda: (metrics() or {}).get("consumed", 0) > before, 240, 1)
     out["seconds_to_training_again"] = round(time.monotonic() - lost_at, 1)
+    wait_until("the ingest actor on another node", lambda: _alive_elsewhere(f"{registry.INGEST_PREFIX}-0", victims), 240, 1)
+    out["seconds_to_ingest_back"] = round(time.monotonic() - lost_at, 1)
     wait_until("two Ranker replicas again", lambda: len(_ranker_replicas()) >= 2, 240, 1)
     out["seconds_to_ranker_replaced"] = round(time.monotonic() - lost_at, 1)
     time.sleep(5)
@@ -453,6 +481,9 @@ def _lose_nodes(client, served: list[str], bootstrap: str, s) -> dict:
     except TimeoutError:
         pass
     m = metrics() or {}
+    if m.get("consumed") != len(logged):  # where the difference is: ingest's output or the trainer's intake
+        out["not_in_samples_topic"] = sorted(logged - _sampled_impressions(bootstrap, s))[:10]
+        out["trainer_log"] = m.get("log")
     out.update(requests=dict(counts), impressions_served=len(served), distinct=len(set(served)),
                logged=len(logged), served_not_logged=len(set(served) - logged),
                logged_not_served=len(logged - set(served)),
