@@ -69,6 +69,11 @@ def _rss_bytes() -> int:
         return 0
 
 
+class NotDurable(RuntimeError):
+    """Samples or dead letters handed to the producer were not acknowledged: the actor restarts
+    and replays from its last commit."""
+
+
 @ray.remote(num_cpus=0.25, max_restarts=-1, max_concurrency=4)
 class StreamIngest:
     def __init__(self, *, bootstrap: str, impressions_topic: str, feedback_topic: str, dlq_topic: str,
@@ -94,6 +99,7 @@ class StreamIngest:
         self._error: str | None = None
         self._profile_refs: list = []
         self._failed = 0  # the sink's failed deliveries already acted on
+        self._not_durable: str | None = None  # set in a rebalance callback: the loop restarts the actor
         # the samples and the dead letters: one librdkafka producer (C threads), flushed before each commit
         self.out = RdKafkaEventSink(bootstrap, client_id=f"{name}-out", buffer_events=100_000, linger_ms=5,
                                     security=security)
@@ -117,6 +123,8 @@ class StreamIngest:
         try:
             while not self._stop.is_set():
                 records = self.source.poll(timeout_ms=100)
+                if self._not_durable is not None:
+                    raise NotDurable(self._not_durable)
                 if records:
                     self._process(records)
                 owned, caught_up = self.source.progress()
@@ -205,11 +213,11 @@ class StreamIngest:
         if not offsets:
             return
         if not self.out.flush(30):
-            raise RuntimeError("samples or dead letters not acknowledged within 30 s: replaying from the last commit")
+            raise NotDurable("samples or dead letters not acknowledged within 30 s: replaying from the last commit")
         failed = self.out.metrics()["failed"]
         if failed > self._failed:
             self._failed = failed
-            raise RuntimeError(f"{failed} samples or dead-letter records failed delivery: replaying from the last commit")
+            raise NotDurable(f"{failed} samples or dead-letter records failed delivery: replaying from the last commit")
         self.source.commit(offsets)
         self.counts["commits"] += 1
 
@@ -217,6 +225,10 @@ class StreamIngest:
         self.counts["rebalances"] += 1
         try:
             self._commit()
+        except NotDurable as e:
+            # samples this process emitted may be missing from the log while its joiner remembers
+            # them as emitted (a replay here would skip them): only a fresh actor writes them again
+            self._not_durable = str(e)
         except Exception as e:  # the group moved on; the new owner replays from the last commit
             log.warning("commit on revoke failed: %s", e)
         self.joiner.drop_partitions(revoked)

@@ -10,9 +10,9 @@ GPU node types from zero) and prints one JSON line, each figure next to its peer
   autoscaler started for it; peer: submit -> that GPU node up;
 - eight clients without pause -> a third Ranker replica running on a node the autoscaler added;
   peer: the clients stopping -> back to two replicas;
-- two worker nodes' processes killed (the trainer's and a Ranker replica's) -> the trainer
-  restarted elsewhere and training again, and the Ranker back at two replicas; peer: -> Ray
-  marking the nodes dead;
+- the processes of the worker nodes of the trainer, an ingest actor and a Ranker replica
+  killed at once -> the trainer restarted elsewhere and training again, and the Ranker back at
+  two replicas; peer: -> Ray marking the nodes dead;
 - a burst of 200,000 impressions -> an ingest actor the lag controller added has consumed
   records; peer: how long one producer took to write the burst.
 """

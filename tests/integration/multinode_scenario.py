@@ -484,6 +484,16 @@ def _lose_nodes(client, served: list[str], bootstrap: str, s) -> dict:
     if m.get("consumed") != len(logged):  # where the difference is: ingest's output or the trainer's intake
         out["not_in_samples_topic"] = sorted(logged - _sampled_impressions(bootstrap, s))[:10]
         out["trainer_log"] = m.get("log")
+        out["ingest"] = []
+        for i in range(4):
+            a = registry.lookup(f"{registry.INGEST_PREFIX}-{i}")
+            if a is not None:
+                try:
+                    got = ray.get(a.metrics.remote(), timeout=10)
+                    out["ingest"].append({k: got.get(k) for k in ("name", "records", "impressions", "samples", "pending",
+                                                                  "duplicates", "rebalances", "commits", "lag", "error")})
+                except Exception as e:
+                    out["ingest"].append(repr(e))
     out.update(requests=dict(counts), impressions_served=len(served), distinct=len(set(served)),
                logged=len(logged), served_not_logged=len(set(served) - logged),
                logged_not_served=len(logged - set(served)),
