@@ -100,6 +100,8 @@ class StreamIngest:
         self._profile_refs: list = []
         self._failed = 0  # the sink's failed deliveries already acted on
         self._not_durable: str | None = None  # set in a rebalance callback: the loop restarts the actor
+        self._behind: set = set()  # owned partitions not read to their end, as of the last loop turn
+        self._watermark_lag_s = 0.0  # wall clock minus the join's watermark, as of the last loop turn
         # the samples and the dead letters: one librdkafka producer (C threads), flushed before each commit
         self.out = RdKafkaEventSink(bootstrap, client_id=f"{name}-out", buffer_events=100_000, linger_ms=5,
                                     security=security)
@@ -128,7 +130,10 @@ class StreamIngest:
                 if records:
                     self._process(records)
                 owned, caught_up = self.source.progress()
-                token, samples = self.joiner.due(self.watermark.value(time.time(), owned, caught_up))
+                now = time.time()
+                wm = self.watermark.value(now, owned, caught_up)
+                self._behind, self._watermark_lag_s = owned - caught_up, now - wm
+                token, samples = self.joiner.due(wm)
                 if samples:
                     self._handoff(token, samples)
                 now = time.monotonic()
@@ -251,6 +256,7 @@ class StreamIngest:
             "samples": s.samples, "joined": s.joined, "late": s.late, "orphans": s.orphans,
             "off_slate": s.off_slate, "duplicates": s.duplicates, "join_hit_rate": s.join_hit_rate,
             "pending": self.joiner.pending, "join_state": self.joiner.state_size,
+            "behind": sorted(f"{t}/{p}" for t, p in self._behind), "watermark_lag_s": self._watermark_lag_s,
             "lag": dict(self._lag), "out_sink": self.out.metrics(),
             "rss_bytes": _rss_bytes(), "rss_start_bytes": self._rss_start,
             "alive": self._thread.is_alive(), "error": self._error,

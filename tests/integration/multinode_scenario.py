@@ -491,7 +491,8 @@ def _lose_nodes(client, served: list[str], bootstrap: str, s) -> dict:
                 try:
                     got = ray.get(a.metrics.remote(), timeout=10)
                     out["ingest"].append({k: got.get(k) for k in ("name", "records", "impressions", "samples", "pending",
-                                                                  "duplicates", "rebalances", "commits", "lag", "error")})
+                                                                  "duplicates", "rebalances", "commits", "lag", "behind",
+                                                                  "watermark_lag_s", "error")})
                 except Exception as e:
                     out["ingest"].append(repr(e))
     out.update(requests=dict(counts), impressions_served=len(served), distinct=len(set(served)),
