@@ -10,6 +10,12 @@ concurrent clients for peak throughput, counted after ``--peak-warmup-s`` of it 
 starts replicas under that load; their start-up is not the steady state). The Serve side also
 reports Ranker replicas over time, each replica's resident memory, and publish -> every replica
 serving the version (20 publishes).
+
+It serves ``ray_config.yaml``'s application as shipped (its args with this run's broker, paths
+and catalog size; its deployments; its ``serve.mode`` unless ``--serve-mode``) and prints the
+effective serve settings. ``--with-simulator RATE`` runs what ``make run`` runs beside the load
+(ingest, the trainer publishing versions, simulated users at RATE visits/s) through both sides'
+measurements.
 """
 
 from __future__ import annotations
@@ -87,7 +93,7 @@ def _replica_rss() -> dict:
     from ray.util.state import list_actors
 
     out = {}
-    for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000):
+    for a in list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")], limit=1000):
         if a.class_name and "ServeReplica" in a.class_name and a.pid:
             try:
                 out[a.class_name.split(":")[-1] + f"#{a.pid}"] = round(psutil.Process(a.pid).memory_info().rss / 2**20)
@@ -151,6 +157,34 @@ def cpu_per_request(url: str, rate: float, seconds: float, users: int) -> dict:
             "total_cpu_ms_per_request": round(sum(per.values()), 2)}
 
 
+def _merged(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merged(base.get(k) or {}, v) if isinstance(v, dict) else v
+    return out
+
+
+def _start_loop(s, bootstrap: str, serve_url: str, item_ids: list, item_vectors, rate: float) -> list:
+    """What ``make run`` runs beside serving: the stream (ingest, profiles), the trainer, and
+    simulated users calling the Serve app: [simulator, ingest group, trainer]."""
+    from cluster.broker import ensure_topics, loop_topics
+    from cluster.loop import start_learning, start_stream
+    from cluster.simulate import HttpSimulator, synthetic_users_for
+
+    ensure_topics(bootstrap, loop_topics(s.kafka))
+    stream = start_stream(s, bootstrap, item_ids, item_vectors)
+    learning = start_learning(s, bootstrap, item_ids, item_vectors)
+    sim = HttpSimulator(serve_url, synthetic_users_for(s), rate_per_s=rate).start()
+    return [sim, stream.ingest, learning.trainer]
+
+
+def _stop_loop(loop: list) -> None:
+    sim, ingest, trainer = loop
+    sim.stop()
+    ingest.stop()
+    ray.get(trainer.stop.remote())
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rates", default="25,50,100,200")
@@ -162,8 +196,12 @@ def main(argv=None) -> int:
     ap.add_argument("--users", type=int, default=1000)
     ap.add_argument("--cpu-at", type=float, default=25.0,
                     help="also measure CPU ms per request by process at this rate (0: skip)")
-    ap.add_argument("--serve-mode", choices=sorted(SERVE_MODES), default="standard",
-                    help="serve.mode standard or throughput, or one part of throughput (SERVE_MODES)")
+    ap.add_argument("--serve-mode", choices=sorted(SERVE_MODES), default=None,
+                    help="serve.mode standard or throughput, or one part of throughput (SERVE_MODES); "
+                         "default: serve.mode of ray_config.yaml")
+    ap.add_argument("--with-simulator", type=float, default=0.0, metavar="RATE",
+                    help="run make run's loop beside the load: ingest, the trainer and simulated users at RATE "
+                         "visits/s against the Serve app, on both sides' measurements (0: none)")
     ap.add_argument("--only-cpu", action="store_true", help="only the CPU breakdown (no load ramp, no publishes)")
     args = ap.parse_args(argv)
 
@@ -182,6 +220,9 @@ def main(argv=None) -> int:
     from streamrec.encoder import TextEncoder
     from streamrec.vectors import write_vectors
 
+    raw = load_serve_config(os.path.join(os.path.dirname(__file__), "..", "ray_config.yaml"))
+    shipped = raw["applications"][0]
+    mode = args.serve_mode or shipped["args"].get("serve", {}).get("mode", "standard")
     out: dict = {"machine": f"{os.cpu_count()} CPU", "items": args.items}
     tmp = tempfile.mkdtemp(prefix="streamrec-bench-serve-")
     items, users = synthetic_items(0, args.items), synthetic_users(args.users)
@@ -190,13 +231,17 @@ def main(argv=None) -> int:
     write_vectors(f"{tmp}/emb", {"items": (np.array(items.column("item_id").to_pylist()), iv, "item_id"),
                                  "users": (np.array(users.column("user_id").to_pylist()), uv, "user_id")}, enc.model_id)
     broker = start_embedded_broker()
-    app_args = {"kafka": {"bootstrap_servers": broker.bootstrap}, "embedding": {"output_dir": f"{tmp}/emb"},
-                "trainer": {"store_dir": f"{tmp}/store"}, "catalog": {"num_items": args.items}}
+    # the shipped application's args, with this run's broker, paths and catalog size
+    app_args = _merged(shipped["args"], {
+        "kafka": {"bootstrap_servers": broker.bootstrap}, "embedding": {"output_dir": f"{tmp}/emb"},
+        "trainer": {"store_dir": f"{tmp}/store", "checkpoint_dir": f"{tmp}/trainer"},
+        "profile": {"snapshot_dir": f"{tmp}/profiles"},
+        "catalog": {"source": "synthetic", "num_items": args.items, "num_users": args.users, "seed": 0}})
     s = settings_from_args(app_args, env={})
-    for k, v in SERVE_MODES[args.serve_mode].items():
+    for k, v in SERVE_MODES[mode].items():
         os.environ.setdefault(k, v)
-    out["serve_mode"] = args.serve_mode
-    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False, namespace=registry.NAMESPACE)
+    out["serve_mode"] = mode
+    ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=False, namespace=registry.NAMESPACE)
     store = registry.policy_store(s.trainer.store_dir, 50, detached=False)
     p = s.policy
     spec = PolicySpec("ppo", m=p.feature_dim, num_candidates=p.num_candidates, slate_size=p.slate_size,
@@ -207,8 +252,9 @@ def main(argv=None) -> int:
     blob, sha = pack(tensors)
     ray.get(store.publish.remote(blob, {"sha256": sha, "spec": spec.to_dict(), "algorithm": "ppo"}))
 
-    raw = load_serve_config(os.path.join(os.path.dirname(__file__), "..", "ray_config.yaml"))
-    deployments = raw["applications"][0]["deployments"]
+    deployments = shipped["deployments"]
+    out["serve_settings"] = {"serve": s.serve.model_dump(mode="json"), "deployments": deployments}
+    print(json.dumps({"serve_settings": out["serve_settings"]}), file=sys.stderr, flush=True)
     port = free_port(outside_ephemeral=True)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(serving_app(app_args, deployments), name="streamrec", route_prefix="/")
@@ -218,9 +264,12 @@ def main(argv=None) -> int:
     bare = subprocess.Popen([sys.executable, "-m", "bench.bare_server", "--args-json", json.dumps(app_args),
                              "--port", str(bare_port)], env={**os.environ, "OMP_NUM_THREADS": "1"})
     bare_url = f"http://127.0.0.1:{bare_port}"
+    loop: list = []  # make run's ingest, trainer and simulated users, with --with-simulator
     try:
         for u in (serve_url, bare_url):
             wait_http(u + "/healthz", timeout_s=300)
+        if args.with_simulator:
+            loop = _start_loop(s, broker.bootstrap, serve_url, items.column("item_id").to_pylist(), iv, args.with_simulator)
         timeline, stop, phase = [], threading.Event(), ["start"]
 
         def watch():
@@ -276,7 +325,11 @@ def main(argv=None) -> int:
                 lat.append(max(seen.values()) if len(seen) >= replicas else float("inf"))
         out["publish_to_all_replicas_s"] = {"p50": round(float(np.percentile(lat, 50)), 3),
                                             "p95": round(float(np.percentile(lat, 95)), 3), "n": len(lat)}
+        if loop:
+            out["simulator"] = loop[0].metrics()
     finally:
+        if loop:
+            _stop_loop(loop)
         bare.terminate()
         bare.wait(10)
         serve.shutdown()
