@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import ray
@@ -43,6 +44,7 @@ class Trainer:
         self.loop = self._new_loop()
         self.loop.publish_initial()
         self._broken = False  # a round failed: rebuild the loop from its checkpoint before the next
+        self._round_started: float | None = None  # monotonic start of the round running now
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.error: str | None = None
@@ -58,7 +60,11 @@ class Trainer:
         while not self._stop.is_set():
             try:
                 with self._lock:
-                    self._round()
+                    self._round_started = time.monotonic()
+                    try:
+                        self._round()
+                    finally:
+                        self._round_started = None
                 self.error = None
             except Exception as e:  # keep training; show the error in metrics
                 log.exception("training round failed")
@@ -88,7 +94,9 @@ class Trainer:
             return self.loop.rollback(to, reason)
 
     def metrics(self) -> dict:
+        started = self._round_started
         return {**self.loop.stats, "serving_version": self.loop.serving_version, "error": self.error,
+                "in_round_s": 0.0 if started is None else round(time.monotonic() - started, 1),
                 "algorithm": self.loop.spec.algorithm, "log": self.loop.source.metrics()}
 
     def spec(self) -> dict:

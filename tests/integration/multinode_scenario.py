@@ -484,6 +484,7 @@ def _lose_nodes(client, served: list[str], bootstrap: str, s) -> dict:
     if m.get("consumed") != len(logged):  # where the difference is: ingest's output or the trainer's intake
         out["not_in_samples_topic"] = sorted(logged - _sampled_impressions(bootstrap, s))[:10]
         out["trainer_log"] = m.get("log")
+        out["trainer"] = {k: m.get(k) for k in ("rounds", "samples", "skipped", "in_round_s", "error", "last")}
         out["ingest"] = []
         for i in range(4):
             a = registry.lookup(f"{registry.INGEST_PREFIX}-{i}")
