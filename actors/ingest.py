@@ -130,9 +130,9 @@ class StreamIngest:
                 if records:
                     self._process(records)
                 owned, caught_up = self.source.progress()
-                now = time.time()
-                wm = self.watermark.value(now, owned, caught_up)
-                self._behind, self._watermark_lag_s = owned - caught_up, now - wm
+                wall = time.time()
+                wm = self.watermark.value(wall, owned, caught_up)
+                self._behind, self._watermark_lag_s = owned - caught_up, wall - wm
                 token, samples = self.joiner.due(wm)
                 if samples:
                     self._handoff(token, samples)
