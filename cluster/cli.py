@@ -193,6 +193,10 @@ def _where_table(state: dict[str, Any]) -> Table:
     return t
 
 
+#: A training round running longer than this is shown as such in ``status`` (rounds take seconds).
+STUCK_ROUND_S = 60.0
+
+
 def _status_table(info: dict[str, Any]) -> Table:
     t = Table(title=f"streamrec status ({info['run_dir']})")
     t.add_column("part")
@@ -231,6 +235,10 @@ def _status_table(info: dict[str, Any]) -> Table:
         lag = ing.get("lag") or {}
         if lag:
             t.add_row("  consumer lag", str(sum(lag.values())), ", ".join(f"{k}={v}" for k, v in sorted(lag.items())))
+        behind = ing.get("behind") or []
+        if behind:  # normal while a backlog drains; a partition that stays here holds the join's windows open
+            t.add_row("  reading behind", f"{len(behind)} partition(s)",
+                      f"{', '.join(behind)}; join watermark {ing.get('watermark_lag_s', 0.0):.1f} s behind the clock")
         scaling = (ing.get("scaling") or {}).get("changes") or []
         if scaling:
             t.add_row("  lag controller", f"{len(scaling)} change(s)", ", ".join(
@@ -243,6 +251,8 @@ def _status_table(info: dict[str, Any]) -> Table:
     tr = snap.get("trainer")
     if tr:
         state = "[green]training[/green]" if not tr.get("error") else f"[red]{tr['error']}[/red]"
+        if not tr.get("error") and tr.get("in_round_s", 0.0) >= STUCK_ROUND_S:
+            state = f"[yellow]one round running for {tr['in_round_s']:.0f} s[/yellow]"
         t.add_row("policy", state, f"{tr['algorithm']} v{tr['serving_version']}: {tr['published']} published, "
                   f"{tr['rejected']} held back by the gate, {tr['samples']} samples trained")
         gate = tr.get("last_gate")

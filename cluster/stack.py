@@ -206,6 +206,8 @@ class LocalStack:
                     "join_hit_rate": (sum(m["joined"] for m in ms) /
                                       max(1, sum(m["joined"] + m["late"] + m["orphans"] for m in ms))),
                     "lag": lag, "errors": [m["error"] for m in ms if m["error"]],
+                    "behind": sorted({b for m in ms for b in m.get("behind", [])}),
+                    "watermark_lag_s": max((m.get("watermark_lag_s", 0.0) for m in ms), default=0.0),
                 }
                 if self.ingest.controller is not None:
                     snap["ingest"]["scaling"] = {"last": self.ingest.controller.last,
@@ -215,7 +217,7 @@ class LocalStack:
                 tm = ray.get(self.trainer.metrics.remote(), timeout=10)
                 last = tm.get("last") or {}
                 snap["trainer"] = {k: tm[k] for k in ("algorithm", "rounds", "samples", "published", "rejected",
-                                                      "serving_version", "error")}
+                                                      "serving_version", "error", "in_round_s")}
                 snap["samples"] = {"taken": tm["log"]["taken"], "duplicates": tm["log"]["duplicates"],
                                    "pending": tm["log"]["pending"], "position": tm["log"]["position"]}
                 if last:
