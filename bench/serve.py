@@ -157,13 +157,6 @@ def cpu_per_request(url: str, rate: float, seconds: float, users: int) -> dict:
             "total_cpu_ms_per_request": round(sum(per.values()), 2)}
 
 
-def _merged(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merged(base.get(k) or {}, v) if isinstance(v, dict) else v
-    return out
-
-
 def _start_loop(s, bootstrap: str, serve_url: str, item_ids: list, item_vectors, rate: float) -> list:
     """What ``make run`` runs beside serving: the stream (ingest, profiles), the trainer, and
     simulated users calling the Serve app: [simulator, ingest group, trainer]."""
@@ -209,7 +202,7 @@ def main(argv=None) -> int:
 
     from actors import registry
     from cluster.broker import free_port, start_embedded_broker, stop_broker
-    from cluster.stack import wait_http
+    from cluster.stack import merge_args, wait_http
     from rl.features import fit_projection
     from rl.learners.ppo import SlateLearner
     from rl.spec import PolicySpec
@@ -232,7 +225,7 @@ def main(argv=None) -> int:
                                  "users": (np.array(users.column("user_id").to_pylist()), uv, "user_id")}, enc.model_id)
     broker = start_embedded_broker()
     # the shipped application's args, with this run's broker, paths and catalog size
-    app_args = _merged(shipped["args"], {
+    app_args = merge_args(shipped["args"], {
         "kafka": {"bootstrap_servers": broker.bootstrap}, "embedding": {"output_dir": f"{tmp}/emb"},
         "trainer": {"store_dir": f"{tmp}/store", "checkpoint_dir": f"{tmp}/trainer"},
         "profile": {"snapshot_dir": f"{tmp}/profiles"},

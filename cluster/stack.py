@@ -18,7 +18,7 @@ from streamrec.config import StreamrecSettings
 from streamrec.runstate import RunDir, pid_alive
 from streamrec.storage import absolute
 
-__all__ = ["LocalStack", "StackError", "BrokerError", "stack_status", "stop_running_stack", "wait_http"]
+__all__ = ["LocalStack", "StackError", "BrokerError", "merge_args", "stack_status", "stop_running_stack", "wait_http"]
 
 
 class StackError(RuntimeError):
@@ -143,7 +143,7 @@ class LocalStack:
                         "checkpoint_dir": absolute(s.trainer.checkpoint_dir)},
             "profile": {"snapshot_dir": absolute(s.profile.snapshot_dir)},
         }
-        return _merge(raw, overrides)
+        return merge_args(raw, overrides)
 
     def _serve_config(self) -> tuple[dict[str, Any], dict[str, Any]]:
         from streamrec.config import APP_IMPORT_PATH, load_serve_config
@@ -255,10 +255,11 @@ class LocalStack:
             self.run_dir.clear()
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def merge_args(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged into ``base`` key by key (nested mappings merged, other values replaced)."""
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(out.get(k) or {}, v) if isinstance(v, dict) else v
+        out[k] = merge_args(out.get(k) or {}, v) if isinstance(v, dict) else v
     return out
 
 
