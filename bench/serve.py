@@ -1,6 +1,6 @@
 """Serving benchmark: /v1/recommend under rising load on Ray Serve, next to a bare uvicorn process.
 
-    python -m bench.serve [--rates 25,50,100,200] [--seconds 15] [--publishes 20]
+    python -m bench.serve [--rates 25,50,100,200] [--seconds 15] [--publishes 20] [--with-simulator 20]
 
 One JSON line. Both sides serve the same catalog (2,000 synthetic items, real MiniLM vectors),
 the same published PPO version, the same Replica and TextEncoder code, on this machine in
@@ -13,9 +13,9 @@ serving the version (20 publishes).
 
 It serves ``ray_config.yaml``'s application as shipped (its args with this run's broker, paths
 and catalog size; its deployments; its ``serve.mode`` unless ``--serve-mode``) and prints the
-effective serve settings. ``--with-simulator RATE`` runs what ``make run`` runs beside the load
-(ingest, the trainer publishing versions, simulated users at RATE visits/s) through both sides'
-measurements.
+effective serve settings. What ``make run`` runs goes on beside the load through both sides'
+measurements: ingest, the trainer publishing versions, simulated users at ``--with-simulator``
+visits/s (20, make run's; 0 for none).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import numpy as np
 import ray
 
 from bench.loadgen import closed_loop, open_loop
-from streamrec.config import SERVE_MODE_ENV
+from serve.haproxy_ingress import ingress_env
 
 PHRASES = [f"something {a} about {b}" for a in ("funny", "dark", "gentle", "epic", "true") for b in
            ("space", "love", "crime", "war", "music", "dragons", "sports", "the ocean")]
@@ -43,13 +43,15 @@ PHRASES = [f"something {a} about {b}" for a in ("funny", "dark", "gentle", "epic
 
 SERVE_MODES = {
     # Environment read by Serve's controller, proxy and replicas when they start, so it goes into the
-    # environment before Ray starts. `standard` and `throughput` are serve.mode's. The third adds
-    # Serve's throughput-optimised flag (user code on the replica's main loop, gRPC between
-    # replicas, GC frozen): ~1.5 ms less CPU a request here, but its replicas never scaled out
-    # (Ray 2.60; their load did not reach the autoscaler), so serve.mode does not set it.
-    **SERVE_MODE_ENV,
-    "throughput+optimized": {**SERVE_MODE_ENV["throughput"], "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
-    "throughput+main-loop": {**SERVE_MODE_ENV["throughput"], "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"},
+    # environment before Ray starts, on top of serve.mode's own (serve.haproxy_ingress.ingress_env).
+    # `standard` and `throughput` are serve.mode's. The third adds Serve's throughput-optimised flag
+    # (user code on the replica's main loop, gRPC between replicas, GC frozen): ~1.5 ms less CPU a
+    # request here, but its replicas never scaled out (Ray 2.60; their load did not reach the
+    # autoscaler), so serve.mode does not set it.
+    "standard": {},
+    "throughput": {},
+    "throughput+optimized": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+    "throughput+main-loop": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"},
 }
 
 
@@ -192,9 +194,9 @@ def main(argv=None) -> int:
     ap.add_argument("--serve-mode", choices=sorted(SERVE_MODES), default=None,
                     help="serve.mode standard or throughput, or one part of throughput (SERVE_MODES); "
                          "default: serve.mode of ray_config.yaml")
-    ap.add_argument("--with-simulator", type=float, default=0.0, metavar="RATE",
+    ap.add_argument("--with-simulator", type=float, default=20.0, metavar="RATE",
                     help="run make run's loop beside the load: ingest, the trainer and simulated users at RATE "
-                         "visits/s against the Serve app, on both sides' measurements (0: none)")
+                         "visits/s (make run's 20) against the Serve app, on both sides' measurements (0: none)")
     ap.add_argument("--only-cpu", action="store_true", help="only the CPU breakdown (no load ramp, no publishes)")
     args = ap.parse_args(argv)
 
@@ -215,7 +217,6 @@ def main(argv=None) -> int:
 
     raw = load_serve_config(os.path.join(os.path.dirname(__file__), "..", "ray_config.yaml"))
     shipped = raw["applications"][0]
-    mode = args.serve_mode or shipped["args"].get("serve", {}).get("mode", "standard")
     out: dict = {"machine": f"{os.cpu_count()} CPU", "items": args.items}
     tmp = tempfile.mkdtemp(prefix="streamrec-bench-serve-")
     items, users = synthetic_items(0, args.items), synthetic_users(args.users)
@@ -229,9 +230,11 @@ def main(argv=None) -> int:
         "kafka": {"bootstrap_servers": broker.bootstrap}, "embedding": {"output_dir": f"{tmp}/emb"},
         "trainer": {"store_dir": f"{tmp}/store", "checkpoint_dir": f"{tmp}/trainer"},
         "profile": {"snapshot_dir": f"{tmp}/profiles"},
-        "catalog": {"source": "synthetic", "num_items": args.items, "num_users": args.users, "seed": 0}})
+        "catalog": {"source": "synthetic", "num_items": args.items, "num_users": args.users, "seed": 0},
+        **({"serve": {"mode": args.serve_mode.split("+")[0]}} if args.serve_mode else {})})
     s = settings_from_args(app_args, env={})
-    for k, v in SERVE_MODES[mode].items():
+    mode = args.serve_mode or s.serve.mode
+    for k, v in {**ingress_env(s.serve.mode), **SERVE_MODES[mode]}.items():
         os.environ.setdefault(k, v)
     out["serve_mode"] = mode
     ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=False, namespace=registry.NAMESPACE)

@@ -56,9 +56,9 @@ class LocalStack:
 
             progress("ray")
             from cluster import local_ray
-            from streamrec.config import SERVE_MODE_ENV
+            from serve.haproxy_ingress import ingress_env
 
-            for k, v in SERVE_MODE_ENV[self.settings.serve.mode].items():  # read by Serve's processes at start
+            for k, v in ingress_env(self.settings.serve.mode).items():  # read by Serve's processes at start
                 os.environ.setdefault(k, v)
             self.ray = local_ray.start_or_connect(self.settings.ray, dashboard_port=self.dashboard_port)
             self._stops.append(("ray", lambda: local_ray.shutdown(self.ray.pids)))

