@@ -349,8 +349,9 @@ class TrainerSettings(_Section):
 class ServeSettings(_Section):
     max_body_bytes: int = Field(1_000_000, ge=1_024, le=100_000_000)
     """Larger request bodies get 413."""
-    policy_poll_s: float = Field(0.25, gt=0, le=60)
-    """How often each Ranker replica asks the PolicyStore for a newer version."""
+    policy_poll_s: float = Field(0.5, gt=0, le=60)
+    """How often each Ranker replica asks the PolicyStore for a newer version (a swap reaches every
+    replica within about this long; each ask is two small reads of the store's storage)."""
     profile_sync_s: float = Field(0.5, gt=0, le=60)
     """How often each Ranker replica pulls the users whose profiles changed (feedback -> served profile)."""
     profile_mirror_users: int = Field(100_000, ge=1, le=10_000_000)
@@ -377,10 +378,12 @@ class ServeSettings(_Section):
     """Sample slates (Plackett-Luce / epsilon) with logged propensities; False serves the greedy slate."""
 
 
-#: The environment each ``serve.mode`` needs in every Ray process, set before Ray starts.
+#: The environment each ``serve.mode`` needs in every Ray process, set before Ray starts. Both
+#: slow Serve's controller loop from 0.1 s to 0.25 s: it is most of an idle stack's CPU
+#: (``python -m bench.idle``), and a quarter second is well inside the autoscaler's delays.
 SERVE_MODE_ENV: dict[str, dict[str, str]] = {
-    "standard": {},
-    "throughput": {"RAY_SERVE_ENABLE_HA_PROXY": "1"},
+    "standard": {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.25"},
+    "throughput": {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.25", "RAY_SERVE_ENABLE_HA_PROXY": "1"},
 }
 
 

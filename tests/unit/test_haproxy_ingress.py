@@ -81,9 +81,9 @@ def test_comments_and_other_sections_pass_through_unchanged():
 
 
 def test_throughput_mode_names_the_wrapper_as_serves_haproxy():
-    assert hi.ingress_env("standard") == {}
+    assert hi.ingress_env("standard") == {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.25"}
     env = hi.ingress_env("throughput", wrapper="/usr/local/bin/streamrec-haproxy")
-    assert env == {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_BINARY_PATH": "/usr/local/bin/streamrec-haproxy",
+    assert env == {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.25", "RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_BINARY_PATH": "/usr/local/bin/streamrec-haproxy",
                    "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response"}
 
 
