@@ -2,8 +2,9 @@
 
 Every error is JSON ``{"error": "<message naming the field>"}`` with a 4xx status: 401 missing
 or wrong key, 413 body too large, 422 invalid or unknown fields (FastAPI's validation, rewritten
-so the message names the field path), 503 overloaded or not ready yet (the message says which) with
-``Retry-After``. Keys are compared in
+so the message names the field path), 503 overloaded, not ready yet or its replica lost (the
+message says which) with ``Retry-After``; the ingress answers its own 503/504 in the same shape
+(``serve/haproxy_ingress.py``). Keys are compared in
 constant time and never logged.
 """
 
@@ -113,8 +114,10 @@ ERRORS: dict[int, dict] = {
     413: {**_E, "description": "Body larger than serve.max_body_bytes"},
     422: {**_E, "description": "A field is missing, unknown, of the wrong type or out of range; "
                                "or every candidate is excluded"},
-    503: {**_E, "description": "Overloaded, or not ready (no embeddings yet, no policy yet: the body says which): "
-                   "retry after Retry-After seconds"},
+    503: {**_E, "description": "Overloaded, not ready (no embeddings yet, no policy yet: the body says which), "
+                   "or the replica answering it was lost: retry after Retry-After seconds"},
+    504: {**_E, "description": "The ingress stopped waiting for the replica (serve.mode throughput, "
+                               "RAY_SERVE_HAPROXY_TIMEOUT_SERVER_S; unset, it waits)"},
 }
 
 

@@ -343,8 +343,9 @@ class KafkaEventSource:
     outside the GIL instead of in the ingest's Python loop (docs/architecture.md).
     Producing: :class:`RdKafkaEventSink` or :class:`KafkaEventSink`.
 
-    "Caught up" (for the join's watermark): a partition-EOF event, or our position at the high
-    watermark of the last fetch (see :meth:`progress`).
+    "Caught up" (for the join's watermark): a partition-EOF event, our position at the high
+    watermark of the last fetch, or no record from it for ``quiet_caught_up_s`` of polling (see
+    :meth:`progress`).
     """
 
     def __init__(self, bootstrap: str, topics: Sequence[str], group_id: str, *,
@@ -352,7 +353,7 @@ class KafkaEventSource:
                  on_assign: Callable[[set[tuple[str, int]]], None] | None = None,
                  session_timeout_ms: int = 10_000, max_poll_interval_ms: int = 300_000,
                  max_poll_records: int = 2_000, client_id: str = "streamrec-ingest",
-                 auto_offset_reset: str = "earliest", security=None):
+                 auto_offset_reset: str = "earliest", security=None, quiet_caught_up_s: float = 5.0):
         from confluent_kafka import Consumer, Message
 
         self._message = Message  # its methods, mapped over a poll's messages in C
@@ -370,6 +371,8 @@ class KafkaEventSource:
         self._reset = auto_offset_reset
         self._next: dict[tuple[str, int], int] = {}  # next offset to hand out, per owned partition
         self._eof: set[tuple[str, int]] = set()
+        self._heard: dict[tuple[str, int], float] = {}  # monotonic time of each owned partition's last record (or assignment)
+        self._quiet_s = quiet_caught_up_s
         self._held: list = []  # records a poll returned while paused, handed out after resume
         self._paused = False
         self._on_revoke_cb, self._on_assign_cb = on_revoke, on_assign
@@ -393,6 +396,9 @@ class KafkaEventSource:
                     continue
                 offset = lo if self._reset == "earliest" else hi
             self._next[(tp.topic, tp.partition)] = offset
+        now = time.monotonic()
+        for key in _tp_set(parts):
+            self._heard[key] = now
         if self._on_assign_cb:
             self._on_assign_cb(_tp_set(parts))
 
@@ -402,6 +408,7 @@ class KafkaEventSource:
             self._on_revoke_cb(gone)
         for key in gone:
             self._next.pop(key, None)
+            self._heard.pop(key, None)
             self._eof.discard(key)
         self._held = [m for m in self._held if (m.topic(), m.partition()) not in gone]
 
@@ -431,8 +438,10 @@ class KafkaEventSource:
         tps = list(zip(topics, parts))
         starts = [0, *itertools.compress(range(1, len(tps)), map(operator.ne, tps, tps[1:])), len(tps)]
         out = []
+        now = time.monotonic()
         for a, b in zip(starts, starts[1:]):
             tp = tps[a]
+            self._heard[tp] = now
             self._next[tp] = offsets[b - 1] + 1
             self._eof.discard(tp)
             out.append(PartitionBatch(tp[0], tp[1], offsets[a:b], keys[a:b], values[a:b]))
@@ -476,6 +485,8 @@ class KafkaEventSource:
         if self._paused:
             self._consumer.resume(self._consumer.assignment())
             self._paused = False
+            now = time.monotonic()  # silence while paused says nothing about a partition's end
+            self._heard = dict.fromkeys(self._heard, now)
 
     def assignment(self) -> set[tuple[str, int]]:
         return _tp_set(self._consumer.assignment())
@@ -497,7 +508,12 @@ class KafkaEventSource:
 
         A partition-EOF event says so on any broker; the position at the fetched high watermark
         says so too (the embedded Tansu reports the last batch's base offset as its high watermark,
-        so librdkafka never raises EOF there)."""
+        so librdkafka never raises EOF there). So does a partition that handed out no record for
+        ``quiet_caught_up_s`` while this consumer kept polling unpaused: librdkafka fetches every
+        owned partition, so one with records to give gives them within a fetch or two. Without
+        that rule, a partition whose position or high watermark never became known (committed
+        offsets unavailable during a rebalance, no fetch answered yet) would hold the join's
+        watermark, and with it every pending impression, until its next record."""
         parts = self._consumer.assignment()
         owned = _tp_set(parts)
         done = self._eof & owned
@@ -506,6 +522,9 @@ class KafkaEventSource:
             pos = nxt.get(key)
             if pos is not None and pos >= hi:
                 done.add(key)
+        if not self._paused:
+            quiet_since = time.monotonic() - self._quiet_s
+            done.update(k for k in owned - done if self._heard.get(k, quiet_since + 1) <= quiet_since)
         return owned, done
 
     def lag(self) -> dict[str, int]:

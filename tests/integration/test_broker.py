@@ -139,3 +139,36 @@ def test_each_event_sink_delivers_with_keys_headers_and_order(broker, topic, cli
     c.close()
     assert [r.value for r in recs] == [f"v{i}".encode() for i in range(20)]  # one key: one partition, in order
     assert {r.key for r in recs} == {b"user7"} and all(r.headers == [("streamrec.test", b"h")] for r in recs)
+
+
+def test_a_partition_whose_position_never_became_known_counts_as_caught_up_once_quiet(broker, topic):
+    """The join's watermark waits for partitions read to their end. One whose position is unknown
+    (committed offsets unavailable when it was assigned) and that has nothing more to give must
+    not hold it forever: quiet for ``quiet_caught_up_s`` of polling, it counts as caught up; not
+    while the consumer is paused."""
+    from streamrec.eventbus import KafkaEventSource
+
+    _produce(broker.bootstrap, topic, [b"a", b"b", b"c"], key=b"one-partition")
+    src = KafkaEventSource(broker.bootstrap, [topic], f"g-{uuid.uuid4().hex[:6]}", quiet_caught_up_s=1.5)
+    try:
+        got, deadline = 0, time.monotonic() + 30
+        while got < 3 and time.monotonic() < deadline:
+            got += sum(len(b.offsets) for b in src.poll(200))
+        assert got == 3
+        src.pause()
+        src._next.clear()  # as after an assignment whose committed offsets did not come back
+        t = time.monotonic()
+        while time.monotonic() - t < 2.0:
+            src.poll(100)
+        owned, done = src.progress()
+        assert len(owned) == 3 and done == set()  # paused: silence proves nothing
+        src.resume()
+        t = time.monotonic()
+        while time.monotonic() - t < 1.0:
+            src.poll(100)
+        assert src.progress()[1] == set()  # quiet for less than 1.5 s since the resume
+        while time.monotonic() - t < 2.0:
+            src.poll(100)
+        assert src.progress()[1] == owned
+    finally:
+        src.close()
