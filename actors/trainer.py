@@ -10,6 +10,7 @@ rebuilt from its checkpoint, as after a restart, and reads that round's samples 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -36,6 +37,8 @@ class Trainer:
         read here, so a restart on any node needs nothing from the process that created the actor
         (arguments in the object store die with their owner's node)."""
         self.settings = StreamrecSettings.model_validate(settings)
+        if self.settings.trainer.cpu_nice:
+            os.nice(self.settings.trainer.cpu_nice)  # this actor's own worker process: yield to serving
         if item_ids is None:
             from streamrec.vectors import load_vectors
 

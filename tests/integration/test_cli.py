@@ -151,6 +151,10 @@ def test_up_simulate_status_down_leaves_no_process(tmp_path):
         _assert_token_auth(info["ray"], run_dir)
         assert info["ray"]["gcs_address"].startswith("127.0.0.1:")  # the head advertises loopback
         _assert_every_listener_is_loopback(up.pid)
+        import psutil
+
+        trainers = [p for p in psutil.Process(up.pid).children(recursive=True) if p.name().startswith("ray::Trainer")]
+        assert [p.nice() for p in trainers] == [10]  # trainer.cpu_nice: a round yields the CPU to requests
         assert info["embeddings"]["items"]["count"] == 40
         deadline = time.monotonic() + 30
         while "ingest" not in (info.get("snapshot") or {}) and time.monotonic() < deadline:
