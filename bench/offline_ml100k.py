@@ -60,7 +60,8 @@ def evaluate(scores: np.ndarray, masked: list[set], relevant: list[set], k: int 
 
 
 def train_ranker(item_vecs, train_items_by_user, epochs: int, m: int = 32, lr: float = 3e-3, seed: int = 0,
-                 progress: bool = True, validate=None, every: int = 5):
+                 progress: bool = True, validate=None, every: int = 5, hidden: int = 128, embed: int = 64,
+                 id_dim: int = 32, weight_decay: float = 0.0):
     """Warm-start the policy's network (SlateScorerModule) with a full softmax over all items.
 
     ``validate(scores) -> float`` (the valid split's NDCG@10) picks the epoch whose scores are
@@ -78,11 +79,11 @@ def train_ranker(item_vecs, train_items_by_user, epochs: int, m: int = 32, lr: f
     n_items = len(item_vecs)
     fz = Featurizer(np.arange(n_items).astype(str), item_vecs, fit_projection(item_vecs, m, seed=seed))
     spec = PolicySpec("ppo", m=m, num_candidates=n_items, slate_size=10, num_rows=n_items + 1,
-                      text_dim=item_vecs.shape[1], hidden=128, embed=64, id_dim=32)
+                      text_dim=item_vecs.shape[1], hidden=hidden, embed=embed, id_dim=id_dim)
     obs_space, act_space = module_spaces(spec.layout, spec.slate_size)
     module = RLModuleSpec(module_class=SlateScorerModule, observation_space=obs_space, action_space=act_space,
                           model_config={"m": m, "num_candidates": n_items, "slate_size": 10, "num_rows": n_items + 1,
-                                        "hidden": 128, "embed": 64, "id_dim": 32}).build()
+                                        "hidden": hidden, "embed": embed, "id_dim": id_dim}).build()
     users = sorted(train_items_by_user)
     ctx = np.zeros(CONTEXT_DIM, np.float32)
     ctx[7] = 1.0
@@ -95,7 +96,7 @@ def train_ranker(item_vecs, train_items_by_user, epochs: int, m: int = 32, lr: f
     for r, u in enumerate(users):
         targets[r, sorted(train_items_by_user[u])] = 1.0
     uf = torch.as_tensor(user_feats)
-    opt = torch.optim.Adam(module.parameters(), lr=lr)
+    opt = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
 
     def obs_for(b):
         n = len(b)
@@ -135,6 +136,12 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default="../shared/data/ml-100k")
     ap.add_argument("--epochs", type=int, default=70)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--m", type=int, default=32, help="projected text dimension (policy.feature_dim)")
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--embed", type=int, default=64)
+    ap.add_argument("--id-dim", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--weight-decay", type=float, default=0.0)
     args = ap.parse_args(argv)
     from streamrec.data.movielens import load_movielens
     from streamrec.encoder import TextEncoder
@@ -159,11 +166,13 @@ def main(argv=None) -> int:
     vecs = TextEncoder().encode(cat.items.column("text").to_pylist())
     train_only = [by[0][u] for u in uids]
     valid = [by[1][u] for u in uids]
+    recipe = {"m": args.m, "hidden": args.hidden, "embed": args.embed, "id_dim": args.id_dim, "lr": args.lr,
+              "weight_decay": args.weight_decay}
     ranked_users, scores, best_epoch = train_ranker(
-        vecs, by[0], args.epochs, seed=args.seed, validate=lambda s: evaluate(s, train_only, valid)["ndcg@10"])
+        vecs, by[0], args.epochs, seed=args.seed, validate=lambda s: evaluate(s, train_only, valid)["ndcg@10"], **recipe)
     assert ranked_users == uids
     out.append({"model": "streamrec policy ranker (SlateScorerModule, softmax warm start)",
-                **evaluate(scores, masked, relevant), "epochs": args.epochs, "best_valid_epoch": best_epoch})
+                **evaluate(scores, masked, relevant), "epochs": args.epochs, "best_valid_epoch": best_epoch, **recipe})
     for o in out:
         print(json.dumps({**o, "protocol": "RecBole RS 8:1:1, full ranking, all ratings positive"}), flush=True)
     print(json.dumps({"seconds": round(time.monotonic() - t0, 1)}))

@@ -1,10 +1,12 @@
 """Stream benchmark: events/s through one StreamIngest actor next to bare kafka-python and librdkafka loops.
 
-    python -m bench.stream [--events 150000] [--repeats 3] [--soak-s 60]
+    python -m bench.stream [--events 150000] [--repeats 3] [--soak-s 60] [--actors 1,2,3]
 
 Prints one JSON line. Both sides read the same topics on the same embedded broker in the same
 run, in ``--repeats`` interleaved pairs (the ratio is the median of the pairs'); rates are steady
-state (first record to last, so the ~5 s group join is not counted). ``--soak-s`` keeps a producer
+state (first record to last, so the ~5 s group join is not counted). Then the same events through
+1, 2 and 3 ingest actors in one group (``--actors``): events/s together and per actor (3
+partitions a topic: two actors split them 2 + 1). ``--soak-s`` keeps a producer
 running at a fixed rate and reports produce->sample latency per minute next to a bare consumer's
 produce->receive latency (the broker's share), and the ingest actor's resident memory per minute
 (the join state is bounded by the window, not by history).
@@ -89,26 +91,29 @@ def _steady_rate(poll, total: int, timeout_s: float = 300.0) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def ingest_rate(bootstrap: str, s, total_imps: int) -> tuple[float, dict]:
+def ingest_rate(bootstrap: str, s, total_imps: int, actors: int = 1) -> tuple[float, dict]:
+    """Events/s of ``actors`` StreamIngest actors in one group, together, from the first record any
+    of them processed until all impressions are in; and the first actor's metrics."""
     group = IngestGroup(bootstrap=bootstrap, kafka_settings=s.kafka, ingest_settings=s.ingest,
                         name_prefix=f"bench-{s.ingest.group_id}")
-    group.scale(1)
+    group.scale(actors)
     first = last = None
     n_first = 0
     deadline = time.monotonic() + 600
-    m = {}
+    ms: list[dict] = [{"records": 0}]
     while time.monotonic() < deadline:
-        m = group.metrics()[0]
+        ms = group.metrics()
         now = time.perf_counter()
-        if first is None and m["records"] > 0:
-            first, n_first = now, m["records"]
-        if m["impressions"] >= total_imps:
+        records = sum(m["records"] for m in ms)
+        if first is None and records > 0:
+            first, n_first = now, records
+        if sum(m["impressions"] for m in ms) >= total_imps:
             last = now
             break
         time.sleep(0.25)
-    rate = (m["records"] - n_first) / max(last - first, 1e-9)
+    rate = (sum(m["records"] for m in ms) - n_first) / max(last - first, 1e-9)
     group.stop()
-    return rate, m
+    return rate, ms[0]
 
 
 def latency_and_soak(bootstrap: str, window_s: float, rate_per_s: int, seconds: float) -> dict:
@@ -261,6 +266,8 @@ def main(argv=None) -> int:
                     help="interleaved bare/ingest pairs on the same topics; the ratio reported is their median")
     ap.add_argument("--soak-s", type=float, default=60.0, help="seconds of sustained traffic for latency and memory")
     ap.add_argument("--soak-rate", type=int, default=2_000, help="impressions/s during the soak")
+    ap.add_argument("--actors", default="1,2,3",
+                    help="ingest actors in one group for the scaling figures (events/s per actor at each count)")
     ap.add_argument("--broker-only", action="store_true",
                     help="only the soak's producer and a bare consumer on the broker (no Ray, no ingest)")
     args = ap.parse_args(argv)
@@ -291,6 +298,11 @@ def main(argv=None) -> int:
             ratios.append(rate / bares[-1])
             print(f"pair {r + 1}: bare kafka-python {bares[-1]:,.0f}, bare librdkafka {bare_rds[-1]:,.0f}, "
                   f"StreamIngest {rate:,.0f} events/s ({ratios[-1]:.2f}x)", file=sys.stderr)
+        scaling = {}
+        for n in (int(x) for x in args.actors.split(",") if x):
+            rate, _ = ingest_rate(broker.bootstrap, _settings(window_s=0.5, tag=tag), args.events, actors=n)
+            scaling[str(n)] = {"events_per_s": round(rate), "per_actor": round(rate / n)}
+            print(f"{n} ingest actor(s): {rate:,.0f} events/s, {rate / n:,.0f} per actor", file=sys.stderr)
         soak = latency_and_soak(broker.bootstrap, 0.5, args.soak_rate, args.soak_s)
         med = statistics.median
         out = {"bench": "stream", "events": total, "repeats": args.repeats,
@@ -299,7 +311,7 @@ def main(argv=None) -> int:
                "ingest_events_per_s_per_pair": [round(x) for x in ours],
                "bare_kafka_python_events_per_s_per_pair": [round(x) for x in bares],
                "bare_librdkafka_events_per_s": round(med(bare_rds)), "ratio_to_librdkafka": round(med(ours) / med(bare_rds), 3),
-               "produce_events_per_s": round(produce_rate), "ingest_join_hit_rate": round(m["join_hit_rate"], 4),
+               "ingest_by_actors": scaling, "produce_events_per_s": round(produce_rate), "ingest_join_hit_rate": round(m["join_hit_rate"], 4),
                **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in soak.items()}}
         print(json.dumps(out))
     finally:

@@ -37,6 +37,7 @@ from actors.remote import Blocking
 from serve.api import FeedbackRequest, GuardState, RecommendRequest, require_keys_off_loopback
 from serve.context_encoder import LRU, ContextEncoder
 from serve.http import error, make_api
+from serve.listeners import bind_replica_grpc_to_node_ip
 from serve.profile_mirror import ProfileMirror
 from serve.replica import NotReady, Replica
 from streamrec.config import settings_from_args
@@ -52,6 +53,7 @@ class Ranker:
     def __init__(self, args: dict[str, Any], encoder: DeploymentHandle):
         from streamrec.eventbus import make_event_sink
 
+        bind_replica_grpc_to_node_ip()
         self.settings = s = _validated(args)  # env overrides (API keys) are read here, in the replica
         self.encoder = encoder
         self.contexts = LRU(s.serve.encoder_cache_size)  # text -> (d,) vector, as the encoder would answer

@@ -46,8 +46,10 @@ class LRU:
 @serve.deployment(name="ContextEncoder", ray_actor_options={"num_cpus": 0.2})
 class ContextEncoder:
     def __init__(self, args: dict[str, Any]):
+        from serve.listeners import bind_replica_grpc_to_node_ip
         from streamrec.encoder import TextEncoder
 
+        bind_replica_grpc_to_node_ip()
         s = settings_from_args(args)
         e = s.encoder
         self.encoder = TextEncoder(e.model, max_length=e.max_length, device=e.device, quantize_int8=e.quantize_int8)

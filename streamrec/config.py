@@ -272,10 +272,11 @@ class PolicySettings(_Section):
 
 class TrainerSettings(_Section):
     train_every_s: float = Field(10.0, gt=0)
-    cpu_nice: int = Field(10, ge=0, le=19)
-    """The trainer's process runs this much nicer than Ray's default: on a node it shares with
-    Ranker replicas, a training round yields the CPU to requests (serving's tail latency) and takes
-    what they leave; on a node of its own it changes nothing. 0: equal priority."""
+    cpu_nice: int = Field(4, ge=0, le=19)
+    """How much nicer than the other Ray workers the trainer's process runs (Ray starts workers at
+    nice 15, ``RAY_worker_niceness``; the kernel stops at 19, where the default puts it). On a node
+    it shares with Ranker replicas a training round yields the CPU to requests (serving's tail
+    latency) and takes what they leave; on a node of its own it changes nothing. 0: equal priority."""
     min_samples: int = Field(256, ge=1)
     holdout_fraction: float = Field(0.2, gt=0, lt=1)
     """The newest share of each round's samples, kept out of training for the promotion gate."""
