@@ -19,7 +19,7 @@ execs the real HAProxy in its place (same pid, same arguments otherwise):
   reachable, a replica timing out) into ``500 Internal Server Error`` as plain text. They become
   the API's documented statuses with its ``{"error": ...}`` body: 503 with ``Retry-After`` for a
   lost or unreachable replica (the request can be retried; nothing was answered), 504 for a
-  replica that timed out.
+  replica that timed out; a path no application serves is a JSON 404.
 
 The rewrite is a pure function of the configuration's text (:func:`confine`), unit-tested; the
 listening sockets of a running stack are checked in the integration tests.
@@ -43,6 +43,10 @@ CLIENT_SECTIONS = ("frontend http_frontend", "frontend grpc_frontend")
 RETRY_ON = "conn-failure empty-response"
 #: Paths (suffixes) HAProxy never replays once sent: their side effect may have happened.
 NOT_RETRIED = ("/v1/feedback",)
+
+#: What the ingress answers for a path no application serves (Ray's template: plain text).
+NOT_FOUND = ('http-request return status 404 content-type application/json '
+             'lf-string "{\\"error\\": \\"no route for %[path,json(utf8s)]\\"}"')
 
 #: HAProxy's own error -> (status, reason phrase, message, Retry-After seconds or None).
 ERRORS: dict[int, tuple[int, str, str, int | None]] = {
@@ -89,6 +93,8 @@ def confine(config: str, *, admin_host: str, error_files: dict[int, str],
             indent = line[: len(line) - len(line.lstrip())]
             out.append(line)
             line = f"{indent}http-request disable-l7-retry if {{ path_end {' '.join(not_retried)} }}"
+        elif section == "backend default_backend" and words[:4] == ["http-request", "return", "status", "404"]:
+            line = line[: len(line) - len(line.lstrip())] + NOT_FOUND
         elif words[:1] == ["errorfile"] and len(words) == 3 and int(words[1]) in error_files:
             line = line[: len(line) - len(line.lstrip())] + f"errorfile {words[1]} {error_files[int(words[1])]}"
         out.append(line)

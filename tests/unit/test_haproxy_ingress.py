@@ -9,14 +9,14 @@ import pytest
 from serve import haproxy_ingress as hi
 
 
-def _ray_config(tmp_path, host: str) -> str:
+def _ray_config(tmp_path, host: str, port: int = 18000, **ports) -> str:
     """The configuration Ray 2.60's HAProxy manager writes (no backends yet) for an HTTP ``host``."""
     from ray.serve._private import haproxy as h
     from ray.serve.config import HTTPOptions
 
     cfg = h.HAProxyConfig(socket_path=f"{tmp_path}/admin.sock", server_state_base=str(tmp_path),
                           server_state_file=f"{tmp_path}/server-state", metrics_socket_path=f"{tmp_path}/m.sock",
-                          http_options=HTTPOptions(host=host, port=18000), retry_on=hi.RETRY_ON)
+                          http_options=HTTPOptions(host=host, port=port), retry_on=hi.RETRY_ON, **ports)
     api = h.HAProxyApi(cfg, config_file_path=f"{tmp_path}/haproxy.cfg")
     api._generate_config_file_internal()
     return f"{tmp_path}/haproxy.cfg"
@@ -91,3 +91,31 @@ def test_a_feedback_is_never_replayed_by_the_ingress(tmp_path):
     text = open(hi.confine_file(_ray_config(tmp_path, "127.0.0.1"), "127.0.0.1")).read()
     frontend = text.split("frontend http_frontend\n", 1)[1].split("\nbackend ", 1)[0]
     assert "    http-request disable-l7-retry if { path_end /v1/feedback }" in frontend.splitlines()
+
+
+def test_haproxy_answers_a_path_nobody_serves_with_a_json_404(tmp_path):
+    """The real HAProxy on the confined configuration (no application deployed yet)."""
+    import time
+
+    import httpx
+
+    from cluster.broker import free_port
+
+    port, stats, metrics = free_port(), free_port(), free_port()
+    confined = hi.confine_file(_ray_config(tmp_path, "127.0.0.1", port, stats_port=stats, metrics_port=metrics),
+                               "127.0.0.1")
+    proc = subprocess.Popen([hi.real_haproxy(), "-db", "-f", confined], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, r = time.monotonic() + 20, None
+        while r is None and time.monotonic() < deadline:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/v1/recommend?x=\"y", timeout=2)
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert r is not None, proc.stderr.read() if proc.poll() is not None else "no answer"
+        assert r.status_code == 404 and r.headers["content-type"] == "application/json"
+        assert r.json() == {"error": "no route for /v1/recommend"}
+    finally:
+        proc.kill()
+        proc.wait()
