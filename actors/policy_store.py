@@ -10,8 +10,9 @@
 
 :class:`PolicyDirectory` is the whole logic (no Ray): ``publish`` validates before anything is
 written (safetensors only, finite, the tensor names and shapes the spec's policy expects, the
-sha256 it was sent with) and refuses with :class:`rl.weights.WeightsError`; ``latest`` is cheap
-(replicas poll it); ``get`` returns the bytes; ``rollback`` republishes an earlier good version's
+sha256 it was sent with) and refuses with :class:`rl.weights.WeightsError`; ``serving`` says
+what replicas should serve (the actor answers replicas' long polls from memory:
+:meth:`PolicyStore.serving_change`); ``get`` returns the bytes; ``rollback`` republishes an earlier good version's
 weights as a *new* version (``rollback_of`` names it), so versions only ever go forward and a
 replica never has to serve backwards. The last ``keep`` versions stay on disk. Manifests go in
 and come out as plain dicts (they cross Ray as JSON-like data) and are checked as
@@ -30,11 +31,12 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 
 import ray
 
-from rl.manifest import PolicyManifest
+from rl.manifest import PolicyManifest, serving_key
 from rl.policies import expected_shapes
 from rl.weights import WeightsError, sha256_hex, unpack
 from streamrec.storage import Location
@@ -89,6 +91,11 @@ class PolicyDirectory:
     def serving(self) -> dict:
         """What replicas should serve, in one call: ``{"latest": manifest | None, "canary": manifest | None}``."""
         return {"latest": self.latest(), "canary": self.canary()}
+
+    def serving_change(self, known: list | None, wait_s: float = 0.0) -> dict:
+        """:meth:`serving`, at once: a directory has nobody to wake a waiter (the actor,
+        :meth:`PolicyStore.serving_change`, waits for a change)."""
+        return self.serving()
 
     def get(self, version: int | None = None) -> tuple[dict, bytes]:
         """(manifest, safetensors bytes) of a version (default: latest)."""
@@ -232,6 +239,71 @@ class PolicyDirectory:
                 "kept": len(self.versions()), "refused": self.refused, "rollbacks": rollbacks}
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3)
+#: Most seconds one :meth:`PolicyStore.serving_change` call waits (a caller's timeout must exceed it).
+MAX_WATCH_S = 60.0
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3, concurrency_groups={"watch": 512})
 class PolicyStore(PolicyDirectory):
-    """The named, detached actor (:data:`actors.registry.STORE`); restarts re-read the directory."""
+    """The named, detached actor (:data:`actors.registry.STORE`); restarts re-read the directory.
+
+    Replicas follow it with :meth:`serving_change`, a long poll: each waits in the ``watch``
+    concurrency group (its own threads) until what the store serves differs from what that replica
+    holds, so a publish reaches every replica at once and an idle store reads nothing from its
+    storage. The methods that write run one at a time in the default group, as before; each
+    refreshes the state the watchers wait on."""
+
+    def __init__(self, path, keep: int = 10):
+        super().__init__(path, keep)
+        self._watch = threading.Condition()
+        self._serving = PolicyDirectory.serving(self)
+
+    def _changed(self) -> None:
+        state = PolicyDirectory.serving(self)
+        with self._watch:
+            self._serving = state
+            self._watch.notify_all()
+
+    def publish(self, blob: bytes, manifest: dict) -> dict:
+        try:
+            return super().publish(blob, manifest)
+        finally:
+            self._changed()
+
+    def publish_canary(self, blob: bytes, manifest: dict, share: float) -> dict:
+        try:
+            return super().publish_canary(blob, manifest, share)
+        finally:
+            self._changed()
+
+    def promote(self, version: int, extra: dict | None = None) -> dict:
+        try:
+            return super().promote(version, extra)
+        finally:
+            self._changed()
+
+    def end_canary(self, version: int, reason: str, extra: dict | None = None) -> dict:
+        try:
+            return super().end_canary(version, reason, extra)
+        finally:
+            self._changed()
+
+    def rollback(self, to: int | None = None, reason: str = "operator rollback") -> dict:
+        try:
+            return super().rollback(to, reason)
+        finally:
+            self._changed()
+
+    @ray.method(concurrency_group="watch")
+    def serving_change(self, known: list | None, wait_s: float = 20.0) -> dict:
+        """:meth:`serving` as soon as its :func:`rl.manifest.serving_key` differs from ``known``
+        (at once when it already does, or ``known`` is None), else after ``wait_s`` (at most
+        :data:`MAX_WATCH_S`) with the unchanged state."""
+        deadline = time.monotonic() + min(max(0.0, wait_s), MAX_WATCH_S)
+        with self._watch:
+            while known is not None and serving_key(self._serving) == list(known):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._watch.wait(left)
+            return self._serving

@@ -13,9 +13,18 @@ from typing import Any, Mapping
 
 from rl.spec import PolicySpec
 
-__all__ = ["PolicyManifest", "STAGES"]
+__all__ = ["PolicyManifest", "STAGES", "serving_key"]
 
 STAGES = ("live", "canary", "refused")
+
+
+def serving_key(state: Mapping[str, Any]) -> list:
+    """What a store's ``serving()`` state says replicas should serve, reduced to what changes it:
+    ``[latest version, canary version, canary share]`` (None where there is none)."""
+    latest, canary = state.get("latest"), state.get("canary")
+    return [None if latest is None else int(latest["version"]),
+            None if canary is None else int(canary["version"]),
+            None if canary is None else float(canary["share"])]
 
 
 @dataclass(frozen=True)

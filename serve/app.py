@@ -6,7 +6,8 @@
               |-- ContextEncoder.encode(text)   (batched; a handle call only for a text not in the replica's LRU)
               |-- Replica.rank(...)             (in process: retrieval, profile, policy, exploration, version)
               '-- EventSink -> Kafka            (impression / feedback; acknowledged before the response)
-            background thread: newer policy versions and changed user profiles (Replica.tick)
+            background threads: newer policy versions (a long poll of the PolicyStore: Replica.follow)
+                                and changed user profiles (Replica.sync_profiles)
 
 The Ranker is the HTTP ingress itself: ranking is a millisecond of numpy, and a separate
 HTTP-only deployment in front of it costs more CPU per request (a handle call on each side)
@@ -45,6 +46,9 @@ from streamrec.events import Feedback, Impression, encode
 
 __all__ = ["build_app", "build_app_from_config", "Ranker"]
 
+#: How long one long poll of the PolicyStore waits for a change (under the store handle's 30 s timeout).
+POLICY_WATCH_S = 20.0
+
 
 @serve.deployment(name="Ranker", ray_actor_options={"num_cpus": 0.2}, health_check_period_s=2,
                   health_check_timeout_s=10)
@@ -73,7 +77,8 @@ class Ranker:
         self.replica = Replica(s, store, mirror, name=serve.get_replica_context().replica_id.unique_id)
         self.poll_s = s.serve.policy_poll_s
         self._stop = threading.Event()
-        threading.Thread(target=self._follow, name="policy-and-profiles", daemon=True).start()
+        threading.Thread(target=self._follow_policy, name="policy", daemon=True).start()
+        threading.Thread(target=self._follow_profiles, name="profiles", daemon=True).start()
         # Everything imported and built so far lives as long as the replica: out of the cyclic GC's
         # reach, so a full collection scans only what requests leave behind (a full collection of a
         # process with Ray, Serve and FastAPI imported is a stall of ~0.1 s every request in flight
@@ -85,9 +90,20 @@ class Ranker:
         """This replica's HTTP app (Serve calls it once the replica is constructed)."""
         return make_api(self, self.guard)
 
-    def _follow(self) -> None:
-        while not self._stop.wait(self.poll_s):
-            self.replica.tick()
+    def _follow_policy(self) -> None:
+        """Long-poll the PolicyStore: a publish is served as soon as the store has it."""
+        while not self._stop.is_set():
+            try:
+                self.replica.follow(POLICY_WATCH_S)
+                if self.replica.follower is None:  # no catalog yet: look again shortly
+                    self._stop.wait(self.poll_s)
+            except Exception as e:  # the store restarting, a network blip: keep serving what we have
+                self.replica.last_error = f"policy: {type(e).__name__}: {e}"
+                self._stop.wait(self.poll_s)
+
+    def _follow_profiles(self) -> None:
+        while not self._stop.wait(self.settings.serve.profile_sync_s):
+            self.replica.sync_profiles()
 
     def reconfigure(self, user_config: dict) -> None:
         """Runtime knobs (never weights): ``policy_poll_s``."""

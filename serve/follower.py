@@ -3,7 +3,8 @@
 Every Ranker replica (and the benchmark's in-process clients) holds one::
 
     follower = PolicyFollower(store, item_ids, item_vectors)
-    follower.poll()            # cheap: one store call for the latest and canary manifests; fetches only what is new
+    follower.poll()            # one store call for the latest and canary manifests; fetches only what is new
+    follower.poll(state)       # the same with a state the caller already has (a long poll's answer)
     follower.current           # (featurizer, policy, version) — replaced in one assignment
     follower.canary            # a candidate served on a share of requests (Canary), or None
 
@@ -35,9 +36,11 @@ log = logging.getLogger(__name__)
 
 
 class StoreReader(Protocol):
-    """The two store calls a follower makes (the PolicyStore actor behind :class:`actors.remote.Blocking`)."""
+    """The store calls a follower and its replica make (the PolicyStore actor behind :class:`actors.remote.Blocking`)."""
 
     def serving(self) -> dict: ...
+
+    def serving_change(self, known: list | None, wait_s: float) -> dict: ...
 
     def get(self, version: int | None = None) -> tuple[dict, bytes]: ...
 
@@ -81,10 +84,11 @@ class PolicyFollower:
     def version(self) -> int | None:
         return self.current.version if self.current else None
 
-    def poll(self) -> bool:
+    def poll(self, state: dict | None = None) -> bool:
         """Follow the store: swap to a newer valid latest version, start or stop serving its canary.
-        True when what is served changed."""
-        state = self.store.serving()
+        ``state``: the store's ``serving()`` answer when the caller already has it (a long poll's),
+        else it is asked. True when what is served changed."""
+        state = self.store.serving() if state is None else state
         changed = False
         latest, canary = state["latest"], state["canary"]
         if latest is not None:

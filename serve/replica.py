@@ -6,9 +6,10 @@ is fetched, validated and warmed up off the request path, then swapped in one as
 (:meth:`serve.ranking.Ranking.swap`), so a request ranks with one consistent (featurizer, policy,
 version) snapshot. A :class:`serve.profile_mirror.ProfileMirror` keeps the replica's copy of the
 users' pooled profiles current by asking the ProfileStore for what changed, so no request waits
-on another actor for its profile. Both are driven by :meth:`Replica.tick` from one background
-thread of the Ranker deployment (``serve/app.py``); the bare-process peer in ``bench/`` uses the
-same class.
+on another actor for its profile. Two background threads of the Ranker deployment
+(``serve/app.py``) drive them: :meth:`Replica.follow` waits on the store (a long poll) and swaps
+as soon as a version is published, :meth:`Replica.sync_profiles` pulls changed profiles every
+``serve.profile_sync_s``; the bare-process peer in ``bench/`` uses the same class.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import uuid
 
 import numpy as np
 
+from rl.manifest import serving_key
 from rl.spec import Observation
 from serve.follower import PolicyFollower, StoreReader
 from serve.profile_mirror import ProfileMirror
@@ -37,7 +39,7 @@ class Replica:
 
     It starts whatever exists: before the embedding job has written vectors, or before the
     trainer has published a version, :meth:`not_ready` names what is missing and :meth:`rank`
-    raises :class:`NotReady`; :meth:`tick` keeps looking and the replica serves once both exist.
+    raises :class:`NotReady`; :meth:`follow` keeps looking and the replica serves once both exist.
     """
 
     def __init__(self, settings: StreamrecSettings, store: StoreReader, profiles: ProfileMirror | None = None, *,
@@ -51,7 +53,7 @@ class Replica:
         self.rng = np.random.default_rng(seed)
         self.ranking: Ranking | None = None
         self.replica = name or uuid.uuid4().hex[:8]  # answered in X-Streamrec-Replica
-        self._next_profile_sync = 0.0
+        self._seen: list | None = None  # the store's serving_key this replica last took
         self.last_error: str | None = None
         self.poll()
 
@@ -84,10 +86,10 @@ class Replica:
             return f"no policy yet: the trainer has not published a version for this catalog{why}"
         return None
 
-    def poll(self) -> bool:
+    def poll(self, state: dict | None = None) -> bool:
         if self.follower is None and not self._load_catalog():
             return False
-        swapped = self.follower.poll()
+        swapped = self.follower.poll(state)
         cur = self.follower.current
         if swapped and cur is not None:
             if self.ranking is None:
@@ -96,15 +98,20 @@ class Replica:
             self.ranking.swap(cur.featurizer, cur.policy, cur.version, self.follower.canary)
         return swapped
 
-    def tick(self, now: float | None = None) -> None:
-        """One beat of the background thread: a newer policy version, and profile changes when due."""
-        now = time.monotonic() if now is None else now
-        try:
-            self.poll()
-        except Exception as e:  # the store restarting, a network blip: keep serving what we have
-            self.last_error = f"policy: {type(e).__name__}: {e}"
-        if self.profiles is not None and now >= self._next_profile_sync:
-            self._next_profile_sync = now + self.settings.serve.profile_sync_s
+    def follow(self, wait_s: float) -> bool:
+        """Wait (up to ``wait_s``) until the store serves something other than what this replica
+        last took from it, then take it. Without a catalog yet: look for one, without waiting.
+        True when what is served changed."""
+        if self.follower is None:
+            return self.poll()
+        state = self.store.serving_change(self._seen, wait_s)
+        swapped = self.poll(state)
+        self._seen = serving_key(state)  # after the poll: a failed fetch is asked for again at once
+        return swapped
+
+    def sync_profiles(self) -> None:
+        """Pull the users whose profiles changed (feedback -> served profile)."""
+        if self.profiles is not None:
             try:
                 self.profiles.sync()
             except Exception as e:  # profiles go stale, requests still rank (context, user text)

@@ -355,8 +355,9 @@ class ServeSettings(_Section):
     max_body_bytes: int = Field(1_000_000, ge=1_024, le=100_000_000)
     """Larger request bodies get 413."""
     policy_poll_s: float = Field(0.5, gt=0, le=60)
-    """How often each Ranker replica asks the PolicyStore for a newer version (a swap reaches every
-    replica within about this long; each ask is two small reads of the store's storage)."""
+    """How soon a Ranker replica looks again for the catalog before it exists, or asks the
+    PolicyStore again after a failed ask. Otherwise each replica waits on the store (a long poll
+    answered from the store's memory) and swaps as soon as a version is published."""
     profile_sync_s: float = Field(0.5, gt=0, le=60)
     """How often each Ranker replica pulls the users whose profiles changed (feedback -> served profile)."""
     profile_mirror_users: int = Field(100_000, ge=1, le=10_000_000)

@@ -385,3 +385,33 @@ def test_killing_an_ingest_actor_and_the_trainer_mid_stream_trains_every_joined_
         ray.get(trainer.stop.remote())
         for a in (trainer, store, stream.profiles):
             ray.kill(a)
+
+
+def test_replicas_long_poll_the_store_and_a_publish_or_canary_wakes_them(ray_session, tmp_path):
+    """PolicyStore.serving_change: answered at once for a follower that holds nothing, held while
+    nothing changes (the store answering other calls meanwhile), and every waiter woken by a
+    publish and by a canary, each with the state that woke it."""
+    from actors.policy_store import PolicyStore
+    from rl.manifest import serving_key
+    from rl.policies import expected_shapes
+    from rl.weights import pack
+
+    spec = PolicySpec("linucb", m=2, num_candidates=4, slate_size=2, num_rows=5, text_dim=6)
+    blob, sha = pack({k: np.ones(v, np.float32) for k, v in expected_shapes(spec).items()})
+    man = {"sha256": sha, "spec": spec.to_dict()}
+    store = PolicyStore.remote(str(tmp_path / "store"), 5)
+    first = ray.get(store.serving_change.remote(None, 30), timeout=30)
+    assert first == {"latest": None, "canary": None}
+    waiting = [store.serving_change.remote(serving_key(first), 30) for _ in range(3)]  # three replicas
+    assert ray.wait(waiting, timeout=1.0)[0] == []  # nothing changed: they wait
+    assert ray.get(store.metrics.remote(), timeout=10)["latest"] is None  # the store answers meanwhile
+    ray.get(store.publish.remote(blob, man), timeout=30)
+    woken = ray.get(waiting, timeout=10)  # well before their 30 s: the publish woke them
+    assert [s["latest"]["version"] for s in woken] == [1, 1, 1]
+    waiting = store.serving_change.remote(serving_key(woken[0]), 30)
+    ray.get(store.publish_canary.remote(blob, man, 0.2), timeout=30)
+    state = ray.get(waiting, timeout=10)
+    assert serving_key(state) == [1, 2, 0.2]
+    unchanged = ray.get(store.serving_change.remote(serving_key(state), 0.2), timeout=10)
+    assert unchanged == state  # past wait_s with nothing new: the same state
+    ray.kill(store)

@@ -384,10 +384,11 @@ def test_a_replica_started_before_embeddings_and_policy_says_why_then_serves(tmp
         replica.rank({"user_id": "u1", "k": 3}, None)
     replica.healthy()  # waiting is healthy: Serve must not restart it
     write_vectors(s.embedding.output_dir, {"items": (ids, vecs, "item_id")}, model_id="test@1")
-    replica.tick()
+    assert replica.follow(0) is False  # the catalog is found; nothing published to serve yet
     assert replica.not_ready().startswith("no policy yet")
     assert replica.status()["not_ready"] == replica.not_ready()
+    assert replica.follow(0) is False
     TrainerLoop(s, ids, vecs, _ListBuffer(), store).publish_initial()
-    replica.tick()
+    assert replica.follow(0) is True and replica.follow(0) is False  # swapped once
     assert replica.not_ready() is None and replica.status()["version"] == 1
     assert len(replica.rank({"user_id": "u1", "k": 3}, None)["items"]) == 3
