@@ -10,8 +10,8 @@ execs the real HAProxy in its place (same pid, same arguments otherwise):
   than the HTTP and gRPC frontends binds on ``STREAMREC_HAPROXY_ADMIN_HOST`` (default
   ``127.0.0.1``) instead; the HTTP frontend keeps ``http_options.host``.
 - **Retries**: a request whose replica closed the connection without answering (it died) is
-  retried once on another replica (``retry-on conn-failure empty-response``, through Ray's
-  ``RAY_SERVE_HAPROXY_RETRY_ON``): a slate nobody received can be asked for again, and the orphan
+  replayed on another replica (``retry-on conn-failure empty-response``, through Ray's
+  ``RAY_SERVE_HAPROXY_RETRY_ON``; HAProxy's ``retries``, 3, bound it): a slate nobody received can be asked for again, and the orphan
   impression trains as a slate with no click. Not a feedback (``NOT_RETRIED``): its event may
   already be in Kafka, and a second copy would count twice; it is answered 503 and the client
   decides.
