@@ -250,7 +250,7 @@ class PolicyStore(PolicyDirectory):
     Replicas follow it with :meth:`serving_change`, a long poll: each waits in the ``watch``
     concurrency group (its own threads) until what the store serves differs from what that replica
     holds, so a publish reaches every replica at once and an idle store reads nothing from its
-    storage. The methods that write run one at a time in the default group, as before; each
+    storage. The methods that write run one at a time in the default group; each
     refreshes the state the watchers wait on."""
 
     def __init__(self, path, keep: int = 10):
