@@ -29,6 +29,7 @@ manifest's ``stage`` says which: ``live`` (served as LATEST at some point), ``ca
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -243,6 +244,20 @@ class PolicyDirectory:
 MAX_WATCH_S = 60.0
 
 
+def _waking(write):
+    """``write`` (a PolicyDirectory method), then wake :meth:`PolicyStore.serving_change`'s waiters
+    with the state it left (refused writes included: a refusal can end a canary)."""
+
+    @functools.wraps(write)
+    def method(self, *args, **kwargs):
+        try:
+            return write(self, *args, **kwargs)
+        finally:
+            self._changed()
+
+    return method
+
+
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3, concurrency_groups={"watch": 512})
 class PolicyStore(PolicyDirectory):
     """The named, detached actor (:data:`actors.registry.STORE`); restarts re-read the directory.
@@ -264,35 +279,12 @@ class PolicyStore(PolicyDirectory):
             self._serving = state
             self._watch.notify_all()
 
-    def publish(self, blob: bytes, manifest: dict) -> dict:
-        try:
-            return super().publish(blob, manifest)
-        finally:
-            self._changed()
-
-    def publish_canary(self, blob: bytes, manifest: dict, share: float) -> dict:
-        try:
-            return super().publish_canary(blob, manifest, share)
-        finally:
-            self._changed()
-
-    def promote(self, version: int, extra: dict | None = None) -> dict:
-        try:
-            return super().promote(version, extra)
-        finally:
-            self._changed()
-
-    def end_canary(self, version: int, reason: str, extra: dict | None = None) -> dict:
-        try:
-            return super().end_canary(version, reason, extra)
-        finally:
-            self._changed()
-
-    def rollback(self, to: int | None = None, reason: str = "operator rollback") -> dict:
-        try:
-            return super().rollback(to, reason)
-        finally:
-            self._changed()
+    # every write that can change what replicas serve wakes the watchers
+    publish = _waking(PolicyDirectory.publish)
+    publish_canary = _waking(PolicyDirectory.publish_canary)
+    promote = _waking(PolicyDirectory.promote)
+    end_canary = _waking(PolicyDirectory.end_canary)
+    rollback = _waking(PolicyDirectory.rollback)
 
     @ray.method(concurrency_group="watch")
     def serving_change(self, known: list | None, wait_s: float = 20.0) -> dict:
