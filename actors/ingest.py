@@ -81,7 +81,7 @@ class StreamIngest:
                  max_event_bytes: int = 1_000_000, max_poll_records: int = 2_000,
                  session_timeout_ms: int = 10_000, max_poll_interval_ms: int = 300_000,
                  commit_interval_s: float = 0.5, name: str = "ingest",
-                 security=None, rewards: RewardTable | None = None):
+                 security=None, rewards: RewardTable | None = None, hole_wait_s: float = 0.5):
         self.name = name
         self.topics = {impressions_topic: "impression", feedback_topic: "feedback"}
         self.dlq_topic, self.samples_topic = dlq_topic, samples_topic
@@ -108,7 +108,7 @@ class StreamIngest:
         self.source = KafkaEventSource(
             bootstrap, list(self.topics), group_id, on_revoke=self._on_revoke,
             session_timeout_ms=session_timeout_ms, max_poll_interval_ms=max_poll_interval_ms,
-            max_poll_records=max_poll_records, client_id=name, security=security,
+            max_poll_records=max_poll_records, client_id=name, security=security, hole_wait_s=hole_wait_s,
         )
         # The loop allocates a few tracked objects per event that live for the reward window; with
         # CPython's default gen-0 threshold (700) the collector would re-scan that state all the
@@ -257,7 +257,7 @@ class StreamIngest:
             "off_slate": s.off_slate, "duplicates": s.duplicates, "join_hit_rate": s.join_hit_rate,
             "pending": self.joiner.pending, "join_state": self.joiner.state_size,
             "behind": sorted(f"{t}/{p}" for t, p in self._behind), "watermark_lag_s": self._watermark_lag_s,
-            "lag": dict(self._lag), "out_sink": self.out.metrics(),
+            "lag": dict(self._lag), "offset_holes": dict(self.source.holes.counts), "out_sink": self.out.metrics(),
             "rss_bytes": _rss_bytes(), "rss_start_bytes": self._rss_start,
             "alive": self._thread.is_alive(), "error": self._error,
         }
@@ -276,7 +276,7 @@ class IngestGroup:
             reward_window_s=ingest_settings.reward_window_s, max_event_bytes=kafka_settings.max_event_bytes,
             max_poll_records=ingest_settings.max_poll_records, session_timeout_ms=ingest_settings.session_timeout_ms,
             max_poll_interval_ms=ingest_settings.max_poll_interval_ms, security=kafka_settings.security,
-            rewards=rewards,
+            rewards=rewards, hole_wait_s=kafka_settings.hole_wait_s,
         )
         self.name_prefix = name_prefix
         self.actors: list = []

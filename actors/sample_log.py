@@ -82,7 +82,8 @@ class SampleLog:
         from streamrec.eventbus import KafkaLogReader
 
         reader = KafkaLogReader(bootstrap, settings.kafka.topics.samples, settings.trainer.group_id,
-                                client_id="streamrec-trainer", security=settings.kafka.security)
+                                client_id="streamrec-trainer", security=settings.kafka.security,
+                                hole_wait_s=settings.kafka.hole_wait_s)
         return cls(reader, dedup_retention_s=max(600.0, 4 * settings.ingest.reward_window_s))
 
     # -- position ----------------------------------------------------------------------------
@@ -171,7 +172,9 @@ class SampleLog:
         return sum(max(0, hi - self._position[p]) for p, hi in hws.items())
 
     def metrics(self) -> dict:
-        return {**self.counts, "pending": self._n_pending, "position": self.position(), "dedup_ids": len(self.seen)}
+        holes = getattr(self.reader, "holes", None)
+        return {**self.counts, "pending": self._n_pending, "position": self.position(), "dedup_ids": len(self.seen),
+                **({"offset_holes": dict(holes.counts)} if holes is not None else {})}
 
     def close(self) -> None:
         self.reader.close()

@@ -146,6 +146,11 @@ class KafkaSettings(_Section):
     """Events the producer may hold while the broker is unreachable; beyond that they are dropped and counted."""
     max_event_bytes: int = Field(1_000_000, ge=1_024, le=16_000_000)
     """Events larger than this are dead-lettered, not decoded."""
+    hole_wait_s: float = Field(0.5, ge=0, le=60)
+    """How long ingest and the trainer wait for a hole in a partition's offsets to fill before they
+    read past it (the embedded broker can show a record before a concurrent one with a lower
+    offset; see ``streamrec.eventbus.OffsetHoles``). 0 reads past at once: for topics that a
+    transactional producer writes (its markers are holes that never fill)."""
     security: KafkaSecurity = KafkaSecurity()
 
     @field_validator("bootstrap_servers")

@@ -40,6 +40,7 @@ __all__ = [
     "make_event_sink",
     "KafkaEventSource",
     "KafkaLogReader",
+    "OffsetHoles",
     "reset_group_offsets",
     "group_lag",
     "librdkafka_security",
@@ -332,6 +333,55 @@ class PartitionBatch(NamedTuple):
     values: list[bytes | None]
 
 
+class OffsetHoles:
+    """Holds back a partition's records that come after a hole in its offsets, until the hole fills
+    or ``wait_s`` has passed.
+
+    A partition's records reach a consumer in offset order, and the offsets of a topic written
+    without transactions or compaction (all of streamrec's) have no holes. The embedded Tansu
+    broker can make a record visible before one appended concurrently with a lower offset (two
+    producers on one partition): a consumer that fetched past that hole would never read the
+    records in it, and ingest would commit past an impression it never saw. The consumer instead
+    hands out the records before the hole, seeks back to its first offset and reads again; a hole
+    that stays (transaction markers or compaction on a broker that has them) is accepted after
+    ``wait_s``. ``wait_s`` 0 hands everything out as it comes (``kafka.hole_wait_s``).
+    """
+
+    def __init__(self, wait_s: float = 0.5):
+        if not wait_s >= 0:
+            raise ValueError(f"wait_s must be >= 0, got {wait_s}")
+        self.wait_s = wait_s
+        self._since: dict[Any, float] = {}  # partition -> when its hole was first seen
+        self.counts = {"held": 0, "filled": 0, "accepted": 0}
+
+    def admit(self, key, expected: int | None, offsets: Sequence[int], now: float) -> int:
+        """How many of ``offsets`` (a partition's next records, increasing) to hand out now;
+        ``expected``: the offset after the last record handed out (None: not known). When fewer
+        than all, the caller reads the partition again from the offset after those."""
+        n = len(offsets)
+        if not n:
+            return 0
+        first = offsets[0]
+        if expected is not None and first > expected and self.wait_s > 0:
+            since = self._since.get(key)
+            if since is None:
+                self._since[key] = now
+                self.counts["held"] += 1
+                return 0
+            if now - since < self.wait_s:
+                return 0
+            self.counts["accepted"] += 1
+        if self._since.pop(key, None) is not None and (expected is None or first <= expected):
+            self.counts["filled"] += 1
+        if offsets[-1] - first == n - 1 or self.wait_s <= 0:  # no hole inside (the common case: O(1))
+            return n
+        return next(i for i in range(1, n) if offsets[i] != offsets[i - 1] + 1)
+
+    def forget(self, keys: Iterable) -> None:
+        for k in keys:
+            self._since.pop(k, None)
+
+
 def _tp_set(parts) -> set[tuple[str, int]]:
     return {(tp.topic, tp.partition) for tp in parts}
 
@@ -353,7 +403,8 @@ class KafkaEventSource:
                  on_assign: Callable[[set[tuple[str, int]]], None] | None = None,
                  session_timeout_ms: int = 10_000, max_poll_interval_ms: int = 300_000,
                  max_poll_records: int = 2_000, client_id: str = "streamrec-ingest",
-                 auto_offset_reset: str = "earliest", security=None, quiet_caught_up_s: float = 5.0):
+                 auto_offset_reset: str = "earliest", security=None, quiet_caught_up_s: float = 5.0,
+                 hole_wait_s: float = 0.5):
         from confluent_kafka import Consumer, Message
 
         self._message = Message  # its methods, mapped over a poll's messages in C
@@ -374,6 +425,7 @@ class KafkaEventSource:
         self._heard: dict[tuple[str, int], float] = {}  # monotonic time of each owned partition's last record (or assignment)
         self._quiet_s = quiet_caught_up_s
         self._held: list = []  # records a poll returned while paused, handed out after resume
+        self.holes = OffsetHoles(hole_wait_s)
         self._paused = False
         self._on_revoke_cb, self._on_assign_cb = on_revoke, on_assign
         self._consumer.subscribe(list(topics), on_assign=self._assigned, on_revoke=self._revoked,
@@ -406,6 +458,7 @@ class KafkaEventSource:
         gone = _tp_set(parts)
         if self._on_revoke_cb:
             self._on_revoke_cb(gone)
+        self.holes.forget(gone)
         for key in gone:
             self._next.pop(key, None)
             self._heard.pop(key, None)
@@ -439,14 +492,35 @@ class KafkaEventSource:
         starts = [0, *itertools.compress(range(1, len(tps)), map(operator.ne, tps, tps[1:])), len(tps)]
         out = []
         now = time.monotonic()
+        reread: set[tuple[str, int]] = set()  # partitions read again from a hole: their later runs wait
         for a, b in zip(starts, starts[1:]):
             tp = tps[a]
+            if tp in reread:
+                continue
+            run = offsets[a:b]
+            n = self.holes.admit(tp, self._next.get(tp), run, now)
+            if n < len(run) and self._seek(tp, run[n - 1] + 1 if n else self._next[tp]):
+                reread.add(tp)
+                b = a + n
+                if not n:
+                    continue
             self._heard[tp] = now
             self._next[tp] = offsets[b - 1] + 1
             self._eof.discard(tp)
             out.append(PartitionBatch(tp[0], tp[1], offsets[a:b], keys[a:b], values[a:b]))
-        self._eof.update(at_end)
+        self._eof.update(at_end - reread)
         return out
+
+    def _seek(self, tp: tuple[str, int], offset: int) -> bool:
+        """Fetch ``tp`` again from ``offset`` (:class:`OffsetHoles`); False when the client refused."""
+        from confluent_kafka import TopicPartition
+
+        try:
+            self._consumer.seek(TopicPartition(tp[0], tp[1], offset))
+            return True
+        except Exception as e:  # not fetching it (yet): hand the records out as they came
+            log.warning("kafka consumer: cannot read %s/%d again from %d: %s", tp[0], tp[1], offset, e)
+            return False
 
     @staticmethod
     def _drop_errors(msgs: list, errors: list) -> tuple[list, set[tuple[str, int]]]:
@@ -541,10 +615,12 @@ class KafkaLogReader:
     group rebalancing), positions committed under ``group_id`` only when asked (lag figures)."""
 
     def __init__(self, bootstrap: str, topic: str, group_id: str, *, client_id: str = "streamrec-reader",
-                 max_fetch_bytes: int = 16 * 1024 * 1024, security=None):
+                 max_fetch_bytes: int = 16 * 1024 * 1024, security=None, hole_wait_s: float = 0.5):
         from confluent_kafka import Consumer
 
         self.topic = topic
+        self.holes = OffsetHoles(hole_wait_s)
+        self._next: dict[int, int] = {}  # partition -> the offset after the last record handed out
         self._consumer = Consumer({
             "bootstrap.servers": bootstrap, "group.id": group_id, "client.id": client_id,
             "enable.auto.commit": False, "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
@@ -569,6 +645,8 @@ class KafkaLogReader:
             if p not in out:
                 out[p] = self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=5)[0]
         self._consumer.assign([TopicPartition(self.topic, p, out[p]) for p in parts])
+        self._next = dict(out)
+        self.holes.forget(parts)
         return out
 
     def _partitions(self) -> list[int]:
@@ -582,6 +660,7 @@ class KafkaLogReader:
 
     def unassign(self) -> None:
         self._consumer.unassign()
+        self._next.clear()
 
     def offsets_for_time(self, ts_ms: int) -> dict[int, int]:
         """Per partition, the first offset whose record was written at or after ``ts_ms`` (the end
@@ -596,8 +675,13 @@ class KafkaLogReader:
         return {tp.partition: tp.offset if tp.offset >= 0 else ends.get(tp.partition, 0) for tp in found}
 
     def read(self, max_records: int = 500, timeout_s: float = 0.2) -> list[tuple[int, int, bytes]]:
-        """(partition, offset, value) of the next records; [] when none came within ``timeout_s``."""
-        out = []
+        """(partition, offset, value) of the next records, each partition's in offset order with no
+        hole (:class:`OffsetHoles`); [] when none came within ``timeout_s``."""
+        from confluent_kafka import TopicPartition
+
+        out: list[tuple[int, int, bytes]] = []
+        reread: set[int] = set()
+        now = time.monotonic()
         for m in self._consumer.consume(max_records, timeout_s):
             err = m.error()
             if err is not None:
@@ -605,7 +689,19 @@ class KafkaLogReader:
                     raise RuntimeError(f"kafka reader {self.topic}: {err.str()}")
                 log.warning("kafka reader %s: %s", self.topic, err.str())
                 continue
-            out.append((m.partition(), m.offset(), m.value() or b""))
+            p, offset = m.partition(), m.offset()
+            if p in reread:
+                continue
+            expected = self._next.get(p)
+            if not self.holes.admit(p, expected, [offset], now):
+                try:
+                    self._consumer.seek(TopicPartition(self.topic, p, expected))
+                    reread.add(p)
+                    continue
+                except Exception as e:  # not fetching it (yet): hand it out as it came
+                    log.warning("kafka reader %s/%d: cannot read again from %d: %s", self.topic, p, expected, e)
+            self._next[p] = offset + 1
+            out.append((p, offset, m.value() or b""))
         return out
 
     def commit(self, position: dict[int, int]) -> None:

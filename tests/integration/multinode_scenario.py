@@ -352,10 +352,13 @@ def _ids_in_topic(bootstrap: str, topic: str, partitions: int, ids_of) -> set[st
         ends, at = reader.high_watermarks(parts), {p: 0 for p in parts}
         ids: set[str] = set()
         deadline = time.monotonic() + 120
-        while any(at[p] < ends.get(p, 0) for p in parts) and time.monotonic() < deadline:
-            for p, offset, value in reader.read(5_000, 1.0):
+        while time.monotonic() < deadline:  # to the high watermarks, then until nothing more comes
+            got = reader.read(5_000, 1.0)  # (Tansu's is the last batch's base offset + 1)
+            for p, offset, value in got:
                 at[p] = offset + 1
                 ids.update(ids_of(value))
+            if not got and all(at[p] >= ends.get(p, 0) for p in parts):
+                break
         return ids
     finally:
         reader.close()

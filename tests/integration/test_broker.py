@@ -172,3 +172,64 @@ def test_a_partition_whose_position_never_became_known_counts_as_caught_up_once_
         assert src.progress()[1] == owned
     finally:
         src.close()
+
+
+def test_readers_tailing_a_partition_that_six_producers_write_read_every_record_once_in_order(broker, topic):
+    """The embedded broker can make a record visible before one appended concurrently with a lower
+    offset; a consumer that fetched past the hole would never read it (ingest would commit past an
+    impression, the trainer past a samples record). Both readers wait for holes to fill
+    (``OffsetHoles``): tailing one partition that six producers write for 8 s, each reads every
+    offset once, in order."""
+    import threading
+
+    from confluent_kafka import Producer
+
+    from streamrec.eventbus import KafkaEventSource, KafkaLogReader
+
+    stop, sent = threading.Event(), []
+
+    def produce(k: int) -> None:
+        p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 0, "acks": "all"})
+        n = 0
+        while not stop.is_set():
+            p.produce(topic, b"%d-%d" % (k, n), partition=0)
+            n += 1
+            p.poll(0)
+            if n % 20 == 0:
+                p.flush(5)
+            time.sleep(0.0005)
+        assert p.flush(10) == 0
+        sent.append(n)
+
+    reader = KafkaLogReader(broker.bootstrap, topic, f"r-{uuid.uuid4().hex[:6]}")
+    reader.assign({0: 0, 1: 0, 2: 0})
+    source = KafkaEventSource(broker.bootstrap, [topic], f"s-{uuid.uuid4().hex[:6]}")
+    got: dict[str, list[int]] = {"reader": [], "source": []}
+
+    def tail(name, read) -> None:
+        while not stop.is_set() or len(got[name]) < sum(sent) or len(sent) < 6:
+            got[name].extend(read())
+            if stop.is_set() and time.monotonic() > give_up:
+                return
+
+    give_up = time.monotonic() + 60
+    threads = [threading.Thread(target=produce, args=(k,)) for k in range(6)]
+    threads += [threading.Thread(target=tail, args=("reader", lambda: [o for p, o, _ in reader.read(1000, 0.05)])),
+                threading.Thread(target=tail, args=("source", lambda: [o for b in source.poll(50) for o in b.offsets]))]
+    try:
+        for th in threads:
+            th.start()
+        time.sleep(8)
+        stop.set()
+        for th in threads:
+            th.join(90)
+    finally:
+        stop.set()
+        reader.close()
+        source.close()
+    total = sum(sent)
+    assert total > 5_000
+    for name, offsets in got.items():
+        holes = (reader if name == "reader" else source).holes.counts
+        assert offsets == list(range(total)), (name, total, len(offsets), holes,
+                                               sorted(set(range(total)) - set(offsets))[:10])

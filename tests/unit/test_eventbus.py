@@ -1,11 +1,12 @@
-"""The sink's promise without a network: send never blocks, a full buffer drops and counts."""
+"""The Kafka boundary without a network: send never blocks, a full buffer drops and counts; a hole in a
+partition's offsets holds back what comes after it."""
 
 import threading
 import time
 
 import pytest
 
-from streamrec.eventbus import KafkaEventSink, RdKafkaEventSink
+from streamrec.eventbus import KafkaEventSink, OffsetHoles, RdKafkaEventSink
 
 
 class FakeFuture:
@@ -104,3 +105,43 @@ def test_a_dropped_event_never_reports():
     assert not sink.send("t", "u", b"w", on_done=done.append)
     sink.close(0.2)
     assert done == []
+
+
+# -- OffsetHoles: what a consumer hands out when a partition's offsets have a hole -------------------------------
+@pytest.mark.parametrize("expected, offsets, handed", [
+    (None, [7, 8, 9], 3),   # position not known: everything
+    (7, [7, 8, 9], 3),      # contiguous from the position
+    (7, [5, 6, 7], 3),      # a redelivery before the position: handed out as before
+    (7, [7, 8, 12, 13], 2), # a hole inside: the records before it
+    (None, [3, 5], 1),      # a hole inside, position not known
+    (7, [9, 10], 0),        # a hole before the first record: none yet
+    (7, [], 0),
+])
+def test_offset_holes_hand_out_the_records_before_a_hole(expected, offsets, handed):
+    assert OffsetHoles(0.5).admit("p", expected, offsets, now=0.0) == handed
+
+
+def test_a_hole_that_fills_is_counted_and_one_that_stays_is_read_past_after_wait_s():
+    h = OffsetHoles(0.5)
+    assert h.admit("p", 10, [12, 13], now=100.0) == 0      # held
+    assert h.admit("p", 10, [12, 13], now=100.4) == 0      # still within wait_s
+    assert h.admit("p", 10, [10, 11, 12, 13], now=100.45) == 4  # the hole filled
+    assert h.counts == {"held": 1, "filled": 1, "accepted": 0}
+    assert h.admit("q", 4, [6], now=200.0) == 0
+    assert h.admit("q", 4, [6, 7], now=200.5) == 2           # never filled: read past it
+    assert h.counts == {"held": 2, "filled": 1, "accepted": 1}
+    assert h.admit("q", 8, [9], now=300.0) == 0              # a later hole waits afresh
+
+
+def test_offset_holes_off_hands_out_everything_and_forget_drops_a_partitions_wait():
+    assert OffsetHoles(0).admit("p", 3, [5, 9], now=0.0) == 2
+    h = OffsetHoles(0.5)
+    assert h.admit("p", 3, [5], now=0.0) == 0
+    h.forget(["p"])  # revoked: its next owner starts over
+    assert h.admit("p", 3, [5], now=10.0) == 0 and h.counts["held"] == 2
+
+
+@pytest.mark.parametrize("wait_s", [-1, float("nan")])
+def test_offset_holes_refuse_a_bad_wait(wait_s):
+    with pytest.raises(ValueError, match="wait_s must be >= 0"):
+        OffsetHoles(wait_s)
