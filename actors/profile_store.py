@@ -8,6 +8,7 @@ from the snapshot when (re)started.
 from __future__ import annotations
 
 import io
+import logging
 import time
 import uuid
 from typing import Sequence
@@ -18,6 +19,8 @@ import ray
 from streamrec.profile import HistoryBook
 from streamrec.storage import Location
 
+log = logging.getLogger(__name__)
+
 __all__ = ["ProfileStore"]
 
 
@@ -27,8 +30,14 @@ class ProfileStore:
     ITEMS = "profiles.items.npz"
 
     def __init__(self, history_length: int = 50, half_life_s: float = 86_400.0,
-                 snapshot_dir: str | None = None, snapshot_every_s: float = 60.0):
+                 snapshot_dir: str | None = None, snapshot_every_s: float = 60.0,
+                 catalog_dir: str | None = None, catalog_poll_s: float = 5.0):
+        """``catalog_dir``: the embedding output to follow (a new run's items join the pool within
+        ``catalog_poll_s`` of the next recorded events); None: only :meth:`set_item_vectors`."""
         self.half_life_s = half_life_s
+        self.catalog_dir, self.catalog_poll_s = catalog_dir, catalog_poll_s
+        self.catalog_version: str | None = None
+        self._next_catalog = 0.0
         self.loc = Location(snapshot_dir) if snapshot_dir else None
         self.snapshot_every_s = snapshot_every_s
         self._last_snapshot = time.monotonic()
@@ -63,7 +72,26 @@ class ProfileStore:
         self._index = {str(i): r for r, i in enumerate(ids)}
         self._vectors = np.asarray(vectors, dtype=np.float32)
 
+    def follow_catalog(self) -> bool:
+        """Pool over the live embedding run's items when it is another run than the one pooled over.
+        True when the vectors changed."""
+        from streamrec.vectors import load_vectors, read_manifest
+
+        m = read_manifest(self.catalog_dir)
+        if m is None or str(m.get("run_id")) == self.catalog_version:
+            return False
+        ids, vectors, _ = load_vectors(self.catalog_dir)
+        self.set_item_vectors(ids, vectors)
+        self.catalog_version = str(m.get("run_id"))
+        return True
+
     def record(self, events: Sequence[tuple[str, str, float]]) -> int:
+        if self.catalog_dir is not None and time.monotonic() >= self._next_catalog:
+            self._next_catalog = time.monotonic() + self.catalog_poll_s
+            try:
+                self.follow_catalog()
+            except Exception as e:  # storage away: pool over the catalog it has
+                log.warning("profile store cannot follow the catalog at %s: %s", self.catalog_dir, e)
         n = self.book.record(events)
         self.events += n
         if self.loc is not None and time.monotonic() - self._last_snapshot >= self.snapshot_every_s:

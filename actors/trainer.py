@@ -4,7 +4,9 @@ The loop is plain code (rounds, gate, canary, manifests, checkpoint, rollback); 
 a reader of the samples log (:class:`actors.sample_log.SampleLog`) and the PolicyStore actor
 behind a blocking adapter, runs a round every ``trainer.train_every_s`` in a background thread,
 and answers ``metrics``/``train_now``/``rollback``. A round that fails is not lost: the loop is
-rebuilt from its checkpoint, as after a restart, and reads that round's samples again.
+rebuilt from its checkpoint, as after a restart, and reads that round's samples again. Before each
+round it looks at the embedding manifest and, when a new run is live, trains on that catalog
+version (new items get rows of their own: :meth:`rl.trainer_loop.TrainerLoop.set_catalog`).
 """
 
 from __future__ import annotations
@@ -39,11 +41,13 @@ class Trainer:
         self.settings = StreamrecSettings.model_validate(settings)
         if self.settings.trainer.cpu_nice:
             os.nice(self.settings.trainer.cpu_nice)  # this actor's own worker process: yield to serving
+        self.catalog = None  # the catalog version followed (None: the ids and vectors given)
         if item_ids is None:
-            from streamrec.vectors import load_vectors
+            from streamrec.vectors import load_catalog
 
-            item_ids, item_vectors, _ = load_vectors(self.settings.embedding.output_dir)
-        self._args = (list(item_ids), item_vectors, bootstrap, Blocking(store), seed)
+            self.catalog = load_catalog(self.settings.embedding.output_dir)
+        self._args = (bootstrap, Blocking(store), seed)
+        self._items = (list(item_ids), item_vectors) if self.catalog is None else None
         self.loop = self._new_loop()
         self.loop.publish_initial()
         self._broken = False  # a round failed: rebuild the loop from its checkpoint before the next
@@ -51,13 +55,32 @@ class Trainer:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.error: str | None = None
+        self.catalog_error: str | None = None
         self._thread = threading.Thread(target=self._run, name="trainer", daemon=True)
         self._thread.start()
 
     def _new_loop(self) -> TrainerLoop:
-        item_ids, item_vectors, bootstrap, store, seed = self._args
-        return TrainerLoop(self.settings, item_ids, item_vectors, SampleLog.open(bootstrap, self.settings), store,
-                           seed=seed)
+        bootstrap, store, seed = self._args
+        c = self.catalog
+        ids, vectors, rows, num_rows = (*self._items, None, None) if c is None else (c.ids, c.vectors, c.rows, c.num_rows)
+        return TrainerLoop(self.settings, ids, vectors, SampleLog.open(bootstrap, self.settings), store,
+                           rows=rows, num_rows=num_rows, seed=seed)
+
+    def _follow_catalog(self) -> None:
+        """Between rounds: when the embedding output has a new live run, train on that catalog
+        (the tables grow for new items; TrainerLoop.set_catalog)."""
+        from streamrec.vectors import load_catalog, read_manifest
+
+        if self.catalog is None:
+            return
+        manifest = read_manifest(self.settings.embedding.output_dir)
+        if manifest is None or str(manifest.get("run_id")) == self.catalog.version:
+            return
+        c = load_catalog(self.settings.embedding.output_dir)
+        grew = self.loop.set_catalog(c.ids, c.vectors, c.rows, c.num_rows)
+        self.catalog = c
+        log.info("trainer follows catalog %s (%d items%s)", c.version, len(c.ids),
+                 f", tables grown to {c.num_rows} rows" if grew else "")
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -65,6 +88,13 @@ class Trainer:
                 with self._lock:
                     self._round_started = time.monotonic()
                     try:
+                        try:
+                            self._follow_catalog()
+                        except Exception as e:  # train on the catalog it has; say why in metrics
+                            log.exception("cannot follow the catalog")
+                            self.catalog_error = f"{type(e).__name__}: {e}"
+                        else:
+                            self.catalog_error = None
                         self._round()
                     finally:
                         self._round_started = None
@@ -99,6 +129,8 @@ class Trainer:
     def metrics(self) -> dict:
         started = self._round_started
         return {**self.loop.stats, "serving_version": self.loop.serving_version, "error": self.error,
+                "catalog": None if self.catalog is None else self.catalog.version, "catalog_error": self.catalog_error,
+                "item_rows": self.loop.spec.num_rows - 1,
                 "in_round_s": 0.0 if started is None else round(time.monotonic() - started, 1),
                 "algorithm": self.loop.spec.algorithm, "log": self.loop.source.metrics()}
 

@@ -113,10 +113,15 @@ class BanditPolicy:
         slates, clicks = np.asarray(slates), np.asarray(clicks, float)
         if len(slates) == 0:
             return
-        rows = np.concatenate([o.rows[s] for o, s in zip(observations, slates)])
-        np.add.at(self.shows, np.clip(rows, 0, len(self.shows) - 1), 1.0)
-        np.add.at(self.clicks, np.clip(rows, 0, len(self.clicks) - 1), clicks.reshape(-1) > 0)
+        rows = self._rows(np.concatenate([o.rows[s] for o, s in zip(observations, slates)]))
+        np.add.at(self.shows, rows, 1.0)
+        np.add.at(self.clicks, rows, clicks.reshape(-1) > 0)
         self._learn(observations, slates, clicks)
+
+    def _rows(self, rows: np.ndarray) -> np.ndarray:
+        """Rows beyond the tables (items newer than this version) are row 0, the unknown item."""
+        rows = np.asarray(rows, np.int64)
+        return np.where((rows >= 0) & (rows < len(self.shows)), rows, 0)
 
     def _learn(self, observations, slates, clicks) -> None:
         """What a policy learns beyond the counts (nothing by default)."""
@@ -174,7 +179,7 @@ class PopularityPolicy(_GreedyPolicy):
     algorithm = "popularity"
 
     def scores(self, obs: Observation, rng: np.random.Generator | None = None) -> np.ndarray:
-        rows = np.clip(obs.rows, 0, len(self.clicks) - 1)
+        rows = self._rows(obs.rows)
         return (self.clicks[rows] + 0.1) / (self.shows[rows] + 1.0)
 
 

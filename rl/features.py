@@ -132,16 +132,34 @@ class ObsLayout:
 class Featurizer:
     """Turns (profile, context, candidates) into observations, with the catalog it was built for.
 
-    item_ids: (n,) catalog ids; item_vectors: (n, D) unit text vectors; projection: (D, m).
+    item_ids: (n,) catalog ids; item_vectors: (n, D) unit text vectors; projection: (D, m);
+    rows: (n,) each item's row of the item-id tables (1-based, stable as the catalog grows: see
+    :func:`streamrec.vectors.assign_rows`; default 1..n); table_rows: the tables' size (default
+    the largest row + 1). A policy whose tables are smaller (a version trained before the catalog
+    grew) reads the rows it lacks as row 0, the unknown item: the item ranks by its text vector.
     """
 
     item_ids: np.ndarray
     item_vectors: np.ndarray
     projection: np.ndarray
+    rows_of_items: np.ndarray | None = None
+    table_rows: int | None = None
 
     def __post_init__(self):
         self.item_ids = np.asarray(self.item_ids)
-        self.row_of = {str(i): r + 1 for r, i in enumerate(self.item_ids.tolist())}  # 0 = unknown
+        n = len(self.item_ids)
+        rows = np.arange(1, n + 1) if self.rows_of_items is None else np.asarray(self.rows_of_items, np.int64)
+        if rows.shape != (n,) or (n and rows.min() < 1) or len(np.unique(rows)) != n:
+            raise ValueError(f"rows_of_items must be {n} distinct rows >= 1, one per item")
+        self.rows_of_items = rows
+        ids = [str(i) for i in self.item_ids.tolist()]
+        self.row_of = dict(zip(ids, rows.tolist()))  # 0 = unknown
+        self._at = {i: k for k, i in enumerate(ids)}  # id -> its position in item_vectors
+        largest = int(rows.max()) + 1 if n else 1
+        if self.table_rows is None:
+            self.table_rows = largest
+        elif self.table_rows < largest:
+            raise ValueError(f"table_rows {self.table_rows} < the largest row + 1 ({largest})")
         self.projected = (np.asarray(self.item_vectors, np.float32) @ self.projection).astype(np.float32)
 
     @property
@@ -150,8 +168,12 @@ class Featurizer:
 
     @property
     def num_rows(self) -> int:
-        """Size of the item-id embedding table (catalog + the unknown row 0)."""
-        return len(self.item_ids) + 1
+        """Size of the item-id tables (every row the catalog ever gave out + the unknown row 0)."""
+        return int(self.table_rows)
+
+    def with_catalog(self, item_ids, item_vectors: np.ndarray, rows_of_items=None, table_rows: int | None = None) -> "Featurizer":
+        """The same projection over another catalog version."""
+        return Featurizer(item_ids, item_vectors, self.projection, rows_of_items, table_rows)
 
     def layout(self, num_candidates: int) -> ObsLayout:
         return ObsLayout(self.m, num_candidates)
@@ -161,10 +183,10 @@ class Featurizer:
 
     def candidate_features(self, candidate_ids: Sequence[str], vectors: np.ndarray | None = None) -> np.ndarray:
         """(N, m) projected text vectors; ``vectors`` (N, D) for items not in the catalog."""
-        rows = self.rows(candidate_ids)
-        out = np.zeros((len(rows), self.m), dtype=np.float32)
-        known = rows > 0
-        out[known] = self.projected[rows[known] - 1]
+        at = np.asarray([self._at.get(str(c), -1) for c in candidate_ids], dtype=np.int64)
+        out = np.zeros((len(at), self.m), dtype=np.float32)
+        known = at >= 0
+        out[known] = self.projected[at[known]]
         if vectors is not None and (~known).any():
             out[~known] = np.asarray(vectors, np.float32)[~known] @ self.projection
         return out

@@ -13,6 +13,7 @@ The classes live in :mod:`rl.bandits` (random, popularity, epsilon-greedy, LinUC
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
@@ -21,7 +22,7 @@ from rl.bandits import EpsilonGreedyPolicy, LinUCBPolicy, PopularityPolicy, Rand
 from rl.neural import NeuralPolicy, SlateScorer
 from rl.spec import ALGORITHMS, Observation, PolicySpec
 
-__all__ = ["Policy", "POLICIES", "make_policy", "policy_from_state", "expected_shapes"]
+__all__ = ["Policy", "POLICIES", "make_policy", "policy_from_state", "expected_shapes", "grow_rows"]
 
 
 class Policy(Protocol):
@@ -62,6 +63,27 @@ assert set(POLICIES) == set(ALGORITHMS)
 def expected_shapes(spec: PolicySpec) -> dict[str, tuple[int, ...]]:
     """Every tensor a published version of ``spec`` holds: the policy's, plus the (D, m) projection."""
     return {**POLICIES[spec.algorithm].expected_shapes(spec), "projection": (spec.text_dim, spec.m)}
+
+
+def grow_rows(spec: PolicySpec, tensors: Mapping[str, Any], num_rows: int) -> tuple[PolicySpec, dict[str, Any]]:
+    """``spec`` and its tensors for item-id tables of ``num_rows`` rows (a grown catalog): the
+    learned rows kept, each new row a copy of row 0, the unknown item, so a new item scores as it
+    did before it had a row (by its text vector) and learns from there; a bandit's counts start
+    at zero (no evidence yet). Tensors come back as numpy arrays."""
+    if num_rows < spec.num_rows:
+        raise ValueError(f"tables shrink from {spec.num_rows} to {num_rows} rows: rows are never given back")
+    grown = dataclasses.replace(spec, num_rows=num_rows)
+    before, after = expected_shapes(spec), expected_shapes(grown)
+    zero = spec.algorithm != NeuralPolicy.algorithm
+    out = dict(tensors)
+    for name, shape in after.items():
+        if name in out and shape != before[name]:
+            t = out[name]
+            t = np.asarray(t.detach().cpu().numpy() if hasattr(t, "detach") else t)
+            extra = num_rows - len(t)
+            new = np.zeros((extra, *t.shape[1:]), t.dtype) if zero else np.repeat(t[:1], extra, 0)
+            out[name] = np.concatenate([t, new])
+    return grown, out
 
 
 def make_policy(spec: PolicySpec, module_state: Mapping[str, Any] | None = None) -> Policy:

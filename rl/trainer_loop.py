@@ -44,7 +44,7 @@ from rl.features import Featurizer, fit_projection
 from rl.gate import GateReport, evaluate, promote
 from rl.logged import Logged, samples_to_logged
 from rl.manifest import PolicyManifest
-from rl.policies import Policy, make_policy, policy_from_state
+from rl.policies import Policy, grow_rows, make_policy, policy_from_state
 from rl.sequential import LiveWatch
 from rl.spec import PolicySpec
 from rl.weights import WeightsError, pack, unpack
@@ -149,12 +149,16 @@ class _Canary:
 
 class TrainerLoop:
     def __init__(self, settings: StreamrecSettings, item_ids, item_vectors: np.ndarray, source: SampleSource,
-                 store: PolicyStoreAPI, *, seed: int = 0):
+                 store: PolicyStoreAPI, *, rows=None, num_rows: int | None = None, seed: int = 0):
+        """``rows``/``num_rows``: the catalog's stable item rows and table size
+        (:class:`streamrec.vectors.Catalog`; default 1..n and n + 1)."""
         self.settings, self.source, self.store = settings, source, store
         self.rng = np.random.default_rng(seed)
         t = settings.trainer
         self.checkpoint = Location(t.checkpoint_dir)
         item_vectors = np.asarray(item_vectors, np.float32)
+        table = (int(num_rows) if num_rows is not None else len(item_ids) + 1 if rows is None or not len(rows)
+                 else int(np.max(rows)) + 1)  # the catalog's item-id table size
         latest = store.latest()
         projection = lineage = None
         if latest is not None:  # continue the published lineage: same projection, same weights
@@ -165,33 +169,34 @@ class TrainerLoop:
             ours = lineage.algorithm == settings.policy.algorithm
             # a bandit's exploring version 1 (see publish_initial): same lineage, nothing learned yet
             first = lineage.algorithm == "random" and manifest.ope is None and settings.policy.algorithm != "ppo"
-            if (ours or first) and lineage.num_rows == len(item_ids) + 1:
+            if (ours or first) and lineage.num_rows <= table:  # the same catalog, or one that grew
                 projection = tensors["projection"]
             elif not t.force_new_lineage:
                 raise LineageError(
-                    f"the store serves version {latest['version']} ({lineage.algorithm}, {lineage.num_rows - 1} items); "
-                    f"this trainer is {settings.policy.algorithm} for {len(item_ids)} items and cannot continue it. "
+                    f"the store serves version {latest['version']} ({lineage.algorithm}, {lineage.num_rows - 1} item rows); "
+                    f"this trainer is {settings.policy.algorithm} for a catalog of {table - 1} item rows and cannot continue it. "
                     "A new lineage goes live only by an operator's decision, which no gate can check: set "
                     "trainer.force_new_lineage to who decided and why (recorded in the store's history)")
             else:
                 latest = None
         if projection is None:
             projection = fit_projection(item_vectors, settings.policy.feature_dim, seed=seed)
-        self.featurizer = Featurizer(np.asarray(item_ids), item_vectors, projection)
-        self.spec = policy_spec(settings, self.featurizer.num_rows, item_vectors.shape[1])
+        self.featurizer = Featurizer(np.asarray(item_ids), item_vectors, projection, rows, num_rows)
+        # Tables start at the lineage's size (or its checkpoint's, when that grew past the last
+        # published version) and grow to the catalog's once everything is loaded (_grow)
+        start = table if latest is None else self._checkpoint_rows(lineage.num_rows, table, item_vectors.shape[1])
+        self.spec = policy_spec(settings, start, item_vectors.shape[1])
+        if latest is not None and lineage.num_rows < start:
+            lineage, tensors = grow_rows(lineage, tensors, start)
         self.stats = {"rounds": 0, "samples": 0, "skipped": 0, "published": 0, "rejected": 0, "deferred": 0,
                       "canaries": 0, "rolled_back": 0, "consumed": 0, "digest": 0, "last": None}
         """``consumed``: samples this lineage took from the log, over restarts (``digest``: the sum of
         their event ids' 64-bit hashes, mod 2**64, to compare with what ingest wrote)."""
         self.watch = LiveWatch(t.rollback_drop, t.rollback_alpha, t.rollback_beta, t.rollback_min_impressions)
         self.learner = None
+        self._seed = seed
         if self.spec.algorithm == "ppo":
-            from rl.learners.ppo import PPOHyper, SlateLearner  # torch and RLlib: only for the neural policy
-
-            self.learner = SlateLearner(self.spec, PPOHyper(lr=t.lr, num_epochs=t.num_epochs,
-                                                            minibatch_size=t.minibatch_size, seed=seed,
-                                                            num_learners=t.num_learners,
-                                                            gpus_per_learner=t.gpus_per_learner))
+            self.learner = self._new_learner()
             if latest is not None:
                 self._load_published_into_learner(tensors)
             self.policy = self.learner.serving_policy()
@@ -219,6 +224,69 @@ class TrainerLoop:
             store.end_canary(running["version"], "the trainer restarted before judging it")
         self._checkpoint_state: str | None = None
         self.source.seek(*(self._restore() if latest is not None else (None, None)))
+        if table > self.spec.num_rows:
+            self._grow(table)
+
+    def _new_learner(self):
+        from rl.learners.ppo import PPOHyper, SlateLearner  # torch and RLlib: only for the neural policy
+
+        t = self.settings.trainer
+        return SlateLearner(self.spec, PPOHyper(lr=t.lr, num_epochs=t.num_epochs, minibatch_size=t.minibatch_size,
+                                                seed=self._seed, num_learners=t.num_learners,
+                                                gpus_per_learner=t.gpus_per_learner))
+
+    # -- the catalog -------------------------------------------------------------------------------
+    def set_catalog(self, item_ids, item_vectors: np.ndarray, rows=None, num_rows: int | None = None) -> bool:
+        """Train on another catalog version (same projection): samples are rebuilt with its items
+        from the next round on. When it gave out new rows, the tables grow (learned rows kept,
+        :func:`rl.policies.grow_rows`), so the next published version ranks the new items by their
+        own rows. True when they grew; raises ValueError for a catalog with fewer rows than the
+        lineage (its rows would not mean the same items)."""
+        featurizer = self.featurizer.with_catalog(item_ids, np.asarray(item_vectors, np.float32), rows, num_rows)
+        if featurizer.projection.shape[0] != featurizer.item_vectors.shape[1]:
+            raise ValueError(f"the catalog's vectors have dimension {featurizer.item_vectors.shape[1]}, "
+                             f"the lineage's projection {featurizer.projection.shape[0]}")
+        if featurizer.num_rows < self.spec.num_rows:
+            raise ValueError(f"the catalog has {featurizer.num_rows - 1} item rows, fewer than the lineage's "
+                             f"{self.spec.num_rows - 1}: its rows were renumbered (embedding output without its rows file?)")
+        self.featurizer = featurizer
+        if featurizer.num_rows == self.spec.num_rows:
+            return False
+        self._grow(featurizer.num_rows)
+        return True
+
+    def _grow(self, num_rows: int) -> None:
+        """Tables of ``num_rows`` rows for the policy in training, its learner and the live version's
+        copy (which the gate scores on samples that name the new rows)."""
+        if self.canary is not None:  # judged on the old tables: start over with the next candidate
+            self.store.end_canary(self.canary.version, f"the catalog grew to {num_rows - 1} item rows")
+            self.canary = None
+        grown = policy_spec(self.settings, num_rows, self.featurizer.projection.shape[0])  # (N too, in a catalog < N)
+        if self.learner is not None:
+            _, state = grow_rows(self.spec, self.learner.module_state(), num_rows)
+            self.spec = grown
+            self.learner.shutdown()
+            self.learner = self._new_learner()
+            self.learner.set_module_state(state)
+            self.policy = self.learner.serving_policy()
+        else:
+            _, state = grow_rows(self.spec, self.policy.state(), num_rows)
+            self.spec = grown
+            self.policy = policy_from_state(self.spec, state)
+        if self.serving is not None and self.serving.spec.num_rows < num_rows:
+            self.serving = policy_from_state(*grow_rows(self.serving.spec, self.serving.state(), num_rows))
+        self.stats["grown_to_rows"] = num_rows
+
+    def _checkpoint_rows(self, lineage_rows: int, table: int, text_dim: int) -> int:
+        """The table size to start from: the checkpoint's when it continues this lineage at a size
+        between the published version's and the catalog's, else the published version's."""
+        record = self.checkpoint.read_json(CHECKPOINT, default=None)
+        spec = record.get("spec") if isinstance(record, dict) else None
+        rows = spec.get("num_rows") if isinstance(spec, dict) else None
+        if (isinstance(rows, int) and lineage_rows < rows <= table
+                and spec == policy_spec(self.settings, rows, text_dim).to_dict()):
+            return rows
+        return lineage_rows
 
     # -- one round -------------------------------------------------------------------------------
     def round(self) -> dict | None:
@@ -430,6 +498,8 @@ class TrainerLoop:
         _, blob = self.store.get(manifest["version"])
         tensors = unpack(blob, sha256=manifest["sha256"])
         served = PolicyManifest.from_dict(manifest).spec  # a bandit's exploring version 1 is another algorithm
+        if served.num_rows < self.spec.num_rows:  # published before the catalog grew
+            served, tensors = grow_rows(served, tensors, self.spec.num_rows)
         if served.algorithm != self.spec.algorithm:
             self.policy = make_policy(self.spec)  # nothing of ours was learned yet at that version
         elif self.learner is not None:

@@ -102,8 +102,18 @@ class Ranker:
                 self._stop.wait(self.poll_s)
 
     def _follow_profiles(self) -> None:
-        while not self._stop.wait(self.settings.serve.profile_sync_s):
+        """Pull changed profiles every ``serve.profile_sync_s``; every ``serve.catalog_poll_s``, look
+        for a new catalog version (an embedding run) and swap it in."""
+        s = self.settings.serve
+        next_catalog = time.monotonic() + s.catalog_poll_s
+        while not self._stop.wait(s.profile_sync_s):
             self.replica.sync_profiles()
+            if time.monotonic() >= next_catalog:
+                next_catalog = time.monotonic() + s.catalog_poll_s
+                try:
+                    self.replica.sync_catalog()
+                except Exception as e:  # a half-readable run, storage blips: keep serving what is loaded
+                    self.replica.last_error = f"catalog: {type(e).__name__}: {e}"
 
     def reconfigure(self, user_config: dict) -> None:
         """Runtime knobs (never weights): ``policy_poll_s``."""
@@ -174,7 +184,8 @@ class Ranker:
                                    "policy_rollbacks": st["rollbacks"],
                                    "policy_version": float(st["version"] or 0),
                                    "policy_canary_version": float(st["canary"] or 0),
-                                   "profiles_mirrored": st["profiles"] or 0}
+                                   "profiles_mirrored": st["profiles"] or 0,
+                                   "catalog_items": st.get("catalog_items", 0), "catalog_swaps": st.get("catalog_swaps", 0)}
         if self.sink is not None:
             extra.update({f"events_{k}": v for k, v in self.sink.metrics().items()})
         return self.metrics.render(extra)

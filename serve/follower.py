@@ -7,6 +7,7 @@ Every Ranker replica (and the benchmark's in-process clients) holds one::
     follower.poll(state)       # the same with a state the caller already has (a long poll's answer)
     follower.current           # (featurizer, policy, version) — replaced in one assignment
     follower.canary            # a candidate served on a share of requests (Canary), or None
+    follower.set_catalog(ids, vectors, rows, num_rows)   # another catalog version: the same weights over its items
 
 A new version is fetched, checked (sha256, finite, the tensor names and shapes its spec
 implies), converted into the serving model and warmed up on a dummy request before the swap.
@@ -30,7 +31,7 @@ from rl.policies import Policy, expected_shapes, policy_from_state
 from rl.spec import Observation, PolicySpec
 from rl.weights import WeightsError, unpack
 
-__all__ = ["PolicyFollower", "Served", "Canary", "StoreReader"]
+__all__ = ["PolicyFollower", "Served", "Canary", "StoreReader", "CatalogBehind"]
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +65,17 @@ class Canary:
     share: float
 
 
+class CatalogBehind(WeightsError):
+    """A version built for item rows this replica's catalog does not have yet: it is fetched again
+    once the replica follows the newer catalog (:meth:`PolicyFollower.set_catalog`)."""
+
+
 class PolicyFollower:
-    def __init__(self, store: StoreReader, item_ids, item_vectors: np.ndarray, *, explore: bool = True):
+    def __init__(self, store: StoreReader, item_ids, item_vectors: np.ndarray, *, rows=None, num_rows: int | None = None,
+                 explore: bool = True):
+        """``rows``/``num_rows``: the catalog's stable item rows and table size (default 1..n, n + 1)."""
         self.store = store
-        self.item_ids = np.asarray(item_ids)
-        self.item_vectors = np.asarray(item_vectors, np.float32)
+        self._take_catalog(item_ids, item_vectors, rows, num_rows)
         self.explore = explore
         self.current: Served | None = None
         self.canary: Canary | None = None
@@ -83,6 +90,24 @@ class PolicyFollower:
     @property
     def version(self) -> int | None:
         return self.current.version if self.current else None
+
+    def _take_catalog(self, item_ids, item_vectors, rows, num_rows) -> None:
+        self.item_ids = np.asarray(item_ids)
+        self.item_vectors = np.asarray(item_vectors, np.float32)
+        self.rows = None if rows is None else np.asarray(rows, np.int64)
+        self.num_rows = (int(num_rows) if num_rows is not None else len(self.item_ids) + 1 if self.rows is None
+                         or not len(self.rows) else int(self.rows.max()) + 1)
+
+    def set_catalog(self, item_ids, item_vectors: np.ndarray, rows=None, num_rows: int | None = None) -> None:
+        """Serve another catalog version: the live version keeps its weights and projection, its
+        featurizer takes the new items (one beyond the version's tables ranks by its text vector
+        until a version with its row is published). The caller polls again: a version that waited
+        for this catalog (:class:`CatalogBehind`) is fetched then."""
+        self._take_catalog(item_ids, item_vectors, rows, num_rows)
+        cur = self.current
+        if cur is not None:
+            featurizer = cur.featurizer.with_catalog(self.item_ids, self.item_vectors, self.rows, self.num_rows)
+            self.current = Served(featurizer, cur.policy, cur.version, cur.spec, cur.manifest)
 
     def poll(self, state: dict | None = None) -> bool:
         """Follow the store: swap to a newer valid latest version, start or stop serving its canary.
@@ -121,6 +146,9 @@ class PolicyFollower:
     def _load_or_refuse(self, version: int) -> Served | None:
         try:
             return self.load(*self.store.get(version))
+        except CatalogBehind as e:  # not refused: asked for again after the next catalog
+            self.last_error = f"version {version} waits: {e}"
+            return None
         except (WeightsError, ValueError, KeyError) as e:
             self._refuse(version, str(e))
             return None
@@ -135,12 +163,14 @@ class PolicyFollower:
         """Validate and build a servable version (raises WeightsError/ValueError; nothing is swapped here)."""
         manifest = PolicyManifest.from_dict(raw)
         spec = manifest.spec
-        if spec.num_rows != len(self.item_ids) + 1 or spec.text_dim != self.item_vectors.shape[1]:
-            raise WeightsError(f"version {manifest.version} was built for {spec.num_rows - 1} items of "
-                               f"dimension {spec.text_dim}; this replica serves {len(self.item_ids)} of "
-                               f"dimension {self.item_vectors.shape[1]}")
+        if spec.text_dim != self.item_vectors.shape[1]:
+            raise WeightsError(f"version {manifest.version} was built for text vectors of dimension {spec.text_dim}; "
+                               f"this replica's catalog has dimension {self.item_vectors.shape[1]}")
+        if spec.num_rows > self.num_rows:
+            raise CatalogBehind(f"version {manifest.version} was built for {spec.num_rows - 1} item rows; this "
+                                f"replica's catalog has {self.num_rows - 1} (a newer catalog is on its way)")
         tensors = unpack(blob, sha256=manifest.sha256, expect=expected_shapes(spec))
-        featurizer = Featurizer(self.item_ids, self.item_vectors, tensors["projection"])
+        featurizer = Featurizer(self.item_ids, self.item_vectors, tensors["projection"], self.rows, self.num_rows)
         policy = policy_from_state(spec, tensors, explore=self.explore)
         # warm up on a dummy request: a version that cannot score does not get swapped in
         n = min(spec.num_candidates, len(self.item_ids))

@@ -39,6 +39,16 @@ from rl.spec import Observation
 __all__ = ["Ranking", "Ranked"]
 
 
+class _Pool:
+    """The catalog candidates come from: its item index and ids (one catalog version)."""
+
+    __slots__ = ("index", "ids")
+
+    def __init__(self, index, featurizer: Featurizer):
+        self.index = index
+        self.ids = featurizer.item_ids.astype(str)
+
+
 @dataclass
 class Ranked:
     items: list[str]
@@ -51,17 +61,26 @@ class Ranked:
 class Ranking:
     def __init__(self, featurizer: Featurizer, index, policy: Policy, version: int, num_candidates: int,
                  retrieval_share: float = 0.5):
-        self.index = index
-        self._live = (featurizer, policy, int(version), None)
-        self.num_candidates = min(num_candidates, len(featurizer.item_ids))
+        self.max_candidates = num_candidates
         self.retrieval_share = retrieval_share
-        self._all_ids = featurizer.item_ids.astype(str)
+        self._live = (featurizer, policy, int(version), None, _Pool(index, featurizer))
 
-    def swap(self, featurizer: Featurizer, policy: Policy, version: int, canary=None) -> None:
+    def swap(self, featurizer: Featurizer, policy: Policy, version: int, canary=None, index=None) -> None:
         """Atomically replace what ranks: one attribute holds the (featurizer, policy, version,
-        canary) tuple, so a request reads old or new, never half (separate attribute stores could
-        interleave with a request's reads). ``canary``: a :class:`serve.follower.Canary` or None."""
-        self._live = (featurizer, policy, int(version), canary)
+        canary, candidate pool) tuple, so a request reads old or new, never half (separate
+        attribute stores could interleave with a request's reads). ``canary``: a
+        :class:`serve.follower.Canary` or None; ``index``: the item index of the featurizer's
+        catalog when the catalog changed (else the current one stays)."""
+        pool = self._live[4] if index is None else _Pool(index, featurizer)
+        self._live = (featurizer, policy, int(version), canary, pool)
+
+    @property
+    def index(self):
+        return self._live[4].index
+
+    @property
+    def num_candidates(self) -> int:
+        return min(self.max_candidates, len(self._live[4].ids))
 
     @property
     def canary(self):
@@ -79,14 +98,16 @@ class Ranking:
     def version(self) -> int:
         return self._live[2]
 
-    def candidates(self, query: np.ndarray | None, rng: np.random.Generator, exclude: Sequence[str] = ()) -> list[str]:
-        n = self.num_candidates
+    def candidates(self, query: np.ndarray | None, rng: np.random.Generator, exclude: Sequence[str] = (),
+                   pool: "_Pool | None" = None) -> list[str]:
+        pool = pool or self._live[4]
+        n = min(self.max_candidates, len(pool.ids))
         excluded = set(exclude)
         out: list[str] = []
         seen: set[str] = set()
         if query is not None and np.linalg.norm(query) > 0:
             want = int(n * self.retrieval_share)
-            _, ids = self.index.search(query[None, :], min(len(self._all_ids), want + len(excluded)))
+            _, ids = pool.index.search(query[None, :], min(len(pool.ids), want + len(excluded)))
             for i in ids[0]:
                 i = str(i)
                 if i not in excluded and i not in seen:
@@ -94,10 +115,10 @@ class Ranking:
                     seen.add(i)
                 if len(out) >= want:
                     break
-        pool = self._all_ids
-        while len(out) < n and len(seen) + len(excluded) < len(pool):
-            for r in rng.choice(len(pool), min(len(pool), 2 * (n - len(out)) + 8), replace=False):
-                i = pool[r]
+        every = pool.ids
+        while len(out) < n and len(seen) + len(excluded) < len(every):
+            for r in rng.choice(len(every), min(len(every), 2 * (n - len(out)) + 8), replace=False):
+                i = every[r]
                 if i not in excluded and i not in seen:
                     out.append(i)
                     seen.add(i)
@@ -108,14 +129,14 @@ class Ranking:
     def rank(self, profile: np.ndarray | None, context_vec: np.ndarray | None, context: dict | None, k: int,
              rng: np.random.Generator, *, ts: float | None = None, candidates: Sequence[str] | None = None,
              exclude: Sequence[str] = ()) -> Ranked:
-        featurizer, policy, version, canary = self._live  # one consistent snapshot
+        featurizer, policy, version, canary, pool = self._live  # one consistent snapshot
         live_version = version
         if candidates is None:
             query = None
             if profile is not None or context_vec is not None:
                 query = (0 if profile is None else profile) + (0 if context_vec is None else context_vec)
                 query = np.asarray(query, np.float32)
-            candidates = self.candidates(query, rng, exclude)
+            candidates = self.candidates(query, rng, exclude, pool)
         else:
             excluded = set(exclude)
             candidates = [c for c in dict.fromkeys(map(str, candidates)) if c not in excluded]

@@ -14,6 +14,7 @@ as soon as a version is published, :meth:`Replica.sync_profiles` pulls changed p
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 
@@ -55,26 +56,59 @@ class Replica:
         self.replica = name or uuid.uuid4().hex[:8]  # answered in X-Streamrec-Replica
         self._seen: list | None = None  # the store's serving_key this replica last took
         self.last_error: str | None = None
+        self.catalog_version: str | None = None  # the embedding run served
+        self.catalog_swaps = 0
+        self._swap = threading.RLock()  # a version swap and a catalog swap never interleave
         self.poll()
 
     def _load_catalog(self) -> bool:
-        """The live embedding run's item (and user) vectors, once they exist."""
+        """The live embedding run's item (and user) vectors, once they exist; a later run (a new
+        catalog version) replaces them while the replica serves. True when it took a catalog."""
         from streamrec.index import ItemIndex
-        from streamrec.vectors import load_vectors
+        from streamrec.vectors import load_catalog, load_vectors
 
         out = self.settings.embedding.output_dir
         try:
-            ids, vectors, _ = load_vectors(out)
+            catalog = load_catalog(out)
         except FileNotFoundError:
             return False
         try:
             uids, uvecs, _ = load_vectors(out, "users")
-            self.user_prior = {str(u): v for u, v in zip(uids, uvecs)}
+            user_prior = {str(u): v for u, v in zip(uids, uvecs)}
         except FileNotFoundError:
-            pass
-        self.index = ItemIndex.build(ids, vectors)
-        self.follower = PolicyFollower(self.store, ids, vectors, explore=self.settings.serve.explore)
+            user_prior = {}
+        index = ItemIndex.build(catalog.ids, catalog.vectors)
+        with self._swap:
+            self.user_prior, self.index, self.catalog_version = user_prior, index, catalog.version
+            if self.follower is None:
+                self.follower = PolicyFollower(self.store, catalog.ids, catalog.vectors, rows=catalog.rows,
+                                               num_rows=catalog.num_rows, explore=self.settings.serve.explore)
+            else:
+                self.follower.set_catalog(catalog.ids, catalog.vectors, catalog.rows, catalog.num_rows)
+                cur = self.follower.current
+                if cur is not None and self.ranking is not None:
+                    self.ranking.swap(cur.featurizer, cur.policy, cur.version, self.follower.canary, index=index)
         return True
+
+    def sync_catalog(self) -> bool:
+        """Follow the embedding output: when its live run changed, serve the new catalog (index,
+        vectors, rows) without a pause, then take a version that waited for it. True when it changed."""
+        from streamrec.vectors import read_manifest
+
+        if self.follower is None:
+            return self.poll()
+        try:
+            manifest = read_manifest(self.settings.embedding.output_dir)
+        except Exception as e:  # storage unreachable: keep serving what is loaded
+            self.last_error = f"catalog: {type(e).__name__}: {e}"
+            return False
+        if manifest is None or str(manifest.get("run_id")) == self.catalog_version:
+            return False
+        if self._load_catalog():
+            self.catalog_swaps += 1
+            self.poll()
+            return True
+        return False
 
     def not_ready(self) -> str | None:
         """Why this replica cannot rank yet, or None when it can."""
@@ -89,13 +123,15 @@ class Replica:
     def poll(self, state: dict | None = None) -> bool:
         if self.follower is None and not self._load_catalog():
             return False
-        swapped = self.follower.poll(state)
-        cur = self.follower.current
-        if swapped and cur is not None:
-            if self.ranking is None:
-                self.ranking = Ranking(cur.featurizer, self.index, cur.policy, cur.version,
-                                       self.settings.policy.num_candidates)
-            self.ranking.swap(cur.featurizer, cur.policy, cur.version, self.follower.canary)
+        with self._swap:
+            swapped = self.follower.poll(state)
+            cur = self.follower.current
+            if swapped and cur is not None:
+                if self.ranking is None:
+                    self.ranking = Ranking(cur.featurizer, self.index, cur.policy, cur.version,
+                                           self.settings.policy.num_candidates)
+                self.ranking.swap(cur.featurizer, cur.policy, cur.version, self.follower.canary,
+                                  index=None if self.ranking.index is self.index else self.index)
         return swapped
 
     def follow(self, wait_s: float) -> bool:
@@ -146,6 +182,7 @@ class Replica:
                     "last_rollback": None, "last_error": self.last_error, "not_ready": self.not_ready(),
                     "profiles": None if self.profiles is None else len(self.profiles)}
         return {"replica": self.replica, "version": f.version, "canary": f.canary.version if f.canary else None,
+                "catalog": self.catalog_version, "catalog_items": len(f.item_ids), "catalog_swaps": self.catalog_swaps,
                 "swaps": f.swaps, "refused": f.refused, "rollbacks": f.rollbacks, "last_rollback": f.last_rollback,
                 "last_error": self.last_error or f.last_error, "not_ready": self.not_ready(),
                 "profiles": None if self.profiles is None else len(self.profiles)}

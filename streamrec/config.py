@@ -363,6 +363,9 @@ class ServeSettings(_Section):
     """How soon a Ranker replica looks again for the catalog before it exists, or asks the
     PolicyStore again after a failed ask. Otherwise each replica waits on the store (a long poll
     answered from the store's memory) and swaps as soon as a version is published."""
+    catalog_poll_s: float = Field(5.0, gt=0, le=3600)
+    """How often each Ranker replica reads the embedding manifest; a new run (catalog version) is
+    loaded and swapped in while the replica serves."""
     profile_sync_s: float = Field(0.5, gt=0, le=60)
     """How often each Ranker replica pulls the users whose profiles changed (feedback -> served profile)."""
     profile_mirror_users: int = Field(100_000, ge=1, le=10_000_000)

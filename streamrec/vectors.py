@@ -5,23 +5,33 @@
     out/
       manifest.json            # which run is live: model_id, dim, counts, the vectors dir
       items-<run_id>/*.parquet # item_id, content_hash, model_id, vector (fixed-size list float32[d])
+      rows-<run_id>.parquet    # item_id, row: every item's row of the policies' item-id tables
       users-<run_id>/*.parquet # user_id, ... (when the dataset has user text)
 
 The manifest is replaced atomically at the very end of a run, so a run that dies half way
-leaves the previous output live and untouched.
+leaves the previous output live and untouched. Each run is a catalog version (its ``run_id``):
+replicas and the trainer follow the manifest and switch to a new run while they serve and train
+(:func:`load_catalog`).
+
+Rows are stable across runs (:func:`assign_rows`): an item keeps its row for good, a new item
+gets the next free one, so a policy trained on an older catalog still finds its learned rows,
+and its tables grow at the end (:func:`rl.policies.grow_rows`).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from typing import Any
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
 from streamrec.storage import Location
 
-__all__ = ["read_manifest", "write_manifest", "load_vectors", "write_vectors", "MANIFEST"]
+__all__ = ["read_manifest", "write_manifest", "load_vectors", "write_vectors", "MANIFEST", "Catalog", "load_catalog",
+           "assign_rows", "read_rows", "write_rows"]
 
 MANIFEST = "manifest.json"
 
@@ -58,6 +68,72 @@ def load_vectors(output_dir: str | os.PathLike | Location, kind: str = "items") 
     return ids[order], vectors[order], m
 
 
+def assign_rows(previous: Mapping[str, int], ids: Iterable[str]) -> dict[str, int]:
+    """Rows of the item-id tables (1-based; row 0 is the unknown item) for a catalog of ``ids``:
+    every id in ``previous`` keeps its row, ids never seen take the next rows in sorted order.
+    Rows of ids that left the catalog stay theirs (one that comes back finds its row again)."""
+    out = {str(k): int(v) for k, v in previous.items()}
+    nxt = max(out.values(), default=0) + 1
+    for i in sorted({str(i) for i in ids} - out.keys()):
+        out[i] = nxt
+        nxt += 1
+    return out
+
+
+def read_rows(output_dir: str | os.PathLike | Location, manifest: Mapping[str, Any] | None = None) -> dict[str, int]:
+    """The rows the manifest's items have ({} before the first run). A run written before rows
+    existed numbers its items 1..n in sorted order, as they were served then."""
+    import pyarrow.parquet as pq
+
+    loc = _loc(output_dir)
+    m = read_manifest(loc) if manifest is None else manifest
+    items = (m or {}).get("outputs", {}).get("items")
+    if not items:
+        return {}
+    if "rows" in items:
+        t = pq.read_table(loc.path(items["rows"]), filesystem=loc.fs)
+        return dict(zip(t.column("item_id").to_pylist(), t.column("row").to_pylist()))
+    t = pq.read_table(loc.path(items["dir"]), columns=[items["id_column"]], filesystem=loc.fs)
+    return assign_rows({}, t.column(0).to_pylist())
+
+
+def write_rows(output_dir: str | os.PathLike | Location, name: str, rows: Mapping[str, int]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table({"item_id": pa.array(list(rows), pa.string()),
+                             "row": pa.array(list(rows.values()), pa.int64())}), sink)
+    _loc(output_dir).write_bytes(name, sink.getvalue().to_pybytes())
+
+
+@dataclass(frozen=True, eq=False)
+class Catalog:
+    """One catalog version: the live run's items with their vectors and stable rows."""
+
+    ids: np.ndarray
+    """(n,) item ids, sorted."""
+    vectors: np.ndarray
+    """(n, D) float32 text vectors."""
+    rows: np.ndarray
+    """(n,) each item's row of the item-id tables (>= 1)."""
+    num_rows: int
+    """Size of those tables: every row ever given out + the unknown row 0."""
+    version: str
+    """The embedding run that wrote it."""
+
+
+def load_catalog(output_dir: str | os.PathLike | Location) -> Catalog:
+    """The live catalog version (FileNotFoundError before the first embedding run)."""
+    ids, vectors, m = load_vectors(output_dir)
+    every = read_rows(output_dir, m)
+    missing = [i for i in ids if str(i) not in every]
+    if missing:
+        raise ValueError(f"{_loc(output_dir).uri}: the rows file lacks {len(missing)} items, e.g. {missing[:3]}")
+    rows = np.asarray([every[str(i)] for i in ids], np.int64)
+    return Catalog(ids, vectors, rows, max(every.values(), default=0) + 1, str(m.get("run_id")))
+
+
 def write_vectors(output_dir: str | os.PathLike | Location, outputs: dict[str, tuple[np.ndarray, np.ndarray, str]],
                   model_id: str) -> dict:
     """Write precomputed vectors in the embedding job's layout: ``{kind: (ids (n,), vectors (n, d), id_column)}``.
@@ -68,7 +144,8 @@ def write_vectors(output_dir: str | os.PathLike | Location, outputs: dict[str, t
     import pyarrow.parquet as pq
 
     loc = _loc(output_dir)
-    run_id = time.strftime("%Y%m%d%H%M%S")
+    previous_rows = read_rows(loc)
+    run_id = time.strftime("%Y%m%d%H%M%S-") + uuid.uuid4().hex[:6]
     manifest: dict[str, Any] = {"model_id": model_id, "run_id": run_id, "outputs": {}}
     for kind, (ids, vectors, id_col) in outputs.items():
         v = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -80,5 +157,8 @@ def write_vectors(output_dir: str | os.PathLike | Location, outputs: dict[str, t
         manifest["dim"] = int(v.shape[1])
         manifest["outputs"][kind] = {"dir": target, "id_column": id_col, "count": len(ids),
                                      "embedded": len(ids), "kept": 0}
+        if kind == "items":
+            manifest["outputs"][kind]["rows"] = f"rows-{run_id}.parquet"
+            write_rows(loc, f"rows-{run_id}.parquet", assign_rows(previous_rows, map(str, ids)))
     write_manifest(loc, manifest)
     return manifest

@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from streamrec.data.catalog import content_hash
 from streamrec.storage import Location
-from streamrec.vectors import read_manifest, write_manifest
+from streamrec.vectors import assign_rows, read_manifest, read_rows, write_manifest, write_rows
 
 __all__ = ["run_embedding_job", "main", "EncodeBatch", "tokenize_batch"]
 
@@ -191,8 +191,9 @@ def _pool(settings, num_encoders: int | None) -> tuple[dict[str, Any], str]:
         return {"compute": pool, "num_gpus": 1, "batch_size": 4_096}, "cuda"
     # CPU: torch scales well to ~8 intra-op threads, so one actor per 8 cores, each using its
     # share of the cores; it reserves one core less than it uses so tokenize tasks (10-20x
-    # cheaper than encoding) still get scheduled beside it.
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    # cheaper than encoding) still get scheduled beside it. The cores counted are those free now:
+    # on a cluster that serves and trains, a re-embedding of new items fits beside the loop.
+    cpus = max(1, int(ray.available_resources().get("CPU", 1)))
     most = max(1, cpus // 8)
     size = n or most
     threads = max(1, cpus // size)
@@ -282,6 +283,10 @@ def run_embedding_job(settings, *, output_dir: str | None = None, full: bool = F
         total = sum(pq.read_metadata(f, filesystem=out.fs).num_rows for f in out.files(target, ".parquet"))
         manifest["outputs"][kind] = {"dir": target, "id_column": id_col, "count": total,
                                      "embedded": total - len(kept_ids), "kept": len(kept_ids)}
+        if kind == "items":  # stable rows: earlier runs' items keep theirs, new ones take the next
+            ids = pq.read_table(out.path(target), columns=[id_col], filesystem=out.fs).column(0).to_pylist()
+            manifest["outputs"][kind]["rows"] = f"rows-{run_id}.parquet"
+            write_rows(out, f"rows-{run_id}.parquet", assign_rows(read_rows(out), ids))
         if stats(kind):
             manifest["outputs"][kind]["steady_per_s"] = steady_rate(stats(kind))
     manifest["seconds"] = time.perf_counter() - t0
@@ -290,7 +295,9 @@ def run_embedding_job(settings, *, output_dir: str | None = None, full: bool = F
     for kind, o in (old_manifest or {}).get("outputs", {}).items():  # the previous run is no longer live
         if o["dir"] != manifest["outputs"].get(kind, {}).get("dir"):
             out.remove(o["dir"])
-    live_dirs = {o["dir"] for o in manifest["outputs"].values()}
+            if "rows" in o:
+                out.remove(o["rows"])
+    live_dirs = {o[k] for o in manifest["outputs"].values() for k in ("dir", "rows") if k in o}
     for stale in fnmatch.filter(out.listdir(), "*-2*"):  # half-written output of runs that died
         if stale not in live_dirs:
             out.remove(stale)

@@ -13,7 +13,7 @@ import pytest
 
 from cluster.jobs.embed import run_embedding_job
 from streamrec.config import settings_from_args
-from streamrec.vectors import load_vectors, read_manifest
+from streamrec.vectors import load_catalog, load_vectors, read_manifest
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,6 +52,9 @@ def test_job_writes_every_id_once_and_an_incremental_run_reembeds_only_the_chang
     same = np.isclose((vecs * vecs2).sum(1), 1.0, atol=1e-5)
     assert {ids[i] for i in np.where(~same)[0]} == {f"sku-{i}" for i in changed}
     assert not (tmp_path / "out" / m1["outputs"]["items"]["dir"]).exists()  # the old run is gone
+    assert not (tmp_path / "out" / m1["outputs"]["items"]["rows"]).exists()
+    again = load_catalog(tmp_path / "out")  # rows stay as the first run numbered them (sorted ids)
+    assert dict(zip(again.ids, again.rows.tolist())) == dict(zip(ids, range(1, 121))) and again.num_rows == 121
     t = pq.read_table(tmp_path / "out" / m2["outputs"]["items"]["dir"])
     assert set(t.column_names) == {"item_id", "vector", "content_hash", "model_id"}
 

@@ -355,10 +355,10 @@ def test_a_new_lineage_goes_live_only_by_a_named_operator_decision(tmp_path):
     ids, vecs, user_vecs, sim = world()
     store = PolicyDirectory(tmp_path / "store", 10)
     TrainerLoop(trainer_settings(tmp_path, algorithm="linucb"), ids, vecs, _ListBuffer(), store).publish_initial()
-    with pytest.raises(LineageError, match=r"the store serves version 1 \(random, 300 items\); this trainer is ppo "
-                                           r"for 300 items .* set trainer.force_new_lineage"):
+    with pytest.raises(LineageError, match=r"the store serves version 1 \(random, 300 item rows\); this trainer is ppo "
+                                           r"for a catalog of 300 item rows .* set trainer.force_new_lineage"):
         TrainerLoop(trainer_settings(tmp_path, algorithm="ppo"), ids, vecs, _ListBuffer(), store)
-    with pytest.raises(LineageError, match=r"this trainer is linucb for 299 items"):  # another catalog
+    with pytest.raises(LineageError, match=r"this trainer is linucb for a catalog of 299 item rows"):  # renumbered
         TrainerLoop(trainer_settings(tmp_path, algorithm="linucb"), ids[:-1], vecs[:-1], _ListBuffer(), store)
     assert store.latest()["version"] == 1
     forced = trainer_settings(tmp_path, algorithm="linucb", force_new_lineage="alice: one item withdrawn")
@@ -392,3 +392,74 @@ def test_a_replica_started_before_embeddings_and_policy_says_why_then_serves(tmp
     assert replica.follow(0) is True and replica.follow(0) is False  # swapped once
     assert replica.not_ready() is None and replica.status()["version"] == 1
     assert len(replica.rank({"user_id": "u1", "k": 3}, None)["items"]) == 3
+
+
+@pytest.mark.parametrize("algorithm", ["popularity", "ppo"])
+def test_a_grown_catalog_keeps_the_learned_rows_and_serves_new_items_before_and_after_their_rows(tmp_path, algorithm):
+    """Live cold start, the plain code: 20 items join a catalog of 280. The replica takes the new
+    catalog under the live version (a new item ranks by its text vector, row 0 in that version);
+    the trainer grows its tables (learned rows kept; a new row is a copy of row 0 for the network,
+    zero counts for a bandit) and publishes a version with rows for them, which a replica still on
+    the old catalog waits for (not refused) and takes once it follows the catalog. A restarted
+    trainer continues the lineage on the grown catalog."""
+    from rl.policies import grow_rows
+    from streamrec.vectors import assign_rows
+
+    ids, vecs, user_vecs, sim = world()
+    old_ids, old_vecs, new_ids = ids[:280], vecs[:280], ids[280:]
+    rows = assign_rows(dict(zip(old_ids, range(1, 281))), ids)  # the embedding job's numbering: old rows kept
+    assert [rows[i] for i in old_ids] == list(range(1, 281)) and [rows[i] for i in sorted(new_ids)] == list(range(281, 301))
+    grown_rows = [rows[i] for i in ids]
+    buffer, store = _ListBuffer(), PolicyDirectory(tmp_path / "store", 10)
+    s = trainer_settings(tmp_path, algorithm=algorithm, min_samples=100)
+    loop = TrainerLoop(s, old_ids, old_vecs, buffer, store)
+    loop.publish_initial()
+    follower = PolicyFollower(store, old_ids, old_vecs)
+    assert follower.poll()
+    core = Ranking(follower.current.featurizer, ItemIndex.build(old_ids, old_vecs), follower.current.policy, 1, 20)
+    rng = np.random.default_rng(0)
+    buffer.items = served_samples(core, sim, user_vecs, 400, rng)
+    assert loop.round()["ok"]
+
+    def trained(t: TrainerLoop) -> dict:  # the weights in training (PPO: its learner's)
+        return t.learner.module_state() if t.learner is not None else t.policy.state()
+
+    before = trained(loop)
+
+    # a replica follows the grown catalog first: the live version ranks the new items (row 0 for it)
+    follower.set_catalog(ids, vecs, grown_rows)
+    core.swap(follower.current.featurizer, follower.current.policy, follower.version, follower.canary,
+              index=ItemIndex.build(ids, vecs))
+    r = core.rank(None, None, {}, 3, rng, candidates=new_ids[:5] + old_ids[:5])
+    assert len(r.items) == 3 and np.isfinite(r.scores).all()
+    assert list(r.features.candidates[:5]) == new_ids[:5]
+
+    assert loop.set_catalog(ids, vecs, grown_rows) and loop.spec.num_rows == 301
+    assert loop.stats["grown_to_rows"] == 301 and not loop.set_catalog(ids, vecs, grown_rows)  # the same again: no-op
+    after = trained(loop)
+    for name, t in before.items():
+        if name != "projection" and len(t) == 281:
+            assert after[name].shape[0] == 301 and np.array_equal(after[name][:281], t)
+            new = after[name][281:]
+            assert np.array_equal(new, np.zeros_like(new) if algorithm == "popularity" else np.repeat(t[:1], 20, 0))
+    with pytest.raises(ValueError, match="fewer than the lineage's 300"):
+        loop.set_catalog(old_ids, old_vecs)  # renumbered: refused
+    with pytest.raises(ValueError, match="rows are never given back"):
+        grow_rows(loop.spec, after, 10)
+
+    stale = PolicyFollower(store, old_ids, old_vecs)  # a replica that has not seen the new catalog yet
+    assert stale.poll()
+    buffer.items = served_samples(core, sim, user_vecs, 400, rng, 400)  # samples name the new items' rows now
+    out = loop.round()
+    assert out["ok"] and store.latest()["spec"]["num_rows"] == 301
+    assert not stale.poll() and stale.version == out["version"] - 1 and "waits" in stale.last_error and stale.refused == 0
+    stale.set_catalog(ids, vecs, grown_rows)
+    assert stale.poll() and stale.version == out["version"]
+    assert follower.poll() and follower.current.featurizer.rows([new_ids[0]])[0] == rows[new_ids[0]]
+
+    again = TrainerLoop(s, ids, vecs, _ListBuffer(), store, rows=grown_rows)  # a restart on the grown catalog
+    assert again.spec.num_rows == 301 and again.serving_version == out["version"]
+    for name, t in trained(loop).items():
+        assert np.allclose(trained(again)[name], t)
+    loop.close()
+    again.close()
