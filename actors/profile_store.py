@@ -11,12 +11,13 @@ import io
 import logging
 import time
 import uuid
+from collections import deque
 from typing import Sequence
 
 import numpy as np
 import ray
 
-from streamrec.profile import HistoryBook
+from streamrec.profile import HistoryBook, blend_with_prior, popularity_prior
 from streamrec.storage import Location
 
 log = logging.getLogger(__name__)
@@ -31,10 +32,14 @@ class ProfileStore:
 
     def __init__(self, history_length: int = 50, half_life_s: float = 86_400.0,
                  snapshot_dir: str | None = None, snapshot_every_s: float = 60.0,
-                 catalog_dir: str | None = None, catalog_poll_s: float = 5.0):
+                 catalog_dir: str | None = None, catalog_poll_s: float = 5.0,
+                 prior_events: float = 0.0, popular_window: int = 10_000):
         """``catalog_dir``: the embedding output to follow (a new run's items join the pool within
         ``catalog_poll_s`` of the next recorded events); None: only :meth:`set_item_vectors`."""
         self.half_life_s = half_life_s
+        self.prior_events = prior_events
+        self._recent: deque[str] = deque(maxlen=popular_window)  # items of the last positive events
+        self._prior: tuple[int, np.ndarray | None] = (-1, None)  # (events when computed, the prior)
         self.catalog_dir, self.catalog_poll_s = catalog_dir, catalog_poll_s
         self.catalog_version: str | None = None
         self._next_catalog = 0.0
@@ -93,6 +98,7 @@ class ProfileStore:
             except Exception as e:  # storage away: pool over the catalog it has
                 log.warning("profile store cannot follow the catalog at %s: %s", self.catalog_dir, e)
         n = self.book.record(events)
+        self._recent.extend(item for _, item, _ in events)
         self.events += n
         if self.loc is not None and time.monotonic() - self._last_snapshot >= self.snapshot_every_s:
             self.snapshot()
@@ -101,13 +107,25 @@ class ProfileStore:
     def histories(self, user_ids: Sequence[str]) -> list[list[tuple[str, float]]]:
         return [self.book.history(u) for u in user_ids]
 
+    def prior(self) -> np.ndarray | None:
+        """(d,) the popularity prior (:func:`streamrec.profile.popularity_prior` over the last
+        ``popular_window`` events); None before any event on a catalog item or with ``prior_events`` 0."""
+        if self.prior_events <= 0:
+            return None
+        if self._prior[0] != self.events:
+            self._prior = (self.events, popularity_prior(self._recent, self._index, self._vectors))
+        return self._prior[1]
+
     def profiles(self, user_ids: Sequence[str], now: float | None = None) -> np.ndarray:
-        """(B, d) pooled profile vectors; zeros for users with no known history."""
+        """(B, d) pooled profile vectors blended with the popularity prior as their histories are
+        short (:func:`streamrec.profile.blend_with_prior`); zeros for users with no known history."""
         now = time.time() if now is None else now
         d = self._vectors.shape[1]
         out = np.zeros((len(user_ids), d), dtype=np.float32)
+        prior = self.prior()
         for r, u in enumerate(user_ids):
-            out[r] = self.book.profile(u, self._index, self._vectors, now, self.half_life_s)
+            pooled = self.book.profile(u, self._index, self._vectors, now, self.half_life_s)
+            out[r] = blend_with_prior(pooled, len(self.book.history(u)), prior, self.prior_events)
         return out
 
     def changes_since(self, epoch: str | None, seq: int, limit: int = 100_000) -> tuple[str, int, list[str], np.ndarray]:
@@ -128,4 +146,4 @@ class ProfileStore:
         return self.loc.uri_of(self.SNAPSHOT)
 
     def metrics(self) -> dict:
-        return {"users": len(self.book), "events": self.events}
+        return {"users": len(self.book), "events": self.events, "catalog": self.catalog_version}

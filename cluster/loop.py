@@ -66,7 +66,7 @@ def start_stream(settings: StreamrecSettings, bootstrap: str, item_ids: Sequence
     profiles = ProfileStore.options(**_options(registry.PROFILES, named, detached)).remote(
         history_length=p.history_length, half_life_s=p.half_life_s, snapshot_dir=snapshot,
         snapshot_every_s=p.snapshot_every_s, catalog_dir=absolute(settings.embedding.output_dir),
-        catalog_poll_s=settings.serve.catalog_poll_s)
+        catalog_poll_s=settings.serve.catalog_poll_s, prior_events=p.prior_events, popular_window=p.popular_window)
     ray.get(profiles.set_item_vectors.remote(list(item_ids), np.asarray(item_vectors, np.float32)))
     ingest = IngestGroup(bootstrap=bootstrap, kafka_settings=settings.kafka, ingest_settings=i,
                          profile_store=profiles, rewards=RewardTable.from_settings(settings.rewards),

@@ -22,7 +22,8 @@ The free ``text`` of the context is not here: the ContextEncoder embeds it (cont
 
 ``P`` is a (D, m) PCA projection of the catalog's D-dimensional text vectors, fitted once per
 policy lineage and published with the weights. ``item rows`` index the learnable item-id
-embedding (0 = unknown or new item, which then ranks by its text vector alone).
+embedding: stable across catalog versions (:func:`streamrec.vectors.assign_rows`); 0 is the unknown
+item, and so is an item newer than a version's tables, which then ranks by its text vector alone.
 """
 
 from __future__ import annotations

@@ -72,7 +72,8 @@ class Ranker:
         self.events_without_kafka = 0
         self.unacked_responses = 0
         store = Blocking(registry.policy_store(s.trainer.store_dir, s.trainer.keep_versions), timeout_s=30)
-        mirror = ProfileMirror(ProfileStoreFinder().changes_since, s.serve.profile_mirror_users)
+        finder = ProfileStoreFinder()
+        mirror = ProfileMirror(finder.changes_since, s.serve.profile_mirror_users, fetch_prior=finder.prior)
         # named as Serve names the replica (its actor is SERVE_REPLICA::<app>#Ranker#<this>)
         self.replica = Replica(s, store, mirror, name=serve.get_replica_context().replica_id.unique_id)
         self.poll_s = s.serve.policy_poll_s
@@ -217,13 +218,19 @@ class ProfileStoreFinder:
         self._store: Blocking | None = None
 
     def changes_since(self, epoch, seq, limit):
+        return self._call("changes_since", epoch, seq, limit)
+
+    def prior(self):
+        return self._call("prior")
+
+    def _call(self, method: str, *args):
         if self._store is None:
             handle = registry.lookup(registry.PROFILES)
             if handle is None:
                 raise LookupError(f"no ProfileStore {registry.PROFILES!r} yet (the stream job starts it)")
             self._store = Blocking(handle, timeout_s=self.timeout_s)
         try:
-            return self._store.changes_since(epoch, seq, limit)
+            return getattr(self._store, method)(*args)
         except Exception:
             self._store = None  # look it up again next time
             raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from typing import Callable
 
@@ -22,16 +23,26 @@ class ProfileMirror:
     everything it has, and the mirror starts over from that.
     """
 
-    def __init__(self, fetch: FetchChanges, capacity: int = 100_000):
+    def __init__(self, fetch: FetchChanges, capacity: int = 100_000, *,
+                 fetch_prior: Callable[[], np.ndarray | None] | None = None, prior_every_s: float = 10.0):
+        """``fetch_prior``: the store's popularity prior (what a user with no history ranks from),
+        asked for every ``prior_every_s`` within :meth:`sync`."""
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.fetch, self.capacity = fetch, capacity
+        self.fetch_prior, self.prior_every_s = fetch_prior, prior_every_s
+        self.prior: np.ndarray | None = None
+        self._prior_at = float("-inf")
         self.epoch: str | None = None
         self.seq = 0
         self._profiles: OrderedDict[str, np.ndarray] = OrderedDict()
 
     def sync(self) -> int:
-        """Apply what changed since the last sync; returns how many users were updated."""
+        """Apply what changed since the last sync (and, when due, take the prior); returns how many
+        users were updated."""
+        if self.fetch_prior is not None and time.monotonic() - self._prior_at >= self.prior_every_s:
+            self.prior = self.fetch_prior()
+            self._prior_at = time.monotonic()
         epoch, seq, users, vectors = self.fetch(self.epoch, self.seq, self.capacity)
         profiles = self._profiles
         if epoch != self.epoch:

@@ -19,8 +19,9 @@ Thompson sampling would be a second, noisier Monte Carlo estimate).
 
 Candidates: half retrieved from the item index by the user's query vector (profile + context
 text), the rest drawn uniformly from the catalog (exploration; a new item can be shown before
-anyone clicked it). An unknown user with no context text gets uniformly drawn candidates and
-the policy's item-level knowledge (popularity, item-id embeddings, text) ranks them.
+anyone clicked it). A new user's profile is the popularity prior (``serve.replica.Replica.profile``);
+with no profile and no context text (before any positive event) the candidates are drawn
+uniformly and the policy's item-level knowledge (popularity, item-id embeddings, text) ranks them.
 """
 
 from __future__ import annotations

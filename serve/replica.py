@@ -154,9 +154,12 @@ class Replica:
                 self.last_error = f"profiles: {type(e).__name__}: {e}"
 
     def profile(self, user_id: str, history: np.ndarray | None) -> np.ndarray | None:
+        """The user's query vector: the mirrored history (already blended with the popularity
+        prior while it is short) and the user's own text; a user with neither ranks from the
+        popularity prior, and with no prior yet, from the request's context alone (None)."""
         prior = self.user_prior.get(user_id)
         if history is None and prior is None:
-            return None
+            return None if self.profiles is None else self.profiles.prior
         d = self.follower.item_vectors.shape[1]
         h = np.zeros((1, d), np.float32) if history is None else np.asarray(history, np.float32)[None]
         return blend_profile(h, None if prior is None else prior[None])[0]

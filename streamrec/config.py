@@ -252,6 +252,11 @@ class ProfileSettings(_Section):
     """Recency weighting of the pooled profile vector."""
     snapshot_dir: str = ".streamrec/profiles"
     snapshot_every_s: float = Field(60.0, gt=0)
+    prior_events: float = Field(5.0, ge=0, le=10_000)
+    """A user's events at which their own history and the popularity prior weigh the same (the
+    prior fades as history grows; a user with none ranks from the prior alone). 0: no prior."""
+    popular_window: int = Field(10_000, ge=1, le=10_000_000)
+    """Recent positive events whose items make the popularity prior."""
 
 
 class PolicySettings(_Section):

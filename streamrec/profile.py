@@ -13,7 +13,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["pool_profile", "blend_profile", "HistoryBook"]
+__all__ = ["pool_profile", "blend_profile", "popularity_prior", "blend_with_prior", "HistoryBook"]
 
 
 def pool_profile(item_vectors: np.ndarray, ages_s: Sequence[float] | np.ndarray, half_life_s: float) -> np.ndarray:
@@ -50,6 +50,37 @@ def blend_profile(history: np.ndarray, prior: np.ndarray | None, prior_weight: f
     v = h + prior_weight * np.asarray(prior, dtype=np.float32)
     n = np.linalg.norm(v, axis=-1, keepdims=True)
     return (v / np.where(n > 0, n, 1.0)).astype(np.float32)
+
+
+def popularity_prior(recent_items: Iterable[str], item_index: Mapping[str, int], item_vectors: np.ndarray) -> np.ndarray | None:
+    """(d,) what a user nobody knows yet is likely to want: the mean vector of the items of the
+    recent positive events, each item weighted by its events, L2-normalised. None when no event
+    names an item of the catalog."""
+    counts: dict[int, int] = {}
+    for item in recent_items:
+        r = item_index.get(item)
+        if r is not None:
+            counts[r] = counts.get(r, 0) + 1
+    if not counts:
+        return None
+    rows = np.fromiter(counts, np.int64, len(counts))
+    w = np.fromiter(counts.values(), np.float32, len(counts))
+    v = (w[:, None] * np.asarray(item_vectors, np.float32)[rows]).sum(0)
+    n = float(np.linalg.norm(v))
+    return (v / n if n > 0 else v).astype(np.float32)
+
+
+def blend_with_prior(pooled: np.ndarray, n_events: int, prior: np.ndarray | None, prior_events: float) -> np.ndarray:
+    """(d,) a user's pooled history blended with the popularity prior, the history weighing
+    ``n / (n + prior_events)`` (n: the user's events), L2-normalised: one click leans on what
+    everyone likes, fifty speak for themselves. ``prior_events`` 0 or no prior: the history alone."""
+    h = np.asarray(pooled, np.float32)
+    if prior is None or prior_events <= 0 or n_events <= 0 or not h.any():
+        return h
+    w = n_events / (n_events + prior_events)
+    v = w * h + (1 - w) * np.asarray(prior, np.float32)
+    n = float(np.linalg.norm(v))
+    return (v / n if n > 0 else v).astype(np.float32)
 
 
 class HistoryBook:

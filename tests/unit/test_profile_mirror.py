@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from serve.profile_mirror import ProfileMirror
-from streamrec.profile import HistoryBook
+from streamrec.profile import HistoryBook, blend_with_prior, popularity_prior
 
 
 class FakeStore:
@@ -56,3 +56,45 @@ def test_a_user_without_a_known_item_has_no_profile():
     assert m.get("z") is None and m.get("nobody") is None
     with pytest.raises(ValueError, match="capacity must be >= 1, got 0"):
         ProfileMirror(lambda e, s, n: None, capacity=0)
+
+
+# -- the popularity prior: what a user with little or no history ranks from -----------------------------------
+V = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32)
+INDEX = {"a": 0, "b": 1, "c": 2}
+
+
+def test_the_popularity_prior_weighs_each_item_by_its_recent_events():
+    got = popularity_prior(["a", "b", "a", "a", "gone"], INDEX, V)  # an item not in the catalog counts for nothing
+    assert np.allclose(got, np.array([3, 1, 0]) / np.sqrt(10))
+    assert popularity_prior([], INDEX, V) is None and popularity_prior(["gone"], INDEX, V) is None
+
+
+@pytest.mark.parametrize("n, prior_events, expected", [
+    (1, 3.0, [0.25, 0.75]),   # one event: the prior weighs 3 / (1 + 3)
+    (3, 3.0, [0.5, 0.5]),
+    (30, 3.0, [30 / 33, 3 / 33]),
+    (5, 0.0, [1.0, 0.0]),     # no prior
+])
+def test_a_history_outweighs_the_prior_as_it_grows(n, prior_events, expected):
+    got = blend_with_prior(V[0], n, V[1], prior_events)
+    want = np.array([*expected, 0.0], np.float32)
+    assert np.allclose(got, want / np.linalg.norm(want))
+
+
+def test_no_history_stays_zero_and_no_prior_leaves_the_history():
+    assert not blend_with_prior(np.zeros(3), 0, V[1], 3.0).any()
+    assert np.array_equal(blend_with_prior(V[2], 4, None, 3.0), V[2])
+
+
+def test_the_mirror_takes_the_prior_every_prior_every_s():
+    store, asked = FakeStore(), []
+
+    def prior():
+        asked.append(1)
+        return V[2]
+
+    m = ProfileMirror(store.changes_since, fetch_prior=prior, prior_every_s=3600)
+    assert m.prior is None
+    m.sync()
+    m.sync()
+    assert np.array_equal(m.prior, V[2]) and len(asked) == 1  # the second sync came too soon
