@@ -31,6 +31,7 @@ from streamrec.eventbus import KafkaEventSource, RdKafkaEventSink
 from streamrec.events import dead_letter_headers, decode_batch, encode_samples
 from streamrec.join import RewardJoiner, Watermark
 from streamrec.rewards import RewardTable, is_positive
+from streamrec.telemetry import Telemetry
 
 __all__ = ["StreamIngest", "IngestGroup", "SAMPLES_PER_RECORD", "sample_records"]
 
@@ -102,6 +103,7 @@ class StreamIngest:
         self._not_durable: str | None = None  # set in a rebalance callback: the loop restarts the actor
         self._behind: set = set()  # owned partitions not read to their end, as of the last loop turn
         self._watermark_lag_s = 0.0  # wall clock minus the join's watermark, as of the last loop turn
+        self.telemetry, self._exported = Telemetry(), {}
         # the samples and the dead letters: one librdkafka producer (C threads), flushed before each commit
         self.out = RdKafkaEventSink(bootstrap, client_id=f"{name}-out", buffer_events=100_000, linger_ms=5,
                                     security=security)
@@ -140,6 +142,7 @@ class StreamIngest:
                 if now - last_commit >= self.commit_interval_s:
                     self._commit()
                     self._lag = self.source.lag()
+                    self._export()
                     last_commit = now
             self._commit()
         except Exception as e:
@@ -188,6 +191,20 @@ class StreamIngest:
             if len(self._profile_refs) >= 2:
                 _, self._profile_refs = ray.wait(self._profile_refs, num_returns=1, timeout=5)
             self._profile_refs.append(self.profile_store.record.remote(profile_events))
+
+    _EXPORTED = {"records": "streamrec_ingest_records", "samples": "streamrec_ingest_samples",
+                 "dlq": "streamrec_ingest_dead_letters", "late": "streamrec_ingest_late_feedback",
+                 "orphans": "streamrec_ingest_orphan_feedback"}
+
+    def _export(self) -> None:
+        """Counts since the last export and the lag, for the cluster-wide metrics."""
+        s = self.joiner.stats
+        now = {"records": self.counts["records"], "samples": s.samples, "dlq": self.counts["dlq"],
+               "late": s.late, "orphans": s.orphans}
+        self.telemetry.add_counts(self._EXPORTED, now, self._exported, actor=self.name)
+        for tp, lag in self._lag.items():
+            self.telemetry.set("streamrec_ingest_lag", lag, partition=tp)
+        self.telemetry.set("streamrec_join_hit_rate", s.join_hit_rate, actor=self.name)
 
     def _dead_letter(self, error, topic: str, part: int, offset: int, key: bytes | None, value: bytes | None) -> None:
         headers = dead_letter_headers(error, topic, part, offset)

@@ -23,6 +23,7 @@ from actors.remote import Blocking
 from actors.sample_log import SampleLog
 from rl.trainer_loop import TrainerLoop
 from streamrec.config import StreamrecSettings
+from streamrec.telemetry import Telemetry
 
 __all__ = ["Trainer"]
 
@@ -50,6 +51,8 @@ class Trainer:
         self._items = (list(item_ids), item_vectors) if self.catalog is None else None
         self.loop = self._new_loop()
         self.loop.publish_initial()
+        self.telemetry = Telemetry()
+        self._exported = dict(self.loop.stats)  # counters count from this process on (stats resume from the checkpoint)
         self._broken = False  # a round failed: rebuild the loop from its checkpoint before the next
         self._round_started: float | None = None  # monotonic start of the round running now
         self._stop = threading.Event()
@@ -98,6 +101,7 @@ class Trainer:
                         self._round()
                     finally:
                         self._round_started = None
+                        self._export()
                 self.error = None
             except Exception as e:  # keep training; show the error in metrics
                 log.exception("training round failed")
@@ -111,12 +115,28 @@ class Trainer:
             except Exception:  # closed by an earlier attempt
                 pass
             self.loop = self._new_loop()
+            self._exported = dict(self.loop.stats)
             self._broken = False
         try:
             return self.loop.round()
         except Exception:
             self._broken = True
             raise
+
+    def _export(self) -> None:
+        """Rounds, samples, gate decisions and the last gate's estimates, for the cluster-wide metrics."""
+        st, t = self.loop.stats, self.telemetry
+        t.add_counts({"rounds": "streamrec_trainer_rounds", "consumed": "streamrec_trainer_samples"}, st, self._exported)
+        for decision in ("published", "rejected", "deferred", "rolled_back"):
+            t.add_counts({decision: "streamrec_gate_decisions"}, st, self._exported, decision=decision)
+        last = st.get("last") or {}
+        for policy, key in (("candidate", "ope"), ("live", "current_ope")):
+            ope = last.get(key)
+            if isinstance(ope, dict):
+                for bound in ("value", "low", "high"):
+                    if isinstance(ope.get(bound), (int, float)):
+                        t.set("streamrec_gate_estimate", ope[bound], policy=policy, bound=bound)
+        t.set("streamrec_trainer_serving_version", self.loop.serving_version or 0)
 
     def train_now(self) -> dict | None:
         with self._lock:

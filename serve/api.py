@@ -170,7 +170,10 @@ class Metrics:
 
     BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, float("inf"))
 
-    def __init__(self):
+    def __init__(self, export=None):
+        """``export``: a :class:`streamrec.telemetry.Telemetry` that also records each request
+        through Ray's metrics API (cluster-wide), or None."""
+        self.export = export
         self._lock = threading.Lock()
         self.requests: dict[tuple[str, int], int] = {}
         self.latency = {b: 0 for b in self.BUCKETS}
@@ -187,6 +190,9 @@ class Metrics:
                         self.latency[b] += 1
                 self.latency_sum += seconds
                 self.latency_count += 1
+        if self.export is not None:
+            self.export.inc("streamrec_requests", route=route, status=status)
+            self.export.observe("streamrec_request_seconds", seconds, route=route)
 
     def set(self, name: str, value: float) -> None:
         self.gauges[name] = float(value)

@@ -43,6 +43,7 @@ from serve.profile_mirror import ProfileMirror
 from serve.replica import NotReady, Replica
 from streamrec.config import settings_from_args
 from streamrec.events import Feedback, Impression, encode
+from streamrec.telemetry import Telemetry
 
 __all__ = ["build_app", "build_app_from_config", "Ranker"]
 
@@ -63,6 +64,7 @@ class Ranker:
         self.contexts = LRU(s.serve.encoder_cache_size)  # text -> (d,) vector, as the encoder would answer
         self.guard = GuardState([k.get_secret_value().encode() for k in s.auth.api_keys], s.serve.max_body_bytes)
         self.metrics = self.guard.metrics
+        self.metrics.export = self.telemetry = Telemetry()
         k = s.kafka
         self.topics = k.topics
         self.ack_timeout_s = s.serve.event_ack_timeout_s
@@ -96,6 +98,7 @@ class Ranker:
         while not self._stop.is_set():
             try:
                 self.replica.follow(POLICY_WATCH_S)
+                self._export_state()
                 if self.replica.follower is None:  # no catalog yet: look again shortly
                     self._stop.wait(self.poll_s)
             except Exception as e:  # the store restarting, a network blip: keep serving what we have
@@ -115,6 +118,13 @@ class Ranker:
                     self.replica.sync_catalog()
                 except Exception as e:  # a half-readable run, storage blips: keep serving what is loaded
                     self.replica.last_error = f"catalog: {type(e).__name__}: {e}"
+
+    def _export_state(self) -> None:
+        """What this replica serves, for the cluster-wide metrics."""
+        st, me = self.replica.status(), self.replica.replica
+        self.telemetry.set("streamrec_served_version", st["version"] or 0, replica=me, role="live")
+        self.telemetry.set("streamrec_served_version", st["canary"] or 0, replica=me, role="canary")
+        self.telemetry.set("streamrec_catalog_items", st.get("catalog_items", 0), replica=me)
 
     def reconfigure(self, user_config: dict) -> None:
         """Runtime knobs (never weights): ``policy_poll_s``."""

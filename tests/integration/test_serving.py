@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import threading
 import time
 import uuid
@@ -429,3 +430,39 @@ def test_a_canary_is_served_on_its_share_beside_the_live_version(stack):
         after = [int(_recommend(c).json()["policy_version"]) for _ in range(30)]
         assert set(after) == {live}
         assert "streamrec_policy_canary_version 0.0" in c.get("/metrics").text
+
+
+def test_the_loops_metrics_reach_rays_prometheus_endpoint(stack):
+    """Ranker replicas, the ingest actor and the trainer record through Ray's metrics API; the
+    node's metrics agent exports them (what Prometheus scrapes on every node), with the names the
+    Grafana dashboard reads and no name the table lacks."""
+    from streamrec.telemetry import exported_names
+
+    node = ray._private.worker.global_worker.node
+    url = f"http://{node.node_ip_address}:{node.metrics_export_port}/metrics"
+    want = {"ray_streamrec_requests_total", "ray_streamrec_request_seconds_bucket", "ray_streamrec_served_version",
+            "ray_streamrec_catalog_items", "ray_streamrec_ingest_records_total", "ray_streamrec_ingest_samples_total",
+            "ray_streamrec_join_hit_rate", "ray_streamrec_ingest_lag", "ray_streamrec_trainer_rounds_total",
+            "ray_streamrec_trainer_samples_total", "ray_streamrec_gate_decisions_total",
+            "ray_streamrec_gate_estimate", "ray_streamrec_trainer_serving_version"}
+    with httpx.Client(base_url=stack["url"], headers=stack["headers"], timeout=30) as c:
+        for k in range(150):  # enough samples for a training round of their own (trainer.min_samples 100)
+            r = _recommend(c, user=f"user{k % 60}")
+            assert r.status_code == 200
+            if k % 3 == 0:
+                b = r.json()
+                assert c.post("/v1/feedback", json={"event_id": b["event_id"], "user_id": f"user{k % 60}",
+                                                    "item_id": b["items"][0]["item_id"]}).status_code == 202
+    names: set[str] = set()
+    deadline = time.monotonic() + 120  # agents export every few seconds
+    while time.monotonic() < deadline:
+        text = httpx.get(url, timeout=10).text
+        names = {re.split(r"[{ ]", line, maxsplit=1)[0] for line in text.splitlines() if line.startswith("ray_streamrec")}
+        if want <= names:
+            break
+        time.sleep(3)
+    assert want <= names, sorted(want - names)
+    assert names <= exported_names(), sorted(names - exported_names())
+    served = [line for line in text.splitlines() if line.startswith("ray_streamrec_requests_total")
+              and 'route="/v1/recommend"' in line and 'status="200"' in line]
+    assert served and sum(float(line.rsplit(" ", 1)[1]) for line in served) >= 150
