@@ -3,6 +3,7 @@
     streamrec up [--config ray_config.yaml] [--simulate]   # foreground; Ctrl-C stops everything
     streamrec status [--json]                               # from any shell
     streamrec down                                          # from any shell
+    streamrec report [--since T] [--until T] [--out DIR]    # exposure report over the samples topic
 """
 
 from __future__ import annotations
@@ -141,6 +142,29 @@ def embed(config: Optional[Path] = ConfigOpt,
     for kind, o in manifest["outputs"].items():
         t.add_row(kind, str(o["count"]), str(o["embedded"]), str(o["kept"]), o["dir"])
     console.print(t)
+
+
+@app.command()
+def report(config: Optional[Path] = ConfigOpt, run_dir: Optional[Path] = RunDirOpt,
+           since: Optional[str] = typer.Option(None, help="From this time (ISO 8601, UTC unless it names a zone; or epoch s)."),
+           until: Optional[str] = typer.Option(None, help="Until this time (exclusive)."),
+           out: Path = typer.Option(Path("report"), help="Directory for report.json, the PNG charts and report.html.")) -> None:
+    """Exposure report over the samples topic: exposure and CTR per segment, item popularity
+    deciles (Gini, long-tail share, coverage, novelty), per policy version."""
+    from cluster.report import parse_time, run_report
+
+    _, settings = _load(config)
+    try:
+        t0, t1 = parse_time(since), parse_time(until)
+    except ValueError as e:
+        err.print(f"[red]bad time[/red]: {e}")
+        raise typer.Exit(2)
+    bootstrap = settings.kafka.bootstrap_servers or ((RunDir(run_dir).read() or {}).get("broker") or {}).get("bootstrap")
+    if not bootstrap:
+        err.print("[red]no Kafka[/red]: set kafka.bootstrap_servers, or run `streamrec up` (its embedded broker)")
+        raise typer.Exit(2)
+    path, n = run_report(settings, bootstrap, out, t0, t1)
+    console.print(f"{n} impressions -> {path}")
 
 
 @app.command()
