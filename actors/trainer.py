@@ -137,6 +137,13 @@ class Trainer:
                     if isinstance(ope.get(bound), (int, float)):
                         t.set("streamrec_gate_estimate", ope[bound], policy=policy, bound=bound)
         t.set("streamrec_trainer_serving_version", self.loop.serving_version or 0)
+        arms = st.get("arms") or {}
+        for arm in ("policy", "control"):
+            if (arms.get(arm) or {}).get("ctr") is not None:
+                t.set("streamrec_arm_ctr", arms[arm]["ctr"], arm=arm)
+        for bound, key in (("value", "lift"), ("low", "low"), ("high", "high")):
+            if arms.get(key) is not None:
+                t.set("streamrec_lift", arms[key], bound=bound)
 
     def train_now(self) -> dict | None:
         with self._lock:

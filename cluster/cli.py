@@ -185,7 +185,19 @@ def _loop_line(snap: dict[str, Any]) -> str:
         n = int(round(ctr * 20))
         bar = "[green]" + "█" * n + "[/green]" + "·" * (20 - n)
     return (f"{sim.get('impressions', 0):>7} impressions  CTR {ctr if ctr is not None else '-':<6} {bar} "
-            f"v{tr.get('serving_version', '?')} ({tr.get('published', 0)} published, {tr.get('rejected', 0)} held)")
+            f"v{tr.get('serving_version', '?')} ({tr.get('published', 0)} published, {tr.get('rejected', 0)} held)"
+            f"  {_lift(tr.get('arms'))}")
+
+
+def _lift(arms: dict | None) -> str:
+    """``lift +0.041 [+0.012, +0.070] vs control`` (green when significant), or where it stands."""
+    if not arms or arms.get("lift") is None:
+        n = ((arms or {}).get("control") or {}).get("impressions", 0)
+        return f"lift: waiting for the control arm ({n} impressions)"
+    text = f"lift {arms['lift']:+.3f} [{arms['low']:+.3f}, {arms['high']:+.3f}] vs control"
+    if arms["significant"]:
+        return f"[green]{text}[/green]" if arms["lift"] > 0 else f"[red]{text}[/red]"
+    return text
 
 
 def _where_table(state: dict[str, Any]) -> Table:
@@ -279,6 +291,10 @@ def _status_table(info: dict[str, Any]) -> Table:
             state = f"[yellow]one round running for {tr['in_round_s']:.0f} s[/yellow]"
         t.add_row("policy", state, f"{tr['algorithm']} v{tr['serving_version']}: {tr['published']} published, "
                   f"{tr['rejected']} held back by the gate, {tr['samples']} samples trained")
+        arms = tr.get("arms")
+        if arms and arms.get("control"):
+            t.add_row("  vs control", f"{arms['control']['impressions']} control impressions",
+                      f"{_lift(arms)}; CTR policy {arms['policy']['ctr'] or 0:.3f}, control {arms['control']['ctr'] or 0:.3f}")
         gate = tr.get("last_gate")
         if gate:
             t.add_row("  last gate", "pass" if gate["ok"] else "held", f"{gate['why']}; OPE CTR {gate['ope_ctr']:.3f} "

@@ -218,6 +218,7 @@ class LocalStack:
                 last = tm.get("last") or {}
                 snap["trainer"] = {k: tm[k] for k in ("algorithm", "rounds", "samples", "published", "rejected",
                                                       "serving_version", "error", "in_round_s")}
+                snap["trainer"]["arms"] = tm.get("arms")
                 snap["samples"] = {"taken": tm["log"]["taken"], "duplicates": tm["log"]["duplicates"],
                                    "pending": tm["log"]["pending"], "position": tm["log"]["position"]}
                 if last:

@@ -20,7 +20,11 @@ from rl.features import Featurizer
 from rl.logged_batch import LoggedBatch
 from rl.spec import Observation, PolicySpec
 
-__all__ = ["ImpressionFeatures", "CanaryMixture", "samples_to_logged", "Logged", "b64_array", "array_b64"]
+__all__ = ["ImpressionFeatures", "CanaryMixture", "samples_to_logged", "Logged", "b64_array", "array_b64",
+           "CONTROL_VERSION"]
+
+CONTROL_VERSION = 0
+"""``Logged.versions`` of a sample the control arm served (on the wire it names the live version)."""
 
 
 def array_b64(a: np.ndarray, dtype=np.float32) -> str:
@@ -48,17 +52,19 @@ class ImpressionFeatures:
 
     On the wire a JSON object: ``candidates`` (N ids), ``user`` (base64 float32, the user part of
     the observation), ``scores`` (base64 float16, the behaviour scores), ``algorithm``, and
-    ``mixture`` (a :class:`CanaryMixture`) while a canary runs."""
+    ``mixture`` (a :class:`CanaryMixture`) while a canary runs, and ``arm``."""
 
     candidates: tuple[str, ...]
     user: np.ndarray
     scores: np.ndarray | None
     algorithm: str
     mixture: CanaryMixture | None = None
+    arm: str = "policy"
+    """``policy`` (the live version, or its canary) or ``control`` (the uniform control arm)."""
 
     def to_dict(self) -> dict:
         out = {"candidates": list(map(str, self.candidates)), "user": array_b64(self.user),
-               "scores": array_b64(self.scores, np.float16), "algorithm": self.algorithm}
+               "scores": array_b64(self.scores, np.float16), "algorithm": self.algorithm, "arm": self.arm}
         if self.mixture is not None:
             m = self.mixture
             out["mixture"] = {"live_version": m.live_version, "canary_version": m.canary_version,
@@ -71,7 +77,7 @@ class ImpressionFeatures:
         malformed ``mixture`` reads as None (the gate then computes those probabilities itself)."""
         scores = b64_array(f["scores"], np.float16).astype(np.float32) if "scores" in f else None
         return cls(tuple(f["candidates"]), b64_array(f["user"]), scores, str(f.get("algorithm", "")),
-                   _mixture(f.get("mixture")))
+                   _mixture(f.get("mixture")), "control" if f.get("arm") == "control" else "policy")
 
 
 def _mixture(m) -> CanaryMixture | None:
@@ -104,7 +110,7 @@ class Logged:
     ts: np.ndarray | None = None
     """(B,) when each impression was served (epoch seconds)."""
     versions: np.ndarray | None = None
-    """(B,) the policy version that chose each slate (int)."""
+    """(B,) the policy version that chose each slate (int; ``CONTROL_VERSION`` for the control arm)."""
     mixture: np.ndarray | None = None
     """(B, 2, K) the live and the canary version's per-position probabilities of each slate, as
     logged while a canary ran beside the live version (NaN for other samples)."""
@@ -178,7 +184,7 @@ def samples_to_logged(samples: Sequence, featurizer: Featurizer, spec: PolicySpe
         observations.append(o)
         clicks.append(c)
         ts.append(s.ts)
-        versions.append(int(s.policy_version))
+        versions.append(CONTROL_VERSION if f.arm == "control" else int(s.policy_version))
         m = f.mixture
         if m is not None and len(m.live) == len(m.canary) == spec.slate_size:
             mixture.append((m.live, m.canary))

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["ctr", "recall_at_k", "ndcg_at_k", "hit_at_k", "coverage", "novelty", "gini"]
+__all__ = ["ctr", "recall_at_k", "ndcg_at_k", "hit_at_k", "coverage", "novelty", "gini", "lift_over_control"]
 
 
 def ctr(clicks: Sequence[float]) -> float:
@@ -79,3 +80,26 @@ def exposure_counts(slates: Iterable[Sequence]) -> Counter:
     for s in slates:
         c.update(s)
     return c
+
+
+def lift_over_control(policy_n: int, policy_clicked: int, control_n: int, control_clicked: int,
+                      z: float = 1.96) -> dict:
+    """The policy arm's CTR minus the control arm's (``*_n`` impressions, ``*_clicked`` of them with
+    a click), with the normal-approximation interval of a difference of two proportions (``z``:
+    1.96 for 95%) and the two-sided p-value of the unpooled z-test. ``lift`` None while an arm has
+    no impressions; ``significant`` when the interval excludes 0."""
+    for name, n, c in (("policy", policy_n, policy_clicked), ("control", control_n, control_clicked)):
+        if n < 0 or not 0 <= c <= max(n, 0):
+            raise ValueError(f"{name}: clicked must be in [0, impressions], got {c} of {n}")
+    out: dict = {"policy": {"impressions": policy_n, "ctr": policy_clicked / policy_n if policy_n else None},
+                 "control": {"impressions": control_n, "ctr": control_clicked / control_n if control_n else None},
+                 "lift": None, "low": None, "high": None, "p_value": None, "significant": False}
+    if not policy_n or not control_n:
+        return out
+    p1, p0 = policy_clicked / policy_n, control_clicked / control_n
+    d = p1 - p0
+    se = math.sqrt(p1 * (1 - p1) / policy_n + p0 * (1 - p0) / control_n)
+    p_value = math.erfc(abs(d) / se / math.sqrt(2)) if se > 0 else float(d == 0)
+    out.update(lift=d, low=d - z * se, high=d + z * se, p_value=p_value,
+               significant=bool(d - z * se > 0 or d + z * se < 0))
+    return out

@@ -34,6 +34,7 @@ import dataclasses
 import hashlib
 import logging
 import time
+from collections import deque
 from typing import Any, Protocol, Sequence
 
 import numpy as np
@@ -42,8 +43,9 @@ from rl.bandits import BanditPolicy, RandomPolicy
 from rl.click_model import ClickModel
 from rl.features import Featurizer, fit_projection
 from rl.gate import GateReport, evaluate, promote
-from rl.logged import Logged, samples_to_logged
+from rl.logged import CONTROL_VERSION, Logged, samples_to_logged
 from rl.manifest import PolicyManifest
+from rl.metrics import lift_over_control
 from rl.policies import Policy, grow_rows, make_policy, policy_from_state
 from rl.sequential import LiveWatch
 from rl.spec import PolicySpec
@@ -213,6 +215,7 @@ class TrainerLoop:
         self.serving_version: int | None = int(latest["version"]) if latest else None
         self.trained_through: dict[str, int] = dict(latest.get("trained_through", {})) if latest else {}
         self.holdout: list[Logged] = []  # held-out samples of recent rounds (never trained on)
+        self._arms: deque[tuple[bool, bool]] = deque(maxlen=t.lift_window)  # (control arm?, clicked?) per impression
         # DR's direct method, grown on every round's training samples (never on held-out ones): a
         # model of the recent holdout alone is too small to value a much better candidate
         self.click_model = ClickModel()
@@ -305,6 +308,7 @@ class TrainerLoop:
         t = self.settings.trainer
         logged = samples_to_logged(samples, self.featurizer, self.spec, self.settings.policy.diversity_lambda)
         self.stats["skipped"] += logged.skipped
+        self._count_arms(logged)
         n = len(logged.observations)
         if n < 2:
             return None
@@ -354,6 +358,17 @@ class TrainerLoop:
         self.stats["samples"] += n
         self.stats["last"] = out
         return out
+
+    def _count_arms(self, logged: Logged) -> None:
+        """The lift of what is served over the control arm, over the last ``trainer.lift_window``
+        impressions (``stats["arms"]``, :func:`rl.metrics.lift_over_control`)."""
+        if logged.versions is None or not len(logged.versions):
+            return
+        self._arms.extend(zip((logged.versions == CONTROL_VERSION).tolist(), (logged.ctr > 0).tolist()))
+        control = [clicked for is_control, clicked in self._arms if is_control]
+        policy_n = len(self._arms) - len(control)
+        policy_clicked = sum(clicked for is_control, clicked in self._arms if not is_control)
+        self.stats["arms"] = lift_over_control(policy_n, policy_clicked, len(control), sum(control))
 
     def _gate_options(self) -> dict:
         t = self.settings.trainer

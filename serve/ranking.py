@@ -26,6 +26,7 @@ uniformly and the policy's item-level knowledge (popularity, item-id embeddings,
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -34,10 +35,21 @@ import numpy as np
 from rl.features import Featurizer, context_features
 from rl.logged import CanaryMixture, ImpressionFeatures
 from rl.policies import Policy
+from rl.bandits import uniform_position_probs
 from rl.slate import mixture_position_probs
 from rl.spec import Observation
 
-__all__ = ["Ranking", "Ranked"]
+__all__ = ["Ranking", "Ranked", "in_control"]
+
+
+def in_control(user_id: str, share: float, salt: str) -> bool:
+    """Whether ``user_id`` is in the control arm: a salted BLAKE2b hash of the id, read as a number
+    in [0, 1), below ``share``. Sticky (the same user, the same arm, on every replica) and
+    independent of anything else the user does."""
+    if share <= 0:
+        return False
+    h = hashlib.blake2b(user_id.encode(), digest_size=8, key=salt.encode()[:64]).digest()
+    return int.from_bytes(h, "big") / 2**64 < share
 
 
 class _Pool:
@@ -129,7 +141,10 @@ class Ranking:
 
     def rank(self, profile: np.ndarray | None, context_vec: np.ndarray | None, context: dict | None, k: int,
              rng: np.random.Generator, *, ts: float | None = None, candidates: Sequence[str] | None = None,
-             exclude: Sequence[str] = ()) -> Ranked:
+             exclude: Sequence[str] = (), control: bool = False) -> Ranked:
+        """``control``: the request belongs to the control arm (:func:`in_control`): a uniformly
+        random slate of the same candidates, logged with its exact propensities, the live version
+        and ``arm: control``."""
         featurizer, policy, version, canary, pool = self._live  # one consistent snapshot
         live_version = version
         if candidates is None:
@@ -146,6 +161,12 @@ class Ranking:
         k = min(k, len(candidates))
         user = featurizer.user_features(profile, context_vec, context_features(context, ts))
         obs = Observation(user, featurizer.candidate_features(candidates), featurizer.rows(candidates))
+        if control:
+            n = len(candidates)
+            slate, probs = rng.permutation(n)[:k], uniform_position_probs(n, k)
+            scores = np.zeros(n)
+            return Ranked([candidates[i] for i in slate], scores[slate], probs,
+                          ImpressionFeatures(tuple(candidates), user, scores, "random", None, "control"), version)
         other = None
         if canary is not None:
             share = canary.share

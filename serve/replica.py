@@ -24,7 +24,7 @@ from rl.manifest import serving_key
 from rl.spec import Observation
 from serve.follower import PolicyFollower, StoreReader
 from serve.profile_mirror import ProfileMirror
-from serve.ranking import Ranking
+from serve.ranking import Ranking, in_control
 from streamrec.config import StreamrecSettings
 from streamrec.profile import blend_profile
 
@@ -172,8 +172,10 @@ class Replica:
         ctx = request.get("context") or {}
         user = request["user_id"]
         history = None if self.profiles is None else self.profiles.get(user)
+        sv = self.settings.serve
         r = ranking.rank(self.profile(user, history), context_vec, ctx, request.get("k", 10), self.rng,
-                      ts=time.time(), candidates=request.get("candidates"), exclude=request.get("exclude") or ())
+                         ts=time.time(), candidates=request.get("candidates"), exclude=request.get("exclude") or (),
+                         control=in_control(user, sv.control_share, sv.control_salt))
         return {"items": r.items, "scores": [float(x) for x in r.scores],
                 "propensities": [float(x) for x in r.propensities], "policy_version": r.version,
                 "features": r.features.to_dict(), "replica": self.replica}

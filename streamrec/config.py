@@ -287,6 +287,8 @@ class TrainerSettings(_Section):
     nice 15, ``RAY_worker_niceness``; the kernel stops at 19, where the default puts it). On a node
     it shares with Ranker replicas a training round yields the CPU to requests (serving's tail
     latency) and takes what they leave; on a node of its own it changes nothing. 0: equal priority."""
+    lift_window: int = Field(20_000, ge=100, le=10_000_000)
+    """Impressions (the most recent) over which the served policy's lift over the control arm is measured."""
     min_samples: int = Field(256, ge=1)
     holdout_fraction: float = Field(0.2, gt=0, lt=1)
     """The newest share of each round's samples, kept out of training for the promotion gate."""
@@ -368,6 +370,11 @@ class ServeSettings(_Section):
     """How soon a Ranker replica looks again for the catalog before it exists, or asks the
     PolicyStore again after a failed ask. Otherwise each replica waits on the store (a long poll
     answered from the store's memory) and swaps as soon as a version is published."""
+    control_share: float = Field(0.05, ge=0, lt=1)
+    """Share of users (sticky: a salted hash of the user id) served uniformly random slates, the
+    permanent control arm every lift is measured against. 0 turns it off."""
+    control_salt: str = "streamrec-control"
+    """Salt of the control arm's hash: change it to draw another control group."""
     catalog_poll_s: float = Field(5.0, gt=0, le=3600)
     """How often each Ranker replica reads the embedding manifest; a new run (catalog version) is
     loaded and swapped in while the replica serves."""

@@ -59,6 +59,10 @@ METRICS: dict[str, MetricDef] = {d.name: d for d in (
               "The last gate's off-policy CTR estimate (policy: candidate or live; bound: value, low, high)",
               ("policy", "bound")),
     MetricDef("streamrec_trainer_serving_version", "gauge", "The version the trainer knows as live"),
+    MetricDef("streamrec_arm_ctr", "gauge", "CTR per arm (policy, control) over trainer.lift_window impressions",
+              ("arm",)),
+    MetricDef("streamrec_lift", "gauge", "The policy's CTR minus the control arm's (bound: value, low, high; 95%)",
+              ("bound",)),
 )}
 
 

@@ -45,8 +45,8 @@ def test_config_command_reports_bad_values_with_the_key(tmp_path):
 def _small_config(tmp_path, serve_mode: str | None = None) -> Path:
     raw = yaml.safe_load((ROOT / "ray_config.yaml").read_text())
     args = raw["applications"][0]["args"]
-    if serve_mode:
-        args["serve"] = {"mode": serve_mode}
+    # a control arm of 25%: of the ten simulated users, user3 and user8 (its salted hash; deterministic)
+    args["serve"] = {"control_share": 0.25, **({"mode": serve_mode} if serve_mode else {})}
     args["ray"] = {"dashboard_port": 0, "num_cpus": 2, "object_store_memory_mb": 200}
     args["catalog"] = {"source": "synthetic", "num_items": 40, "num_users": 10}
     args["embedding"] = {"output_dir": str(tmp_path / "emb")}
@@ -177,9 +177,11 @@ def test_up_simulate_status_down_leaves_no_process(tmp_path):
         assert snap["simulator"]["impressions"] > 0 and snap["simulator"]["errors"] == {}, snap["simulator"]
         assert snap["serve"]["streamrec"]["status"] == "RUNNING"
         assert snap["samples"]["taken"] > 0 and snap["samples"]["position"]  # the trainer's place in the log
+        arms = snap["trainer"]["arms"]  # the lift over the control arm, measured from the joined stream
+        assert arms["policy"]["impressions"] > 0 and arms["control"]["impressions"] > 0 and arms["lift"] is not None
         table = _cli("status", env=env)
         assert table.returncode == 0 and "streamrec.impressions" in table.stdout and "ingest" in table.stdout
-        assert "policy" in table.stdout and "simulated users" in table.stdout
+        assert "policy" in table.stdout and "simulated users" in table.stdout and "vs control" in table.stdout
 
         state = json.loads((run_dir / "state.json").read_text())
         pids = [up.pid, state["broker"]["pid"], *state["ray"]["pids"]]
