@@ -166,7 +166,10 @@ def test_a_partition_whose_position_never_became_known_counts_as_caught_up_once_
         t = time.monotonic()
         while time.monotonic() - t < 1.0:
             src.poll(100)
-        assert src.progress()[1] == set()  # quiet for less than 1.5 s since the resume
+        # quiet for less than 1.5 s since the resume: caught up only where librdkafka said end of
+        # partition after the resume (it may re-fetch a resumed partition to its end)
+        done = src.progress()[1]
+        assert done <= src._eof, (done, src._eof)
         while time.monotonic() - t < 2.0:
             src.poll(100)
         assert src.progress()[1] == owned
