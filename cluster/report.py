@@ -73,7 +73,14 @@ def _charts(report: dict[str, Any], out: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = []
+    names: list[str] = []
+
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=100)
+        plt.close(fig)
+        names.append(name)
+
     d = report["deciles"]
     if d:
         fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -83,10 +90,7 @@ def _charts(report: dict[str, Any], out: Path) -> list[str]:
         ax.set_xticks([x["decile"] for x in d])
         ax.legend()
         ax.set_title("Exposure by item popularity")
-        fig.tight_layout()
-        fig.savefig(out / "deciles.png", dpi=100)
-        plt.close(fig)
-        names.append("deciles.png")
+        save(fig, "deciles.png")
     seg = report["segments"]
     if seg:
         fig, axes = plt.subplots(1, len(seg), figsize=(4 * len(seg), 3.5), squeeze=False)
@@ -96,10 +100,7 @@ def _charts(report: dict[str, Any], out: Path) -> list[str]:
             ax.set_xticks(range(len(labels)))
             ax.set_xticklabels(labels, rotation=45, ha="right")
             ax.set_title(f"CTR by {dim}")
-        fig.tight_layout()
-        fig.savefig(out / "segments.png", dpi=100)
-        plt.close(fig)
-        names.append("segments.png")
+        save(fig, "segments.png")
     vs = report["versions"]
     if vs:
         fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -111,10 +112,7 @@ def _charts(report: dict[str, Any], out: Path) -> list[str]:
         ax.set_xlabel("policy version")
         ax.legend()
         ax.set_title("Per policy version")
-        fig.tight_layout()
-        fig.savefig(out / "versions.png", dpi=100)
-        plt.close(fig)
-        names.append("versions.png")
+        save(fig, "versions.png")
     return names
 
 

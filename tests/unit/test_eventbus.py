@@ -111,7 +111,7 @@ def test_a_dropped_event_never_reports():
 @pytest.mark.parametrize("expected, offsets, handed", [
     (None, [7, 8, 9], 3),   # position not known: everything
     (7, [7, 8, 9], 3),      # contiguous from the position
-    (7, [5, 6, 7], 3),      # a redelivery before the position: handed out as before
+    (7, [5, 6, 7], 3),      # a redelivery before the position: handed out, not held
     (7, [7, 8, 12, 13], 2), # a hole inside: the records before it
     (None, [3, 5], 1),      # a hole inside, position not known
     (7, [9, 10], 0),        # a hole before the first record: none yet
