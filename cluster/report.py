@@ -41,9 +41,9 @@ def parse_time(value: str | None) -> float | None:
 
 
 def read_samples(bootstrap: str, settings, since: float | None = None, until: float | None = None,
-                 idle_s: float = 3.0) -> list:
+                 timeout_s: float = 600.0) -> list:
     """The samples whose impressions were served in [since, until) (epoch seconds), from the samples
-    topic as it is now (read to its end: until nothing more comes for ``idle_s``)."""
+    topic up to where it ended when the read began (a running loop keeps writing behind it)."""
     from streamrec.eventbus import KafkaLogReader
 
     reader = KafkaLogReader(bootstrap, settings.kafka.topics.samples, f"streamrec-report-{uuid.uuid4().hex[:8]}",
@@ -51,16 +51,21 @@ def read_samples(bootstrap: str, settings, since: float | None = None, until: fl
     try:
         # a sample is written a reward window after its impression: start that much earlier
         start = None if since is None else reader.offsets_for_time(int((since - 60) * 1000))
-        if reader.assign(start or None) is None:
+        at = reader.assign(start or None)
+        if at is None:
             return []
-        out, quiet_since = [], time.monotonic()
-        while time.monotonic() - quiet_since < idle_s:
-            got = reader.read(5_000, 0.5)
-            if got:
-                quiet_since = time.monotonic()
-            for _, _, value in got:
+        # (a fetch returns whole batches: reaching the high watermark, which the embedded broker
+        # reports as the last batch's base offset + 1, brings the rest of that batch along)
+        ends = reader.high_watermarks(list(at))
+        out, deadline = [], time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            done = all(at[p] >= ends.get(p, 0) for p in at)
+            for p, offset, value in reader.read(5_000, 0.2 if done else 0.5):  # when done: what is already fetched
+                at[p] = offset + 1
                 out.extend(s for s in decode_samples(value)
                            if (since is None or s.ts >= since) and (until is None or s.ts < until))
+            if done:
+                break
         seen: set[str] = set()
         return [s for s in out if not (s.event_id in seen or seen.add(s.event_id))]  # a replayed copy counts once
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -51,6 +52,26 @@ def test_the_report_reads_the_range_asked_for_and_writes_json_charts_and_html(br
     for png in ("deciles.png", "segments.png", "versions.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f'src="{png}"' in (out / "report.html").read_text()
+
+    # on a running loop the topic keeps growing: the report reads to where it ended when it began
+    stop = threading.Event()
+
+    def writer() -> None:
+        k = 1000
+        while not stop.is_set():
+            produce(broker.bootstrap, s.kafka.topics.samples, [(None, encode_samples([sample(k, t0 + 200)]))], raw=True)
+            k += 1
+
+    w = threading.Thread(target=writer, daemon=True)
+    w.start()
+    try:
+        live = subprocess.run([sys.executable, "-m", "cluster.cli", "report", "--config", str(cfg), "--out",
+                               str(tmp_path / "live")], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    finally:
+        stop.set()
+        w.join(30)
+    assert live.returncode == 0, live.stderr[-3000:]
+    assert json.loads((tmp_path / "live" / "report.json").read_text())["overall"]["impressions"] >= 140
 
     bad = subprocess.run([sys.executable, "-m", "cluster.cli", "report", "--config", str(cfg), "--since", "yesterday"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
