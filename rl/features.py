@@ -34,7 +34,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["CONTEXT_DIM", "DAYPARTS", "GENDERS", "DEVICES", "LANGUAGES", "context_features", "fit_projection",
+__all__ = ["table_rows", "CONTEXT_DIM", "DAYPARTS", "GENDERS", "DEVICES", "LANGUAGES", "context_features", "fit_projection",
            "Featurizer", "ObsLayout"]
 
 DAYPARTS = ("night", "morning", "afternoon", "evening")
@@ -129,6 +129,14 @@ class ObsLayout:
         return user, items, rows
 
 
+def table_rows(n_items: int, rows=None, num_rows: int | None = None) -> int:
+    """Size of the item-id tables of a catalog: ``num_rows`` when given, else the largest of its
+    ``rows`` + 1 (default rows 1..n: n + 1)."""
+    if num_rows is not None:
+        return int(num_rows)
+    return n_items + 1 if rows is None or not len(rows) else int(np.max(rows)) + 1
+
+
 @dataclass
 class Featurizer:
     """Turns (profile, context, candidates) into observations, with the catalog it was built for.
@@ -156,7 +164,7 @@ class Featurizer:
         ids = [str(i) for i in self.item_ids.tolist()]
         self.row_of = dict(zip(ids, rows.tolist()))  # 0 = unknown
         self._at = {i: k for k, i in enumerate(ids)}  # id -> its position in item_vectors
-        largest = int(rows.max()) + 1 if n else 1
+        largest = table_rows(n, rows)
         if self.table_rows is None:
             self.table_rows = largest
         elif self.table_rows < largest:

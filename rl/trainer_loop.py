@@ -41,7 +41,7 @@ import numpy as np
 
 from rl.bandits import BanditPolicy, RandomPolicy
 from rl.click_model import ClickModel
-from rl.features import Featurizer, fit_projection
+from rl.features import Featurizer, fit_projection, table_rows
 from rl.gate import GateReport, evaluate, promote
 from rl.logged import CONTROL_VERSION, Logged, samples_to_logged
 from rl.manifest import PolicyManifest
@@ -159,8 +159,7 @@ class TrainerLoop:
         t = settings.trainer
         self.checkpoint = Location(t.checkpoint_dir)
         item_vectors = np.asarray(item_vectors, np.float32)
-        table = (int(num_rows) if num_rows is not None else len(item_ids) + 1 if rows is None or not len(rows)
-                 else int(np.max(rows)) + 1)  # the catalog's item-id table size
+        table = table_rows(len(item_ids), rows, num_rows)  # the catalog's item-id table size
         latest = store.latest()
         projection = lineage = None
         if latest is not None:  # continue the published lineage: same projection, same weights

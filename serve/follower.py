@@ -25,7 +25,7 @@ from typing import Protocol
 
 import numpy as np
 
-from rl.features import Featurizer
+from rl.features import Featurizer, table_rows
 from rl.manifest import PolicyManifest
 from rl.policies import Policy, expected_shapes, policy_from_state
 from rl.spec import Observation, PolicySpec
@@ -95,8 +95,7 @@ class PolicyFollower:
         self.item_ids = np.asarray(item_ids)
         self.item_vectors = np.asarray(item_vectors, np.float32)
         self.rows = None if rows is None else np.asarray(rows, np.int64)
-        self.num_rows = (int(num_rows) if num_rows is not None else len(self.item_ids) + 1 if self.rows is None
-                         or not len(self.rows) else int(self.rows.max()) + 1)
+        self.num_rows = table_rows(len(self.item_ids), self.rows, num_rows)
 
     def set_catalog(self, item_ids, item_vectors: np.ndarray, rows=None, num_rows: int | None = None) -> None:
         """Serve another catalog version: the live version keeps its weights and projection, its
