@@ -21,9 +21,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
-# Debian packages the integration tests use: kcat (an independent Kafka client for the broker tests)
-# and redis-server (the GCS fault-tolerance test). Best effort: a test says why it skips without them.
-APT_PACKAGES := kcat:kcat redis-server:redis-server
+# Debian packages the integration tests use: kcat (an independent Kafka client for the broker tests),
+# redis-server (the GCS fault-tolerance test) and chromium (the dashboard page in a headless browser).
+# Best effort: a test says why it skips without them.
+APT_PACKAGES := kcat:kcat redis-server:redis-server chromium:chromium
 system-packages:
 	@for pair in $(APT_PACKAGES); do cmd=$${pair%%:*}; pkg=$${pair##*:}; \
 	  command -v $$cmd >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \

@@ -12,7 +12,7 @@ import ray
 
 from streamrec.storage import absolute
 
-__all__ = ["NAMESPACE", "STORE", "PROFILES", "TRAINER", "INGEST_PREFIX", "lookup", "policy_store"]
+__all__ = ["NAMESPACE", "STORE", "PROFILES", "TRAINER", "INGEST_PREFIX", "lookup", "policy_store", "ingest_actors"]
 
 NAMESPACE = "streamrec"
 STORE = "streamrec-policy-store"
@@ -30,6 +30,19 @@ def lookup(name: str) -> Any | None:
         return ray.get_actor(name, namespace=NAMESPACE)
     except ValueError:
         return None
+
+
+def ingest_actors() -> list:
+    """Handles of the running StreamIngest actors (every ``streamrec-ingest-*`` in the namespace)."""
+    from ray.util import list_named_actors
+
+    out = []
+    for a in list_named_actors(all_namespaces=True):
+        if a.get("namespace") == NAMESPACE and a.get("name", "").startswith(INGEST_PREFIX + "-"):
+            handle = lookup(a["name"])
+            if handle is not None:
+                out.append(handle)
+    return out
 
 
 def policy_store(store_dir: str, keep: int = 10, *, detached: bool = True):

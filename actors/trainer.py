@@ -114,7 +114,9 @@ class Trainer:
                 self.loop.close()
             except Exception:  # closed by an earlier attempt
                 pass
+            timeline = self.loop.timeline
             self.loop = self._new_loop()
+            self.loop.timeline.extend(timeline)
             self._exported = dict(self.loop.stats)
             self._broken = False
         try:
@@ -138,9 +140,8 @@ class Trainer:
                         t.set("streamrec_gate_estimate", ope[bound], policy=policy, bound=bound)
         t.set("streamrec_trainer_serving_version", self.loop.serving_version or 0)
         arms = st.get("arms") or {}
-        for arm in ("policy", "control"):
-            if (arms.get(arm) or {}).get("ctr") is not None:
-                t.set("streamrec_arm_ctr", arms[arm]["ctr"], arm=arm)
+        for arm, figures in (arms.get("by_arm") or {}).items():
+            t.set("streamrec_arm_ctr", figures["ctr"], arm=arm)
         for bound, key in (("value", "lift"), ("low", "low"), ("high", "high")):
             if arms.get(key) is not None:
                 t.set("streamrec_lift", arms[key], bound=bound)
@@ -160,6 +161,10 @@ class Trainer:
                 "item_rows": self.loop.spec.num_rows - 1,
                 "in_round_s": 0.0 if started is None else round(time.monotonic() - started, 1),
                 "algorithm": self.loop.spec.algorithm, "log": self.loop.source.metrics()}
+
+    def timeline(self, since: float = 0.0) -> list[dict]:
+        """The rounds' points after ``since`` (epoch seconds), oldest first (the dashboard's series)."""
+        return [p for p in self.loop.timeline if p["ts"] > since]
 
     def spec(self) -> dict:
         return self.loop.spec.to_dict()

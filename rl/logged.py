@@ -20,7 +20,7 @@ from rl.features import Featurizer
 from rl.logged_batch import LoggedBatch
 from rl.spec import Observation, PolicySpec
 
-__all__ = ["ImpressionFeatures", "CanaryMixture", "samples_to_logged", "Logged", "b64_array", "array_b64",
+__all__ = ["ImpressionFeatures", "CanaryMixture", "ShadowSlate", "samples_to_logged", "Logged", "b64_array", "array_b64",
            "CONTROL_VERSION"]
 
 CONTROL_VERSION = 0
@@ -47,6 +47,30 @@ class CanaryMixture:
 
 
 @dataclass(frozen=True)
+class ShadowSlate:
+    """The slate a shadow arm's version chose for a request it did not serve: its items (ids) and
+    their exact per-position probabilities under that version, logged beside the served slate."""
+
+    arm: str
+    version: int
+    items: tuple[str, ...]
+    propensities: tuple[float, ...]
+
+    def to_dict(self) -> dict:
+        return {"arm": self.arm, "version": self.version, "items": list(self.items),
+                "propensities": list(self.propensities)}
+
+    @classmethod
+    def from_dict(cls, d) -> "ShadowSlate | None":
+        """None for a missing or malformed entry (a shadow slate is evidence, never needed to train)."""
+        try:
+            return cls(str(d["arm"]), int(d["version"]), tuple(map(str, d["items"])),
+                       tuple(map(float, d["propensities"])))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+@dataclass(frozen=True)
 class ImpressionFeatures:
     """``Impression.features``: the serving-time policy input, enough to rebuild it exactly.
 
@@ -60,11 +84,16 @@ class ImpressionFeatures:
     algorithm: str
     mixture: CanaryMixture | None = None
     arm: str = "policy"
-    """``policy`` (the live version, or its canary) or ``control`` (the uniform control arm)."""
+    """``policy`` (the live version, or its canary), ``control`` (the uniform control arm) or the
+    name of the experiment arm that served it (:mod:`rl.experiment`)."""
+    shadow: "ShadowSlate | None" = None
+    """What a shadow arm would have shown for this request (never shown), or None."""
 
     def to_dict(self) -> dict:
         out = {"candidates": list(map(str, self.candidates)), "user": array_b64(self.user),
                "scores": array_b64(self.scores, np.float16), "algorithm": self.algorithm, "arm": self.arm}
+        if self.shadow is not None:
+            out["shadow"] = self.shadow.to_dict()
         if self.mixture is not None:
             m = self.mixture
             out["mixture"] = {"live_version": m.live_version, "canary_version": m.canary_version,
@@ -76,8 +105,10 @@ class ImpressionFeatures:
         """Raises KeyError/TypeError/ValueError when a required field is missing or malformed; a
         malformed ``mixture`` reads as None (the gate then computes those probabilities itself)."""
         scores = b64_array(f["scores"], np.float16).astype(np.float32) if "scores" in f else None
+        arm = f.get("arm")
         return cls(tuple(f["candidates"]), b64_array(f["user"]), scores, str(f.get("algorithm", "")),
-                   _mixture(f.get("mixture")), "control" if f.get("arm") == "control" else "policy")
+                   _mixture(f.get("mixture")), arm if isinstance(arm, str) and 0 < len(arm) <= 64 else "policy",
+                   ShadowSlate.from_dict(f.get("shadow")))
 
 
 def _mixture(m) -> CanaryMixture | None:
@@ -116,8 +147,12 @@ class Logged:
     logged while a canary ran beside the live version (NaN for other samples)."""
     mixture_versions: np.ndarray | None = None
     """(B, 2) the (live, canary) versions of ``mixture`` (0 for other samples)."""
+    arms: np.ndarray | None = None
+    """(B,) the arm that served each impression (``ImpressionFeatures.arm``)."""
+    ild: np.ndarray | None = None
+    """(B,) each shown slate's intra-list diversity."""
 
-    _PER_SAMPLE = ("propensities", "ts", "versions", "mixture", "mixture_versions")
+    _PER_SAMPLE = ("propensities", "ts", "versions", "mixture", "mixture_versions", "arms", "ild")
 
     def __len__(self) -> int:
         return len(self.observations)
@@ -152,7 +187,7 @@ def samples_to_logged(samples: Sequence, featurizer: Featurizer, spec: PolicySpe
     """TrainingSamples -> observations, slates and rewards (position-weighted typed rewards + lam * ILD)."""
     lay = spec.layout
     obs, acts, logps, rewards, dis, observations, clicks, props, ts, versions = [], [], [], [], [], [], [], [], [], []
-    mixture, mixture_versions = [], []
+    mixture, mixture_versions, arms, ilds = [], [], [], []
     skipped = 0
     pw = position_weights(spec.slate_size)
     for s in samples:
@@ -179,7 +214,10 @@ def samples_to_logged(samples: Sequence, featurizer: Featurizer, spec: PolicySpe
         acts.append(slate)
         logps.append(float(np.log(np.asarray(s.propensities)).sum()))
         props.append(s.propensities)
-        rewards.append(float(c @ pw + lam * ild(o.items[slate])))
+        diversity = ild(o.items[slate])
+        rewards.append(float(c @ pw + lam * diversity))
+        ilds.append(diversity)
+        arms.append(f.arm)
         dis.append(scores / spec.temperature if scores is not None else np.zeros(len(cands), np.float32))
         observations.append(o)
         clicks.append(c)
@@ -199,4 +237,5 @@ def samples_to_logged(samples: Sequence, featurizer: Featurizer, spec: PolicySpe
     return Logged(batch, observations, batch.actions, np.asarray(clicks, np.float64).reshape(-1, k), skipped,
                   np.asarray(props, np.float64).reshape(-1, k), np.asarray(ts, np.float64),
                   np.asarray(versions, np.int64), np.asarray(mixture, np.float64).reshape(-1, 2, k),
-                  np.asarray(mixture_versions, np.int64).reshape(-1, 2))
+                  np.asarray(mixture_versions, np.int64).reshape(-1, 2), np.asarray(arms, dtype=object),
+                  np.asarray(ilds, np.float64))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
 
-__all__ = ["ctr", "recall_at_k", "ndcg_at_k", "hit_at_k", "coverage", "novelty", "gini", "lift_over_control"]
+__all__ = ["ctr", "recall_at_k", "ndcg_at_k", "hit_at_k", "coverage", "novelty", "gini", "lift_over_control",
+           "ArmImpression", "arm_figures"]
 
 
 def ctr(clicks: Sequence[float]) -> float:
@@ -102,4 +103,44 @@ def lift_over_control(policy_n: int, policy_clicked: int, control_n: int, contro
     p_value = math.erfc(abs(d) / se / math.sqrt(2)) if se > 0 else float(d == 0)
     out.update(lift=d, low=d - z * se, high=d + z * se, p_value=p_value,
                significant=bool(d - z * se > 0 or d + z * se < 0))
+    return out
+
+
+class ArmImpression(NamedTuple):
+    """One served impression as the per-arm figures count it."""
+
+    arm: str
+    """The arm that served it: ``policy`` (the live version), ``control`` or an experiment arm's name."""
+    clicked: bool
+    ild: float
+    """Intra-list diversity of the slate (:func:`rl.diversity.ild`)."""
+    items: tuple
+    """The items shown (anything hashable: ids or table rows)."""
+
+
+def arm_figures(impressions: Iterable[ArmImpression], catalog_size: int, control: str = "control",
+                z: float = 1.96) -> dict:
+    """Per-arm figures of served impressions: ``{arm: {impressions, ctr, low, high, ild, coverage,
+    lift}}``. ``low``/``high``: the normal-approximation interval of the arm's CTR; ``ild``: the
+    mean slate ILD; ``coverage``: the share of the catalog the arm showed; ``lift``: the arm's
+    :func:`lift_over_control` against the ``control`` arm (None for the control arm itself and
+    while there is no control arm)."""
+    if catalog_size < 1:
+        raise ValueError(f"catalog_size must be >= 1, got {catalog_size}")
+    by_arm: dict[str, list] = {}
+    for imp in impressions:
+        by_arm.setdefault(imp.arm, []).append(imp)
+    counts = {arm: (len(rows), sum(bool(r.clicked) for r in rows)) for arm, rows in by_arm.items()}
+    out: dict = {}
+    for arm, rows in sorted(by_arm.items()):
+        n, c = counts[arm]
+        p = c / n
+        half = z * math.sqrt(p * (1 - p) / n)
+        lift = None
+        if arm != control and control in counts:
+            lift = lift_over_control(n, c, *counts[control], z=z)
+            lift = {k: lift[k] for k in ("lift", "low", "high", "p_value", "significant")}
+        out[arm] = {"impressions": n, "ctr": p, "low": max(0.0, p - half), "high": min(1.0, p + half),
+                    "ild": float(np.mean([r.ild for r in rows])), "coverage": coverage((r.items for r in rows), catalog_size),
+                    "lift": lift}
     return out

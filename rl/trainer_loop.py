@@ -43,9 +43,9 @@ from rl.bandits import BanditPolicy, RandomPolicy
 from rl.click_model import ClickModel
 from rl.features import Featurizer, fit_projection, table_rows
 from rl.gate import GateReport, evaluate, promote
-from rl.logged import CONTROL_VERSION, Logged, samples_to_logged
+from rl.logged import Logged, samples_to_logged
 from rl.manifest import PolicyManifest
-from rl.metrics import lift_over_control
+from rl.metrics import ArmImpression, arm_figures, lift_over_control
 from rl.policies import Policy, grow_rows, make_policy, policy_from_state
 from rl.sequential import LiveWatch
 from rl.spec import PolicySpec
@@ -214,7 +214,9 @@ class TrainerLoop:
         self.serving_version: int | None = int(latest["version"]) if latest else None
         self.trained_through: dict[str, int] = dict(latest.get("trained_through", {})) if latest else {}
         self.holdout: list[Logged] = []  # held-out samples of recent rounds (never trained on)
-        self._arms: deque[tuple[bool, bool]] = deque(maxlen=t.lift_window)  # (control arm?, clicked?) per impression
+        self._arms: deque[ArmImpression] = deque(maxlen=t.lift_window)  # the most recent served impressions
+        self.timeline: deque[dict] = deque(maxlen=t.timeline_points)
+        """One point per round (:meth:`_timeline_point`): what the dashboard draws."""
         # DR's direct method, grown on every round's training samples (never on held-out ones): a
         # model of the recent holdout alone is too small to value a much better candidate
         self.click_model = ClickModel()
@@ -298,6 +300,7 @@ class TrainerLoop:
         if not samples:
             return None
         out = self._round(samples)
+        self._timeline_point(out)
         self._consumed(samples)
         self._checkpoint()
         self.source.commit()
@@ -359,15 +362,35 @@ class TrainerLoop:
         return out
 
     def _count_arms(self, logged: Logged) -> None:
-        """The lift of what is served over the control arm, over the last ``trainer.lift_window``
-        impressions (``stats["arms"]``, :func:`rl.metrics.lift_over_control`)."""
-        if logged.versions is None or not len(logged.versions):
+        """Per-arm figures over the last ``trainer.lift_window`` impressions (``stats["arms"]``): the
+        live policy's lift over the control arm (:func:`rl.metrics.lift_over_control`) and, under
+        ``by_arm``, every arm's CTR, ILD, coverage and lift (:func:`rl.metrics.arm_figures`)."""
+        if logged.arms is None or not len(logged.arms):
             return
-        self._arms.extend(zip((logged.versions == CONTROL_VERSION).tolist(), (logged.ctr > 0).tolist()))
-        control = [clicked for is_control, clicked in self._arms if is_control]
-        policy_n = len(self._arms) - len(control)
-        policy_clicked = sum(clicked for is_control, clicked in self._arms if not is_control)
-        self.stats["arms"] = lift_over_control(policy_n, policy_clicked, len(control), sum(control))
+        self._arms.extend(ArmImpression(str(a), bool(c), float(d), tuple(o.rows[s].tolist()))
+                          for a, c, d, o, s in zip(logged.arms, logged.ctr > 0, logged.ild, logged.observations,
+                                                   logged.slates))
+        by_arm = arm_figures(self._arms, max(1, len(self.featurizer.item_ids)))
+        n = {a: (f["impressions"], round(f["ctr"] * f["impressions"])) for a, f in by_arm.items()}
+        self.stats["arms"] = {**lift_over_control(*n.get("policy", (0, 0)), *n.get("control", (0, 0))),
+                              "by_arm": by_arm}
+
+    def _timeline_point(self, out: dict | None) -> None:
+        """One point of :attr:`timeline`: the served version, this round's gate decision and
+        estimates, and the per-arm figures as they stand."""
+        arms = self.stats.get("arms") or {}
+        point: dict[str, Any] = {"ts": time.time(), "serving_version": self.serving_version,
+                                 "lift": arms.get("lift"), "low": arms.get("low"), "high": arms.get("high"),
+                                 "arms": {a: {k: f[k] for k in ("impressions", "ctr", "low", "high", "ild", "coverage")}
+                                          for a, f in (arms.get("by_arm") or {}).items()}}
+        if out is not None:
+            gate = None
+            if out.get("ope") is not None:
+                gate = {"ok": bool(out.get("ok")), "deferred": bool(out.get("deferred")), "why": out.get("why"),
+                        "candidate": out["ope"].get("ctr"), "live": (out.get("current_ope") or {}).get("ctr")}
+            point.update(published=out.get("version"), canary=out.get("canary"), gate=gate,
+                         measured_ctr=out.get("measured_ctr"))
+        self.timeline.append(point)
 
     def _gate_options(self) -> dict:
         t = self.settings.trainer

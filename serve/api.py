@@ -180,6 +180,8 @@ class Metrics:
         self.latency_sum = 0.0
         self.latency_count = 0
         self.gauges: dict[str, float] = {}
+        self.series = None
+        """A :class:`serve.dashboard.ReplicaSeries` that also takes each recommend latency, or None."""
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         with self._lock:
@@ -190,6 +192,8 @@ class Metrics:
                         self.latency[b] += 1
                 self.latency_sum += seconds
                 self.latency_count += 1
+        if self.series is not None and route == "/v1/recommend":
+            self.series.record(seconds)
         if self.export is not None:
             self.export.inc("streamrec_requests", route=route, status=status)
             self.export.observe("streamrec_request_seconds", seconds, route=route)

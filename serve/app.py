@@ -2,7 +2,8 @@
 
 ::
 
-    HTTP -> Ranker (serve/http.py: auth, limits, /v1/recommend, /v1/feedback, /healthz, /metrics, /docs)
+    HTTP -> Ranker (serve/http.py: auth, limits, /v1/recommend, /v1/feedback, /healthz, /metrics, /docs,
+                    /dashboard and its data /v1/dashboard: serve/dashboard.py)
               |-- ContextEncoder.encode(text)   (batched; a handle call only for a text not in the replica's LRU)
               |-- Replica.rank(...)             (in process: retrieval, profile, policy, exploration, version)
               '-- EventSink -> Kafka            (impression / feedback; acknowledged before the response)
@@ -37,6 +38,7 @@ from actors import registry
 from actors.remote import Blocking
 from serve.api import FeedbackRequest, GuardState, RecommendRequest, require_keys_off_loopback
 from serve.context_encoder import LRU, ContextEncoder
+from serve.dashboard import ReplicaSeries, ingest_figures, json_safe
 from serve.http import error, make_api
 from serve.listeners import bind_replica_grpc_to_node_ip
 from serve.profile_mirror import ProfileMirror
@@ -82,6 +84,8 @@ class Ranker:
         self._stop = threading.Event()
         threading.Thread(target=self._follow_policy, name="policy", daemon=True).start()
         threading.Thread(target=self._follow_profiles, name="profiles", daemon=True).start()
+        self.series = self.metrics.series = ReplicaSeries()
+        threading.Thread(target=self._sample_dashboard, name="dashboard", daemon=True).start()
         # Everything imported and built so far lives as long as the replica: out of the cyclic GC's
         # reach, so a full collection scans only what requests leave behind (a full collection of a
         # process with Ray, Serve and FastAPI imported is a stall of ~0.1 s every request in flight
@@ -118,6 +122,41 @@ class Ranker:
                     self.replica.sync_catalog()
                 except Exception as e:  # a half-readable run, storage blips: keep serving what is loaded
                     self.replica.last_error = f"catalog: {type(e).__name__}: {e}"
+
+    def _sample_dashboard(self) -> None:
+        """Every ``serve.dashboard_sample_s``: one point of this replica's dashboard series (its
+        latency and request rate since the last point, the ingest actors' lag)."""
+        import ray
+
+        while not self._stop.wait(self.settings.serve.dashboard_sample_s):
+            ingest = None
+            try:
+                ingest = ingest_figures(ray.get([a.metrics.remote() for a in registry.ingest_actors()], timeout=5))
+            except Exception as e:  # an ingest actor restarting: the point has no lag this time
+                self.replica.last_error = f"dashboard: {type(e).__name__}: {e}"
+            self.series.sample(ingest)
+
+    def _dashboard(self, since: float) -> dict[str, Any]:
+        import ray
+
+        out: dict[str, Any] = {"now": time.time(), "replica": self.replica.replica, "serving": self.series.since(since),
+                               "trainer": [], "history": [], "errors": []}
+        st = self.replica.status()
+        out["status"] = {k: st.get(k) for k in ("version", "canary", "catalog_items", "swaps", "refused", "rollbacks")}
+        trainer = registry.lookup(registry.TRAINER)
+        try:
+            out["trainer"] = [] if trainer is None else ray.get(trainer.timeline.remote(since), timeout=5)
+        except Exception as e:  # the trainer restarting: the page shows what it has and says why
+            out["errors"].append(f"trainer: {type(e).__name__}: {e}")
+        try:
+            out["history"] = self.replica.store.history(50)
+        except Exception as e:
+            out["errors"].append(f"policy store: {type(e).__name__}: {e}")
+        return json_safe(out)
+
+    async def dashboard(self, since: float) -> dict[str, Any]:
+        """The dashboard's data (serve/dashboard.py), gathered off the event loop."""
+        return await asyncio.to_thread(self._dashboard, since)
 
     def _export_state(self) -> None:
         """What this replica serves, for the cluster-wide metrics."""

@@ -10,17 +10,20 @@ from __future__ import annotations
 import time
 from typing import Any, Protocol
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serve.dashboard import ASSETS, asset
 from serve.api import (ERRORS, Accepted, FeedbackRequest, GuardState, RecommendRequest, RecommendResponse, check_bearer,
                        validation_message)
 
 __all__ = ["make_api", "error", "Guard", "OPEN_PATHS"]
 
-OPEN_PATHS = {"/healthz", "/docs", "/openapi.json"}
+OPEN_PATHS = {"/healthz", "/docs", "/openapi.json", "/dashboard"}
+"""Paths answered without an API key (besides everything under ``/dashboard/``: the page's static
+files). None of them carries data about users or the loop; ``/v1/dashboard`` does, and needs a key."""
 
 
 def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -38,6 +41,8 @@ class Handlers(Protocol):
     def public_settings(self) -> dict[str, Any]: ...
 
     def not_ready(self) -> str | None: ...
+
+    async def dashboard(self, since: float) -> dict[str, Any]: ...
 
 
 class Guard:
@@ -67,7 +72,8 @@ class Guard:
         try:
             headers = dict(scope.get("headers") or ())
             auth = headers.get(b"authorization")
-            if path not in OPEN_PATHS and not check_bearer(auth.decode("latin-1") if auth else None, state.keys):
+            if (path not in OPEN_PATHS and not path.startswith("/dashboard/")
+                    and not check_bearer(auth.decode("latin-1") if auth else None, state.keys)):
                 return await error(401, "missing or wrong API key (Authorization: Bearer <key>)",
                                    {"WWW-Authenticate": "Bearer"})(scope, receive, send_and_note)
 
@@ -146,6 +152,23 @@ def make_api(ranker: Handlers, guard: GuardState) -> FastAPI:
     @api.get("/metrics", response_class=PlainTextResponse)
     def prometheus() -> str:
         return ranker.prometheus()
+
+    @api.get("/v1/dashboard", responses={s: ERRORS[s] for s in (401, 422)})
+    async def dashboard_data(since: float = Query(0.0, ge=0, description="Only points after this time (epoch seconds)")):
+        """The dashboard's series: per training round (CTR per arm, lift over control, ILD,
+        coverage, served version, gate decision), the policy store's history, and this replica's
+        latency, request rate and the ingest lag (serve/dashboard.py)."""
+        return await ranker.dashboard(since)
+
+    @api.get("/dashboard", include_in_schema=False)
+    def dashboard_page() -> Response:
+        return Response(asset("dashboard.html"), media_type=ASSETS["dashboard.html"])
+
+    @api.get("/dashboard/{name}", include_in_schema=False)
+    def dashboard_file(name: str) -> Response:
+        if name not in ASSETS:
+            return error(404, f"no dashboard file {name!r}")
+        return Response(asset(name), media_type=ASSETS[name], headers={"Cache-Control": "max-age=3600"})
 
     @api.get("/v1/settings")
     def public_settings() -> dict[str, Any]:

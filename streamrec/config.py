@@ -289,6 +289,10 @@ class TrainerSettings(_Section):
     latency) and takes what they leave; on a node of its own it changes nothing. 0: equal priority."""
     lift_window: int = Field(20_000, ge=100, le=10_000_000)
     """Impressions (the most recent) over which the served policy's lift over the control arm is measured."""
+    timeline_points: int = Field(720, ge=10, le=100_000)
+    """Rounds the trainer keeps for the dashboard's charts (one point per round; at ``train_every_s``
+    10, two hours). Kept in memory: a restarted trainer starts a fresh timeline (the policy store's
+    history keeps every version)."""
     min_samples: int = Field(256, ge=1)
     holdout_fraction: float = Field(0.2, gt=0, lt=1)
     """The newest share of each round's samples, kept out of training for the promotion gate."""
@@ -380,6 +384,9 @@ class ServeSettings(_Section):
     loaded and swapped in while the replica serves."""
     profile_sync_s: float = Field(0.5, gt=0, le=60)
     """How often each Ranker replica pulls the users whose profiles changed (feedback -> served profile)."""
+    dashboard_sample_s: float = Field(5.0, gt=0, le=3600)
+    """How often each Ranker replica takes a point of its dashboard series (its request latency and
+    rate, the ingest lag); it keeps the last 720."""
     profile_mirror_users: int = Field(100_000, ge=1, le=10_000_000)
     """Users' profiles each Ranker replica holds (the most recently active); others rank from context."""
     encoder_batch_size: int = Field(32, ge=1, le=4_096)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 import yaml
 
 from cluster.broker import free_port
@@ -46,7 +49,7 @@ def _small_config(tmp_path, serve_mode: str | None = None) -> Path:
     raw = yaml.safe_load((ROOT / "ray_config.yaml").read_text())
     args = raw["applications"][0]["args"]
     # a control arm of 25%: of the ten simulated users, user3 and user8 (its salted hash; deterministic)
-    args["serve"] = {"control_share": 0.25, **({"mode": serve_mode} if serve_mode else {})}
+    args["serve"] = {"control_share": 0.25, "dashboard_sample_s": 1, **({"mode": serve_mode} if serve_mode else {})}
     args["ray"] = {"dashboard_port": 0, "num_cpus": 2, "object_store_memory_mb": 200}
     args["catalog"] = {"source": "synthetic", "num_items": 40, "num_users": 10}
     args["embedding"] = {"output_dir": str(tmp_path / "emb")}
@@ -179,6 +182,7 @@ def test_up_simulate_status_down_leaves_no_process(tmp_path):
         assert snap["samples"]["taken"] > 0 and snap["samples"]["position"]  # the trainer's place in the log
         arms = snap["trainer"]["arms"]  # the lift over the control arm, measured from the joined stream
         assert arms["policy"]["impressions"] > 0 and arms["control"]["impressions"] > 0 and arms["lift"] is not None
+        browser = _assert_dashboard(url)
         table = _cli("status", env=env)
         assert table.returncode == 0 and "streamrec.impressions" in table.stdout and "ingest" in table.stdout
         assert "policy" in table.stdout and "simulated users" in table.stdout and "vs control" in table.stdout
@@ -198,6 +202,49 @@ def test_up_simulate_status_down_leaves_no_process(tmp_path):
         if up.poll() is None:
             up.send_signal(signal.SIGTERM)
             up.wait(timeout=60)
+    if browser is not None:
+        pytest.skip(browser)
+
+
+#: Where the browser test leaves its screenshot of the dashboard (gitignored).
+ARTIFACTS = ROOT / "build" / "test-artifacts"
+
+
+def _assert_dashboard(url: str) -> str | None:
+    """/v1/dashboard holds every series after the simulator ran, and /dashboard, loaded in headless
+    Chromium, draws them with no console error (a screenshot goes to ARTIFACTS). Returns the reason
+    when there is no Chromium to load it in (the data was still checked), else None."""
+    data = httpx.get(url + "/v1/dashboard", timeout=30).json()
+    assert data["errors"] == [], data["errors"]
+    last = data["trainer"][-1]
+    assert last["serving_version"] >= 2 and set(last["arms"]) >= {"policy", "control"}
+    assert all(0 <= last["arms"][a]["ctr"] <= 1 and 0 < last["arms"][a]["coverage"] <= 1 for a in ("policy", "control"))
+    assert any(p["gate"] is not None for p in data["trainer"])
+    assert any(p["p99_ms"] is not None and p["rps"] > 0 for p in data["serving"])
+    assert any(p["ingest_lag"] is not None and p["ingest_actors"] == 1 for p in data["serving"])
+    assert {h["action"] for h in data["history"]} >= {"publish"}
+    later = httpx.get(url + "/v1/dashboard", params={"since": data["now"]}, timeout=30).json()
+    assert all(p["ts"] > data["now"] for p in later["trainer"] + later["serving"])
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        return "no chromium on this machine: /v1/dashboard was checked, the page was not loaded in a browser"
+    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--virtual-time-budget=15000"]
+    dom = subprocess.run([*flags, "--dump-dom", url + "/dashboard"], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    page = dom.stdout
+    assert re.search(r'<body[^>]*data-errors="0"', page), page[:3000]
+    assert re.search(r'<body[^>]*data-updates="[1-9]', page), page[:3000]
+    points = dict(re.findall(r'id="(\w+)"[^>]*data-points="(\d+)"', page))
+    assert set(points) == {"ctr", "lift", "versions", "diversity", "ingest", "latency"}, points
+    assert all(int(n) > 0 for n in points.values()), points
+    assert "CTR policy" in page and "control" in page
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "dashboard.png"
+    shot.unlink(missing_ok=True)
+    r = subprocess.run([*flags, "--window-size=1400,1300", f"--screenshot={shot}", url + "/dashboard"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and shot.stat().st_size > 20_000, r.stderr[-2000:]
+    return None
 
 
 def _haproxies() -> list[int]:

@@ -390,6 +390,17 @@ def test_body_limit_and_auth_rules(stack):
         r = httpx.post(url + "/v1/recommend", json={"user_id": "u"}, headers=headers, timeout=30)
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
     assert httpx.get(url + "/metrics").status_code == 401
+    # the dashboard: the page and its chart library need no key (no data in them); its data does
+    assert httpx.get(url + "/v1/dashboard").status_code == 401
+    page = httpx.get(url + "/dashboard")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert httpx.get(url + "/dashboard/uplot.iife.min.js").status_code == 200
+    missing = httpx.get(url + "/dashboard/app.py")
+    assert missing.status_code == 404 and missing.json() == {"error": "no dashboard file 'app.py'"}
+    data = httpx.get(url + "/v1/dashboard", headers=stack["headers"], timeout=30)
+    assert data.status_code == 200 and data.json()["history"], data.text
+    bad = httpx.get(url + "/v1/dashboard", params={"since": "-1"}, headers=stack["headers"])
+    assert bad.status_code == 422 and bad.json()["error"].startswith("query.since:")
     assert httpx.get(url + "/docs").status_code == 200
     r = httpx.get(url + "/openapi.json")
     assert "/v1/recommend" in r.json()["paths"]

@@ -70,6 +70,15 @@ def test_control_slates_are_uniform_logged_as_control_and_measured_against_the_p
     arms = loop.stats["arms"]
     assert arms["policy"]["impressions"] == 300 and arms["control"]["impressions"] == 100
     assert arms["lift"] == pytest.approx(logged.ctr[:300].mean() - logged.ctr[300:].mean())
+    by_arm = arms["by_arm"]
+    assert by_arm["policy"]["ctr"] == pytest.approx(logged.ctr[:300].mean())
+    assert by_arm["policy"]["ild"] == pytest.approx(logged.ild[:300].mean())
+    assert by_arm["control"]["lift"] is None and by_arm["policy"]["lift"]["lift"] == pytest.approx(arms["lift"])
+    shown = {r for o, s in zip(logged.observations[300:], logged.slates[300:]) for r in o.rows[s]}
+    assert by_arm["control"]["coverage"] == pytest.approx(len(shown) / len(ids))
+    point = loop.timeline[-1]  # the dashboard's point of this round
+    assert point["serving_version"] == loop.serving_version and point["lift"] == arms["lift"]
+    assert point["arms"]["control"]["impressions"] == 100 and point["gate"]["candidate"] is not None
 
 
 class _Control:
