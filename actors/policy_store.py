@@ -5,6 +5,8 @@
     store_dir/                (a local path or a URI: streamrec.storage)
       LATEST                  {"version": 12}           (replaced atomically)
       CANARY                  {"version": 13, "share": 0.2}   (only while a canary runs)
+      EXPERIMENT              an rl.experiment.Experiment: an operator's arms (only while one runs)
+      history.jsonl           what went live, was refused or rolled back, experiments started and stopped
       v000012/manifest.json   an rl.manifest.PolicyManifest: version, parent, sha256, created, spec, stage, ...
       v000012/weights.safetensors
 
@@ -24,6 +26,12 @@ mixture's exact propensities, so the gate's off-policy estimate of the candidate
 evidence the logs support. Then ``promote`` makes it LATEST, or ``end_canary`` refuses it. A
 manifest's ``stage`` says which: ``live`` (served as LATEST at some point), ``canary`` or
 ``refused``; a refused version is never a rollback target.
+
+Experiments (``streamrec experiment``, ``/v1/admin/experiment``): ``start_experiment`` stores an
+operator's arms (:class:`rl.experiment.Experiment`: stored versions, user shares, shadow or
+served) after checking every arm's version is stored; replicas follow it through ``serving()``
+like the live version and the canary, and its versions are kept on disk while it runs.
+``stop_experiment`` ends it. Both are in the history with the operator's name.
 :class:`PolicyStore` is the named, detached Ray actor around it.
 """
 
@@ -37,12 +45,21 @@ import time
 
 import ray
 
+from rl.experiment import Experiment
 from rl.manifest import PolicyManifest, serving_key
 from rl.policies import expected_shapes
 from rl.weights import WeightsError, sha256_hex, unpack
 from streamrec.storage import Location
 
-__all__ = ["PolicyDirectory", "PolicyStore"]
+__all__ = ["PolicyDirectory", "PolicyStore", "ExperimentConflict", "NoExperiment"]
+
+
+class ExperimentConflict(ValueError):
+    """An experiment is already running."""
+
+
+class NoExperiment(ValueError):
+    """No experiment is running."""
 
 
 class PolicyDirectory:
@@ -89,9 +106,17 @@ class PolicyDirectory:
         except (FileNotFoundError, KeyError, ValueError):
             return None
 
+    def experiment(self) -> dict | None:
+        """The running experiment (:meth:`rl.experiment.Experiment.to_dict`), or None."""
+        try:
+            return self.loc.read_json("EXPERIMENT")
+        except (FileNotFoundError, ValueError):
+            return None
+
     def serving(self) -> dict:
-        """What replicas should serve, in one call: ``{"latest": manifest | None, "canary": manifest | None}``."""
-        return {"latest": self.latest(), "canary": self.canary()}
+        """What replicas should serve, in one call: ``{"latest": manifest | None, "canary": manifest
+        | None, "experiment": experiment | None}``."""
+        return {"latest": self.latest(), "canary": self.canary(), "experiment": self.experiment()}
 
     def serving_change(self, known: list | None, wait_s: float = 0.0) -> dict:
         """:meth:`serving`, at once: a directory has nobody to wake a waiter (the actor,
@@ -155,6 +180,39 @@ class PolicyDirectory:
         self._record("refuse", int(version), reason)
         return full
 
+    def start_experiment(self, definition: dict, operator: str = "operator") -> dict:
+        """Run an operator's experiment (``definition``: :meth:`rl.experiment.Experiment.from_dict`);
+        returns it as stored. ValueError naming the field when it is invalid, an arm's version is
+        not stored, or an experiment already runs."""
+        exp = Experiment.from_dict(definition)
+        running = self.experiment()
+        if running is not None:
+            raise ExperimentConflict(f"experiment {running['name']!r} is running: stop it first")
+        for i, a in enumerate(exp.arms):
+            try:
+                self.manifest(a.version)
+            except KeyError as e:
+                raise ValueError(f"arms[{i}].version: {e.args[0]}") from None
+        stored = exp.to_dict()
+        self.loc.write_json("EXPERIMENT", stored)
+        arms = ", ".join(f"{a.name}=v{a.version} {a.share:.0%}{' shadow' if a.shadow else ''}" for a in exp.arms)
+        self._record("experiment_start", self._live_version(), f"{exp.name} by {operator}: {arms}")
+        return stored
+
+    def stop_experiment(self, reason: str = "stopped", operator: str = "operator") -> dict:
+        """End the running experiment (ValueError when none runs); returns what ran."""
+        running = self.experiment()
+        if running is None:
+            raise NoExperiment("no experiment is running")
+        self.loc.remove("EXPERIMENT")
+        self._record("experiment_stop", self._live_version(), f"{running['name']} by {operator}: {reason}")
+        self._prune()
+        return running
+
+    def _live_version(self) -> int:
+        m = self.latest()
+        return 0 if m is None else int(m["version"])
+
     # -- the record of what went live and why --------------------------------------------------
     def _record(self, action: str, version: int, reason: str) -> None:
         """One line of ``history.jsonl`` (append-only; never pruned): what changed, when and why."""
@@ -162,7 +220,8 @@ class PolicyDirectory:
         self.loc.append_line("history.jsonl", line)
 
     def history(self, limit: int = 100) -> list[dict]:
-        """The newest ``limit`` entries of the record: publish, canary, promote, refuse, rollback."""
+        """The newest ``limit`` entries of the record: publish, canary, promote, refuse, rollback,
+        experiment_start, experiment_stop."""
         try:
             lines = self.loc.read_bytes("history.jsonl").decode().splitlines()
         except FileNotFoundError:
@@ -227,8 +286,9 @@ class PolicyDirectory:
                                    "rollback_of_parent": m.get("parent"), "rollback_reason": reason})
 
     def _prune(self) -> None:
-        """Keep the newest ``keep`` versions, and always the served one and the canary."""
+        """Keep the newest ``keep`` versions, and always the served one, the canary and the experiment's."""
         pinned = {m["version"] for m in (self.latest(), self.canary()) if m is not None}
+        pinned |= {int(a["version"]) for a in (self.experiment() or {}).get("arms", [])}
         for v in self.versions()[:-self.keep]:
             if v not in pinned:
                 self.loc.remove(self._dir(v))
@@ -285,6 +345,8 @@ class PolicyStore(PolicyDirectory):
     promote = _waking(PolicyDirectory.promote)
     end_canary = _waking(PolicyDirectory.end_canary)
     rollback = _waking(PolicyDirectory.rollback)
+    start_experiment = _waking(PolicyDirectory.start_experiment)
+    stop_experiment = _waking(PolicyDirectory.stop_experiment)
 
     @ray.method(concurrency_group="watch")
     def serving_change(self, known: list | None, wait_s: float = 20.0) -> dict:

@@ -4,6 +4,8 @@
     streamrec status [--json]                               # from any shell
     streamrec down                                          # from any shell
     streamrec report [--since T] [--until T] [--out DIR]    # exposure report over the samples topic
+    streamrec experiment start NAME --arm b=12:0.1 [--shadow s=13:0.05]   # an operator's A/B test
+    streamrec experiment status | stop [--reason R]
 """
 
 from __future__ import annotations
@@ -173,6 +175,116 @@ def config(config: Optional[Path] = ConfigOpt) -> None:
     path, settings = _load(config)
     console.print(f"[green]{path}[/green] is valid")
     print(json.dumps(settings.public_dict(), indent=2))
+
+
+experiment_app = typer.Typer(help="Operator experiments: arms of stored policy versions served to (or computed "
+                              "in shadow for) sticky shares of users, measured against the control arm.",
+                              no_args_is_help=True)
+app.add_typer(experiment_app, name="experiment")
+UrlOpt = typer.Option(None, "--url", help="The API (default: the running `streamrec up`'s).")
+KeyOpt = typer.Option(None, "--key", envvar="STREAMREC_ADMIN_KEY",
+                      help="Admin key (auth.admin_keys; else an API key when the server has keys).")
+
+
+def _admin(method: str, url: Optional[str], run_dir: Optional[Path], key: Optional[str], operator: Optional[str],
+           **kw) -> dict:
+    """One call of the API's ``/v1/admin/experiment``; prints the error and exits 1 on a 4xx/5xx."""
+    import httpx
+
+    if url is None:
+        url = (((RunDir(run_dir).read() or {}).get("serve")) or {}).get("url")
+        if not url:
+            err.print("[red]no API[/red]: pass --url, or run `streamrec up`")
+            raise typer.Exit(2)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    if operator:
+        headers["X-Streamrec-Operator"] = operator
+    try:
+        r = httpx.request(method, url.rstrip("/") + "/v1/admin/experiment", headers=headers, timeout=30, **kw)
+    except httpx.HTTPError as e:
+        err.print(f"[red]cannot reach {url}[/red]: {e}")
+        raise typer.Exit(1)
+    body = r.json()
+    if r.status_code >= 400:
+        err.print(f"[red]{r.status_code}[/red]: {body.get('error', body)}")
+        raise typer.Exit(1)
+    return body
+
+
+def parse_arm(spec: str, shadow: bool) -> dict:
+    """``NAME=VERSION:SHARE`` -> an arm (ValueError naming what is wrong)."""
+    name, eq, rest = spec.partition("=")
+    version, colon, share = rest.partition(":")
+    if not (eq and colon and name):
+        raise ValueError(f"{spec!r}: write an arm as NAME=VERSION:SHARE, e.g. b=12:0.1")
+    try:
+        return {"name": name, "version": int(version), "share": float(share), "shadow": shadow}
+    except ValueError:
+        raise ValueError(f"{spec!r}: VERSION must be an integer and SHARE a number") from None
+
+
+@experiment_app.command("start")
+def experiment_start(
+    name: str = typer.Argument(..., help="The experiment's name (also its assignment salt unless --salt)."),
+    arm: list[str] = typer.Option([], "--arm", help="A served arm: NAME=VERSION:SHARE (repeat for more)."),
+    shadow: list[str] = typer.Option([], "--shadow", help="A shadow arm, computed and logged, never shown: NAME=VERSION:SHARE."),
+    salt: Optional[str] = typer.Option(None, help="Salt of the users' assignment hash (default: the name)."),
+    operator: Optional[str] = typer.Option(None, help="Your name, for the store's history."),
+    url: Optional[str] = UrlOpt, key: Optional[str] = KeyOpt, run_dir: Optional[Path] = RunDirOpt,
+) -> None:
+    """Start an experiment; every replica serves it within a second."""
+    try:
+        arms = [parse_arm(a, False) for a in arm] + [parse_arm(a, True) for a in shadow]
+    except ValueError as e:
+        err.print(f"[red]bad arm[/red]: {e}")
+        raise typer.Exit(2)
+    body = {"name": name, "arms": arms, **({"salt": salt} if salt else {})}
+    console.print(_experiment_table(_admin("PUT", url, run_dir, key, operator, json=body)))
+
+
+@experiment_app.command("stop")
+def experiment_stop(reason: str = typer.Option("stopped", help="Why, for the store's history."),
+                    operator: Optional[str] = typer.Option(None, help="Your name, for the store's history."),
+                    url: Optional[str] = UrlOpt, key: Optional[str] = KeyOpt, run_dir: Optional[Path] = RunDirOpt) -> None:
+    """Stop the running experiment; its users see the live version again."""
+    out = _admin("DELETE", url, run_dir, key, operator, params={"reason": reason})
+    console.print(f"experiment {out['experiment']['name']} stopped.")
+
+
+@experiment_app.command("status")
+def experiment_status(url: Optional[str] = UrlOpt, key: Optional[str] = KeyOpt, run_dir: Optional[Path] = RunDirOpt,
+                      as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """The running experiment and each arm's figures (CTR, lift over control, ILD, coverage)."""
+    out = _admin("GET", url, run_dir, key, None)
+    if as_json:
+        print(json.dumps(out, indent=2))
+    else:
+        console.print(_experiment_table(out))
+
+
+def _experiment_table(out: dict[str, Any]) -> Table:
+    exp, figures = out.get("experiment"), out.get("figures") or {}
+    t = Table(title="no experiment running" if exp is None else f"experiment {exp['name']}")
+    for col in ("arm", "version", "users", "impressions", "CTR [95%]", "lift vs control", "ILD", "coverage"):
+        t.add_column(col)
+    by_arm, shadows = figures.get("by_arm") or {}, figures.get("shadow") or {}
+    arms = [] if exp is None else exp["arms"]
+    rows = [("policy", "live", None), ("control", "random", None), *((a["name"], a["version"], a) for a in arms)]
+    for name, version, a in rows:
+        f = by_arm.get(name)
+        users = "" if a is None else f"{a['share']:.0%}" + (" shadow" if a["shadow"] else "")
+        if a is not None and a["shadow"]:
+            sh = shadows.get(name) or {}
+            t.add_row(name, f"v{version}", users, str(sh.get("slates", 0)) + " computed",
+                      "", "", "", f"overlap {sh['overlap']:.2f}" if sh else "")
+            continue
+        lift = (f or {}).get("lift") or {}
+        t.add_row(name, str(version) if a is None else f"v{version}", users, str((f or {}).get("impressions", 0)),
+                  "" if f is None else f"{f['ctr']:.3f} [{f['low']:.3f}, {f['high']:.3f}]",
+                  "" if lift.get("lift") is None else f"{lift['lift']:+.3f} [{lift['low']:+.3f}, {lift['high']:+.3f}] "
+                                                      f"p={lift['p_value']:.3g}",
+                  "" if f is None else f"{f['ild']:.3f}", "" if f is None else f"{f['coverage']:.3f}")
+    return t
 
 
 def _loop_line(snap: dict[str, Any]) -> str:

@@ -151,8 +151,11 @@ class Logged:
     """(B,) the arm that served each impression (``ImpressionFeatures.arm``)."""
     ild: np.ndarray | None = None
     """(B,) each shown slate's intra-list diversity."""
+    shadows: np.ndarray | None = None
+    """(B,) the shadow arm's name and the share of its slate's items the served slate also showed,
+    for an impression served while a shadow arm computed its own slate (else None)."""
 
-    _PER_SAMPLE = ("propensities", "ts", "versions", "mixture", "mixture_versions", "arms", "ild")
+    _PER_SAMPLE = ("propensities", "ts", "versions", "mixture", "mixture_versions", "arms", "ild", "shadows")
 
     def __len__(self) -> int:
         return len(self.observations)
@@ -187,7 +190,7 @@ def samples_to_logged(samples: Sequence, featurizer: Featurizer, spec: PolicySpe
     """TrainingSamples -> observations, slates and rewards (position-weighted typed rewards + lam * ILD)."""
     lay = spec.layout
     obs, acts, logps, rewards, dis, observations, clicks, props, ts, versions = [], [], [], [], [], [], [], [], [], []
-    mixture, mixture_versions, arms, ilds = [], [], [], []
+    mixture, mixture_versions, arms, ilds, shadows = [], [], [], [], []
     skipped = 0
     pw = position_weights(spec.slate_size)
     for s in samples:
@@ -218,6 +221,9 @@ def samples_to_logged(samples: Sequence, featurizer: Featurizer, spec: PolicySpe
         rewards.append(float(c @ pw + lam * diversity))
         ilds.append(diversity)
         arms.append(f.arm)
+        sh = f.shadow
+        shadows.append(None if sh is None or not sh.items else
+                       (sh.arm, len(set(sh.items) & set(s.items)) / len(sh.items)))
         dis.append(scores / spec.temperature if scores is not None else np.zeros(len(cands), np.float32))
         observations.append(o)
         clicks.append(c)
@@ -237,5 +243,12 @@ def samples_to_logged(samples: Sequence, featurizer: Featurizer, spec: PolicySpe
     return Logged(batch, observations, batch.actions, np.asarray(clicks, np.float64).reshape(-1, k), skipped,
                   np.asarray(props, np.float64).reshape(-1, k), np.asarray(ts, np.float64),
                   np.asarray(versions, np.int64), np.asarray(mixture, np.float64).reshape(-1, 2, k),
-                  np.asarray(mixture_versions, np.int64).reshape(-1, 2), np.asarray(arms, dtype=object),
-                  np.asarray(ilds, np.float64))
+                  np.asarray(mixture_versions, np.int64).reshape(-1, 2), _objects(arms),
+                  np.asarray(ilds, np.float64), _objects(shadows))
+
+
+def _objects(values: list) -> np.ndarray:
+    """A (B,) object array of ``values`` (tuples stay whole elements)."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out

@@ -20,11 +20,14 @@ STAGES = ("live", "canary", "refused")
 
 def serving_key(state: Mapping[str, Any]) -> list:
     """What a store's ``serving()`` state says replicas should serve, reduced to what changes it:
-    ``[latest version, canary version, canary share]`` (None where there is none)."""
-    latest, canary = state.get("latest"), state.get("canary")
+    ``[latest version, canary version, canary share, experiment name, experiment start]`` (None
+    where there is none)."""
+    latest, canary, exp = state.get("latest"), state.get("canary"), state.get("experiment")
     return [None if latest is None else int(latest["version"]),
             None if canary is None else int(canary["version"]),
-            None if canary is None else float(canary["share"])]
+            None if canary is None else float(canary["share"]),
+            None if exp is None else str(exp.get("name")),
+            None if exp is None else float(exp.get("started", 0.0))]
 
 
 @dataclass(frozen=True)

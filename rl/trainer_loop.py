@@ -215,6 +215,7 @@ class TrainerLoop:
         self.trained_through: dict[str, int] = dict(latest.get("trained_through", {})) if latest else {}
         self.holdout: list[Logged] = []  # held-out samples of recent rounds (never trained on)
         self._arms: deque[ArmImpression] = deque(maxlen=t.lift_window)  # the most recent served impressions
+        self._shadows: deque[tuple[str, float]] = deque(maxlen=t.lift_window)  # (shadow arm, overlap) of recent ones
         self.timeline: deque[dict] = deque(maxlen=t.timeline_points)
         """One point per round (:meth:`_timeline_point`): what the dashboard draws."""
         # DR's direct method, grown on every round's training samples (never on held-out ones): a
@@ -363,8 +364,9 @@ class TrainerLoop:
 
     def _count_arms(self, logged: Logged) -> None:
         """Per-arm figures over the last ``trainer.lift_window`` impressions (``stats["arms"]``): the
-        live policy's lift over the control arm (:func:`rl.metrics.lift_over_control`) and, under
-        ``by_arm``, every arm's CTR, ILD, coverage and lift (:func:`rl.metrics.arm_figures`)."""
+        live policy's lift over the control arm (:func:`rl.metrics.lift_over_control`); under
+        ``by_arm``, every arm's CTR, ILD, coverage and lift (:func:`rl.metrics.arm_figures`); under
+        ``shadow``, each shadow arm's slates computed and their overlap with the served ones."""
         if logged.arms is None or not len(logged.arms):
             return
         self._arms.extend(ArmImpression(str(a), bool(c), float(d), tuple(o.rows[s].tolist()))
@@ -372,8 +374,14 @@ class TrainerLoop:
                                                    logged.slates))
         by_arm = arm_figures(self._arms, max(1, len(self.featurizer.item_ids)))
         n = {a: (f["impressions"], round(f["ctr"] * f["impressions"])) for a, f in by_arm.items()}
+        if logged.shadows is not None:
+            self._shadows.extend(x for x in logged.shadows if x is not None)
+        shadow: dict[str, list[float]] = {}
+        for arm, overlap in self._shadows:
+            shadow.setdefault(arm, []).append(overlap)
         self.stats["arms"] = {**lift_over_control(*n.get("policy", (0, 0)), *n.get("control", (0, 0))),
-                              "by_arm": by_arm}
+                              "by_arm": by_arm,
+                              "shadow": {a: {"slates": len(v), "overlap": float(np.mean(v))} for a, v in shadow.items()}}
 
     def _timeline_point(self, out: dict | None) -> None:
         """One point of :attr:`timeline`: the served version, this round's gate decision and
@@ -552,7 +560,8 @@ class TrainerLoop:
     def _watch(self, logged: Logged, out: dict) -> None:
         """Count what each version served; roll the live version back when the sequential test finds
         it worse than the version it replaced."""
-        self.watch.add(logged.versions, logged.ctr)
+        live = slice(None) if logged.arms is None else logged.arms == "policy"  # not an experiment's arms
+        self.watch.add(logged.versions[live], logged.ctr[live])
         result = self.watch.check()
         if result is None or result.decision != "worse":
             return

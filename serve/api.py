@@ -1,7 +1,7 @@
 """The HTTP contract: request/response models, limits, API keys, error bodies, Prometheus text. No Serve here.
 
 Every error is JSON ``{"error": "<message naming the field>"}`` with a 4xx status: 401 missing
-or wrong key, 413 body too large, 422 invalid or unknown fields (FastAPI's validation, rewritten
+or wrong key (an admin key on ``/v1/admin/...`` when ``auth.admin_keys`` is set), 413 body too large, 422 invalid or unknown fields (FastAPI's validation, rewritten
 so the message names the field path), 503 overloaded, not ready yet or its replica lost (the
 message says which) with ``Retry-After``; the ingress answers its own 503/504 in the same shape
 (``serve/haproxy_ingress.py``). Keys are compared in
@@ -22,7 +22,8 @@ from streamrec.events import FEEDBACK_TYPES, MAX_ID_CHARS
 
 __all__ = ["RecommendRequest", "RequestContext", "FeedbackRequest", "RecommendResponse", "RankedItem", "ErrorBody",
            "Accepted", "ERRORS",
-           "validation_message", "check_bearer", "is_loopback", "require_keys_off_loopback", "Metrics",
+           "validation_message", "check_bearer", "bearer_index", "ArmRequest", "ExperimentRequest", "ExperimentStatus",
+           "ADMIN_ERRORS", "is_loopback", "require_keys_off_loopback", "Metrics",
            "AuthConfigError", "GuardState"]
 
 Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
@@ -95,6 +96,34 @@ class RecommendResponse(BaseModel):
     items: list[RankedItem]
 
 
+class ArmRequest(_Strict):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    """Not ``policy`` or ``control`` (the live version and the control arm)."""
+    version: int = Field(ge=1)
+    """A stored policy version."""
+    share: float = Field(gt=0, lt=1)
+    """Share of users in this arm (sticky per user)."""
+    shadow: bool = False
+    """Compute this arm's slate beside the live one's and log it; never show it."""
+
+
+class ExperimentRequest(_Strict):
+    """An operator's experiment (rl/experiment.py): arms of stored versions with user shares that add up to < 1."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    arms: list[ArmRequest] = Field(min_length=1, max_length=20)
+    salt: str | None = Field(None, max_length=64)
+    """The assignment hash's salt (default: the name)."""
+
+
+class ExperimentStatus(BaseModel):
+    experiment: dict | None
+    """The running experiment as stored (name, salt, started, arms), or null."""
+    figures: dict | None = None
+    """The trainer's per-arm figures over its lift window (impressions, CTR with its interval, ILD,
+    coverage, lift over control; shadow arms' slates and overlap), or null before the first round."""
+
+
 class ErrorBody(BaseModel):
     """Every error the API answers: one message naming the field or the condition."""
 
@@ -118,6 +147,13 @@ ERRORS: dict[int, dict] = {
                    "or the replica answering it was lost: retry after Retry-After seconds"},
     504: {**_E, "description": "The ingress stopped waiting for the replica (serve.mode throughput, "
                                "RAY_SERVE_HAPROXY_TIMEOUT_SERVER_S; unset, it waits)"},
+}
+#: the admin routes' errors (401: an admin key when ``auth.admin_keys`` is set)
+ADMIN_ERRORS: dict[int, dict] = {
+    **{s: ERRORS[s] for s in (400, 401, 413, 422)},
+    404: {**_E, "description": "No experiment is running"},
+    409: {**_E, "description": "An experiment is already running: stop it first"},
+    503: {**_E, "description": "The policy store did not answer: retry after Retry-After seconds"},
 }
 
 
@@ -153,16 +189,20 @@ def require_keys_off_loopback(host: str, keys: Sequence[str]) -> None:
 
 
 def check_bearer(header: str | None, keys: Sequence[bytes]) -> bool:
-    """True when ``Authorization: Bearer <key>`` names one of ``keys``; constant time over all keys."""
-    if not keys:
-        return True
+    """True when ``Authorization: Bearer <key>`` names one of ``keys`` (or there are none); constant time over all keys."""
+    return not keys or bearer_index(header, keys) is not None
+
+
+def bearer_index(header: str | None, keys: Sequence[bytes]) -> int | None:
+    """Which of ``keys`` ``Authorization: Bearer <key>`` names (its position), or None; constant time over all keys."""
     if not header or not header.startswith("Bearer "):
-        return False
+        return None
     given = header[len("Bearer "):].strip().encode()
-    ok = False
-    for k in keys:  # no early exit: the time does not depend on which key matched
-        ok |= hmac.compare_digest(given, k)
-    return ok
+    found = None
+    for i, k in enumerate(keys):  # no early exit: the time does not depend on which key matched
+        if hmac.compare_digest(given, k):
+            found = i
+    return found
 
 
 class Metrics:
@@ -221,7 +261,9 @@ class Metrics:
 class GuardState:
     """What the HTTP guard checks (keys, body limit) and counts (metrics) for one Ranker replica."""
 
-    def __init__(self, keys: Sequence[bytes] = (), max_body: int = 1_000_000):
+    def __init__(self, keys: Sequence[bytes] = (), max_body: int = 1_000_000, admin_keys: Sequence[bytes] = ()):
         self.keys: list[bytes] = list(keys)
+        self.admin_keys: list[bytes] = list(admin_keys)
+        """The admin routes' keys (``auth.admin_keys``); empty: the API keys."""
         self.max_body = max_body
         self.metrics = Metrics()

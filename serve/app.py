@@ -64,7 +64,8 @@ class Ranker:
         self.settings = s = _validated(args)  # env overrides (API keys) are read here, in the replica
         self.encoder = encoder
         self.contexts = LRU(s.serve.encoder_cache_size)  # text -> (d,) vector, as the encoder would answer
-        self.guard = GuardState([k.get_secret_value().encode() for k in s.auth.api_keys], s.serve.max_body_bytes)
+        self.guard = GuardState([k.get_secret_value().encode() for k in s.auth.api_keys], s.serve.max_body_bytes,
+                                [k.get_secret_value().encode() for k in s.auth.admin_keys])
         self.metrics = self.guard.metrics
         self.metrics.export = self.telemetry = Telemetry()
         k = s.kafka
@@ -157,6 +158,41 @@ class Ranker:
     async def dashboard(self, since: float) -> dict[str, Any]:
         """The dashboard's data (serve/dashboard.py), gathered off the event loop."""
         return await asyncio.to_thread(self._dashboard, since)
+
+    async def experiment(self, action: str, *args) -> JSONResponse:
+        """``status``, ``start`` (definition, operator) or ``stop`` (reason, operator) the store's
+        experiment; answers it with the trainer's per-arm figures."""
+        return await asyncio.to_thread(self._experiment, action, *args)
+
+    def _experiment(self, action: str, *args) -> JSONResponse:
+        import ray
+
+        from actors.policy_store import ExperimentConflict, NoExperiment
+
+        store, status = self.replica.store, 200
+        try:
+            if action == "start":
+                exp, status = store.start_experiment(*args), 201
+            elif action == "stop":
+                exp = store.stop_experiment(*args)
+            else:
+                exp = store.experiment()
+        except ExperimentConflict as e:
+            return error(409, _message(e))
+        except NoExperiment as e:
+            return error(404, _message(e))
+        except ValueError as e:
+            return error(422, _message(e))
+        except (ray.exceptions.RayError, TimeoutError) as e:
+            return error(503, f"the policy store did not answer: {type(e).__name__}", {"Retry-After": "2"})
+        figures = None
+        trainer = registry.lookup(registry.TRAINER)
+        if trainer is not None:
+            try:
+                figures = ray.get(trainer.metrics.remote(), timeout=5).get("arms")
+            except Exception:  # the trainer restarting: the experiment is answered without figures
+                pass
+        return JSONResponse(json_safe({"experiment": exp, "figures": figures}), status_code=status)
 
     def _export_state(self) -> None:
         """What this replica serves, for the cluster-wide metrics."""
@@ -255,6 +291,11 @@ class Ranker:
 
     def __del__(self):
         self._stop.set()
+
+
+def _message(e: Exception) -> str:
+    """An actor's exception's own message (a Ray task error's ``cause``; its str has the traceback)."""
+    return str(getattr(e, "cause", None) or e)
 
 
 class ProfileStoreFinder:

@@ -7,13 +7,17 @@ Every Ranker replica (and the benchmark's in-process clients) holds one::
     follower.poll(state)       # the same with a state the caller already has (a long poll's answer)
     follower.current           # (featurizer, policy, version) — replaced in one assignment
     follower.canary            # a candidate served on a share of requests (Canary), or None
+    follower.experiment        # the operator's experiment with its arms' policies (ServedExperiment), or None
     follower.set_catalog(ids, vectors, rows, num_rows)   # another catalog version: the same weights over its items
 
 A new version is fetched, checked (sha256, finite, the tensor names and shapes its spec
 implies), converted into the serving model and warmed up on a dummy request before the swap.
 Anything wrong leaves the old version serving and is counted in ``refused``/``last_error``.
 Versions only move forward. A canary (:meth:`actors.policy_store.PolicyDirectory.publish_canary`)
-is loaded the same way; it is dropped when the store ends or promotes it.
+is loaded the same way; it is dropped when the store ends or promotes it. An experiment's arms
+(:class:`rl.experiment.Experiment`) are loaded the same way too; an arm whose version cannot be
+served here (refused, or ranking over other item features than the live version) is left out, and
+its users see the live version (``last_error`` says why).
 """
 
 from __future__ import annotations
@@ -25,13 +29,14 @@ from typing import Protocol
 
 import numpy as np
 
+from rl.experiment import Experiment
 from rl.features import Featurizer, table_rows
 from rl.manifest import PolicyManifest
 from rl.policies import Policy, expected_shapes, policy_from_state
 from rl.spec import Observation, PolicySpec
 from rl.weights import WeightsError, unpack
 
-__all__ = ["PolicyFollower", "Served", "Canary", "StoreReader", "CatalogBehind"]
+__all__ = ["PolicyFollower", "Served", "Canary", "ServedExperiment", "StoreReader", "CatalogBehind"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +70,14 @@ class Canary:
     share: float
 
 
+@dataclass(frozen=True, eq=False)
+class ServedExperiment:
+    """The running experiment and, per arm whose version loaded, (policy, version)."""
+
+    experiment: Experiment
+    policies: dict[str, tuple[Policy, int]]
+
+
 class CatalogBehind(WeightsError):
     """A version built for item rows this replica's catalog does not have yet: it is fetched again
     once the replica follows the newer catalog (:meth:`PolicyFollower.set_catalog`)."""
@@ -79,6 +92,7 @@ class PolicyFollower:
         self.explore = explore
         self.current: Served | None = None
         self.canary: Canary | None = None
+        self.experiment: ServedExperiment | None = None
         self.refused = 0
         self.swaps = 0
         self.rollbacks = 0
@@ -140,7 +154,30 @@ class PolicyFollower:
             new = None if loaded is None else Canary(loaded.policy, want, float(canary["share"]))
             changed |= new is not None or self.canary is not None
             self.canary = new
-        return changed
+        return self._follow_experiment(state.get("experiment")) or changed
+
+    def _follow_experiment(self, raw: dict | None) -> bool:
+        """Load the arms of the store's experiment (or drop the one served). True when it changed."""
+        if raw is None or self.current is None:
+            changed, self.experiment = self.experiment is not None, None
+            return changed
+        exp = Experiment.from_dict(raw)
+        if self.experiment is not None and self.experiment.experiment == exp:
+            return False
+        policies: dict[str, tuple[Policy, int]] = {}
+        for a in exp.arms:
+            if a.version == self.current.version:
+                policies[a.name] = (self.current.policy, a.version)
+                continue
+            loaded = None if a.version in self._refused_versions else self._load_or_refuse(a.version)
+            if loaded is not None and not np.array_equal(loaded.featurizer.projection, self.current.featurizer.projection):
+                self.last_error = (f"experiment {exp.name}: arm {a.name} (version {a.version}) ranks over other item "
+                                   f"features than the live version: its users see the live version")
+                loaded = None
+            if loaded is not None:
+                policies[a.name] = (loaded.policy, a.version)
+        self.experiment = ServedExperiment(exp, policies)
+        return True
 
     def _load_or_refuse(self, version: int) -> Served | None:
         try:

@@ -16,14 +16,29 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve.dashboard import ASSETS, asset
-from serve.api import (ERRORS, Accepted, FeedbackRequest, GuardState, RecommendRequest, RecommendResponse, check_bearer,
-                       validation_message)
+from serve.api import (ADMIN_ERRORS, ERRORS, Accepted, ExperimentRequest, ExperimentStatus, FeedbackRequest, GuardState,
+                       RecommendRequest, RecommendResponse, bearer_index, check_bearer, validation_message)
 
-__all__ = ["make_api", "error", "Guard", "OPEN_PATHS"]
+__all__ = ["make_api", "error", "Guard", "OPEN_PATHS", "ADMIN_PREFIX", "operator_of"]
 
 OPEN_PATHS = {"/healthz", "/docs", "/openapi.json", "/dashboard"}
 """Paths answered without an API key (besides everything under ``/dashboard/``: the page's static
 files). None of them carries data about users or the loop; ``/v1/dashboard`` does, and needs a key."""
+
+
+ADMIN_PREFIX = "/v1/admin/"
+"""Routes for operators: with ``auth.admin_keys`` set they take only those keys."""
+
+
+def operator_of(request: Request, guard: GuardState) -> str:
+    """Who made an admin call, for the store's history: the admin key's position (never the key)
+    and the ``X-Streamrec-Operator`` header when given."""
+    header = request.headers.get("authorization")
+    keys, kind = (guard.admin_keys, "admin key") if guard.admin_keys else (guard.keys, "API key")
+    i = bearer_index(header, keys) if keys else None
+    who = f"{kind} {i + 1}" if i is not None else "an operator on an API without keys"
+    named = (request.headers.get("x-streamrec-operator") or "").strip()[:64]
+    return f"{named} ({who})" if named else who
 
 
 def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -43,6 +58,8 @@ class Handlers(Protocol):
     def not_ready(self) -> str | None: ...
 
     async def dashboard(self, since: float) -> dict[str, Any]: ...
+
+    async def experiment(self, action: str, *args) -> JSONResponse: ...
 
 
 class Guard:
@@ -72,8 +89,12 @@ class Guard:
         try:
             headers = dict(scope.get("headers") or ())
             auth = headers.get(b"authorization")
-            if (path not in OPEN_PATHS and not path.startswith("/dashboard/")
-                    and not check_bearer(auth.decode("latin-1") if auth else None, state.keys)):
+            header = auth.decode("latin-1") if auth else None
+            if path.startswith(ADMIN_PREFIX) and state.admin_keys:
+                if bearer_index(header, state.admin_keys) is None:
+                    return await error(401, "missing or wrong admin key (Authorization: Bearer <admin key>)",
+                                       {"WWW-Authenticate": "Bearer"})(scope, receive, send_and_note)
+            elif path not in OPEN_PATHS and not path.startswith("/dashboard/") and not check_bearer(header, state.keys):
                 return await error(401, "missing or wrong API key (Authorization: Bearer <key>)",
                                    {"WWW-Authenticate": "Bearer"})(scope, receive, send_and_note)
 
@@ -169,6 +190,22 @@ def make_api(ranker: Handlers, guard: GuardState) -> FastAPI:
         if name not in ASSETS:
             return error(404, f"no dashboard file {name!r}")
         return Response(asset(name), media_type=ASSETS[name], headers={"Cache-Control": "max-age=3600"})
+
+    @api.get("/v1/admin/experiment", response_model=ExperimentStatus, responses=ADMIN_ERRORS)
+    async def experiment_status():
+        """The running experiment and the trainer's per-arm figures."""
+        return await ranker.experiment("status")
+
+    @api.put("/v1/admin/experiment", status_code=201, response_model=ExperimentStatus, responses=ADMIN_ERRORS)
+    async def experiment_start(body: ExperimentRequest, request: Request):
+        """Start an experiment: arms of stored versions, each served to (or, ``shadow``, computed
+        for) a sticky share of users; every replica follows it. 409 while one runs."""
+        return await ranker.experiment("start", body.model_dump(exclude_none=True), operator_of(request, guard))
+
+    @api.delete("/v1/admin/experiment", response_model=ExperimentStatus, responses=ADMIN_ERRORS)
+    async def experiment_stop(request: Request, reason: str = Query("stopped", min_length=1, max_length=200)):
+        """Stop the running experiment (404 when none runs); its users see the live version again."""
+        return await ranker.experiment("stop", reason, operator_of(request, guard))
 
     @api.get("/v1/settings")
     def public_settings() -> dict[str, Any]:

@@ -8,6 +8,11 @@ simulated clients all rank through this class, so they run the same code::
     r.items, r.scores, r.propensities       # (K,) each
     r.features                              # rl.logged.ImpressionFeatures: what training needs to rebuild the input
 
+Experiments: ``swap(..., experiment=ServedExperiment(...))`` serves an operator's arms to their
+users (sticky: :mod:`rl.experiment`); a request of a served arm ranks with that arm's version and
+logs its own propensities, one of a shadow arm ranks with the live version and logs the shadow
+version's slate beside it.
+
 Canary: ``swap(..., canary=Canary(policy, version, share))`` serves a candidate version on
 ``share`` of requests. Every impression then logs the *mixture's* exact per-position
 probabilities (:func:`rl.slate.mixture_position_probs`: its own policy's, and the other policy's
@@ -26,14 +31,14 @@ uniformly and the policy's item-level knowledge (popularity, item-id embeddings,
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
+from rl.experiment import bucket
 from rl.features import Featurizer, context_features
-from rl.logged import CanaryMixture, ImpressionFeatures
+from rl.logged import CanaryMixture, ImpressionFeatures, ShadowSlate
 from rl.policies import Policy
 from rl.bandits import uniform_position_probs
 from rl.slate import mixture_position_probs
@@ -43,13 +48,10 @@ __all__ = ["Ranking", "Ranked", "in_control"]
 
 
 def in_control(user_id: str, share: float, salt: str) -> bool:
-    """Whether ``user_id`` is in the control arm: a salted BLAKE2b hash of the id, read as a number
-    in [0, 1), below ``share``. Sticky (the same user, the same arm, on every replica) and
-    independent of anything else the user does."""
-    if share <= 0:
-        return False
-    h = hashlib.blake2b(user_id.encode(), digest_size=8, key=salt.encode()[:64]).digest()
-    return int.from_bytes(h, "big") / 2**64 < share
+    """Whether ``user_id`` is in the control arm: its :func:`rl.experiment.bucket` under ``salt``
+    below ``share``. Sticky (the same user, the same arm, on every replica) and independent of
+    anything else the user does, and of any experiment's assignment (another salt)."""
+    return share > 0 and bucket(user_id, salt) < share
 
 
 class _Pool:
@@ -76,16 +78,18 @@ class Ranking:
                  retrieval_share: float = 0.5):
         self.max_candidates = num_candidates
         self.retrieval_share = retrieval_share
-        self._live = (featurizer, policy, int(version), None, _Pool(index, featurizer))
+        self._live = (featurizer, policy, int(version), None, _Pool(index, featurizer), None)
 
-    def swap(self, featurizer: Featurizer, policy: Policy, version: int, canary=None, index=None) -> None:
+    def swap(self, featurizer: Featurizer, policy: Policy, version: int, canary=None, index=None,
+             experiment=None) -> None:
         """Atomically replace what ranks: one attribute holds the (featurizer, policy, version,
-        canary, candidate pool) tuple, so a request reads old or new, never half (separate
-        attribute stores could interleave with a request's reads). ``canary``: a
+        canary, candidate pool, experiment) tuple, so a request reads old or new, never half
+        (separate attribute stores could interleave with a request's reads). ``canary``: a
         :class:`serve.follower.Canary` or None; ``index``: the item index of the featurizer's
-        catalog when the catalog changed (else the current one stays)."""
+        catalog when the catalog changed (else the current one stays); ``experiment``: a
+        :class:`serve.follower.ServedExperiment` or None."""
         pool = self._live[4] if index is None else _Pool(index, featurizer)
-        self._live = (featurizer, policy, int(version), canary, pool)
+        self._live = (featurizer, policy, int(version), canary, pool, experiment)
 
     @property
     def index(self):
@@ -98,6 +102,10 @@ class Ranking:
     @property
     def canary(self):
         return self._live[3]
+
+    @property
+    def experiment(self):
+        return self._live[5]
 
     @property
     def featurizer(self) -> Featurizer:
@@ -141,11 +149,13 @@ class Ranking:
 
     def rank(self, profile: np.ndarray | None, context_vec: np.ndarray | None, context: dict | None, k: int,
              rng: np.random.Generator, *, ts: float | None = None, candidates: Sequence[str] | None = None,
-             exclude: Sequence[str] = (), control: bool = False) -> Ranked:
+             exclude: Sequence[str] = (), control: bool = False, user_id: str | None = None) -> Ranked:
         """``control``: the request belongs to the control arm (:func:`in_control`): a uniformly
         random slate of the same candidates, logged with its exact propensities, the live version
-        and ``arm: control``."""
-        featurizer, policy, version, canary, pool = self._live  # one consistent snapshot
+        and ``arm: control``. ``user_id``: whose request it is, for the experiment's assignment
+        (:meth:`rl.experiment.Experiment.arm_of`): a served arm ranks with its own version (logged
+        with its version and name), a shadow arm's slate is logged beside the live one's."""
+        featurizer, policy, version, canary, pool, experiment = self._live  # one consistent snapshot
         live_version = version
         if candidates is None:
             query = None
@@ -167,6 +177,17 @@ class Ranking:
             scores = np.zeros(n)
             return Ranked([candidates[i] for i in slate], scores[slate], probs,
                           ImpressionFeatures(tuple(candidates), user, scores, "random", None, "control"), version)
+        arm = None
+        if experiment is not None and user_id is not None:
+            arm = experiment.experiment.arm_of(user_id)
+            if arm is not None and arm.name not in experiment.policies:
+                arm = None  # its version could not be loaded here: the live version serves
+        if arm is not None and not arm.shadow:
+            arm_policy, arm_version = experiment.policies[arm.name]
+            slate, probs, scores = arm_policy.select(obs, k, rng)
+            return Ranked([candidates[i] for i in slate], np.asarray(scores)[slate], np.asarray(probs),
+                          ImpressionFeatures(tuple(candidates), user, np.asarray(scores), arm_policy.algorithm,
+                                             None, arm.name), arm_version)
         other = None
         if canary is not None:
             share = canary.share
@@ -182,6 +203,13 @@ class Ranking:
             mixture = CanaryMixture(live_version, canary.version, canary.share, tuple(map(float, live)),
                                     tuple(map(float, cand)))
             probs = mixture_position_probs(probs, theirs, share)
+        shadow = None
+        if arm is not None:  # a shadow arm: its version's own slate of the same request, never shown
+            shadow_policy, shadow_version = experiment.policies[arm.name]
+            s_slate, s_probs, _ = shadow_policy.select(obs, k, rng)
+            shadow = ShadowSlate(arm.name, shadow_version, tuple(candidates[i] for i in s_slate),
+                                 tuple(map(float, s_probs)))
         items = [candidates[i] for i in slate]
         return Ranked(items, np.asarray(scores)[slate], np.asarray(probs),
-                      ImpressionFeatures(tuple(candidates), user, np.asarray(scores), policy.algorithm, mixture), version)
+                      ImpressionFeatures(tuple(candidates), user, np.asarray(scores), policy.algorithm, mixture,
+                                         shadow=shadow), version)

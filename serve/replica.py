@@ -87,7 +87,8 @@ class Replica:
                 self.follower.set_catalog(catalog.ids, catalog.vectors, catalog.rows, catalog.num_rows)
                 cur = self.follower.current
                 if cur is not None and self.ranking is not None:
-                    self.ranking.swap(cur.featurizer, cur.policy, cur.version, self.follower.canary, index=index)
+                    self.ranking.swap(cur.featurizer, cur.policy, cur.version, self.follower.canary, index=index,
+                                      experiment=self.follower.experiment)
         return True
 
     def sync_catalog(self) -> bool:
@@ -131,7 +132,8 @@ class Replica:
                     self.ranking = Ranking(cur.featurizer, self.index, cur.policy, cur.version,
                                            self.settings.policy.num_candidates)
                 self.ranking.swap(cur.featurizer, cur.policy, cur.version, self.follower.canary,
-                                  index=None if self.ranking.index is self.index else self.index)
+                                  index=None if self.ranking.index is self.index else self.index,
+                                  experiment=self.follower.experiment)
         return swapped
 
     def follow(self, wait_s: float) -> bool:
@@ -175,7 +177,7 @@ class Replica:
         sv = self.settings.serve
         r = ranking.rank(self.profile(user, history), context_vec, ctx, request.get("k", 10), self.rng,
                          ts=time.time(), candidates=request.get("candidates"), exclude=request.get("exclude") or (),
-                         control=in_control(user, sv.control_share, sv.control_salt))
+                         control=in_control(user, sv.control_share, sv.control_salt), user_id=user)
         return {"items": r.items, "scores": [float(x) for x in r.scores],
                 "propensities": [float(x) for x in r.propensities], "policy_version": r.version,
                 "features": r.features.to_dict(), "replica": self.replica}
@@ -186,7 +188,10 @@ class Replica:
             return {"replica": self.replica, "version": None, "canary": None, "swaps": 0, "refused": 0, "rollbacks": 0,
                     "last_rollback": None, "last_error": self.last_error, "not_ready": self.not_ready(),
                     "profiles": None if self.profiles is None else len(self.profiles)}
+        exp = None if f.experiment is None else {"name": f.experiment.experiment.name,
+                                                 "arms": sorted(f.experiment.policies)}
         return {"replica": self.replica, "version": f.version, "canary": f.canary.version if f.canary else None,
+                "experiment": exp,
                 "catalog": self.catalog_version, "catalog_items": len(f.item_ids), "catalog_swaps": self.catalog_swaps,
                 "swaps": f.swaps, "refused": f.refused, "rollbacks": f.rollbacks, "last_rollback": f.last_rollback,
                 "last_error": self.last_error or f.last_error, "not_ready": self.not_ready(),

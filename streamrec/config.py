@@ -16,6 +16,7 @@ value from the environment is reported like one from the file):
 ``STREAMREC_KAFKA_USERNAME``   ``kafka.security.username``
 ``STREAMREC_KAFKA_PASSWORD``   ``kafka.security.password``
 ``STREAMREC_API_KEYS``         ``auth.api_keys`` (comma separated)
+``STREAMREC_ADMIN_KEYS``       ``auth.admin_keys`` (comma separated)
 ``RAY_ADDRESS``                ``ray.address``
 =============================  ==================================
 """
@@ -423,8 +424,12 @@ SERVE_MODE_ENV: dict[str, dict[str, str]] = {
 class AuthSettings(_Section):
     api_keys: list[SecretStr] = []
     """Bearer keys accepted by the HTTP API; required whenever the HTTP host is not loopback."""
+    admin_keys: list[SecretStr] = []
+    """Bearer keys of the operators: the admin routes (``/v1/admin/...``: experiments) accept only
+    these when set. Unset, the admin routes take the API keys like every other route (so they are
+    never open beyond loopback). The history names the key's position (``admin key 1``), never the key."""
 
-    @field_validator("api_keys")
+    @field_validator("api_keys", "admin_keys")
     @classmethod
     def _nonempty(cls, v: list[SecretStr]) -> list[SecretStr]:
         for k in v:
@@ -486,6 +491,7 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "STREAMREC_KAFKA_USERNAME": ("kafka", "security", "username"),
     "STREAMREC_KAFKA_PASSWORD": ("kafka", "security", "password"),
     "STREAMREC_API_KEYS": ("auth", "api_keys"),
+    "STREAMREC_ADMIN_KEYS": ("auth", "admin_keys"),
     "RAY_ADDRESS": ("ray", "address"),
 }
 
@@ -519,7 +525,7 @@ def _apply_env(args: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         raw = env.get(var)
         if raw is None or raw == "":
             continue
-        value: Any = [k.strip() for k in raw.split(",") if k.strip()] if var == "STREAMREC_API_KEYS" else raw
+        value: Any = [k.strip() for k in raw.split(",") if k.strip()] if var.endswith("_KEYS") else raw
         node = out
         for key in path[:-1]:
             child = node.get(key)

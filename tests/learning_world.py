@@ -50,7 +50,7 @@ def served_samples(core, sim, user_vecs, n, rng, t0=0):
     out = []
     for e in range(t0, t0 + n):
         u, uid, ctx = sim.sample_user(rng)
-        r = core.rank(user_vecs[u], None, ctx, 3, rng, ts=float(e))
+        r = core.rank(user_vecs[u], None, ctx, 3, rng, ts=float(e), user_id=uid)
         c = sim.clicks(u, r.items, ctx, rng)
         out.append(TrainingSample(uuid.uuid4().hex, float(e), uid, tuple(r.items), tuple(map(float, r.propensities)),
                                   r.version, tuple(map(float, c)), ctx, r.features.to_dict(), source=("imp", 0, e)))

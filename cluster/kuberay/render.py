@@ -63,8 +63,9 @@ class RenderOptions:
     """The streamrec image, by the tag you built and pushed (the Dockerfile at the repository root)."""
     name: str = "streamrec"
     secret: str = "streamrec"
-    """Kubernetes Secret with ``api-keys`` (comma separated), ``kafka-bootstrap`` and, for SASL,
-    ``kafka-username`` / ``kafka-password``."""
+    """Kubernetes Secret with ``api-keys`` (comma separated), ``kafka-bootstrap``, optionally
+    ``admin-keys`` (the operators' keys for the admin routes) and, for SASL, ``kafka-username`` /
+    ``kafka-password``."""
     redis_address: str | None = "streamrec-redis:6379"
     """External Redis for GCS fault tolerance (None: no fault tolerance)."""
     redis_secret_key: str = "redis-password"
@@ -155,6 +156,7 @@ def _env(opts: RenderOptions, serve_env: dict[str, str], kafka_sasl: bool) -> li
 
     env = [{"name": k, "value": v} for k, v in {**serve_env, **opts.extra_env}.items()]
     env += [secret("STREAMREC_KAFKA_BOOTSTRAP", "kafka-bootstrap"), secret("STREAMREC_API_KEYS", "api-keys"),
+            secret("STREAMREC_ADMIN_KEYS", "admin-keys", optional=True),
             {"name": "STREAMREC_CONFIG", "value": CONFIG_IN_IMAGE}, {"name": "HF_HUB_OFFLINE", "value": "1"}]
     if kafka_sasl:
         env += [secret("STREAMREC_KAFKA_USERNAME", "kafka-username"), secret("STREAMREC_KAFKA_PASSWORD", "kafka-password")]

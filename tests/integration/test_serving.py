@@ -18,6 +18,7 @@ import yaml
 
 from cluster.broker import ensure_topics, free_port, loop_topics
 from cluster.stack import wait_http
+from serve.ranking import in_control
 from rl.weights import pack, unpack
 from streamrec.config import settings_from_args
 from streamrec.data.synthetic import synthetic_items, synthetic_users
@@ -404,6 +405,73 @@ def test_body_limit_and_auth_rules(stack):
     assert httpx.get(url + "/docs").status_code == 200
     r = httpx.get(url + "/openapi.json")
     assert "/v1/recommend" in r.json()["paths"]
+
+
+def test_an_operators_experiment_reaches_every_replica_and_is_measured_per_arm(stack):
+    """Through the admin routes: bad definitions are refused naming the field, a started experiment
+    is served by both replicas (an arm's users get its version, a shadow arm's users the live one
+    with the shadow slate logged), the trainer reports each arm's figures, and stopping it is
+    recorded in the store's history with who did it."""
+    from cluster.simulate import synthetic_users_for
+    from rl.experiment import Experiment
+
+    sim = synthetic_users_for(settings_from_args({"catalog": {"num_items": 300, "num_users": 60}}, env={}))
+    rng = np.random.default_rng(1)
+    route = "/v1/admin/experiment"
+    definition = {"name": "old-vs-live", "arms": [{"name": "old", "version": 1, "share": 0.4},
+                                                  {"name": "sh", "version": 1, "share": 0.3, "shadow": True}]}
+    with httpx.Client(base_url=stack["url"], headers={**stack["headers"], "X-Streamrec-Operator": "ops-test"},
+                      timeout=30) as c:
+        assert httpx.get(stack["url"] + route).status_code == 401  # admin routes take the keys too
+        assert c.get(route).json()["experiment"] is None
+        bad = c.put(route, json={**definition, "arms": [{"name": "old", "version": 1, "share": 1.5}]})
+        assert bad.status_code == 422 and bad.json()["error"].startswith("body.arms.0.share:"), bad.text
+        bad = c.put(route, json={**definition, "arms": [{"name": "old", "version": 99_999, "share": 0.4}]})
+        assert bad.status_code == 422 and "arms[0].version: policy version 99999 is not in the store" in bad.text
+        bad = c.put(route, json={**definition, "arms": [{"name": "control", "version": 1, "share": 0.4}]})
+        assert bad.status_code == 422 and "'control' is reserved" in bad.text
+        started = c.put(route, json=definition)
+        assert started.status_code == 201, started.text
+        assert c.put(route, json=definition).status_code == 409
+        exp = Experiment.from_dict(started.json()["experiment"])
+        users = [f"user{i}" for i in range(60)]
+        in_old = [u for u in users if (exp.arm_of(u) or None) and exp.arm_of(u).name == "old"]
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and _recommend(c, user=in_old[0]).json()["policy_version"] != 1:
+            time.sleep(0.1)
+        time.sleep(1.0)  # both replicas follow the store's long poll
+        replicas, figures = set(), {}
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            for _ in range(60):
+                u, uid, ctx = sim.sample_user(rng)
+                r = c.post("/v1/recommend", json={"user_id": uid, "context": ctx, "k": 5})
+                assert r.status_code == 200, r.text
+                b = r.json()
+                arm = None if in_control(uid, 0.05, "streamrec-control") else exp.arm_of(uid)
+                if arm is not None and not arm.shadow:
+                    assert b["policy_version"] == 1, (uid, b["policy_version"])
+                    replicas.add(r.headers["x-streamrec-replica"])
+                items = [i["item_id"] for i in b["items"]]
+                for item, clicked in zip(items, sim.clicks(u, items, ctx, rng)):
+                    if clicked:
+                        c.post("/v1/feedback", json={"event_id": b["event_id"], "user_id": uid, "item_id": item})
+            figures = c.get(route).json()["figures"] or {}
+            if ((figures.get("by_arm") or {}).get("old") or {}).get("impressions", 0) >= 20 and (
+                    (figures.get("shadow") or {}).get("sh") or {}).get("slates", 0) >= 20:
+                break
+        assert len(replicas) == 2  # both replicas served the arm its own version
+        old = figures["by_arm"]["old"]
+        assert 0 <= old["ctr"] <= 1 and old["low"] <= old["ctr"] <= old["high"] and 0 < old["coverage"] <= 1
+        assert figures["by_arm"]["policy"]["impressions"] > 0 and 0 <= figures["shadow"]["sh"]["overlap"] <= 1
+        assert c.delete(route, params={"reason": "enough"}).status_code == 200
+        gone = c.delete(route)
+        assert gone.status_code == 404 and gone.json() == {"error": "no experiment is running"}
+    history = ray.get(stack["store"].history.remote(200))
+    assert any(h["action"] == "experiment_start" and h["reason"].startswith("old-vs-live by ops-test (API key 1): old=v1 40%")
+               for h in history), history[-5:]
+    assert any(h["action"] == "experiment_stop" and h["reason"] == "old-vs-live by ops-test (API key 1): enough"
+               for h in history)
 
 
 def test_a_canary_is_served_on_its_share_beside_the_live_version(stack):

@@ -76,3 +76,56 @@ def test_lru_cache():
     assert c.get("a") == 1
     c.put("c", 3)  # evicts b, the least recently used
     assert c.get("b") is None and c.get("c") == 3 and (c.hits, c.misses) == (2, 1)
+
+
+class _Stub:
+    """The routes' handlers, answering what the guard let through (the HTTP layer alone)."""
+
+    async def experiment(self, action, *args):
+        from fastapi.responses import JSONResponse
+
+        return JSONResponse({"experiment": {"action": action, "args": list(args)}, "figures": None})
+
+    def not_ready(self):
+        return None
+
+
+@pytest.mark.parametrize("path, method, key, status", [
+    ("/v1/admin/experiment", "GET", "api-key-0001", 401),    # admin keys set: an API key is not enough
+    ("/v1/admin/experiment", "GET", None, 401),
+    ("/v1/admin/experiment", "GET", "admin-key-02", 200),
+    ("/healthz", "GET", None, 200),
+    ("/dashboard", "GET", None, 200),                      # the page holds no data
+    ("/v1/dashboard", "GET", "admin-key-01", 401),         # an admin key is not an API key
+])
+def test_admin_routes_take_only_admin_keys_when_set(path, method, key, status):
+    from fastapi.testclient import TestClient
+
+    from serve.api import GuardState
+    from serve.http import make_api
+
+    guard = GuardState([b"api-key-0001"], admin_keys=[b"admin-key-01", b"admin-key-02"])
+    client = TestClient(make_api(_Stub(), guard))
+    r = client.request(method, path, headers={"Authorization": f"Bearer {key}"} if key else {})
+    assert r.status_code == status, r.text
+    if status == 401:
+        assert "error" in r.json()
+
+
+def test_admin_calls_name_the_operator_and_the_keys_position_never_the_key():
+    from fastapi.testclient import TestClient
+
+    from serve.api import GuardState
+    from serve.http import make_api
+
+    client = TestClient(make_api(_Stub(), GuardState([b"api-key-0001"], admin_keys=[b"admin-key-01", b"admin-key-02"])))
+    r = client.delete("/v1/admin/experiment", params={"reason": "done"},
+                      headers={"Authorization": "Bearer admin-key-02", "X-Streamrec-Operator": "alice"})
+    assert r.json()["experiment"]["args"] == ["done", "alice (admin key 2)"]
+    bad = client.put("/v1/admin/experiment", json={"name": "e", "arms": [{"name": "b", "version": "1", "share": 0.1}]},
+                     headers={"Authorization": "Bearer admin-key-01"})
+    assert bad.status_code == 422 and bad.json()["error"].startswith("body.arms.0.version:")
+    open_api = TestClient(make_api(_Stub(), GuardState()))
+    assert open_api.get("/v1/admin/experiment").json()["experiment"]["action"] == "status"
+    r = open_api.put("/v1/admin/experiment", json={"name": "e", "arms": [{"name": "b", "version": 1, "share": 0.1}]})
+    assert r.json()["experiment"]["args"][1] == "an operator on an API without keys"

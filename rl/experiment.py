@@ -1,0 +1,133 @@
+"""Experiments: which users an operator's arms serve. Pure (no I/O); the policy store keeps the one
+running (:meth:`actors.policy_store.PolicyDirectory.start_experiment`) and every replica follows it.
+
+::
+
+    exp = Experiment.from_dict({"name": "v12-vs-live", "arms": [
+        {"name": "v12", "version": 12, "share": 0.2},                 # served to 20% of users
+        {"name": "v13-shadow", "version": 13, "share": 0.1, "shadow": True}]})  # computed, never shown
+    exp.arm_of("user42")   # an Arm, or None: the live version serves this user
+
+Assignment is sticky: a user's bucket is a salted BLAKE2b hash of the id read as a number in
+[0, 1) (:func:`bucket`), the same on every replica and every request, so a user sees one arm for
+the whole experiment; arms take consecutive ranges of the buckets in their order. The control arm
+(``serve.control_share``) is drawn first with its own salt and is never part of an experiment, so
+every arm's lift is measured against the same control users. Users in no arm see the live version
+(the arm ``policy``).
+
+A shadow arm's users see the live version; its version ranks the same candidates on the same
+request and its slate is logged beside the served one with its exact propensities
+(:class:`rl.logged.ShadowSlate`), for off-policy evaluation without showing it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from dataclasses import dataclass, field
+
+__all__ = ["Arm", "Experiment", "bucket", "RESERVED_ARMS"]
+
+RESERVED_ARMS = ("policy", "control")
+"""Arm names the loop uses itself: the live version and the control arm."""
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def bucket(user_id: str, salt: str) -> float:
+    """The user's position in [0, 1) under ``salt``: a keyed BLAKE2b hash of the id (sticky, and
+    independent between salts)."""
+    h = hashlib.blake2b(user_id.encode(), digest_size=8, key=salt.encode()[:64]).digest()
+    return int.from_bytes(h, "big") / 2**64
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    """Letters, digits, ``_ . -`` (at most 64); not ``policy`` or ``control``."""
+    version: int
+    """The stored policy version this arm serves (or computes, in shadow)."""
+    share: float
+    """Share of users in this arm, in (0, 1)."""
+    shadow: bool = False
+    """Compute this arm's slate beside the live one's and log it; show the live one."""
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    arms: tuple[Arm, ...]
+    salt: str = ""
+    """The assignment hash's salt (default: the experiment's name, so each experiment draws its own groups)."""
+    started: float = field(default_factory=time.time)
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise ValueError(f"name: {self.name!r} must be 1-64 letters, digits, '_', '.' or '-'")
+        if not self.arms:
+            raise ValueError("arms: an experiment needs at least one arm")
+        seen: set[str] = set()
+        for i, a in enumerate(self.arms):
+            where = f"arms[{i}]"
+            if not isinstance(a.name, str) or not _NAME.match(a.name):
+                raise ValueError(f"{where}.name: {a.name!r} must be 1-64 letters, digits, '_', '.' or '-'")
+            if a.name in RESERVED_ARMS:
+                raise ValueError(f"{where}.name: {a.name!r} is reserved (the live version and the control arm)")
+            if a.name in seen:
+                raise ValueError(f"{where}.name: {a.name!r} names two arms")
+            seen.add(a.name)
+            if isinstance(a.version, bool) or not isinstance(a.version, int) or a.version < 1:
+                raise ValueError(f"{where}.version: must be a stored policy version (an integer >= 1), got {a.version!r}")
+            if isinstance(a.share, bool) or not isinstance(a.share, (int, float)) or not 0 < a.share < 1:
+                raise ValueError(f"{where}.share: must be in (0, 1), got {a.share!r}")
+            if not isinstance(a.shadow, bool):
+                raise ValueError(f"{where}.shadow: must be true or false, got {a.shadow!r}")
+        total = sum(a.share for a in self.arms)
+        if total >= 1:
+            raise ValueError(f"arms: shares add up to {total:g}; they must leave some users to the live version (< 1)")
+        if not self.salt:
+            object.__setattr__(self, "salt", self.name)
+
+    def arm_of(self, user_id: str) -> Arm | None:
+        """The arm ``user_id`` is in, or None (the live version serves them)."""
+        b, edge = bucket(user_id, self.salt), 0.0
+        for a in self.arms:
+            edge += a.share
+            if b < edge:
+                return a
+        return None
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "salt": self.salt, "started": self.started,
+                "arms": [{"name": a.name, "version": a.version, "share": a.share, "shadow": a.shadow} for a in self.arms]}
+
+    @classmethod
+    def from_dict(cls, d) -> "Experiment":
+        """Raises ValueError naming the field that is missing, unknown or wrong."""
+        if not isinstance(d, dict):
+            raise ValueError(f"an experiment is an object with name and arms, got {type(d).__name__}")
+        unknown = set(d) - {"name", "arms", "salt", "started"}
+        if unknown:
+            raise ValueError(f"{sorted(unknown)[0]}: unknown field (known: name, arms, salt, started)")
+        if "name" not in d or "arms" not in d:
+            raise ValueError(f"{'name' if 'name' not in d else 'arms'}: required")
+        if not isinstance(d["arms"], list):
+            raise ValueError("arms: must be a list of {name, version, share, shadow}")
+        arms = []
+        for i, a in enumerate(d["arms"]):
+            if not isinstance(a, dict):
+                raise ValueError(f"arms[{i}]: must be an object with name, version, share")
+            extra = set(a) - {"name", "version", "share", "shadow"}
+            if extra:
+                raise ValueError(f"arms[{i}].{sorted(extra)[0]}: unknown field (known: name, version, share, shadow)")
+            for k in ("name", "version", "share"):
+                if k not in a:
+                    raise ValueError(f"arms[{i}].{k}: required")
+            arms.append(Arm(a["name"], a["version"], a["share"], a.get("shadow", False)))
+        started = d.get("started", time.time())
+        if isinstance(started, bool) or not isinstance(started, (int, float)):
+            raise ValueError(f"started: must be epoch seconds, got {started!r}")
+        salt = d.get("salt") or ""
+        if not isinstance(salt, str):
+            raise ValueError(f"salt: must be a string, got {salt!r}")
+        return cls(d["name"], tuple(arms), salt, float(started))
