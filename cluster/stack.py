@@ -137,7 +137,9 @@ class LocalStack:
             raw = self.settings.model_dump(mode="json", exclude={"auth"})
         s = self.settings
         overrides = {
-            "kafka": {"bootstrap_servers": self.broker.bootstrap if self.broker else s.kafka.bootstrap_servers},
+            "kafka": {"bootstrap_servers": self.broker.bootstrap if self.broker else s.kafka.bootstrap_servers,
+                      **({"log_id": f"embedded:{self.broker.bootstrap}:{self.broker.pid}"}
+                         if self.broker and self.broker.embedded else {})},
             "embedding": {"output_dir": absolute(s.embedding.output_dir)},
             "trainer": {"store_dir": absolute(s.trainer.store_dir),
                         "checkpoint_dir": absolute(s.trainer.checkpoint_dir)},

@@ -598,7 +598,7 @@ class TrainerLoop:
         self.checkpoint.write_json(CHECKPOINT, {
             "state": name, "sha256": sha, "spec": self.spec.to_dict(), "position": self.source.position(),
             "serving_version": self.serving_version, "trained_through": self.trained_through, "written_at": time.time(),
-            "watch": self.watch.state(),
+            "watch": self.watch.state(), "log_id": self.settings.kafka.log_id,
             **{k: self.stats[k] for k in ("consumed", "digest", "samples", "skipped")}})
         if self._checkpoint_state is not None:
             self.checkpoint.remove(self._checkpoint_state)
@@ -631,6 +631,10 @@ class TrainerLoop:
         self.trained_through = {**self.trained_through, **record.get("trained_through", {})}
         if record.get("serving_version") == self.serving_version and "watch" in record:
             self.watch.restore(record["watch"])  # the live version's test goes on from its counts
+        if record.get("log_id", "") != self.settings.kafka.log_id:  # another broker's log: its offsets mean nothing here
+            self.stats["log_changed"] = f"checkpoint read log {record.get('log_id', '')!r}; reading {self.settings.kafka.log_id!r} from its start"
+            log.warning("trainer: %s", self.stats["log_changed"])
+            return None, None
         return record["position"], record.get("written_at")
 
     def _load_published_into_learner(self, tensors) -> None:

@@ -130,6 +130,11 @@ class KafkaSecurity(_Section):
 class KafkaSettings(_Section):
     bootstrap_servers: str | None = None
     """``host:port[,host:port...]`` of a Kafka cluster; empty starts the embedded Tansu broker."""
+    log_id: str = Field("", max_length=200)
+    """Which incarnation of the topics' data this is. The embedded broker keeps its topics in
+    memory, so ``streamrec up`` sets a fresh id on every start: a trainer checkpoint written
+    against another id keeps its weights and reads the samples log from its start (its offsets
+    name records of a log that is gone). Empty for a Kafka cluster, whose topics outlive the stack."""
     partitions: int = Field(3, ge=1, le=1024)
     """Partitions of each topic the embedded stack creates (also the most useful ingest parallelism)."""
     replication_factor: int = Field(1, ge=1, le=16)

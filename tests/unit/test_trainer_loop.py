@@ -154,6 +154,27 @@ def test_a_restarted_trainer_resumes_its_checkpoint_weights_position_and_counts(
     assert np.allclose(third.policy.state()["b"], third.serving.state()["b"])
 
 
+def test_a_checkpoint_of_another_brokers_log_keeps_its_weights_and_reads_the_new_log_from_its_start(tmp_path):
+    """The embedded broker's topics are new on every `streamrec up` (kafka.log_id): offsets the
+    checkpoint names belong to a log that is gone, and reading from them would skip the new one."""
+    ids, vecs, user_vecs, sim = world()
+    s = trainer_settings(tmp_path, algorithm="linucb", min_samples=100, max_batch=300)
+    first_run = s.model_copy(update={"kafka": s.kafka.model_copy(update={"log_id": "embedded:a"})})
+    store = PolicyDirectory(tmp_path / "store", 10)
+    probe = TrainerLoop(first_run, ids, vecs, _ListBuffer(), store)
+    probe.publish_initial()
+    core = Ranking(probe.featurizer, ItemIndex.build(ids, vecs), probe.serving, 1, 20)
+    log = served_samples(core, sim, user_vecs, 600, np.random.default_rng(0))
+    loop = TrainerLoop(first_run, ids, vecs, _SeekingBuffer(log), store)
+    loop.round(), loop.round()
+    same = TrainerLoop(first_run, ids, vecs, _SeekingBuffer(log), store)
+    assert same.source.sought == {"0": 600} and "log_changed" not in same.stats
+    second_run = s.model_copy(update={"kafka": s.kafka.model_copy(update={"log_id": "embedded:b"})})
+    fresh = TrainerLoop(second_run, ids, vecs, _SeekingBuffer(log), store)
+    assert fresh.source.sought is None and "'embedded:a'" in fresh.stats["log_changed"]
+    assert np.allclose(fresh.policy.state()["b"], loop.policy.state()["b"], rtol=1e-6)  # the weights carry on
+
+
 def test_a_canary_logs_the_mixtures_exact_probabilities(tmp_path):
     """Live version: LinUCB before any data (one deterministic slate); canary: uniform random on 30%
     of requests. Each slate's logged probability is the mixture's, as sampling frequencies show."""
