@@ -74,6 +74,9 @@ class SampleLog:
         self._n_pending = 0
         self._position: dict[int, int] = {}  # partition -> the offset after the last record taken
         self.seen = SeenIds(dedup_retention_s)
+        self.last_records: list[tuple[int, int]] = []
+        """(partition, offset) of the records the last :meth:`take` handed out, in its order (the
+        trainer's rounds log: ``streamrec replay`` reads the same records back)."""
         self.counts = {"records": 0, "taken": 0, "duplicates": 0, "bad_records": 0, "reread": 0}
 
     @classmethod
@@ -156,11 +159,13 @@ class SampleLog:
         if self._n_pending < min_n or not self._pending:
             return []
         out: list[TrainingSample] = []
+        self.last_records = []
         while self._pending and (not out or len(out) + len(self._pending[0][2]) <= max_n):
             part, offset, batch = self._pending.popleft()
             self._n_pending -= len(batch)
             out.extend(batch)
             self._position[part] = offset + 1
+            self.last_records.append((part, offset))
         fresh = self.seen.fresh(out)
         self.counts["duplicates"] += len(out) - len(fresh)
         self.counts["taken"] += len(fresh)

@@ -61,8 +61,13 @@ def evaluate(scores: np.ndarray, masked: list[set], relevant: list[set], k: int 
 
 def train_ranker(item_vecs, train_items_by_user, epochs: int, m: int = 32, lr: float = 3e-3, seed: int = 0,
                  progress: bool = True, validate=None, every: int = 5, hidden: int = 128, embed: int = 64,
-                 id_dim: int = 32, weight_decay: float = 0.0):
+                 id_dim: int = 32, weight_decay: float = 0.0, input_dropout: float = 0.0):
     """Warm-start the policy's network (SlateScorerModule) with a full softmax over all items.
+
+    ``input_dropout``: each training step pools a user's profile from a random share ``1 -
+    input_dropout`` of their training items (at least one), as a denoising autoencoder drops
+    inputs: the network learns to rank every held item from part of the history, which is what it
+    faces at serving time (the items it should find are never in the profile). Scoring pools all.
 
     ``validate(scores) -> float`` (the valid split's NDCG@10) picks the epoch whose scores are
     returned, as RecBole's early stopping does.
@@ -97,10 +102,22 @@ def train_ranker(item_vecs, train_items_by_user, epochs: int, m: int = 32, lr: f
         targets[r, sorted(train_items_by_user[u])] = 1.0
     uf = torch.as_tensor(user_feats)
     opt = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
+    text = torch.as_tensor(np.asarray(item_vecs, np.float32))
+    projection = torch.as_tensor(fz.projection)
+    gen = torch.Generator().manual_seed(seed)
 
-    def obs_for(b):
+    def obs_for(b, user=None):
         n = len(b)
-        return torch.cat([uf[b], items.reshape(1, -1).expand(n, -1), rows.expand(n, -1)], 1)
+        return torch.cat([uf[b] if user is None else user, items.reshape(1, -1).expand(n, -1), rows.expand(n, -1)], 1)
+
+    def dropped_users(b):
+        """(len(b), U) user features pooled from a random part of each user's training items."""
+        held = targets[b]
+        keep = held * (torch.rand(held.shape, generator=gen) >= input_dropout)
+        keep = torch.where(keep.sum(1, keepdim=True) > 0, keep, held)
+        pooled = keep @ text / keep.sum(1, keepdim=True)
+        pooled = pooled / pooled.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        return torch.cat([pooled @ projection, uf[b, m:]], 1)
 
     def all_scores():
         with torch.no_grad():
@@ -113,7 +130,7 @@ def train_ranker(item_vecs, train_items_by_user, epochs: int, m: int = 32, lr: f
         total = 0.0
         for b in np.array_split(rng.permutation(len(users)), max(1, len(users) // 64)):
             b = torch.as_tensor(b)
-            logp = torch.log_softmax(module.scores(obs_for(b)), -1)
+            logp = torch.log_softmax(module.scores(obs_for(b, dropped_users(b) if input_dropout > 0 else None)), -1)
             loss = -(logp * targets[b]).sum(1).div(targets[b].sum(1)).mean()
             opt.zero_grad()
             loss.backward()
@@ -142,6 +159,8 @@ def main(argv=None) -> int:
     ap.add_argument("--id-dim", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--weight-decay", type=float, default=0.0)
+    ap.add_argument("--input-dropout", type=float, default=0.0,
+                    help="share of a user's training items left out of each training step's profile")
     args = ap.parse_args(argv)
     from streamrec.data.movielens import load_movielens
     from streamrec.encoder import TextEncoder
@@ -167,7 +186,7 @@ def main(argv=None) -> int:
     train_only = [by[0][u] for u in uids]
     valid = [by[1][u] for u in uids]
     recipe = {"m": args.m, "hidden": args.hidden, "embed": args.embed, "id_dim": args.id_dim, "lr": args.lr,
-              "weight_decay": args.weight_decay}
+              "weight_decay": args.weight_decay, "input_dropout": args.input_dropout}
     ranked_users, scores, best_epoch = train_ranker(
         vecs, by[0], args.epochs, seed=args.seed, validate=lambda s: evaluate(s, train_only, valid)["ndcg@10"], **recipe)
     assert ranked_users == uids

@@ -6,6 +6,7 @@
     streamrec report [--since T] [--until T] [--out DIR]    # exposure report over the samples topic
     streamrec experiment start NAME --arm b=12:0.1 [--shadow s=13:0.05]   # an operator's A/B test
     streamrec experiment status | stop [--reason R]
+    streamrec replay --until T [--out DIR]                  # rebuild the lineage from the topics, compare
 """
 
 from __future__ import annotations
@@ -167,6 +168,47 @@ def report(config: Optional[Path] = ConfigOpt, run_dir: Optional[Path] = RunDirO
         raise typer.Exit(2)
     path, n = run_report(settings, bootstrap, out, t0, t1)
     console.print(f"{n} impressions -> {path}")
+
+
+@app.command()
+def replay(config: Optional[Path] = ConfigOpt, run_dir: Optional[Path] = RunDirOpt,
+           until: Optional[str] = typer.Option(None, help="Rebuild up to this time (ISO 8601 or epoch s; default: now)."),
+           out: Path = typer.Option(Path("replay"), help="Directory for the replayed store and replay.json."),
+           seed: int = typer.Option(0, help="The trainer's seed (the stack's trainer runs with 0).")) -> None:
+    """Replay audit: rebuild the policy lineage from the samples topic and the trainer's rounds log
+    into a separate store, and compare its gate decisions and weights with what was served."""
+    import time as _time
+
+    from cluster.replay import replay as run_replay
+    from cluster.report import parse_time
+
+    path, settings = _load(config)
+    try:
+        t1 = parse_time(until) or _time.time()
+    except ValueError as e:
+        err.print(f"[red]bad time[/red]: {e}")
+        raise typer.Exit(2)
+    state = RunDir(run_dir).read() or {}
+    bootstrap = settings.kafka.bootstrap_servers or (state.get("broker") or {}).get("bootstrap")
+    if not bootstrap:
+        err.print("[red]no Kafka[/red]: set kafka.bootstrap_servers, or run `streamrec up` (its embedded broker)")
+        raise typer.Exit(2)
+    if state.get("broker", {}).get("embedded"):  # the stack's embedded broker: the log id it gave the trainer
+        settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={
+            "log_id": f"embedded:{state['broker']['bootstrap']}:{state['broker'].get('pid')}"})})
+    result = run_replay(settings, bootstrap, t1, out, seed=seed)
+    w = result.get("weights") or {}
+    console.print(f"{result['rounds']} rounds ({result['starts']} trainer starts) up to {t1:.0f}: "
+                  f"{result['samples_equal']} took the same samples, {result['decisions_equal']} made the same decision; "
+                  f"served v{result.get('served_at_until')} vs replayed v{result.get('replayed_version')}"
+                  + (f", weights within {w['max_relative_l2']:.2g} (tolerance {w['tolerance']:g})" if w else ""))
+    for d in result["differences"]:
+        console.print(f"  [yellow]difference[/yellow] {('round ' + str(d['round']) + ': ') if 'round' in d else ''}"
+                      f"{d['what']}: {d['why']}")
+    console.print(("[green]match[/green]" if result["match"] else "[yellow]differences explained above[/yellow]")
+                  + f" -> {out / 'replay.json'}")
+    if not result["match"]:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import time
 from collections import deque
@@ -60,6 +61,27 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = "round.json"
 """In ``trainer.checkpoint_dir``: the state the trainer resumes from (see :meth:`TrainerLoop._checkpoint`)."""
+ROUNDS = "rounds"
+"""In ``trainer.checkpoint_dir``: the rounds log, one JSON line per start and per round in hourly
+files (``rounds/<UTC yyyymmddhh>.jsonl``): which records of the samples log each round took, in
+order, and what it decided. ``streamrec replay`` (cluster/replay.py) rebuilds the lineage from it."""
+
+
+def record_runs(records) -> list[list[int]]:
+    """(partition, offset) pairs in order -> ``[[partition, first, last], ...]``: consecutive offsets of
+    one partition in a row become one run (a round's records are mostly such runs)."""
+    runs: list[list[int]] = []
+    for p, o in records:
+        if runs and runs[-1][0] == p and runs[-1][2] + 1 == o:
+            runs[-1][2] = o
+        else:
+            runs.append([int(p), int(o), int(o)])
+    return runs
+
+
+def run_records(runs) -> list[tuple[int, int]]:
+    """:func:`record_runs` inverted."""
+    return [(int(p), o) for p, first, last in runs for o in range(int(first), int(last) + 1)]
 
 
 def ids_digest(event_ids) -> int:
@@ -228,7 +250,10 @@ class TrainerLoop:
         if running is not None:  # its evidence died with the previous trainer: start over
             store.end_canary(running["version"], "the trainer restarted before judging it")
         self._checkpoint_state: str | None = None
-        self.source.seek(*(self._restore() if latest is not None else (None, None)))
+        restored = self._restore() if latest is not None else (None, None)
+        self.source.seek(*restored)
+        self._log_round({"kind": "start", "position": restored[0], "serving_version": self.serving_version,
+                         "seed": seed, "algorithm": self.spec.algorithm, "num_rows": self.spec.num_rows})
         if table > self.spec.num_rows:
             self._grow(table)
 
@@ -305,7 +330,20 @@ class TrainerLoop:
         self._consumed(samples)
         self._checkpoint()
         self.source.commit()
+        self._log_round({"kind": "round", "records": record_runs(getattr(self.source, "last_records", ())),
+                         "taken": len(samples), "digest": ids_digest(x.event_id for x in samples),
+                         "ok": None if out is None else bool(out.get("ok")),
+                         "version": None if out is None else out.get("version"),
+                         "canary": None if out is None else out.get("canary"),
+                         "rolled_back": None if out is None else (out.get("rolled_back") or {}).get("to"),
+                         "serving_version": self.serving_version, "num_rows": self.spec.num_rows})
         return out
+
+    def _log_round(self, entry: dict) -> None:
+        """One line of the rounds log (:data:`ROUNDS`), written after the checkpoint it follows."""
+        now = time.time()
+        name = f"{ROUNDS}/{time.strftime('%Y%m%d%H', time.gmtime(now))}.jsonl"
+        self.checkpoint.append_line(name, json.dumps({"ts": now, **entry}))
 
     def _round(self, samples: Sequence) -> dict | None:
         t = self.settings.trainer

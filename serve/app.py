@@ -143,7 +143,8 @@ class Ranker:
         out: dict[str, Any] = {"now": time.time(), "replica": self.replica.replica, "serving": self.series.since(since),
                                "trainer": [], "history": [], "errors": []}
         st = self.replica.status()
-        out["status"] = {k: st.get(k) for k in ("version", "canary", "catalog_items", "swaps", "refused", "rollbacks")}
+        out["status"] = {k: st.get(k) for k in ("version", "canary", "experiment", "catalog_items", "swaps", "refused",
+                                                "rollbacks")}
         trainer = registry.lookup(registry.TRAINER)
         try:
             out["trainer"] = [] if trainer is None else ray.get(trainer.timeline.remote(since), timeout=5)

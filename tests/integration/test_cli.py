@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 STREAMREC = [sys.executable, "-m", "cluster.cli"]
 
 
-def _cli(*args, **kw):
-    return subprocess.run([*STREAMREC, *args], capture_output=True, text=True, cwd=ROOT, timeout=120, **kw)
+def _cli(*args, timeout: float = 120, **kw):
+    return subprocess.run([*STREAMREC, *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout, **kw)
 
 
 def test_help_everywhere():
@@ -183,6 +183,7 @@ def test_up_simulate_status_down_leaves_no_process(tmp_path):
         arms = snap["trainer"]["arms"]  # the lift over the control arm, measured from the joined stream
         assert arms["policy"]["impressions"] > 0 and arms["control"]["impressions"] > 0 and arms["lift"] is not None
         browser = _assert_dashboard(url)
+        _assert_replay_matches(tmp_path, env)
         table = _cli("status", env=env)
         assert table.returncode == 0 and "streamrec.impressions" in table.stdout and "ingest" in table.stdout
         assert "policy" in table.stdout and "simulated users" in table.stdout and "vs control" in table.stdout
@@ -204,6 +205,20 @@ def test_up_simulate_status_down_leaves_no_process(tmp_path):
             up.wait(timeout=60)
     if browser is not None:
         pytest.skip(browser)
+
+
+def _assert_replay_matches(tmp_path, env) -> None:
+    """`streamrec replay` rebuilds the running loop's lineage from its samples topic and rounds log
+    into a store of its own: every round took the same samples and made the same gate decision, and
+    the version served after the last round has the replay's weights within the stated tolerance."""
+    out = tmp_path / "replay"
+    r = _cli("replay", "--config", str(tmp_path / "ray_config.yaml"), "--out", str(out), env=env, timeout=600)
+    result = json.loads((out / "replay.json").read_text())
+    assert r.returncode == 0 and result["match"], (r.stdout[-3000:], result["differences"])
+    assert result["rounds"] >= 2 and result["samples_equal"] == result["decisions_equal"] == result["rounds"]
+    assert result["served_at_until"] >= 2 and result["replayed_version"] == result["served_at_until"]
+    assert result["weights"]["max_relative_l2"] <= result["weights"]["tolerance"] == 1e-3
+    assert (out / "store" / "LATEST").exists()
 
 
 #: Where the browser test leaves its screenshot of the dashboard (gitignored).

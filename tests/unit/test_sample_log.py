@@ -62,8 +62,9 @@ def test_whole_records_oldest_first_and_the_position_after_the_last_one_taken():
     reader = SampleLog(log)
     assert [s.event_id for s in reader.take(4)] == ["e0", "e1", "e2"]  # the next record would pass 4
     assert reader.position() == {"0": 1}
+    assert reader.last_records == [(0, 0)]  # what the rounds log names (streamrec replay)
     assert [s.event_id for s in reader.take(1)] == ["e3", "e4"]  # at least one record, however large
-    assert reader.position() == {"0": 2} and reader.lag() == 1
+    assert reader.position() == {"0": 2} and reader.lag() == 1 and reader.last_records == [(0, 1)]
     reader.commit()
     assert log.committed == {0: 2}
 
