@@ -390,7 +390,7 @@ def test_killing_an_ingest_actor_and_the_trainer_mid_stream_trains_every_joined_
 def test_replicas_long_poll_the_store_and_a_publish_or_canary_wakes_them(ray_session, tmp_path):
     """PolicyStore.serving_change: answered at once for a follower that holds nothing, held while
     nothing changes (the store answering other calls meanwhile), and every waiter woken by a
-    publish and by a canary, each with the state that woke it."""
+    publish, a canary and an experiment, each with the state that woke it."""
     from actors.policy_store import PolicyStore
     from rl.manifest import serving_key
     from rl.policies import expected_shapes
@@ -401,7 +401,7 @@ def test_replicas_long_poll_the_store_and_a_publish_or_canary_wakes_them(ray_ses
     man = {"sha256": sha, "spec": spec.to_dict()}
     store = PolicyStore.remote(str(tmp_path / "store"), 5)
     first = ray.get(store.serving_change.remote(None, 30), timeout=30)
-    assert first == {"latest": None, "canary": None}
+    assert first == {"latest": None, "canary": None, "experiment": None}
     waiting = [store.serving_change.remote(serving_key(first), 30) for _ in range(3)]  # three replicas
     assert ray.wait(waiting, timeout=1.0)[0] == []  # nothing changed: they wait
     assert ray.get(store.metrics.remote(), timeout=10)["latest"] is None  # the store answers meanwhile
@@ -414,4 +414,8 @@ def test_replicas_long_poll_the_store_and_a_publish_or_canary_wakes_them(ray_ses
     assert serving_key(state) == [1, 2, 0.2, None, None]
     unchanged = ray.get(store.serving_change.remote(serving_key(state), 0.2), timeout=10)
     assert unchanged == state  # past wait_s with nothing new: the same state
+    waiting = store.serving_change.remote(serving_key(state), 30)  # an operator's experiment wakes them too
+    ray.get(store.start_experiment.remote({"name": "e", "arms": [{"name": "b", "version": 1, "share": 0.1}]}), timeout=30)
+    state = ray.get(waiting, timeout=10)
+    assert serving_key(state)[:4] == [1, 2, 0.2, "e"] and state["experiment"]["arms"][0]["version"] == 1
     ray.kill(store)
