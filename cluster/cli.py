@@ -317,8 +317,11 @@ def _experiment_table(out: dict[str, Any]) -> Table:
         users = "" if a is None else f"{a['share']:.0%}" + (" shadow" if a["shadow"] else "")
         if a is not None and a["shadow"]:
             sh = shadows.get(name) or {}
+            est = sh.get("estimate")
             t.add_row(name, f"v{version}", users, str(sh.get("slates", 0)) + " computed",
-                      "", "", "", f"overlap {sh['overlap']:.2f}" if sh else "")
+                      "" if not est else f"{est['estimator']} {est['ctr']:.3f} [{est['ctr_low']:.3f}, {est['ctr_high']:.3f}] "
+                                         f"(shown: {sh['served_ctr']:.3f})",
+                      "", "", f"overlap {sh['overlap']:.2f}" if sh else "")
             continue
         lift = (f or {}).get("lift") or {}
         t.add_row(name, str(version) if a is None else f"v{version}", users, str((f or {}).get("impressions", 0)),

@@ -152,8 +152,8 @@ class Logged:
     ild: np.ndarray | None = None
     """(B,) each shown slate's intra-list diversity."""
     shadows: np.ndarray | None = None
-    """(B,) the shadow arm's name and the share of its slate's items the served slate also showed,
-    for an impression served while a shadow arm computed its own slate (else None)."""
+    """(B,) (the shadow arm's name, its version, the share of its slate's items the served slate
+    also showed) for an impression served while a shadow arm computed its own slate (else None)."""
 
     _PER_SAMPLE = ("propensities", "ts", "versions", "mixture", "mixture_versions", "arms", "ild", "shadows")
 
@@ -223,7 +223,7 @@ def samples_to_logged(samples: Sequence, featurizer: Featurizer, spec: PolicySpe
         arms.append(f.arm)
         sh = f.shadow
         shadows.append(None if sh is None or not sh.items else
-                       (sh.arm, len(set(sh.items) & set(s.items)) / len(sh.items)))
+                       (sh.arm, sh.version, len(set(sh.items) & set(s.items)) / len(sh.items)))
         dis.append(scores / spec.temperature if scores is not None else np.zeros(len(cands), np.float32))
         observations.append(o)
         clicks.append(c)

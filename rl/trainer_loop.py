@@ -238,6 +238,9 @@ class TrainerLoop:
         self.holdout: list[Logged] = []  # held-out samples of recent rounds (never trained on)
         self._arms: deque[ArmImpression] = deque(maxlen=t.lift_window)  # the most recent served impressions
         self._shadows: deque[tuple[str, float]] = deque(maxlen=t.lift_window)  # (shadow arm, overlap) of recent ones
+        self._shadow_logs: dict[str, tuple[int, list[Logged]]] = {}  # arm -> (version, its users' recent samples)
+        self._shadow_policies: dict[int, Policy | str] = {}  # version -> its policy, or why it cannot be valued
+        self._shadow_rng = np.random.default_rng(seed + 1)  # shadow estimates draw nothing from the gate's stream
         self.timeline: deque[dict] = deque(maxlen=t.timeline_points)
         """One point per round (:meth:`_timeline_point`): what the dashboard draws."""
         # DR's direct method, grown on every round's training samples (never on held-out ones): a
@@ -412,14 +415,58 @@ class TrainerLoop:
                                                    logged.slates))
         by_arm = arm_figures(self._arms, max(1, len(self.featurizer.item_ids)))
         n = {a: (f["impressions"], round(f["ctr"] * f["impressions"])) for a, f in by_arm.items()}
-        if logged.shadows is not None:
-            self._shadows.extend(x for x in logged.shadows if x is not None)
-        shadow: dict[str, list[float]] = {}
-        for arm, overlap in self._shadows:
-            shadow.setdefault(arm, []).append(overlap)
+        shadow = self._count_shadows(logged)
         self.stats["arms"] = {**lift_over_control(*n.get("policy", (0, 0)), *n.get("control", (0, 0))),
-                              "by_arm": by_arm,
-                              "shadow": {a: {"slates": len(v), "overlap": float(np.mean(v))} for a, v in shadow.items()}}
+                              "by_arm": by_arm, "shadow": shadow}
+
+    def _count_shadows(self, logged: Logged) -> dict:
+        """Per shadow arm: the slates it computed and their overlap with the served ones (over the
+        lift window), and the off-policy estimate of its version's CTR on its users' most recent
+        ``trainer.holdout_window`` impressions (the gate's estimator; the served CTR beside it)."""
+        if logged.shadows is not None:
+            rows: dict[tuple[str, int], list[int]] = {}
+            for i, x in enumerate(logged.shadows):
+                if x is not None:
+                    self._shadows.append((x[0], x[2]))
+                    rows.setdefault((x[0], int(x[1])), []).append(i)
+            for (arm, version), idx in rows.items():
+                kept_version, parts = self._shadow_logs.get(arm, (version, []))
+                if kept_version != version:  # the arm now shadows another version: its evidence starts over
+                    parts = []
+                parts.append(logged.subset(np.asarray(idx)))
+                while sum(len(p) for p in parts[1:]) >= self.settings.trainer.holdout_window:
+                    parts.pop(0)
+                self._shadow_logs[arm] = (version, parts)
+        overlaps: dict[str, list[float]] = {}
+        for arm, overlap in self._shadows:
+            overlaps.setdefault(arm, []).append(overlap)
+        out = {}
+        for arm, values in overlaps.items():
+            out[arm] = {"slates": len(values), "overlap": float(np.mean(values))}
+            if arm in self._shadow_logs:
+                out[arm].update(self._shadow_estimate(*self._shadow_logs[arm]))
+        return out
+
+    def _shadow_estimate(self, version: int, parts: list[Logged]) -> dict:
+        policy = self._shadow_policies.get(version)
+        if policy is None:
+            try:
+                raw, blob = self.store.get(version)
+                manifest = PolicyManifest.from_dict(raw)
+                tensors = unpack(blob, sha256=manifest.sha256)
+                if not np.array_equal(tensors["projection"], self.featurizer.projection):
+                    policy = "it ranks over other item features than the trainer's"
+                else:
+                    policy = policy_from_state(manifest.spec, tensors)
+            except (KeyError, WeightsError, ValueError) as e:
+                policy = f"{type(e).__name__}: {e}"
+            self._shadow_policies[version] = policy
+        evidence = Logged.concat(parts)
+        figures: dict[str, Any] = {"version": version, "samples": len(evidence), "served_ctr": float(evidence.ctr.mean())}
+        if isinstance(policy, str):
+            return {**figures, "estimate": None, "why": policy}
+        report = evaluate(policy, evidence, **{**self._gate_options(), "rng": self._shadow_rng}).to_dict()
+        return {**figures, "estimate": {k: report[k] for k in ("estimator", "ctr", "ctr_low", "ctr_high", "ess")}}
 
     def _timeline_point(self, out: dict | None) -> None:
         """One point of :attr:`timeline`: the served version, this round's gate decision and

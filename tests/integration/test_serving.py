@@ -464,6 +464,7 @@ def test_an_operators_experiment_reaches_every_replica_and_is_measured_per_arm(s
         old = figures["by_arm"]["old"]
         assert 0 <= old["ctr"] <= 1 and old["low"] <= old["ctr"] <= old["high"] and 0 < old["coverage"] <= 1
         assert figures["by_arm"]["policy"]["impressions"] > 0 and 0 <= figures["shadow"]["sh"]["overlap"] <= 1
+        assert figures["shadow"]["sh"]["version"] == 1 and figures["shadow"]["sh"]["estimate"]["estimator"]
         assert c.delete(route, params={"reason": "enough"}).status_code == 200
         gone = c.delete(route)
         assert gone.status_code == 404 and gone.json() == {"error": "no experiment is running"}
