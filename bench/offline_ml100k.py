@@ -1,6 +1,6 @@
 """Offline ML-100K with RecBole's protocol: the policy's ranker and popularity next to RecBole's BPR.
 
-    python -m bench.offline_ml100k [--data ../shared/data/ml-100k] [--epochs 70] [--seed 0]
+    python -m bench.offline_ml100k [--data ../shared/data/ml-100k] [--seeds 0 1 2]
 
 Protocol (RecBole's published setting): every rating is a positive; each user's interactions are
 split at random 8:1:1 (train / valid / test); every item is ranked for every user (full ranking),
@@ -153,12 +153,13 @@ def train_ranker(item_vecs, train_items_by_user, epochs: int, m: int = 32, lr: f
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="../shared/data/ml-100k")
-    ap.add_argument("--epochs", type=int, default=70)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=100)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0],
+                    help="one random 8:1:1 split (and training seed) each; with several, the mean is printed last")
     ap.add_argument("--m", type=int, default=128, help="projected text dimension (policy.feature_dim)")
-    ap.add_argument("--hidden", type=int, default=128)
-    ap.add_argument("--embed", type=int, default=64)
-    ap.add_argument("--id-dim", type=int, default=32)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--embed", type=int, default=128)
+    ap.add_argument("--id-dim", type=int, default=64)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--weight-decay", type=float, default=0.0)
     ap.add_argument("--input-dropout", type=float, default=0.7,
@@ -174,28 +175,35 @@ def main(argv=None) -> int:
     inter = cat.interactions
     users = np.asarray(inter.column("user_id").to_pylist())
     items = np.asarray([row[i] for i in inter.column("item_id").to_pylist()])
-    part = split_8_1_1(users, args.seed)
     uids = sorted(set(users.tolist()))
-    by = {p: {u: set() for u in uids} for p in (0, 1, 2)}
-    for u, i, p in zip(users, items, part):
-        by[int(p)][u].add(int(i))
-    masked = [by[0][u] | by[1][u] for u in uids]
-    relevant = [by[2][u] for u in uids]
-    out = [BPR_REFERENCE]
-    pop = np.bincount(items[part == 0], minlength=len(item_ids)).astype(float)
-    out.append({"model": "popularity", **evaluate(np.tile(pop, (len(uids), 1)), masked, relevant)})
     vecs = TextEncoder().encode(cat.items.column("text").to_pylist())
-    train_only = [by[0][u] for u in uids]
-    valid = [by[1][u] for u in uids]
     recipe = {"m": args.m, "hidden": args.hidden, "embed": args.embed, "id_dim": args.id_dim, "lr": args.lr,
               "weight_decay": args.weight_decay, "input_dropout": args.input_dropout}
-    ranked_users, scores, best_epoch = train_ranker(
-        vecs, by[0], args.epochs, seed=args.seed, validate=lambda s: evaluate(s, train_only, valid)["ndcg@10"], **recipe)
-    assert ranked_users == uids
-    out.append({"model": "streamrec policy ranker (SlateScorerModule, softmax warm start)",
-                **evaluate(scores, masked, relevant), "epochs": args.epochs, "best_valid_epoch": best_epoch, **recipe})
-    for o in out:
-        print(json.dumps({**o, "protocol": "RecBole RS 8:1:1, full ranking, all ratings positive"}), flush=True)
+    protocol = {"protocol": "RecBole RS 8:1:1, full ranking, all ratings positive"}
+    print(json.dumps({**BPR_REFERENCE, **protocol}), flush=True)
+    ours = []
+    for seed in args.seeds:
+        part = split_8_1_1(users, seed)
+        by = {p: {u: set() for u in uids} for p in (0, 1, 2)}
+        for u, i, p in zip(users, items, part):
+            by[int(p)][u].add(int(i))
+        masked = [by[0][u] | by[1][u] for u in uids]
+        relevant = [by[2][u] for u in uids]
+        pop = np.bincount(items[part == 0], minlength=len(item_ids)).astype(float)
+        print(json.dumps({"model": "popularity", "seed": seed, **evaluate(np.tile(pop, (len(uids), 1)), masked, relevant),
+                          **protocol}), flush=True)
+        train_only = [by[0][u] for u in uids]
+        valid = [by[1][u] for u in uids]
+        ranked_users, scores, best_epoch = train_ranker(
+            vecs, by[0], args.epochs, seed=seed, validate=lambda s: evaluate(s, train_only, valid)["ndcg@10"], **recipe)
+        assert ranked_users == uids
+        ours.append(evaluate(scores, masked, relevant))
+        print(json.dumps({"model": "streamrec policy ranker (SlateScorerModule, softmax warm start)", "seed": seed,
+                          **ours[-1], "epochs": args.epochs, "best_valid_epoch": best_epoch, **recipe, **protocol}), flush=True)
+    if len(ours) > 1:
+        print(json.dumps({"model": "streamrec policy ranker, mean over splits", "seeds": args.seeds,
+                          **{k: round(float(np.mean([o[k] for o in ours])), 4) for k in ("recall@10", "ndcg@10")},
+                          **protocol}), flush=True)
     print(json.dumps({"seconds": round(time.monotonic() - t0, 1)}))
     return 0
 
