@@ -33,12 +33,14 @@ def lookup(name: str) -> Any | None:
 
 
 def ingest_actors() -> list:
-    """Handles of the running StreamIngest actors (every ``streamrec-ingest-*`` in the namespace)."""
+    """Handles of the loop's running StreamIngest actors (``streamrec-ingest-<i>``; groups started
+    under another prefix, ``streamrec-ingest-<group>-<i>``, are not the loop's)."""
     from ray.util import list_named_actors
 
     out = []
     for a in list_named_actors(all_namespaces=True):
-        if a.get("namespace") == NAMESPACE and a.get("name", "").startswith(INGEST_PREFIX + "-"):
+        name = a.get("name", "")
+        if a.get("namespace") == NAMESPACE and name.startswith(INGEST_PREFIX + "-") and name[len(INGEST_PREFIX) + 1:].isdigit():
             handle = lookup(a["name"])
             if handle is not None:
                 out.append(handle)

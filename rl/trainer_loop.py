@@ -253,6 +253,7 @@ class TrainerLoop:
         if running is not None:  # its evidence died with the previous trainer: start over
             store.end_canary(running["version"], "the trainer restarted before judging it")
         self._checkpoint_state: str | None = None
+        self._rounds_hour: str | None = None  # the rounds log's hour file written last
         restored = self._restore() if latest is not None else (None, None)
         self.source.seek(*restored)
         self._log_round({"kind": "start", "position": restored[0], "serving_version": self.serving_version,
@@ -343,10 +344,19 @@ class TrainerLoop:
         return out
 
     def _log_round(self, entry: dict) -> None:
-        """One line of the rounds log (:data:`ROUNDS`), written after the checkpoint it follows."""
+        """One line of the rounds log (:data:`ROUNDS`), written after the checkpoint it follows;
+        starting a new hour's file removes those older than ``trainer.rounds_log_hours``."""
         now = time.time()
-        name = f"{ROUNDS}/{time.strftime('%Y%m%d%H', time.gmtime(now))}.jsonl"
-        self.checkpoint.append_line(name, json.dumps({"ts": now, **entry}))
+        hour = time.strftime('%Y%m%d%H', time.gmtime(now))
+        self.checkpoint.append_line(f"{ROUNDS}/{hour}.jsonl", json.dumps({"ts": now, **entry}))
+        keep = self.settings.trainer.rounds_log_hours
+        if keep and hour != self._rounds_hour:
+            self._rounds_hour = hour
+            oldest = time.strftime('%Y%m%d%H', time.gmtime(now - keep * 3600))
+            for f in self.checkpoint.files(ROUNDS, ".jsonl"):
+                name = f.rsplit("/", 1)[-1]
+                if name[:-len(".jsonl")] < oldest:
+                    self.checkpoint.remove(f"{ROUNDS}/{name}")
 
     def _round(self, samples: Sequence) -> dict | None:
         t = self.settings.trainer

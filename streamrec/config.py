@@ -295,6 +295,9 @@ class TrainerSettings(_Section):
     latency) and takes what they leave; on a node of its own it changes nothing. 0: equal priority."""
     lift_window: int = Field(20_000, ge=100, le=10_000_000)
     """Impressions (the most recent) over which the served policy's lift over the control arm is measured."""
+    rounds_log_hours: int = Field(168, ge=0, le=100_000)
+    """Hours of the rounds log (``<checkpoint_dir>/rounds/``, what ``streamrec replay`` reads) the
+    trainer keeps; older hourly files are removed as new ones start. 0: keep every hour."""
     timeline_points: int = Field(720, ge=10, le=100_000)
     """Rounds the trainer keeps for the dashboard's charts (one point per round; at ``train_every_s``
     10, two hours). Kept in memory: a restarted trainer starts a fresh timeline (the policy store's

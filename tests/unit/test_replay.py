@@ -119,3 +119,23 @@ def test_a_recorded_run_with_a_restart_is_rebuilt_round_by_round_to_the_same_wei
     whys = [(d.get("round"), d["what"]) for d in report["differences"]]
     assert not report["match"] and (2, "samples") in whys and (3, "samples") in whys
     assert any("no longer in the samples topic" in d["why"] for d in report["differences"])
+
+
+def test_the_rounds_log_keeps_its_last_hours_and_removes_older_files(tmp_path):
+    import time
+
+    from actors.policy_store import PolicyDirectory
+    from rl.trainer_loop import ROUNDS, TrainerLoop
+    from streamrec.storage import Location
+    from tests.learning_world import trainer_settings, world
+
+    ids, vecs, _, _ = world()
+    s = trainer_settings(tmp_path, algorithm="linucb", min_samples=100)
+    s = s.model_copy(update={"trainer": s.trainer.model_copy(update={"rounds_log_hours": 2})})
+    loc = Location(s.trainer.checkpoint_dir)
+    now = time.time()
+    for hours_ago in (30, 3, 1):
+        loc.append_line(f"{ROUNDS}/{time.strftime('%Y%m%d%H', time.gmtime(now - hours_ago * 3600))}.jsonl", "{}")
+    TrainerLoop(s, ids, vecs, _RecordLog([]), PolicyDirectory(tmp_path / "store", 10))  # its start is a line
+    kept = sorted(f.rsplit("/", 1)[-1] for f in loc.files(ROUNDS, ".jsonl"))
+    assert kept == sorted({time.strftime('%Y%m%d%H', time.gmtime(now - h * 3600)) + ".jsonl" for h in (1, 0)})
