@@ -120,8 +120,8 @@ class ArmImpression(NamedTuple):
 
 def arm_figures(impressions: Iterable[ArmImpression], catalog_size: int, control: str = "control",
                 z: float = 1.96) -> dict:
-    """Per-arm figures of served impressions: ``{arm: {impressions, ctr, low, high, ild, coverage,
-    lift}}``. ``low``/``high``: the normal-approximation interval of the arm's CTR; ``ild``: the
+    """Per-arm figures of served impressions: ``{arm: {impressions, clicked, ctr, low, high, ild,
+    coverage, lift}}`` (``clicked``: impressions with a click). ``low``/``high``: the normal-approximation interval of the arm's CTR; ``ild``: the
     mean slate ILD; ``coverage``: the share of the catalog the arm showed; ``lift``: the arm's
     :func:`lift_over_control` against the ``control`` arm (None for the control arm itself and
     while there is no control arm)."""
@@ -140,7 +140,7 @@ def arm_figures(impressions: Iterable[ArmImpression], catalog_size: int, control
         if arm != control and control in counts:
             lift = lift_over_control(n, c, *counts[control], z=z)
             lift = {k: lift[k] for k in ("lift", "low", "high", "p_value", "significant")}
-        out[arm] = {"impressions": n, "ctr": p, "low": max(0.0, p - half), "high": min(1.0, p + half),
+        out[arm] = {"impressions": n, "clicked": c, "ctr": p, "low": max(0.0, p - half), "high": min(1.0, p + half),
                     "ild": float(np.mean([r.ild for r in rows])), "coverage": coverage((r.items for r in rows), catalog_size),
                     "lift": lift}
     return out

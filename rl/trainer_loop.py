@@ -237,7 +237,6 @@ class TrainerLoop:
         self.trained_through: dict[str, int] = dict(latest.get("trained_through", {})) if latest else {}
         self.holdout: list[Logged] = []  # held-out samples of recent rounds (never trained on)
         self._arms: deque[ArmImpression] = deque(maxlen=t.lift_window)  # the most recent served impressions
-        self._shadows: deque[tuple[str, float]] = deque(maxlen=t.lift_window)  # (shadow arm, overlap) of recent ones
         self._shadow_logs: dict[str, tuple[int, list[Logged]]] = {}  # arm -> (version, its users' recent samples)
         self._shadow_policies: dict[int, Policy | str] = {}  # version -> its policy, or why it cannot be valued
         self._shadow_rng = np.random.default_rng(seed + 1)  # shadow estimates draw nothing from the gate's stream
@@ -417,27 +416,25 @@ class TrainerLoop:
         """Per-arm figures over the last ``trainer.lift_window`` impressions (``stats["arms"]``): the
         live policy's lift over the control arm (:func:`rl.metrics.lift_over_control`); under
         ``by_arm``, every arm's CTR, ILD, coverage and lift (:func:`rl.metrics.arm_figures`); under
-        ``shadow``, each shadow arm's slates computed and their overlap with the served ones."""
+        ``shadow``, each shadow arm's figures (:meth:`_count_shadows`)."""
         if logged.arms is None or not len(logged.arms):
             return
         self._arms.extend(ArmImpression(str(a), bool(c), float(d), tuple(o.rows[s].tolist()))
                           for a, c, d, o, s in zip(logged.arms, logged.ctr > 0, logged.ild, logged.observations,
                                                    logged.slates))
         by_arm = arm_figures(self._arms, max(1, len(self.featurizer.item_ids)))
-        n = {a: (f["impressions"], round(f["ctr"] * f["impressions"])) for a, f in by_arm.items()}
-        shadow = self._count_shadows(logged)
+        n = {a: (f["impressions"], f["clicked"]) for a, f in by_arm.items()}
         self.stats["arms"] = {**lift_over_control(*n.get("policy", (0, 0)), *n.get("control", (0, 0))),
-                              "by_arm": by_arm, "shadow": shadow}
+                              "by_arm": by_arm, "shadow": self._count_shadows(logged)}
 
     def _count_shadows(self, logged: Logged) -> dict:
-        """Per shadow arm: the slates it computed and their overlap with the served ones (over the
-        lift window), and the off-policy estimate of its version's CTR on its users' most recent
-        ``trainer.holdout_window`` impressions (the gate's estimator; the served CTR beside it)."""
+        """Per shadow arm, over its users' most recent ``trainer.holdout_window`` impressions: the
+        slates it computed, their overlap with the served ones, and the off-policy estimate of its
+        version's CTR (the gate's estimator; the served CTR beside it)."""
         if logged.shadows is not None:
             rows: dict[tuple[str, int], list[int]] = {}
             for i, x in enumerate(logged.shadows):
                 if x is not None:
-                    self._shadows.append((x[0], x[2]))
                     rows.setdefault((x[0], int(x[1])), []).append(i)
             for (arm, version), idx in rows.items():
                 kept_version, parts = self._shadow_logs.get(arm, (version, []))
@@ -447,15 +444,7 @@ class TrainerLoop:
                 while sum(len(p) for p in parts[1:]) >= self.settings.trainer.holdout_window:
                     parts.pop(0)
                 self._shadow_logs[arm] = (version, parts)
-        overlaps: dict[str, list[float]] = {}
-        for arm, overlap in self._shadows:
-            overlaps.setdefault(arm, []).append(overlap)
-        out = {}
-        for arm, values in overlaps.items():
-            out[arm] = {"slates": len(values), "overlap": float(np.mean(values))}
-            if arm in self._shadow_logs:
-                out[arm].update(self._shadow_estimate(*self._shadow_logs[arm]))
-        return out
+        return {arm: self._shadow_estimate(version, parts) for arm, (version, parts) in self._shadow_logs.items()}
 
     def _shadow_estimate(self, version: int, parts: list[Logged]) -> dict:
         policy = self._shadow_policies.get(version)
@@ -472,7 +461,9 @@ class TrainerLoop:
                 policy = f"{type(e).__name__}: {e}"
             self._shadow_policies[version] = policy
         evidence = Logged.concat(parts)
-        figures: dict[str, Any] = {"version": version, "samples": len(evidence), "served_ctr": float(evidence.ctr.mean())}
+        figures: dict[str, Any] = {"version": version, "slates": len(evidence),
+                                   "overlap": float(np.mean([x[2] for x in evidence.shadows])),
+                                   "served_ctr": float(evidence.ctr.mean())}
         if isinstance(policy, str):
             return {**figures, "estimate": None, "why": policy}
         report = evaluate(policy, evidence, **{**self._gate_options(), "rng": self._shadow_rng}).to_dict()

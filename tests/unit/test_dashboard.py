@@ -16,7 +16,7 @@ def test_arm_figures_exact():
             + [ArmImpression("control", True, 0.9, (4, 5)), ArmImpression("control", False, 0.9, (5, 6))])
     out = arm_figures(rows, catalog_size=10)
     p, c = out["policy"], out["control"]
-    assert p["impressions"] == 4 and p["ctr"] == 0.75 and c["ctr"] == 0.5
+    assert p["impressions"] == 4 and p["clicked"] == 3 and p["ctr"] == 0.75 and c["ctr"] == 0.5
     half = 1.96 * math.sqrt(0.75 * 0.25 / 4)
     assert p["low"] == pytest.approx(0.75 - half) and p["high"] == 1.0  # clipped to [0, 1]
     assert p["ild"] == pytest.approx((3 * 0.5 + 0.7) / 4) and p["coverage"] == 0.3 and c["coverage"] == 0.3

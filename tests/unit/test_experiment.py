@@ -122,7 +122,7 @@ def test_replicas_serve_a_served_arm_its_version_log_a_shadow_arms_slate_and_the
     assert arms["policy"]["impressions"] == (logged.arms == "policy").sum()
     assert arms["shadow"]["shadow-old"]["slates"] == sum(s.features.get("shadow") is not None for s in samples) > 100
     shadow = arms["shadow"]["shadow-old"]
-    assert 0 <= shadow["overlap"] <= 1 and shadow["version"] == 1 and shadow["samples"] == shadow["slates"]
+    assert 0 <= shadow["overlap"] <= 1 and shadow["version"] == 1
     shown_with_shadow = np.asarray([s.features.get("shadow") is not None for s in samples])
     assert shadow["served_ctr"] == pytest.approx(logged.ctr[shown_with_shadow].mean())
     est = shadow["estimate"]  # version 1 valued off-policy on the slates its users were shown
