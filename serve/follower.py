@@ -147,11 +147,8 @@ class PolicyFollower:
             changed |= self.canary is not None
             self.canary = None
         elif self.canary is None or self.canary.version != want:
-            loaded = None if want in self._refused_versions else self._load_or_refuse(want)
-            if loaded is not None and not np.array_equal(loaded.featurizer.projection, self.current.featurizer.projection):
-                self._refuse(want, "its item projection differs from the live version's")
-                loaded = None
-            new = None if loaded is None else Canary(loaded.policy, want, float(canary["share"]))
+            policy = self._beside_live(want)
+            new = None if policy is None else Canary(policy, want, float(canary["share"]))
             changed |= new is not None or self.canary is not None
             self.canary = new
         return self._follow_experiment(state.get("experiment")) or changed
@@ -166,18 +163,21 @@ class PolicyFollower:
             return False
         policies: dict[str, tuple[Policy, int]] = {}
         for a in exp.arms:
-            if a.version == self.current.version:
-                policies[a.name] = (self.current.policy, a.version)
-                continue
-            loaded = None if a.version in self._refused_versions else self._load_or_refuse(a.version)
-            if loaded is not None and not np.array_equal(loaded.featurizer.projection, self.current.featurizer.projection):
-                self.last_error = (f"experiment {exp.name}: arm {a.name} (version {a.version}) ranks over other item "
-                                   f"features than the live version: its users see the live version")
-                loaded = None
-            if loaded is not None:
-                policies[a.name] = (loaded.policy, a.version)
+            policy = self.current.policy if a.version == self.current.version else self._beside_live(a.version)
+            if policy is not None:
+                policies[a.name] = (policy, a.version)
         self.experiment = ServedExperiment(exp, policies)
         return True
+
+    def _beside_live(self, version: int) -> Policy | None:
+        """``version``'s policy to serve beside the live version (a canary, an experiment's arm), on
+        the live version's featurizer; None when it is refused, waits for a catalog, or ranks over
+        another item projection than the live version's (refused too)."""
+        loaded = None if version in self._refused_versions else self._load_or_refuse(version)
+        if loaded is not None and not np.array_equal(loaded.featurizer.projection, self.current.featurizer.projection):
+            self._refuse(version, "its item projection differs from the live version's")
+            return None
+        return None if loaded is None else loaded.policy
 
     def _load_or_refuse(self, version: int) -> Served | None:
         try:
