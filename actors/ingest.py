@@ -5,7 +5,7 @@ One actor's loop, top to bottom (a background thread, so ``metrics``/``stop`` st
     poll impressions + feedback  ->  decode (bad bytes -> streamrec.dlq with headers)
       -> RewardJoiner (window, late, orphans)  ->  due samples -> the samples topic (msgpack records)
       -> commit the offsets the joiner says are safe, once the broker acknowledged the samples and
-         dead letters written before them
+         dead letters written before them (checked each turn: the loop never waits on the broker)
 
 Offsets are committed only after what they produced is in the log, so a crash replays what was
 not; the trainer's reader drops the replayed ``event_id``s it already took. The samples topic is
@@ -16,6 +16,7 @@ partitions' state.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import operator
@@ -27,7 +28,7 @@ from typing import Any
 import ray
 
 from actors.registry import INGEST_PREFIX
-from streamrec.eventbus import KafkaEventSource, RdKafkaEventSink
+from streamrec.eventbus import DeliveryFrontier, KafkaEventSource, RdKafkaEventSink
 from streamrec.events import dead_letter_headers, decode_batch, encode_samples
 from streamrec.join import RewardJoiner, Watermark
 from streamrec.rewards import RewardTable, is_positive
@@ -62,6 +63,11 @@ def sample_records(samples: list, per_record: int = SAMPLES_PER_RECORD, max_byte
     return out
 
 
+def _confirmed(frontier: DeliveryFrontier, seq: int, _ok: bool) -> None:
+    """The producer's callback for one record (a failure is counted by the sink, acted on at commit)."""
+    frontier.confirmed(seq)
+
+
 def _rss_bytes() -> int:
     try:
         with open("/proc/self/statm") as f:
@@ -82,7 +88,8 @@ class StreamIngest:
                  max_event_bytes: int = 1_000_000, max_poll_records: int = 2_000,
                  session_timeout_ms: int = 10_000, max_poll_interval_ms: int = 300_000,
                  commit_interval_s: float = 0.5, name: str = "ingest",
-                 security=None, rewards: RewardTable | None = None, hole_wait_s: float = 0.5):
+                 security=None, rewards: RewardTable | None = None, hole_wait_s: float = 0.5,
+                 gc_interval_s: float = 10.0):
         self.name = name
         self.topics = {impressions_topic: "impression", feedback_topic: "feedback"}
         self.dlq_topic, self.samples_topic = dlq_topic, samples_topic
@@ -100,9 +107,13 @@ class StreamIngest:
         self._error: str | None = None
         self._profile_refs: list = []
         self._failed = 0  # the sink's failed deliveries already acted on
+        self._delivered = DeliveryFrontier()  # samples and dead letters handed to the producer
+        self._to_commit: tuple[dict, int] | None = None  # offsets waiting for the records queued before them
         self._not_durable: str | None = None  # set in a rebalance callback: the loop restarts the actor
         self._behind: set = set()  # owned partitions not read to their end, as of the last loop turn
         self._watermark_lag_s = 0.0  # wall clock minus the join's watermark, as of the last loop turn
+        self._first_batch_at: float | None = None  # wall clock when the first records came, and when the last were joined
+        self._last_batch_at: float | None = None
         self.telemetry, self._exported = Telemetry(), {}
         # the samples and the dead letters: one librdkafka producer (C threads), flushed before each commit
         self.out = RdKafkaEventSink(bootstrap, client_id=f"{name}-out", buffer_events=100_000, linger_ms=5,
@@ -112,18 +123,22 @@ class StreamIngest:
             session_timeout_ms=session_timeout_ms, max_poll_interval_ms=max_poll_interval_ms,
             max_poll_records=max_poll_records, client_id=name, security=security, hole_wait_s=hole_wait_s,
         )
-        # The loop allocates a few tracked objects per event that live for the reward window; with
-        # CPython's default gen-0 threshold (700) the collector would re-scan that state all the
-        # time. This process only runs the loop: collect less often, but keep full collections
-        # coming so memory stays flat over long runs (docs/architecture.md, "Ingest").
+        # The loop allocates a few GC-tracked objects per event (tuples, lists) and frees them by
+        # reference counting; it creates no cycles. The automatic collector would scan them anyway,
+        # about once per 700 allocations (a tenth of the loop's time even at a 50,000 threshold).
+        # Off in this process, with a full collection every ``gc_interval_s`` instead: what cycles
+        # Ray's or Kafka's client code leave are still freed, and memory stays flat over long runs
+        # (docs/architecture.md, "The click stream").
         gc.freeze()
-        gc.set_threshold(50_000, 10, 10)
+        gc.disable()
+        self.gc_interval_s = gc_interval_s
+        self._gc = {"collections": 0, "last_pause_s": 0.0, "max_pause_s": 0.0}
         self._thread = threading.Thread(target=self._run, name=f"{name}-loop", daemon=True)
         self._thread.start()
 
     # -- the loop -----------------------------------------------------------------------------
     def _run(self) -> None:
-        last_commit = time.monotonic()
+        last_commit = last_gc = time.monotonic()
         try:
             while not self._stop.is_set():
                 records = self.source.poll(timeout_ms=100)
@@ -140,10 +155,16 @@ class StreamIngest:
                     self._handoff(token, samples)
                 now = time.monotonic()
                 if now - last_commit >= self.commit_interval_s:
-                    self._commit()
+                    if self._to_commit is None:
+                        self._to_commit = self._snapshot()
                     self._lag = self.source.lag()
                     self._export()
                     last_commit = now
+                if self._to_commit is not None:
+                    self._commit_when_durable()
+                if now - last_gc >= self.gc_interval_s:
+                    self._collect()
+                    last_gc = now
             self._commit()
         except Exception as e:
             self._error = f"{type(e).__name__}: {e}"
@@ -158,6 +179,8 @@ class StreamIngest:
 
     def _process(self, batches) -> None:
         """Decode, dead-letter and join one poll's records, a partition batch at a time."""
+        if self._first_batch_at is None:
+            self._first_batch_at = time.time()
         profile_events = []
         joiner, topics, max_bytes = self.joiner, self.topics, self.max_event_bytes
         n_rec = n_imp = n_fb = 0
@@ -178,19 +201,30 @@ class StreamIngest:
             else:
                 joiner.add_feedbacks(topic, part, offsets, events)
                 n_fb += len(events)
-                # a profile pools what the user liked: dislikes and skips do not pull it toward the item
-                worth = joiner.rewards.reward
-                profile_events.extend([(ev.user_id, ev.item_id, ev.ts) for ev in events
-                                       if is_positive(worth(ev.type, ev.value))])
+                if self.profile_store is not None:
+                    # a profile pools what the user liked: dislikes and skips do not pull it toward the item
+                    worth = joiner.rewards.reward
+                    profile_events.extend([(ev.user_id, ev.item_id, ev.ts) for ev in events
+                                           if is_positive(worth(ev.type, ev.value))])
             self.watermark.observe((topic, part), max(map(_event_ts, events)))
+        self._last_batch_at = time.time()
         self.counts["records"] += n_rec
         self.counts["impressions"] += n_imp
         self.counts["feedback"] += n_fb
-        if profile_events and self.profile_store is not None:
+        if profile_events:
             # bounded fire-and-forget: at most two batches in flight
             if len(self._profile_refs) >= 2:
                 _, self._profile_refs = ray.wait(self._profile_refs, num_returns=1, timeout=5)
             self._profile_refs.append(self.profile_store.record.remote(profile_events))
+
+    def _collect(self) -> None:
+        """The full cyclic collection the automatic collector would have run, timed."""
+        t = time.perf_counter()
+        gc.collect()
+        pause = time.perf_counter() - t
+        g = self._gc
+        g["collections"] += 1
+        g["last_pause_s"], g["max_pause_s"] = pause, max(g["max_pause_s"], pause)
 
     _EXPORTED = {"records": "streamrec_ingest_records", "samples": "streamrec_ingest_samples",
                  "dlq": "streamrec_ingest_dead_letters", "late": "streamrec_ingest_late_feedback",
@@ -213,33 +247,59 @@ class StreamIngest:
         self.counts["dlq"] += 1
 
     def _send(self, topic: str, key: bytes | None, value: bytes, headers=None) -> None:
-        while not self.out.send(topic, key, value, headers=headers):
+        confirmed = functools.partial(_confirmed, self._delivered, self._delivered.queued())
+        while not self.out.send(topic, key, value, headers=headers, on_done=confirmed):
+            self._check_delivery()  # refused outright (counted as failed): replay, do not retry forever
             if not self.out.flush(1.0) and self._stop.is_set():
                 raise RuntimeError(f"stopping with {topic} records the broker has not taken")
 
     def _handoff(self, token, samples: list) -> None:
         """Write due samples to the samples topic (msgpack, in C) and let the joiner count their
-        offsets as done: :meth:`_commit` flushes the producer before it commits any of them."""
+        offsets as done: none of them is committed before the broker acknowledged the records
+        queued up to then (:meth:`_commit_when_durable`)."""
         for blob in sample_records(samples):
             self._send(self.samples_topic, None, blob)
             self.counts["sample_records"] += 1
         self.joiner.ack(token)
         self.counts["handoffs"] += 1
 
+    def _snapshot(self) -> tuple[dict, int] | None:
+        """The offsets safe to commit once the records queued so far are acknowledged, and how many
+        those are."""
+        offsets = self.joiner.commit_offsets()
+        return (offsets, self._delivered.mark) if offsets else None
+
+    def _check_delivery(self) -> None:
+        failed = self.out.metrics()["failed"]
+        if failed > self._failed:
+            self._failed = failed
+            raise NotDurable(f"{failed} samples or dead-letter records failed delivery: replaying from the last commit")
+
+    def _commit_when_durable(self) -> None:
+        """Commit the pending snapshot once the broker acknowledged every record queued before it;
+        until then, return at once (the producer's callbacks arrive while the loop goes on)."""
+        self._check_delivery()
+        offsets, queued_before = self._to_commit
+        if not self._delivered.confirmed_before(queued_before):
+            return
+        self._check_delivery()  # again: the sink counts a failure before its callback confirms the record
+        self._to_commit = None
+        self.source.commit(offsets)
+        self.counts["commits"] += 1
+
     def _commit(self) -> None:
-        """Commit the offsets whose samples and dead letters the broker acknowledged.
+        """Commit the offsets whose samples and dead letters the broker acknowledged, waiting for
+        the producer (on revoke and on stop).
 
         A delivery that failed raises: the actor restarts and replays from the last commit (the
         trainer's reader drops the samples it already took)."""
+        self._to_commit = None
         offsets = self.joiner.commit_offsets()
         if not offsets:
             return
         if not self.out.flush(30):
             raise NotDurable("samples or dead letters not acknowledged within 30 s: replaying from the last commit")
-        failed = self.out.metrics()["failed"]
-        if failed > self._failed:
-            self._failed = failed
-            raise NotDurable(f"{failed} samples or dead-letter records failed delivery: replaying from the last commit")
+        self._check_delivery()
         self.source.commit(offsets)
         self.counts["commits"] += 1
 
@@ -270,12 +330,13 @@ class StreamIngest:
             "name": self.name,
             **self.counts,
             "events_per_s": self.counts["records"] / elapsed,
+            "first_batch_at": self._first_batch_at, "last_batch_at": self._last_batch_at,
             "samples": s.samples, "joined": s.joined, "late": s.late, "orphans": s.orphans,
             "off_slate": s.off_slate, "duplicates": s.duplicates, "join_hit_rate": s.join_hit_rate,
             "pending": self.joiner.pending, "join_state": self.joiner.state_size,
             "behind": sorted(f"{t}/{p}" for t, p in self._behind), "watermark_lag_s": self._watermark_lag_s,
             "lag": dict(self._lag), "offset_holes": dict(self.source.holes.counts), "out_sink": self.out.metrics(),
-            "rss_bytes": _rss_bytes(), "rss_start_bytes": self._rss_start,
+            "rss_bytes": _rss_bytes(), "rss_start_bytes": self._rss_start, "gc": dict(self._gc),
             "alive": self._thread.is_alive(), "error": self._error,
         }
 

@@ -92,26 +92,22 @@ def _steady_rate(poll, total: int, timeout_s: float = 300.0) -> float:
 
 
 def ingest_rate(bootstrap: str, s, total_imps: int, actors: int = 1) -> tuple[float, dict]:
-    """Events/s of ``actors`` StreamIngest actors in one group, together, from the first record any
-    of them processed until all impressions are in; and the first actor's metrics."""
+    """Events/s of ``actors`` StreamIngest actors in one group, together, from the first records any
+    of them got until the last were joined (as each actor times its batches, like the bare loops'
+    first-to-last record); and the first actor's metrics."""
     group = IngestGroup(bootstrap=bootstrap, kafka_settings=s.kafka, ingest_settings=s.ingest,
                         name_prefix=f"bench-{s.ingest.group_id}")
     group.scale(actors)
-    first = last = None
-    n_first = 0
     deadline = time.monotonic() + 600
     ms: list[dict] = [{"records": 0}]
     while time.monotonic() < deadline:
         ms = group.metrics()
-        now = time.perf_counter()
-        records = sum(m["records"] for m in ms)
-        if first is None and records > 0:
-            first, n_first = now, records
         if sum(m["impressions"] for m in ms) >= total_imps:
-            last = now
             break
         time.sleep(0.25)
-    rate = (sum(m["records"] for m in ms) - n_first) / max(last - first, 1e-9)
+    busy = [m for m in ms if m["first_batch_at"] is not None]
+    span = max(m["last_batch_at"] for m in busy) - min(m["first_batch_at"] for m in busy)
+    rate = sum(m["records"] for m in ms) / max(span, 1e-9)
     group.stop()
     return rate, ms[0]
 
@@ -252,7 +248,7 @@ def bare_librdkafka_loop(bootstrap: str, s, total: int) -> float:
     t = s.kafka.topics
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bare-rd-{uuid.uuid4().hex[:6]}",
                   "auto.offset.reset": "earliest", "enable.auto.commit": False, "session.timeout.ms": 10_000,
-                  "fetch.wait.max.ms": 100})
+                  "fetch.wait.max.ms": 100, "fetch.queue.backoff.ms": 10})
     c.subscribe([t.impressions, t.feedback])
     rate = _steady_rate(lambda: sum(1 for m in c.consume(2_000, 0.1) if m.error() is None), total)
     c.close()

@@ -41,6 +41,7 @@ __all__ = [
     "KafkaEventSource",
     "KafkaLogReader",
     "OffsetHoles",
+    "DeliveryFrontier",
     "reset_group_offsets",
     "group_lag",
     "librdkafka_security",
@@ -333,6 +334,45 @@ class PartitionBatch(NamedTuple):
     values: list[bytes | None]
 
 
+class DeliveryFrontier:
+    """Which of the records handed to a producer the broker acknowledged, as one number.
+
+    Records are numbered in the order they were queued (:meth:`queued`); acknowledgements come
+    back in any order (partitions, retries, topics). :meth:`confirmed_before` says whether every
+    record numbered below a mark is acknowledged, so a consumer can commit the input offsets that
+    were safe when the mark was taken without waiting on the producer (a flush per commit stopped
+    the ingest loop for a broker round trip). Thread-safe: acknowledgements arrive on the
+    producer's callback thread."""
+
+    def __init__(self) -> None:
+        self._next = 0
+        self._open: set[int] = set()
+        self._lock = threading.Lock()
+
+    def queued(self) -> int:
+        """Number the next record (call before handing it to the producer)."""
+        with self._lock:
+            seq = self._next
+            self._next += 1
+            self._open.add(seq)
+        return seq
+
+    def confirmed(self, seq: int) -> None:
+        """The broker acknowledged record ``seq`` (or it failed for good: the producer's failure
+        count says so, and the caller acts on it)."""
+        with self._lock:
+            self._open.discard(seq)
+
+    @property
+    def mark(self) -> int:
+        """The records queued so far: every one numbered below this."""
+        return self._next
+
+    def confirmed_before(self, mark: int) -> bool:
+        with self._lock:
+            return min(self._open, default=mark) >= mark
+
+
 class OffsetHoles:
     """Holds back a partition's records that come after a hole in its offsets, until the hole fills
     or ``wait_s`` has passed.
@@ -416,6 +456,10 @@ class KafkaEventSource:
             "heartbeat.interval.ms": max(1_000, session_timeout_ms // 4),
             "max.poll.interval.ms": max_poll_interval_ms,
             "fetch.wait.max.ms": 100, "max.partition.fetch.bytes": 4 * 1024 * 1024,
+            # a partition whose prefetch queue is full waits this long before its next fetch
+            # (librdkafka's default, 1 s, let a backlog's queue run dry between fetches: a quarter
+            # of the ingest loop went to waiting in consume)
+            "fetch.queue.backoff.ms": 10,
             "logger": log, **librdkafka_security(security),
         })
         self._max_records = max_poll_records

@@ -32,7 +32,7 @@ from typing import Hashable, Iterable, NamedTuple, Sequence
 from streamrec.events import SAMPLE_SCHEMA, Feedback, Impression, TrainingSample
 from streamrec.rewards import RewardTable
 
-_new_sample = tuple.__new__
+_new_sample = _new_joined = tuple.__new__  # a NamedTuple built in C, not through its Python __new__
 _SAMPLE_FIELDS = ("event_id", "ts", "user_id", "items", "propensities", "policy_version", "rewards", "context",
                   "features", "feedback_types", "source", "schema")
 if TrainingSample._fields != _SAMPLE_FIELDS:  # RewardJoiner.due builds samples positionally
@@ -248,9 +248,11 @@ class RewardJoiner:
         # emitted ids, remembered until ``forget at`` (event time). Samples leave ``due`` in close-time
         # order, so a FIFO of (forget at, id) is (nearly) sorted and expiry pops its front; the dict
         # is for membership only (reading a dict's oldest key after many deletions scans the
-        # deleted slots)
+        # deleted slots). The FIFO is two parallel deques, not one of pairs: floats and strings are
+        # nothing the cyclic GC tracks, where a pair per sample would be (held for retention_s)
         self._emitted: dict[str, float] = {}
-        self._emitted_order: deque[tuple[float, str]] = deque()
+        self._forget_at: deque[float] = deque()
+        self._forget_ids: deque[str] = deque()
         self._inflight: dict[TopicPartition, _InFlight] = defaultdict(_InFlight)
         self._unacked: dict[Hashable, list[Source]] = {}
         self._next_token = 0
@@ -289,14 +291,25 @@ class RewardJoiner:
     def add_feedbacks(self, topic: str, partition: int, offsets: Sequence[int], fbs: Sequence[Feedback]) -> None:
         """Feedback read from one partition, ``offsets`` increasing."""
         pending, emitted, early = self._pending, self._emitted, self._early
+        joined, reward = self._joined, self.rewards.reward
         held: list[int] = []  # offsets that stay in flight: joined, or waiting for their impression
-        late = 0
+        late = hits = 0
         for offset, fb in zip(offsets, fbs):
             eid = fb.event_id
             p = pending.get(eid)
-            if p is not None:
+            if p is not None:  # :meth:`_attach`, inlined (the hot path)
                 held.append(offset)
-                self._attach(p[0], fb, (topic, partition, offset))
+                items = p[0].items
+                j = joined.get(eid)
+                if j is None:
+                    j = joined[eid] = _new_joined(_Joined, ([0.0] * len(items), [], []))
+                j.sources.append((topic, partition, offset))
+                if fb.item_id in items:
+                    j.rewards[items.index(fb.item_id)] += reward(fb.type, fb.value)
+                    j.types.append(fb.type)
+                    hits += 1
+                else:
+                    self.stats.off_slate += 1
             elif eid in emitted:
                 late += 1
             else:
@@ -305,6 +318,7 @@ class RewardJoiner:
                 early.setdefault(eid, []).append((fb, source))
                 self._early_closing.push((fb.ts + self.window_s, next(self._seq), eid, source))
         self.stats.feedback += len(offsets)
+        self.stats.joined += hits
         self.stats.late += late
         flight = self._inflight[(topic, partition)]
         flight.add_all(held)
@@ -319,7 +333,7 @@ class RewardJoiner:
         """Join ``fb`` to its pending impression (the caller keeps ``source`` in flight)."""
         j = self._joined.get(imp.event_id)
         if j is None:
-            j = self._joined[imp.event_id] = _Joined([0.0] * len(imp.items), [], [])
+            j = self._joined[imp.event_id] = _new_joined(_Joined, ([0.0] * len(imp.items), [], []))
         j.sources.append(source)
         try:
             pos = imp.items.index(fb.item_id)
@@ -335,28 +349,33 @@ class RewardJoiner:
         """Samples whose window closed at ``watermark`` (all with ``flush``), and a token for :meth:`ack`."""
         out: list[TrainingSample] = []
         sources: list[Source] = []
-        pending, joined, zeros = self._pending, self._joined, _ZEROS
-        for close_at, eid in self._closing.pop_closed(watermark, flush):
-            p = pending.pop(eid, None)
-            if p is None:
-                continue  # dropped with its partition
-            imp, source = p
-            sources.append(source)
-            j = joined.pop(eid, None)
-            if j is None:
-                k = len(imp.items)
-                rewards = zeros.get(k) or zeros.setdefault(k, (0.0,) * k)
-                types = ()
-            else:
-                rewards, types = tuple(j.rewards), tuple(j.types)
-                sources.extend(j.sources)
-            out.append(_new_sample(TrainingSample, (  # the NamedTuple's fields in order, built in C
-                eid, imp.ts, imp.user_id, imp.items, imp.propensities, imp.policy_version, rewards,
-                imp.context, imp.features, types, source, SAMPLE_SCHEMA,
-            )))
-            forget_at = close_at + self.retention_s
-            self._emitted[eid] = forget_at
-            self._emitted_order.append((forget_at, eid))
+        closed = self._closing.pop_closed(watermark, flush)
+        if closed:  # the hot path: one pass, every lookup bound to a local
+            pending_pop, joined, zeros = self._pending.pop, self._joined, _ZEROS
+            retention, emitted = self.retention_s, self._emitted
+            forget_at, forget_id = self._forget_at.append, self._forget_ids.append
+            add_source, add_sample = sources.append, out.append
+            for close_at, eid in closed:
+                p = pending_pop(eid, None)
+                if p is None:
+                    continue  # dropped with its partition
+                imp, source = p
+                add_source(source)
+                j = joined.pop(eid, None) if joined else None
+                if j is None:
+                    items = imp.items
+                    rewards = zeros.get(len(items)) or zeros.setdefault(len(items), (0.0,) * len(items))
+                    types = ()
+                else:
+                    items, rewards, types = imp.items, tuple(j.rewards), tuple(j.types)
+                    sources.extend(j.sources)
+                add_sample(_new_sample(TrainingSample, (  # the NamedTuple's fields in order, built in C
+                    eid, imp.ts, imp.user_id, items, imp.propensities, imp.policy_version, rewards,
+                    imp.context, imp.features, types, source, SAMPLE_SCHEMA,
+                )))
+                emitted[eid] = until = close_at + retention
+                forget_at(until)
+                forget_id(eid)
         self._expire(watermark, flush)
         if not out:
             return None, out
@@ -385,9 +404,9 @@ class RewardJoiner:
                 del self._early[eid]
             self.stats.orphans += 1
             self._inflight[(src[0], src[1])].release(src[2])
-        emitted, order = self._emitted, self._emitted_order
-        while order and order[0][0] <= watermark:  # an entry emitted out of close-time order waits behind it
-            forget_at, eid = order.popleft()
+        emitted, at, ids = self._emitted, self._forget_at, self._forget_ids
+        while at and at[0] <= watermark:  # an entry emitted out of close-time order waits behind it
+            forget_at, eid = at.popleft(), ids.popleft()
             if emitted.get(eid) == forget_at:
                 del emitted[eid]
 

@@ -1,12 +1,13 @@
 """The Kafka boundary without a network: send never blocks, a full buffer drops and counts; a hole in a
-partition's offsets holds back what comes after it."""
+partition's offsets holds back what comes after it; input offsets wait for the acknowledgement of
+what was queued before them."""
 
 import threading
 import time
 
 import pytest
 
-from streamrec.eventbus import KafkaEventSink, OffsetHoles, RdKafkaEventSink
+from streamrec.eventbus import DeliveryFrontier, KafkaEventSink, OffsetHoles, RdKafkaEventSink
 
 
 class FakeFuture:
@@ -145,3 +146,35 @@ def test_offset_holes_off_hands_out_everything_and_forget_drops_a_partitions_wai
 def test_offset_holes_refuse_a_bad_wait(wait_s):
     with pytest.raises(ValueError, match="wait_s must be >= 0"):
         OffsetHoles(wait_s)
+
+
+# -- DeliveryFrontier: commit input offsets once what was queued before them is acknowledged -----------------------
+def test_the_delivery_frontier_waits_for_every_record_below_the_mark_whatever_order_acks_come_in():
+    f = DeliveryFrontier()
+    assert f.confirmed_before(f.mark)  # nothing queued: nothing to wait for
+    seqs = [f.queued() for _ in range(4)]
+    assert seqs == [0, 1, 2, 3]
+    mark = f.mark
+    assert mark == 4 and not f.confirmed_before(mark)
+    later = f.queued()  # queued after the mark: not waited for
+    for seq in (3, 1, 2):
+        f.confirmed(seq)
+        assert not f.confirmed_before(mark)  # record 0 is still out
+    assert f.confirmed_before(1) is False and f.confirmed_before(0)
+    f.confirmed(0)
+    assert f.confirmed_before(mark) and not f.confirmed_before(f.mark)
+    f.confirmed(later)
+    f.confirmed(later)  # a repeated callback changes nothing
+    assert f.confirmed_before(f.mark)
+
+
+def test_the_delivery_frontier_takes_acknowledgements_from_another_thread():
+    f = DeliveryFrontier()
+    seqs = [f.queued() for _ in range(10_000)]
+    mark = f.mark
+    workers = [threading.Thread(target=lambda part=seqs[i::4]: [f.confirmed(s) for s in part]) for i in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert f.confirmed_before(mark)
