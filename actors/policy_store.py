@@ -31,7 +31,10 @@ Experiments (``streamrec experiment``, ``/v1/admin/experiment``): ``start_experi
 operator's arms (:class:`rl.experiment.Experiment`: stored versions, user shares, shadow or
 served) after checking every arm's version is stored; replicas follow it through ``serving()``
 like the live version and the canary, and its versions are kept on disk while it runs.
-``stop_experiment`` ends it. Both are in the history with the operator's name.
+An arm that names an algorithm gets its versions from the trainer, which trains that algorithm
+beside the live lineage: ``advance_arm`` stores each (stage ``arm``, its parent the arm's previous
+version) and points the arm at it, and replicas follow. ``stop_experiment`` ends it. Starts,
+stops and arm versions are in the history, with the operator's name.
 :class:`PolicyStore` is the named, detached Ray actor around it.
 """
 
@@ -189,13 +192,19 @@ class PolicyDirectory:
         if running is not None:
             raise ExperimentConflict(f"experiment {running['name']!r} is running: stop it first")
         for i, a in enumerate(exp.arms):
+            if a.algorithm is not None:
+                if a.version is not None:
+                    raise ValueError(f"arms[{i}].version: an algorithm arm starts without one "
+                                     "(the trainer stores its versions)")
+                continue
             try:
                 self.manifest(a.version)
             except KeyError as e:
                 raise ValueError(f"arms[{i}].version: {e.args[0]}") from None
         stored = exp.to_dict()
         self.loc.write_json("EXPERIMENT", stored)
-        arms = ", ".join(f"{a.name}=v{a.version} {a.share:.0%}{' shadow' if a.shadow else ''}" for a in exp.arms)
+        arms = ", ".join(f"{a.name}={a.algorithm or f'v{a.version}'} {a.share:.0%}{' shadow' if a.shadow else ''}"
+                         for a in exp.arms)
         self._record("experiment_start", self._live_version(), f"{exp.name} by {operator}: {arms}")
         return stored
 
@@ -208,6 +217,34 @@ class PolicyDirectory:
         self._record("experiment_stop", self._live_version(), f"{running['name']} by {operator}: {reason}")
         self._prune()
         return running
+
+    def advance_arm(self, arm: str, blob: bytes, manifest: dict) -> dict:
+        """Store the next version of the running experiment's algorithm arm ``arm`` (validated as
+        :meth:`publish` validates) and serve it to that arm's users; returns its manifest.
+        ValueError when no experiment runs, it has no such algorithm arm, or the weights are of
+        another algorithm."""
+        running = self.experiment()
+        if running is None:
+            raise NoExperiment("no experiment is running")
+        arms = list(running["arms"])
+        i = next((i for i, a in enumerate(arms) if a["name"] == arm), None)
+        if i is None:
+            raise ValueError(f"experiment {running['name']!r} has no arm {arm!r}")
+        algorithm = arms[i].get("algorithm")
+        if algorithm is None:
+            raise ValueError(f"arm {arm!r} serves stored version {arms[i]['version']}: only an algorithm arm advances")
+        got = (manifest.get("spec") or {}).get("algorithm") if isinstance(manifest, dict) else None
+        if got != algorithm:
+            raise ValueError(f"arm {arm!r} trains {algorithm}; these weights are {got}")
+        before = arms[i]["version"]
+        full = self._store(blob, {**manifest, "stage": "arm"}, parent=before)
+        arms[i] = {**arms[i], "version": full["version"]}
+        self.loc.write_json("EXPERIMENT", {**running, "arms": arms})
+        self._record("arm_version", full["version"], f"{running['name']}/{arm} ({algorithm})")
+        if before is not None and before not in self._pinned():  # superseded: never live, never a rollback
+            self.loc.remove(self._dir(before))  # target; the trainer stores one a round, which would crowd
+        self._prune()                           # the live lineage's versions out of keep_versions
+        return full
 
     def _live_version(self) -> int:
         m = self.latest()
@@ -244,7 +281,8 @@ class PolicyDirectory:
         if running is not None:
             self.end_canary(running["version"], reason)
 
-    def _store(self, blob: bytes, manifest: dict) -> dict:
+    def _store(self, blob: bytes, manifest: dict, parent: int | None | str = "live") -> dict:
+        """Validate and write a version; its parent is the live version unless ``parent`` is given."""
         try:
             m = PolicyManifest.from_dict({"sha256": sha256_hex(blob), **manifest})
         except (TypeError, ValueError) as e:
@@ -257,7 +295,9 @@ class PolicyDirectory:
             raise
         current = self.latest()
         version = (max(self.versions()) if self.versions() else 0) + 1
-        full = m.replace(version=version, parent=current["version"] if current else None, created=time.time()).to_dict()
+        if parent == "live":
+            parent = current["version"] if current else None
+        full = m.replace(version=version, parent=parent, created=time.time()).to_dict()
         d = self._dir(version)  # weights first, the manifest last: a version exists once it is whole
         self.loc.write_bytes(f"{d}/weights.safetensors", blob)
         self.loc.write_json(f"{d}/manifest.json", full)
@@ -287,11 +327,15 @@ class PolicyDirectory:
 
     def _prune(self) -> None:
         """Keep the newest ``keep`` versions, and always the served one, the canary and the experiment's."""
-        pinned = {m["version"] for m in (self.latest(), self.canary()) if m is not None}
-        pinned |= {int(a["version"]) for a in (self.experiment() or {}).get("arms", [])}
+        pinned = self._pinned()
         for v in self.versions()[:-self.keep]:
             if v not in pinned:
                 self.loc.remove(self._dir(v))
+
+    def _pinned(self) -> set[int]:
+        """Versions replicas may be serving: the live one, the canary and the experiment's arms'."""
+        pinned = {int(m["version"]) for m in (self.latest(), self.canary()) if m is not None}
+        return pinned | {int(a["version"]) for a in (self.experiment() or {}).get("arms", []) if a["version"] is not None}
 
     def metrics(self) -> dict:
         m, c = self.latest(), self.canary()
@@ -347,6 +391,7 @@ class PolicyStore(PolicyDirectory):
     rollback = _waking(PolicyDirectory.rollback)
     start_experiment = _waking(PolicyDirectory.start_experiment)
     stop_experiment = _waking(PolicyDirectory.stop_experiment)
+    advance_arm = _waking(PolicyDirectory.advance_arm)
 
     @ray.method(concurrency_group="watch")
     def serving_change(self, known: list | None, wait_s: float = 20.0) -> dict:

@@ -4,7 +4,7 @@
     streamrec status [--json]                               # from any shell
     streamrec down                                          # from any shell
     streamrec report [--since T] [--until T] [--out DIR]    # exposure report over the samples topic
-    streamrec experiment start NAME --arm b=12:0.1 [--shadow s=13:0.05]   # an operator's A/B test
+    streamrec experiment start NAME --arm b=12:0.1 [--arm ucb=linucb:0.1] [--shadow s=13:0.05]   # an operator's A/B test
     streamrec experiment status | stop [--reason R]
     streamrec replay --until T [--out DIR]                  # rebuild the lineage from the topics, compare
 """
@@ -254,22 +254,28 @@ def _admin(method: str, url: Optional[str], run_dir: Optional[Path], key: Option
 
 
 def parse_arm(spec: str, shadow: bool) -> dict:
-    """``NAME=VERSION:SHARE`` -> an arm (ValueError naming what is wrong)."""
+    """``NAME=VERSION:SHARE`` (a stored version) or ``NAME=ALGORITHM:SHARE`` (the trainer trains it
+    for the arm) -> an arm (ValueError naming what is wrong)."""
     name, eq, rest = spec.partition("=")
-    version, colon, share = rest.partition(":")
-    if not (eq and colon and name):
-        raise ValueError(f"{spec!r}: write an arm as NAME=VERSION:SHARE, e.g. b=12:0.1")
+    what, colon, share = rest.partition(":")
+    if not (eq and colon and name and what):
+        raise ValueError(f"{spec!r}: write an arm as NAME=VERSION:SHARE or NAME=ALGORITHM:SHARE, e.g. b=12:0.1")
     try:
-        return {"name": name, "version": int(version), "share": float(share), "shadow": shadow}
+        share_value = float(share)
     except ValueError:
-        raise ValueError(f"{spec!r}: VERSION must be an integer and SHARE a number") from None
+        raise ValueError(f"{spec!r}: SHARE must be a number") from None
+    arm = {"name": name, "share": share_value, "shadow": shadow}
+    return {**arm, "version": int(what)} if what.isdigit() else {**arm, "algorithm": what}
 
 
 @experiment_app.command("start")
 def experiment_start(
     name: str = typer.Argument(..., help="The experiment's name (also its assignment salt unless --salt)."),
-    arm: list[str] = typer.Option([], "--arm", help="A served arm: NAME=VERSION:SHARE (repeat for more)."),
-    shadow: list[str] = typer.Option([], "--shadow", help="A shadow arm, computed and logged, never shown: NAME=VERSION:SHARE."),
+    arm: list[str] = typer.Option([], "--arm", help="A served arm: NAME=VERSION:SHARE, or NAME=ALGORITHM:SHARE "
+                                                    "(linucb, thompson, egreedy, popularity, random: trained for the "
+                                                    "arm beside the live lineage); repeat for more."),
+    shadow: list[str] = typer.Option([], "--shadow", help="A shadow arm, computed and logged, never shown: "
+                                                          "NAME=VERSION:SHARE or NAME=ALGORITHM:SHARE."),
     salt: Optional[str] = typer.Option(None, help="Salt of the users' assignment hash (default: the name)."),
     operator: Optional[str] = typer.Option(None, help="Your name, for the store's history."),
     url: Optional[str] = UrlOpt, key: Optional[str] = KeyOpt, run_dir: Optional[Path] = RunDirOpt,
@@ -311,25 +317,34 @@ def _experiment_table(out: dict[str, Any]) -> Table:
         t.add_column(col)
     by_arm, shadows = figures.get("by_arm") or {}, figures.get("shadow") or {}
     arms = [] if exp is None else exp["arms"]
-    rows = [("policy", "live", None), ("control", "random", None), *((a["name"], a["version"], a) for a in arms)]
+    rows = [("policy", "live", None), ("control", "random", None),
+            *((a["name"], _arm_version(a), a) for a in arms)]
     for name, version, a in rows:
         f = by_arm.get(name)
         users = "" if a is None else f"{a['share']:.0%}" + (" shadow" if a["shadow"] else "")
         if a is not None and a["shadow"]:
             sh = shadows.get(name) or {}
             est = sh.get("estimate")
-            t.add_row(name, f"v{version}", users, str(sh.get("slates", 0)) + " computed",
+            t.add_row(name, version, users, str(sh.get("slates", 0)) + " computed",
                       "" if not est else f"{est['estimator']} {est['ctr']:.3f} [{est['ctr_low']:.3f}, {est['ctr_high']:.3f}] "
                                          f"(shown: {sh['served_ctr']:.3f})",
                       "", "", f"overlap {sh['overlap']:.2f}" if sh else "")
             continue
         lift = (f or {}).get("lift") or {}
-        t.add_row(name, str(version) if a is None else f"v{version}", users, str((f or {}).get("impressions", 0)),
+        t.add_row(name, version, users, str((f or {}).get("impressions", 0)),
                   "" if f is None else f"{f['ctr']:.3f} [{f['low']:.3f}, {f['high']:.3f}]",
                   "" if lift.get("lift") is None else f"{lift['lift']:+.3f} [{lift['low']:+.3f}, {lift['high']:+.3f}] "
                                                       f"p={lift['p_value']:.3g}",
                   "" if f is None else f"{f['ild']:.3f}", "" if f is None else f"{f['coverage']:.3f}")
     return t
+
+
+def _arm_version(arm: dict) -> str:
+    """An arm's version column: ``v12``, or ``linucb v31`` (``linucb, training`` before its first)."""
+    v = arm.get("version")
+    if arm.get("algorithm") is None:
+        return f"v{v}"
+    return f"{arm['algorithm']} v{v}" if v is not None else f"{arm['algorithm']}, training"
 
 
 def _loop_line(snap: dict[str, Any]) -> str:

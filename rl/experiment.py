@@ -8,6 +8,12 @@ running (:meth:`actors.policy_store.PolicyDirectory.start_experiment`) and every
         {"name": "v13-shadow", "version": 13, "share": 0.1, "shadow": True}]})  # computed, never shown
     exp.arm_of("user42")   # an Arm, or None: the live version serves this user
 
+An arm serves a stored version, or an algorithm (``{"name": "ucb", "algorithm": "linucb",
+"share": 0.2}``): the trainer trains that algorithm beside the live lineage on the same samples
+and stores its versions as the arm's (:meth:`actors.policy_store.PolicyDirectory.advance_arm`);
+the arm's ``version`` is then the newest of them, and its users see the live version until the
+first one is stored.
+
 Assignment is sticky: a user's bucket is a salted BLAKE2b hash of the id read as a number in
 [0, 1) (:func:`bucket`), the same on every replica and every request, so a user sees one arm for
 the whole experiment; arms take consecutive ranges of the buckets in their order. The control arm
@@ -27,10 +33,13 @@ import re
 import time
 from dataclasses import dataclass, field
 
-__all__ = ["Arm", "Experiment", "bucket", "RESERVED_ARMS"]
+__all__ = ["Arm", "Experiment", "bucket", "RESERVED_ARMS", "ARM_ALGORITHMS"]
 
 RESERVED_ARMS = ("policy", "control")
 """Arm names the loop uses itself: the live version and the control arm."""
+ARM_ALGORITHMS = ("linucb", "thompson", "egreedy", "popularity", "random")
+"""Algorithms an arm can name: those the trainer updates in place beside the live lineage. Not
+``ppo``: a second RLlib learner beside the trainer's (a stored PPO version can be an arm)."""
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -45,12 +54,15 @@ def bucket(user_id: str, salt: str) -> float:
 class Arm:
     name: str
     """Letters, digits, ``_ . -`` (at most 64); not ``policy`` or ``control``."""
-    version: int
-    """The stored policy version this arm serves (or computes, in shadow)."""
+    version: int | None
+    """The stored policy version this arm serves (or computes, in shadow); for an algorithm arm,
+    the newest version of its lineage (None until the trainer stored one)."""
     share: float
     """Share of users in this arm, in (0, 1)."""
     shadow: bool = False
     """Compute this arm's slate beside the live one's and log it; show the live one."""
+    algorithm: str | None = None
+    """One of :data:`ARM_ALGORITHMS`: the trainer trains it for this arm (None: a stored version)."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +88,13 @@ class Experiment:
             if a.name in seen:
                 raise ValueError(f"{where}.name: {a.name!r} names two arms")
             seen.add(a.name)
-            if isinstance(a.version, bool) or not isinstance(a.version, int) or a.version < 1:
+            if a.algorithm is not None and a.algorithm not in ARM_ALGORITHMS:
+                why = (" (a second RLlib learner beside the trainer's; name a stored PPO version instead)"
+                       if a.algorithm == "ppo" else "")
+                raise ValueError(f"{where}.algorithm: must be one of {', '.join(ARM_ALGORITHMS)}, got {a.algorithm!r}{why}")
+            if a.version is None and a.algorithm is None:
+                raise ValueError(f"{where}: needs a version (a stored policy) or an algorithm (trained for the arm)")
+            if a.version is not None and (isinstance(a.version, bool) or not isinstance(a.version, int) or a.version < 1):
                 raise ValueError(f"{where}.version: must be a stored policy version (an integer >= 1), got {a.version!r}")
             if isinstance(a.share, bool) or not isinstance(a.share, (int, float)) or not 0 < a.share < 1:
                 raise ValueError(f"{where}.share: must be in (0, 1), got {a.share!r}")
@@ -99,7 +117,8 @@ class Experiment:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "salt": self.salt, "started": self.started,
-                "arms": [{"name": a.name, "version": a.version, "share": a.share, "shadow": a.shadow} for a in self.arms]}
+                "arms": [{"name": a.name, "version": a.version, "share": a.share, "shadow": a.shadow,
+                          **({"algorithm": a.algorithm} if a.algorithm is not None else {})} for a in self.arms]}
 
     @classmethod
     def from_dict(cls, d) -> "Experiment":
@@ -112,18 +131,21 @@ class Experiment:
         if "name" not in d or "arms" not in d:
             raise ValueError(f"{'name' if 'name' not in d else 'arms'}: required")
         if not isinstance(d["arms"], list):
-            raise ValueError("arms: must be a list of {name, version, share, shadow}")
+            raise ValueError("arms: must be a list of {name, version or algorithm, share, shadow}")
         arms = []
         for i, a in enumerate(d["arms"]):
             if not isinstance(a, dict):
-                raise ValueError(f"arms[{i}]: must be an object with name, version, share")
-            extra = set(a) - {"name", "version", "share", "shadow"}
+                raise ValueError(f"arms[{i}]: must be an object with name, version or algorithm, share")
+            extra = set(a) - {"name", "version", "algorithm", "share", "shadow"}
             if extra:
-                raise ValueError(f"arms[{i}].{sorted(extra)[0]}: unknown field (known: name, version, share, shadow)")
-            for k in ("name", "version", "share"):
+                raise ValueError(f"arms[{i}].{sorted(extra)[0]}: unknown field "
+                                 "(known: name, version, algorithm, share, shadow)")
+            for k in ("name", "share"):
                 if k not in a:
                     raise ValueError(f"arms[{i}].{k}: required")
-            arms.append(Arm(a["name"], a["version"], a["share"], a.get("shadow", False)))
+            if "version" not in a and "algorithm" not in a:
+                raise ValueError(f"arms[{i}].version: required (or an algorithm to train for the arm)")
+            arms.append(Arm(a["name"], a.get("version"), a["share"], a.get("shadow", False), a.get("algorithm")))
         started = d.get("started", time.time())
         if isinstance(started, bool) or not isinstance(started, (int, float)):
             raise ValueError(f"started: must be epoch seconds, got {started!r}")

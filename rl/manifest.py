@@ -15,19 +15,21 @@ from rl.spec import PolicySpec
 
 __all__ = ["PolicyManifest", "STAGES", "serving_key"]
 
-STAGES = ("live", "canary", "refused")
+STAGES = ("live", "canary", "refused", "arm")
 
 
 def serving_key(state: Mapping[str, Any]) -> list:
     """What a store's ``serving()`` state says replicas should serve, reduced to what changes it:
-    ``[latest version, canary version, canary share, experiment name, experiment start]`` (None
-    where there is none)."""
+    ``[latest version, canary version, canary share, experiment name, experiment start, its arms'
+    versions]`` (None where there is none; an algorithm arm's version moves as the trainer stores
+    its next one)."""
     latest, canary, exp = state.get("latest"), state.get("canary"), state.get("experiment")
     return [None if latest is None else int(latest["version"]),
             None if canary is None else int(canary["version"]),
             None if canary is None else float(canary["share"]),
             None if exp is None else str(exp.get("name")),
-            None if exp is None else float(exp.get("started", 0.0))]
+            None if exp is None else float(exp.get("started", 0.0)),
+            None if exp is None else [a.get("version") for a in exp.get("arms", [])]]
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,8 @@ class PolicyManifest:
     """The version that was live when this one was stored."""
     created: float = 0.0
     stage: str = "live"
-    """``live`` (served as the latest at some point), ``canary`` or ``refused``."""
+    """``live`` (served as the latest at some point), ``canary``, ``refused``, or ``arm`` (a version
+    of an experiment's algorithm arm: never live, never a rollback target)."""
     canary_share: float | None = None
     promoted: float | None = None
     refused_because: str | None = None

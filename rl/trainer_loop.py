@@ -133,6 +133,10 @@ class PolicyStoreAPI(Protocol):
 
     def rollback(self, to: int | None = None, reason: str = "operator rollback") -> dict: ...
 
+    def experiment(self) -> dict | None: ...
+
+    def advance_arm(self, arm: str, blob: bytes, manifest: dict) -> dict: ...
+
 
 def policy_spec(settings: StreamrecSettings, num_rows: int, text_dim: int) -> PolicySpec:
     p = settings.policy
@@ -240,6 +244,9 @@ class TrainerLoop:
         self._shadow_logs: dict[str, tuple[int, list[Logged]]] = {}  # arm -> (version, its users' recent samples)
         self._shadow_policies: dict[int, Policy | str] = {}  # version -> its policy, or why it cannot be valued
         self._shadow_rng = np.random.default_rng(seed + 1)  # shadow estimates draw nothing from the gate's stream
+        self._arm_experiment: tuple | None = None  # (name, started) of the experiment whose algorithm arms train here
+        self._arm_policies: dict[str, Policy] = {}  # algorithm arm -> its policy, learning in place
+        self._arm_stored: dict[str, float] = {}  # algorithm arm -> monotonic time its last version was stored
         self.timeline: deque[dict] = deque(maxlen=t.timeline_points)
         """One point per round (:meth:`_timeline_point`): what the dashboard draws."""
         # DR's direct method, grown on every round's training samples (never on held-out ones): a
@@ -365,6 +372,7 @@ class TrainerLoop:
         n = len(logged.observations)
         if n < 2:
             return None
+        self._train_algorithm_arms(logged)
         if t.canary_share > 0 and self.serving is not None:
             return self._canary_round(samples, logged)
         order = np.arange(n)  # the samples log holds them in the order they closed: the newest are last
@@ -411,6 +419,47 @@ class TrainerLoop:
         self.stats["samples"] += n
         self.stats["last"] = out
         return out
+
+    def _train_algorithm_arms(self, logged: Logged) -> None:
+        """Train each algorithm arm of the running experiment (:data:`rl.experiment.ARM_ALGORITHMS`)
+        on this round's samples, beside the live lineage and apart from it (no gate: the experiment
+        measures it), and store a version of each every ``trainer.publish_every_s``
+        (``store.advance_arm``). A new arm starts from the recent held-out samples. What was stored
+        is in ``stats["algorithm_arms"]``."""
+        exp = self.store.experiment()
+        key = None if exp is None else (exp["name"], exp.get("started"))
+        if key != self._arm_experiment:  # another experiment (or none): its arms start afresh
+            self._arm_experiment, self._arm_policies, self._arm_stored = key, {}, {}
+            self.stats.pop("algorithm_arms", None)
+        if exp is None:
+            return
+        report = self.stats.setdefault("algorithm_arms", {})
+        for arm in exp["arms"]:
+            name, algorithm = arm["name"], arm.get("algorithm")
+            if algorithm is None:
+                continue
+            policy = self._arm_policies.get(name)
+            if policy is None:
+                policy = self._arm_policies[name] = make_policy(dataclasses.replace(self.spec, algorithm=algorithm))
+                for past in self.holdout:
+                    policy.update_batch(past.observations, past.slates, past.clicks)
+            elif policy.spec.num_rows < self.spec.num_rows:  # the catalog grew
+                policy = self._arm_policies[name] = policy_from_state(
+                    *grow_rows(policy.spec, policy.state(), self.spec.num_rows))
+            policy.update_batch(logged.observations, logged.slates, logged.clicks)
+            figures = report.setdefault(name, {"algorithm": algorithm, "version": arm.get("version"), "samples": 0})
+            figures["samples"] += len(logged.observations)
+            if time.monotonic() - self._arm_stored.get(name, float("-inf")) < self.settings.trainer.publish_every_s:
+                continue
+            blob, manifest = self._manifest(policy, None, f"{algorithm} arm {name!r} of experiment {exp['name']!r}")
+            try:
+                stored = self.store.advance_arm(name, blob, manifest)
+            except ValueError as e:  # stopped or replaced meanwhile: the next round sees it
+                figures["error"] = str(e)
+                continue
+            self._arm_stored[name] = time.monotonic()
+            figures["version"] = int(stored["version"])
+            figures.pop("error", None)
 
     def _count_arms(self, logged: Logged) -> None:
         """Per-arm figures over the last ``trainer.lift_window`` impressions (``stats["arms"]``): the

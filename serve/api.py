@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from rl.experiment import ARM_ALGORITHMS
 from streamrec.events import FEEDBACK_TYPES, MAX_ID_CHARS
 
 __all__ = ["RecommendRequest", "RequestContext", "FeedbackRequest", "RecommendResponse", "RankedItem", "ErrorBody",
@@ -99,8 +100,12 @@ class RecommendResponse(BaseModel):
 class ArmRequest(_Strict):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     """Not ``policy`` or ``control`` (the live version and the control arm)."""
-    version: int = Field(ge=1)
-    """A stored policy version."""
+    version: int | None = Field(None, ge=1)
+    """A stored policy version (or give ``algorithm``)."""
+    algorithm: Literal[ARM_ALGORITHMS] | None = None
+    """Instead of a version: the trainer trains this algorithm for the arm beside the live lineage
+    on the same samples, and the arm serves its newest version (its users see the live version
+    until the first is stored)."""
     share: float = Field(gt=0, lt=1)
     """Share of users in this arm (sticky per user)."""
     shadow: bool = False
@@ -108,7 +113,8 @@ class ArmRequest(_Strict):
 
 
 class ExperimentRequest(_Strict):
-    """An operator's experiment (rl/experiment.py): arms of stored versions with user shares that add up to < 1."""
+    """An operator's experiment (rl/experiment.py): arms of stored versions or algorithms, with user
+    shares that add up to < 1."""
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     arms: list[ArmRequest] = Field(min_length=1, max_length=20)
@@ -121,7 +127,8 @@ class ExperimentStatus(BaseModel):
     """The running experiment as stored (name, salt, started, arms), or null."""
     figures: dict | None = None
     """The trainer's per-arm figures over its lift window (impressions, CTR with its interval, ILD,
-    coverage, lift over control; shadow arms' slates and overlap), or null before the first round."""
+    coverage, lift over control; shadow arms' slates and overlap; under ``algorithm_arms``, each
+    algorithm arm's samples trained on and version stored), or null before the first round."""
 
 
 class ErrorBody(BaseModel):

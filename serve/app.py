@@ -190,7 +190,10 @@ class Ranker:
         trainer = registry.lookup(registry.TRAINER)
         if trainer is not None:
             try:
-                figures = ray.get(trainer.metrics.remote(), timeout=5).get("arms")
+                m = ray.get(trainer.metrics.remote(), timeout=5)
+                figures = m.get("arms")
+                if figures is not None and m.get("algorithm_arms"):
+                    figures = {**figures, "algorithm_arms": m["algorithm_arms"]}
             except Exception:  # the trainer restarting: the experiment is answered without figures
                 pass
         return JSONResponse(json_safe({"experiment": exp, "figures": figures}), status_code=status)

@@ -161,8 +161,14 @@ class PolicyFollower:
         exp = Experiment.from_dict(raw)
         if self.experiment is not None and self.experiment.experiment == exp:
             return False
+        held = {} if self.experiment is None else self.experiment.policies  # an algorithm arm moved: keep the others
         policies: dict[str, tuple[Policy, int]] = {}
         for a in exp.arms:
+            if a.version is None:
+                continue  # an algorithm arm before the trainer stored its first version: the live one serves
+            if a.name in held and held[a.name][1] == a.version:
+                policies[a.name] = held[a.name]
+                continue
             policy = self.current.policy if a.version == self.current.version else self._beside_live(a.version)
             if policy is not None:
                 policies[a.name] = (policy, a.version)

@@ -198,8 +198,9 @@ def make_api(ranker: Handlers, guard: GuardState) -> FastAPI:
 
     @api.put("/v1/admin/experiment", status_code=201, response_model=ExperimentStatus, responses=ADMIN_ERRORS)
     async def experiment_start(body: ExperimentRequest, request: Request):
-        """Start an experiment: arms of stored versions, each served to (or, ``shadow``, computed
-        for) a sticky share of users; every replica follows it. 409 while one runs."""
+        """Start an experiment: arms of stored versions or of algorithms the trainer trains for
+        them, each served to (or, ``shadow``, computed for) a sticky share of users; every replica
+        follows it. 409 while one runs."""
         return await ranker.experiment("start", body.model_dump(exclude_none=True), operator_of(request, guard))
 
     @api.delete("/v1/admin/experiment", response_model=ExperimentStatus, responses=ADMIN_ERRORS)

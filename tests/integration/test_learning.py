@@ -411,7 +411,7 @@ def test_replicas_long_poll_the_store_and_a_publish_or_canary_wakes_them(ray_ses
     waiting = store.serving_change.remote(serving_key(woken[0]), 30)
     ray.get(store.publish_canary.remote(blob, man, 0.2), timeout=30)
     state = ray.get(waiting, timeout=10)
-    assert serving_key(state) == [1, 2, 0.2, None, None]
+    assert serving_key(state) == [1, 2, 0.2, None, None, None]
     unchanged = ray.get(store.serving_change.remote(serving_key(state), 0.2), timeout=10)
     assert unchanged == state  # past wait_s with nothing new: the same state
     waiting = store.serving_change.remote(serving_key(state), 30)  # an operator's experiment wakes them too

@@ -410,8 +410,9 @@ def test_body_limit_and_auth_rules(stack):
 def test_an_operators_experiment_reaches_every_replica_and_is_measured_per_arm(stack):
     """Through the admin routes: bad definitions are refused naming the field, a started experiment
     is served by both replicas (an arm's users get its version, a shadow arm's users the live one
-    with the shadow slate logged), the trainer reports each arm's figures, and stopping it is
-    recorded in the store's history with who did it."""
+    with the shadow slate logged, an algorithm arm's users the versions the trainer trains for it
+    beside its PPO lineage), the trainer reports each arm's figures, and stopping it is recorded in
+    the store's history with who did it."""
     from cluster.simulate import synthetic_users_for
     from rl.experiment import Experiment
 
@@ -419,7 +420,8 @@ def test_an_operators_experiment_reaches_every_replica_and_is_measured_per_arm(s
     rng = np.random.default_rng(1)
     route = "/v1/admin/experiment"
     definition = {"name": "old-vs-live", "arms": [{"name": "old", "version": 1, "share": 0.4},
-                                                  {"name": "sh", "version": 1, "share": 0.3, "shadow": True}]}
+                                                  {"name": "sh", "version": 1, "share": 0.3, "shadow": True},
+                                                  {"name": "ucb", "algorithm": "linucb", "share": 0.2}]}
     with httpx.Client(base_url=stack["url"], headers={**stack["headers"], "X-Streamrec-Operator": "ops-test"},
                       timeout=30) as c:
         assert httpx.get(stack["url"] + route).status_code == 401  # admin routes take the keys too
@@ -430,6 +432,8 @@ def test_an_operators_experiment_reaches_every_replica_and_is_measured_per_arm(s
         assert bad.status_code == 422 and "arms[0].version: policy version 99999 is not in the store" in bad.text
         bad = c.put(route, json={**definition, "arms": [{"name": "control", "version": 1, "share": 0.4}]})
         assert bad.status_code == 422 and "'control' is reserved" in bad.text
+        bad = c.put(route, json={**definition, "arms": [{"name": "p", "algorithm": "ppo", "share": 0.4}]})
+        assert bad.status_code == 422 and bad.json()["error"].startswith("body.arms.0.algorithm:"), bad.text
         started = c.put(route, json=definition)
         assert started.status_code == 201, started.text
         assert c.put(route, json=definition).status_code == 409
@@ -440,7 +444,7 @@ def test_an_operators_experiment_reaches_every_replica_and_is_measured_per_arm(s
         while time.monotonic() < deadline and _recommend(c, user=in_old[0]).json()["policy_version"] != 1:
             time.sleep(0.1)
         time.sleep(1.0)  # both replicas follow the store's long poll
-        replicas, figures = set(), {}
+        replicas, figures, ucb_versions = set(), {}, set()
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             for _ in range(60):
@@ -449,7 +453,9 @@ def test_an_operators_experiment_reaches_every_replica_and_is_measured_per_arm(s
                 assert r.status_code == 200, r.text
                 b = r.json()
                 arm = None if in_control(uid, 0.05, "streamrec-control") else exp.arm_of(uid)
-                if arm is not None and not arm.shadow:
+                if arm is not None and arm.name == "ucb":
+                    ucb_versions.add(b["policy_version"])
+                elif arm is not None and not arm.shadow:
                     assert b["policy_version"] == 1, (uid, b["policy_version"])
                     replicas.add(r.headers["x-streamrec-replica"])
                 items = [i["item_id"] for i in b["items"]]
@@ -457,20 +463,26 @@ def test_an_operators_experiment_reaches_every_replica_and_is_measured_per_arm(s
                     if clicked:
                         c.post("/v1/feedback", json={"event_id": b["event_id"], "user_id": uid, "item_id": item})
             figures = c.get(route).json()["figures"] or {}
+            trained = ((figures.get("algorithm_arms") or {}).get("ucb") or {}).get("version")
             if ((figures.get("by_arm") or {}).get("old") or {}).get("impressions", 0) >= 20 and (
-                    (figures.get("shadow") or {}).get("sh") or {}).get("slates", 0) >= 20:
+                    (figures.get("shadow") or {}).get("sh") or {}).get("slates", 0) >= 20 and (
+                    ((figures.get("by_arm") or {}).get("ucb") or {}).get("impressions", 0) >= 5) and trained:
                 break
         assert len(replicas) == 2  # both replicas served the arm its own version
         old = figures["by_arm"]["old"]
         assert 0 <= old["ctr"] <= 1 and old["low"] <= old["ctr"] <= old["high"] and 0 < old["coverage"] <= 1
         assert figures["by_arm"]["policy"]["impressions"] > 0 and 0 <= figures["shadow"]["sh"]["overlap"] <= 1
         assert figures["shadow"]["sh"]["version"] == 1 and figures["shadow"]["sh"]["estimate"]["estimator"]
+        ucb = figures["algorithm_arms"]["ucb"]
+        assert ucb["algorithm"] == "linucb" and ucb["samples"] > 0
         assert c.delete(route, params={"reason": "enough"}).status_code == 200
         gone = c.delete(route)
         assert gone.status_code == 404 and gone.json() == {"error": "no experiment is running"}
-    history = ray.get(stack["store"].history.remote(200))
-    assert any(h["action"] == "experiment_start" and h["reason"].startswith("old-vs-live by ops-test (API key 1): old=v1 40%")
-               for h in history), history[-5:]
+    history = ray.get(stack["store"].history.remote(5000))
+    assert any(h["action"] == "experiment_start" and h["reason"].startswith(
+        "old-vs-live by ops-test (API key 1): old=v1 40%, sh=v1 30% shadow, ucb=linucb 20%") for h in history), history[-5:]
+    arm_versions = {h["version"] for h in history if h["action"] == "arm_version" and h["reason"] == "old-vs-live/ucb (linucb)"}
+    assert ucb_versions & arm_versions, (ucb_versions, arm_versions)  # its users were served the trained arm
     assert any(h["action"] == "experiment_stop" and h["reason"] == "old-vs-live by ops-test (API key 1): enough"
                for h in history)
 

@@ -1,7 +1,10 @@
 """Operator experiments: the definition's checks, sticky assignment, the store's record, and what
-replicas serve and log for each arm (a served arm, a shadow arm), measured per arm by the trainer."""
+replicas serve and log for each arm (a served arm, a shadow arm, an algorithm arm the trainer
+trains), measured per arm by the trainer."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -9,6 +12,8 @@ import pytest
 from actors.policy_store import PolicyDirectory
 from rl.experiment import Experiment
 from rl.logged import samples_to_logged
+from rl.manifest import serving_key
+from rl.policies import make_policy
 from rl.trainer_loop import TrainerLoop
 from serve.follower import PolicyFollower
 from serve.ranking import Ranking
@@ -38,6 +43,10 @@ ARM = {"name": "b", "version": 1, "share": 0.3}
     ({"name": "x", "arms": [ARM, {**ARM, "name": "c", "share": 0.7}]}, "arms: shares add up to 1"),
     ({"name": "x", "arms": [ARM], "started": "now"}, "started: must be epoch seconds"),
     ([ARM], "an experiment is an object with name and arms, got list"),
+    ({"name": "x", "arms": [{"name": "b", "algorithm": "ppo", "share": 0.1}]},
+     r"arms\[0\].algorithm: must be one of linucb, .* got 'ppo' \(a second RLlib learner"),
+    ({"name": "x", "arms": [{"name": "b", "algorithm": "xgboost", "share": 0.1}]}, r"arms\[0\].algorithm: must be one of"),
+    ({"name": "x", "arms": [{"name": "b", "version": None, "share": 0.1}]}, r"arms\[0\]: needs a version .* or an algorithm"),
 ])
 def test_bad_definitions_are_refused_naming_the_field(definition, message):
     with pytest.raises(ValueError, match=message):
@@ -130,3 +139,108 @@ def test_replicas_serve_a_served_arm_its_version_log_a_shadow_arms_slate_and_the
 
     store.stop_experiment()
     assert follower.poll() and follower.experiment is None
+
+
+def test_an_algorithm_arm_advances_only_through_the_store_with_its_own_lineage(tmp_path):
+    ids, vecs, user_vecs, sim = world()
+    store = PolicyDirectory(tmp_path / "store", keep=1)
+    loop = TrainerLoop(trainer_settings(tmp_path, algorithm="popularity", min_samples=100), ids, vecs, _ListBuffer(), store)
+    loop.publish_initial()
+    blob, manifest = loop._manifest(loop.policy, None, "x")  # popularity weights
+    with pytest.raises(ValueError, match="no experiment is running"):
+        store.advance_arm("ucb", blob, manifest)
+    with pytest.raises(ValueError, match=r"arms\[0\].version: an algorithm arm starts without one"):
+        store.start_experiment({"name": "e", "arms": [{"name": "ucb", "algorithm": "linucb", "version": 1, "share": 0.2}]})
+    store.start_experiment({"name": "e", "arms": [{"name": "ucb", "algorithm": "linucb", "share": 0.2}, ARM]},
+                           operator="alice")
+    assert store.experiment()["arms"][0] == {"name": "ucb", "version": None, "share": 0.2, "shadow": False,
+                                             "algorithm": "linucb"}
+    with pytest.raises(ValueError, match="experiment 'e' has no arm 'nope'"):
+        store.advance_arm("nope", blob, manifest)
+    with pytest.raises(ValueError, match="arm 'b' serves stored version 1: only an algorithm arm advances"):
+        store.advance_arm("b", blob, manifest)
+    with pytest.raises(ValueError, match="arm 'ucb' trains linucb; these weights are popularity"):
+        store.advance_arm("ucb", blob, manifest)
+    linucb = dataclasses.replace(loop.spec, algorithm="linucb")
+    blob, manifest = loop._manifest(make_policy(linucb), None, "arm")
+    key = serving_key(store.serving())
+    first = store.advance_arm("ucb", blob, manifest)
+    second = store.advance_arm("ucb", blob, manifest)
+    assert (first["stage"], first["parent"], second["parent"]) == ("arm", None, first["version"])
+    assert store.latest()["version"] == 1  # never live
+    assert store.experiment()["arms"][0]["version"] == second["version"]
+    assert serving_key(store.serving()) != key  # replicas' long polls wake
+    assert second["version"] in store.versions() and first["version"] not in store.versions()  # superseded: removed
+    with pytest.raises(ValueError, match="never served"):
+        store.rollback(to=second["version"])
+    assert [h["action"] for h in store.history()][-2:] == ["arm_version", "arm_version"]
+
+
+def test_the_trainer_trains_an_algorithm_arm_beside_the_live_lineage_and_replicas_serve_its_versions(tmp_path):
+    ids, vecs, user_vecs, sim = world()
+    store = PolicyDirectory(tmp_path / "store", 10)
+    buffer = _ListBuffer()
+    loop = TrainerLoop(trainer_settings(tmp_path, algorithm="popularity", min_samples=100, publish_every_s=0),
+                       ids, vecs, buffer, store)
+    loop.publish_initial()
+    store.start_experiment({"name": "e", "arms": [{"name": "ucb", "algorithm": "linucb", "share": 0.4}]})
+    follower = PolicyFollower(store, ids, vecs)
+    assert follower.poll() and follower.experiment.policies == {}  # no version yet: its users see the live one
+    cur = follower.current
+    ranking = Ranking(cur.featurizer, ItemIndex.build(ids, vecs), cur.policy, cur.version, 20)
+    ranking.swap(cur.featurizer, cur.policy, cur.version, experiment=follower.experiment)
+    rng = np.random.default_rng(0)
+    before = served_samples(ranking, sim, user_vecs, 300, rng)
+    assert {s.features["arm"] for s in before} == {"policy"}
+    buffer.items = before
+    loop.round()
+    live = loop.serving_version
+    arm = store.experiment()["arms"][0]
+    stored, _ = store.get(arm["version"])
+    assert stored["spec"]["algorithm"] == "linucb" and stored["stage"] == "arm"
+    assert loop.stats["algorithm_arms"]["ucb"] == {"algorithm": "linucb", "version": arm["version"], "samples": 300}
+    assert store.latest()["version"] == live  # the live lineage went on by its own gate
+    assert follower.poll() and follower.experiment.policies["ucb"][1] == arm["version"]
+    cur = follower.current
+    ranking.swap(cur.featurizer, cur.policy, cur.version, experiment=follower.experiment)
+    after = served_samples(ranking, sim, user_vecs, 300, rng, t0=300)
+    assigned = Experiment.from_dict(store.experiment())
+    for s in after:
+        in_arm = assigned.arm_of(s.user_id) is not None
+        assert (s.features["arm"], s.policy_version, s.features["algorithm"]) == (
+            ("ucb", arm["version"], "linucb") if in_arm else ("policy", cur.version, "popularity"))
+    buffer.items = after
+    loop.round()  # publish_every_s 0: the arm's next version, its parent the one before
+    moved = store.experiment()["arms"][0]["version"]
+    assert moved > arm["version"] and store.manifest(moved)["parent"] == arm["version"]
+    assert loop.stats["algorithm_arms"]["ucb"]["samples"] == 600
+    assert follower.poll() and follower.experiment.policies["ucb"][1] == moved
+    store.stop_experiment()
+    buffer.items = served_samples(ranking, sim, user_vecs, 200, rng, t0=600)
+    loop.round()
+    assert "algorithm_arms" not in loop.stats  # its arms went with it
+
+
+@pytest.mark.parametrize("spec, shadow, arm", [
+    ("b=12:0.1", False, {"name": "b", "version": 12, "share": 0.1, "shadow": False}),
+    ("ucb=linucb:0.2", False, {"name": "ucb", "algorithm": "linucb", "share": 0.2, "shadow": False}),
+    ("s=13:0.05", True, {"name": "s", "version": 13, "share": 0.05, "shadow": True}),
+])
+def test_the_cli_reads_an_arm_as_a_stored_version_or_an_algorithm(spec, shadow, arm):
+    from cluster.cli import parse_arm
+
+    assert parse_arm(spec, shadow) == arm
+    assert Experiment.from_dict({"name": "e", "arms": [parse_arm(spec, shadow)]}).arms[0].name == arm["name"]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("b12:0.1", "write an arm as NAME=VERSION:SHARE or NAME=ALGORITHM:SHARE"),
+    ("b=12", "write an arm as NAME=VERSION:SHARE or NAME=ALGORITHM:SHARE"),
+    ("b=:0.1", "write an arm as NAME=VERSION:SHARE or NAME=ALGORITHM:SHARE"),
+    ("b=12:lots", "SHARE must be a number"),
+])
+def test_the_cli_names_what_is_wrong_with_an_arm(spec, message):
+    from cluster.cli import parse_arm
+
+    with pytest.raises(ValueError, match=message):
+        parse_arm(spec, False)
