@@ -21,9 +21,9 @@ and come out as plain dicts (they cross Ray as JSON-like data) and are checked a
 :class:`rl.manifest.PolicyManifest` on the way in.
 
 Canaries (``trainer.canary_share``): ``publish_canary`` stores a validated candidate without moving
-LATEST; replicas serve it on a share of requests (:class:`serve.ranking.Ranking`), logging the
-mixture's exact propensities, so the gate's off-policy estimate of the candidate rests on
-evidence the logs support. Then ``promote`` makes it LATEST, or ``end_canary`` refuses it. A
+LATEST; replicas serve it to a sticky share of users, an experiment of one arm
+(:func:`rl.experiment.canary_experiment`), so the gate values the candidate on its own users'
+impressions. Then ``promote`` makes it LATEST, or ``end_canary`` refuses it. A
 manifest's ``stage`` says which: ``live`` (served as LATEST at some point), ``canary`` or
 ``refused``; a refused version is never a rollback target.
 

@@ -137,7 +137,7 @@ def run_policy(algorithm, lam, penalty, args, world, bootstrap, tmp) -> dict:
             prof = blend_profile(hist, user_vecs[[user_row[u] for u in uids]])
             for (u, uid, ctx), p in zip(tick, prof):
                 now = time.time()
-                r = core.rank(p, None, ctx, s.policy.slate_size, rng, ts=now)
+                r = core.rank(p, None, ctx, s.policy.slate_size, rng, ts=now, user_id=uid)
                 click_p = sim.click_probs(u, r.items, ctx)
                 recent.append((u, ctx, p))
                 c = (rng.random(len(click_p)) < click_p).astype(np.float64)  # = sim.clicks, probabilities kept
@@ -261,7 +261,7 @@ def main(argv=None) -> int:
     ap.add_argument("--publish-every-s", type=float, default=0.0,
                     help="least seconds between publications (longer-lived versions: more impressions to measure each on)")
     ap.add_argument("--canary-share", type=float, default=0.2,
-                    help="share of impressions each candidate serves before the gate judges it (0: gate on held-out logs only)")
+                    help="share of users each candidate serves before the gate judges it (0: gate on held-out logs only)")
     ap.add_argument("--canary-samples", type=int, default=2000,
                     help="samples logged during a canary before the gate judges it")
     ap.add_argument("--tail", type=int, default=10_000)

@@ -318,6 +318,7 @@ def _experiment_table(out: dict[str, Any]) -> Table:
     by_arm, shadows = figures.get("by_arm") or {}, figures.get("shadow") or {}
     arms = [] if exp is None else exp["arms"]
     rows = [("policy", "live", None), ("control", "random", None),
+            *([("canary", "candidate", None)] if "canary" in by_arm else []),  # the trainer's canary arm
             *((a["name"], _arm_version(a), a) for a in arms)]
     for name, version, a in rows:
         f = by_arm.get(name)

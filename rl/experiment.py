@@ -21,6 +21,11 @@ the whole experiment; arms take consecutive ranges of the buckets in their order
 every arm's lift is measured against the same control users. Users in no arm see the live version
 (the arm ``policy``).
 
+The trainer's canary (``trainer.canary_share``) is an experiment of one arm, ``canary``
+(:func:`canary_experiment`): the candidate serves a sticky share of users drawn under a salt of
+its own (before the operator's experiment, after the control arm), and is judged on its own
+users' impressions against the live version's over the same time.
+
 A shadow arm's users see the live version; its version ranks the same candidates on the same
 request and its slate is logged beside the served one with its exact propensities
 (:class:`rl.logged.ShadowSlate`), for off-policy evaluation without showing it.
@@ -33,10 +38,12 @@ import re
 import time
 from dataclasses import dataclass, field
 
-__all__ = ["Arm", "Experiment", "bucket", "RESERVED_ARMS", "ARM_ALGORITHMS"]
+__all__ = ["Arm", "Experiment", "bucket", "canary_experiment", "RESERVED_ARMS", "ARM_ALGORITHMS", "CANARY_ARM"]
 
-RESERVED_ARMS = ("policy", "control")
-"""Arm names the loop uses itself: the live version and the control arm."""
+CANARY_ARM = "canary"
+"""The arm of the trainer's canary experiment (:func:`canary_experiment`)."""
+RESERVED_ARMS = ("policy", "control", CANARY_ARM)
+"""Arm names the loop uses itself: the live version, the control arm and the trainer's canary."""
 ARM_ALGORITHMS = ("linucb", "thompson", "egreedy", "popularity", "random")
 """Algorithms an arm can name: those the trainer updates in place beside the live lineage. Not
 ``ppo``: a second RLlib learner beside the trainer's (a stored PPO version can be an arm)."""
@@ -72,6 +79,8 @@ class Experiment:
     salt: str = ""
     """The assignment hash's salt (default: the experiment's name, so each experiment draws its own groups)."""
     started: float = field(default_factory=time.time)
+    by_trainer: bool = False
+    """The trainer's canary (:func:`canary_experiment`): its one arm is named ``canary``."""
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -83,8 +92,8 @@ class Experiment:
             where = f"arms[{i}]"
             if not isinstance(a.name, str) or not _NAME.match(a.name):
                 raise ValueError(f"{where}.name: {a.name!r} must be 1-64 letters, digits, '_', '.' or '-'")
-            if a.name in RESERVED_ARMS:
-                raise ValueError(f"{where}.name: {a.name!r} is reserved (the live version and the control arm)")
+            if a.name in RESERVED_ARMS and not (self.by_trainer and a.name == CANARY_ARM):
+                raise ValueError(f"{where}.name: {a.name!r} is reserved (the live version, the control arm and the trainer's canary)")
             if a.name in seen:
                 raise ValueError(f"{where}.name: {a.name!r} names two arms")
             seen.add(a.name)
@@ -153,3 +162,10 @@ class Experiment:
         if not isinstance(salt, str):
             raise ValueError(f"salt: must be a string, got {salt!r}")
         return cls(d["name"], tuple(arms), salt, float(started))
+
+
+def canary_experiment(version: int, share: float) -> Experiment:
+    """The trainer's canary of ``version`` as an experiment: one arm, ``canary``, serving ``share``
+    of users, drawn under a salt of its own per version (each candidate is tried on other users)."""
+    name = f"canary-v{int(version)}"
+    return Experiment(name, (Arm(CANARY_ARM, int(version), float(share)),), salt=name, started=0.0, by_trainer=True)

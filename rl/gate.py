@@ -83,8 +83,9 @@ def evaluate(policy, logged, *, estimator: str = "snips", rng: np.random.Generat
     ``cascade-dr``; slate weights otherwise, and when the top position's weights have an ESS below
     ``min_ess``: a few matches weighted 1/mu each, as after a uniform logger on a small holdout,
     can value a version at several times its CTR). ``target_probs``: (B, K) the policy's
-    per-position probabilities of the logged slates where already known (logged beside a canary),
-    NaN rows where not (computed from the policy).
+    per-position probabilities of the logged slates where already known (the policy served them
+    itself: a canary's arm), NaN rows where not (computed from the policy; for Thompson sampling a
+    second Monte Carlo estimate, noisier than reading back what the replica logged).
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be ips, snips or dr, got {estimator!r}")

@@ -20,7 +20,7 @@ from rl.features import Featurizer
 from rl.logged_batch import LoggedBatch
 from rl.spec import Observation, PolicySpec
 
-__all__ = ["ImpressionFeatures", "CanaryMixture", "ShadowSlate", "samples_to_logged", "Logged", "b64_array", "array_b64",
+__all__ = ["ImpressionFeatures", "ShadowSlate", "samples_to_logged", "Logged", "b64_array", "array_b64",
            "CONTROL_VERSION"]
 
 CONTROL_VERSION = 0
@@ -33,17 +33,6 @@ def array_b64(a: np.ndarray, dtype=np.float32) -> str:
 
 def b64_array(s: str, dtype=np.float32) -> np.ndarray:
     return np.frombuffer(base64.b64decode(s), dtype=dtype)
-
-
-@dataclass(frozen=True)
-class CanaryMixture:
-    """Both versions' own (K,) probabilities of a slate served while a canary ran beside the live version."""
-
-    live_version: int
-    canary_version: int
-    canary_share: float
-    live: tuple[float, ...]
-    canary: tuple[float, ...]
 
 
 @dataclass(frozen=True)
@@ -76,16 +65,15 @@ class ImpressionFeatures:
 
     On the wire a JSON object: ``candidates`` (N ids), ``user`` (base64 float32, the user part of
     the observation), ``scores`` (base64 float16, the behaviour scores), ``algorithm``, and
-    ``mixture`` (a :class:`CanaryMixture`) while a canary runs, and ``arm``."""
+    and ``arm``."""
 
     candidates: tuple[str, ...]
     user: np.ndarray
     scores: np.ndarray | None
     algorithm: str
-    mixture: CanaryMixture | None = None
     arm: str = "policy"
-    """``policy`` (the live version, or its canary), ``control`` (the uniform control arm) or the
-    name of the experiment arm that served it (:mod:`rl.experiment`)."""
+    """``policy`` (the live version), ``control`` (the uniform control arm), ``canary`` (the
+    trainer's candidate) or the name of the experiment arm that served it (:mod:`rl.experiment`)."""
     shadow: "ShadowSlate | None" = None
     """What a shadow arm would have shown for this request (never shown), or None."""
 
@@ -94,33 +82,16 @@ class ImpressionFeatures:
                "scores": array_b64(self.scores, np.float16), "algorithm": self.algorithm, "arm": self.arm}
         if self.shadow is not None:
             out["shadow"] = self.shadow.to_dict()
-        if self.mixture is not None:
-            m = self.mixture
-            out["mixture"] = {"live_version": m.live_version, "canary_version": m.canary_version,
-                              "canary_share": m.canary_share, "live": list(m.live), "canary": list(m.canary)}
         return out
 
     @classmethod
     def from_dict(cls, f: dict) -> "ImpressionFeatures":
-        """Raises KeyError/TypeError/ValueError when a required field is missing or malformed; a
-        malformed ``mixture`` reads as None (the gate then computes those probabilities itself)."""
+        """Raises KeyError/TypeError/ValueError when a required field is missing or malformed."""
         scores = b64_array(f["scores"], np.float16).astype(np.float32) if "scores" in f else None
         arm = f.get("arm")
         return cls(tuple(f["candidates"]), b64_array(f["user"]), scores, str(f.get("algorithm", "")),
-                   _mixture(f.get("mixture")), arm if isinstance(arm, str) and 0 < len(arm) <= 64 else "policy",
+                   arm if isinstance(arm, str) and 0 < len(arm) <= 64 else "policy",
                    ShadowSlate.from_dict(f.get("shadow")))
-
-
-def _mixture(m) -> CanaryMixture | None:
-    try:
-        live, canary = tuple(map(float, m["live"])), tuple(map(float, m["canary"]))
-        probs = np.asarray([live, canary], np.float64)
-        if probs.ndim == 2 and np.isfinite(probs).all() and (probs >= 0).all() and (probs <= 1).all():
-            return CanaryMixture(int(m["live_version"]), int(m["canary_version"]), float(m["canary_share"]),
-                                 live, canary)
-    except (KeyError, TypeError, ValueError):
-        pass
-    return None
 
 
 @dataclass
@@ -142,11 +113,6 @@ class Logged:
     """(B,) when each impression was served (epoch seconds)."""
     versions: np.ndarray | None = None
     """(B,) the policy version that chose each slate (int; ``CONTROL_VERSION`` for the control arm)."""
-    mixture: np.ndarray | None = None
-    """(B, 2, K) the live and the canary version's per-position probabilities of each slate, as
-    logged while a canary ran beside the live version (NaN for other samples)."""
-    mixture_versions: np.ndarray | None = None
-    """(B, 2) the (live, canary) versions of ``mixture`` (0 for other samples)."""
     arms: np.ndarray | None = None
     """(B,) the arm that served each impression (``ImpressionFeatures.arm``)."""
     ild: np.ndarray | None = None
@@ -155,7 +121,7 @@ class Logged:
     """(B,) (the shadow arm's name, its version, the share of its slate's items the served slate
     also showed) for an impression served while a shadow arm computed its own slate (else None)."""
 
-    _PER_SAMPLE = ("propensities", "ts", "versions", "mixture", "mixture_versions", "arms", "ild", "shadows")
+    _PER_SAMPLE = ("propensities", "ts", "versions", "arms", "ild", "shadows")
 
     def __len__(self) -> int:
         return len(self.observations)
@@ -190,7 +156,7 @@ def samples_to_logged(samples: Sequence, featurizer: Featurizer, spec: PolicySpe
     """TrainingSamples -> observations, slates and rewards (position-weighted typed rewards + lam * ILD)."""
     lay = spec.layout
     obs, acts, logps, rewards, dis, observations, clicks, props, ts, versions = [], [], [], [], [], [], [], [], [], []
-    mixture, mixture_versions, arms, ilds, shadows = [], [], [], [], []
+    arms, ilds, shadows = [], [], []
     skipped = 0
     pw = position_weights(spec.slate_size)
     for s in samples:
@@ -229,21 +195,13 @@ def samples_to_logged(samples: Sequence, featurizer: Featurizer, spec: PolicySpe
         clicks.append(c)
         ts.append(s.ts)
         versions.append(CONTROL_VERSION if f.arm == "control" else int(s.policy_version))
-        m = f.mixture
-        if m is not None and len(m.live) == len(m.canary) == spec.slate_size:
-            mixture.append((m.live, m.canary))
-            mixture_versions.append((m.live_version, m.canary_version))
-        else:
-            mixture.append(np.full((2, spec.slate_size), np.nan))
-            mixture_versions.append((0, 0))
     k, n = spec.slate_size, spec.num_candidates
     batch = LoggedBatch(np.asarray(obs, np.float32).reshape(-1, lay.size), np.asarray(acts, np.int64).reshape(-1, k),
                         np.asarray(logps, np.float64), np.asarray(rewards, np.float64),
                         np.asarray(dis, np.float32).reshape(-1, n))
     return Logged(batch, observations, batch.actions, np.asarray(clicks, np.float64).reshape(-1, k), skipped,
                   np.asarray(props, np.float64).reshape(-1, k), np.asarray(ts, np.float64),
-                  np.asarray(versions, np.int64), np.asarray(mixture, np.float64).reshape(-1, 2, k),
-                  np.asarray(mixture_versions, np.int64).reshape(-1, 2), _objects(arms),
+                  np.asarray(versions, np.int64), _objects(arms),
                   np.asarray(ilds, np.float64), _objects(shadows))
 
 

@@ -160,8 +160,8 @@ def prefix_frequencies(slates: np.ndarray, slate: np.ndarray, include_target: bo
 def mixture_position_probs(served: np.ndarray, other: np.ndarray, served_share: float) -> np.ndarray:
     """(K,) per-position probabilities of one slate under a mixture of two slate policies.
 
-    A request is served by policy A with probability ``served_share`` and by B otherwise (a canary
-    beside the live version). ``served`` and ``other``: (K,) each policy's probability of the
+    A request is served by policy A with probability ``served_share`` and by B otherwise (epsilon-greedy:
+    the greedy slate and a uniform one). ``served`` and ``other``: (K,) each policy's probability of the
     slate's item at each position given the items above it. The mixture's probability of the
     slate's first k items is a * prod_{j<=k} served_j + (1 - a) * prod_{j<=k} other_j; the result is
     the ratio of consecutive prefixes, so its product is the slate's mixture probability and the

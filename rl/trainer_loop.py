@@ -14,9 +14,10 @@ With ``trainer.canary_share`` > 0 a candidate is judged on evidence gathered for
 (:meth:`TrainerLoop._canary_round`)::
 
     train on every sample; no canary running: freeze a copy, store.publish_canary(copy, share)
-    replicas serve it on ``share`` of requests, logging the mixture's exact propensities
-    once ``canary_samples`` samples logged since it went live are in: rl.gate.evaluate(copy, them)
-    vs the serving version on the same samples -> store.promote or store.end_canary
+    replicas serve it to ``share`` of users (an experiment of one arm, rl.experiment.canary_experiment)
+    once ``canary_samples`` samples logged since it went live are in: rl.gate.evaluate(copy, its
+    arm's impressions) vs the serving version on the policy arm's of the same time (both on-policy)
+    -> store.promote or store.end_canary
 
 A restarted trainer resumes from its checkpoint: the weights it had trained and the position in
 the log after the samples that trained them, so every sample is trained once whenever it stops
@@ -43,6 +44,7 @@ import numpy as np
 from rl.bandits import BanditPolicy, RandomPolicy
 from rl.click_model import ClickModel
 from rl.features import Featurizer, fit_projection, table_rows
+from rl.experiment import CANARY_ARM
 from rl.gate import GateReport, evaluate, promote
 from rl.logged import Logged, samples_to_logged
 from rl.manifest import PolicyManifest
@@ -156,7 +158,7 @@ class _Canary:
     published_at: float = dataclasses.field(default_factory=time.time)
     pending: list[Logged] = dataclasses.field(default_factory=list)
     live_since: float = float("inf")
-    """ts of the first impression it served: samples from then on were logged by the mixture."""
+    """ts of the first impression it served: from then on its users' impressions are its evidence."""
     seen_since_published: int = 0
     """Samples logged after it was published (a trainer behind the stream first reads older ones)."""
 
@@ -597,16 +599,19 @@ class TrainerLoop:
         return out
 
     def _judge(self, c: _Canary, evidence: Logged, out: dict) -> None:
+        """The canary's arm against the live version's users over the same time: each set was served
+        by its own version with its exact propensities, so both estimates are on-policy (importance
+        weights 1, read back from the logs) and the gate's rule compares them (:func:`rl.gate.promote`)."""
         gate = self._gate_options()
-        # both versions' probabilities of each slate as the replicas computed them (NaN where the
-        # impression was served without this canary: the gate computes those itself)
-        ours = (evidence.mixture_versions == (self.serving_version, c.version)).all(1)[:, None]
-        report = evaluate(c.policy, evidence, target_probs=np.where(ours, evidence.mixture[:, 1], np.nan), **gate)
-        current = evaluate(self.serving, evidence, target_probs=np.where(ours, evidence.mixture[:, 0], np.nan), **gate)
+        mine = evidence.subset(np.flatnonzero((evidence.arms == CANARY_ARM) & (evidence.versions == c.version)))
+        live = evidence.subset(np.flatnonzero((evidence.arms == "policy") & (evidence.versions == self.serving_version)))
+        if not len(mine) or not len(live):
+            return  # one side served nothing yet: wait for more
+        report = evaluate(c.policy, mine, target_probs=mine.propensities, **gate)  # what it served, as it logged it
+        current = evaluate(self.serving, live, target_probs=live.propensities, **gate)
         ok, why = promote(report, current, self.settings.trainer.gate_tolerance)
         figures = {"ope": report.to_dict(), "current_ope": current.to_dict(), "gate": why,
-                   "ope_samples": len(evidence.observations),
-                   "ope_canary_samples": int((evidence.versions == c.version).sum())}
+                   "ope_samples": len(live), "ope_canary_samples": len(mine)}
         out.update({"ok": ok, "why": why, "ope": report.to_dict(), "current_ope": current.to_dict(),
                     "holdout": len(evidence.observations)})
         if ok:

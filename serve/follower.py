@@ -6,7 +6,7 @@ Every Ranker replica (and the benchmark's in-process clients) holds one::
     follower.poll()            # one store call for the latest and canary manifests; fetches only what is new
     follower.poll(state)       # the same with a state the caller already has (a long poll's answer)
     follower.current           # (featurizer, policy, version) — replaced in one assignment
-    follower.canary            # a candidate served on a share of requests (Canary), or None
+    follower.canary            # the trainer's candidate served to a share of users (ServedExperiment of one arm), or None
     follower.experiment        # the operator's experiment with its arms' policies (ServedExperiment), or None
     follower.set_catalog(ids, vectors, rows, num_rows)   # another catalog version: the same weights over its items
 
@@ -14,7 +14,8 @@ A new version is fetched, checked (sha256, finite, the tensor names and shapes i
 implies), converted into the serving model and warmed up on a dummy request before the swap.
 Anything wrong leaves the old version serving and is counted in ``refused``/``last_error``.
 Versions only move forward. A canary (:meth:`actors.policy_store.PolicyDirectory.publish_canary`)
-is loaded the same way; it is dropped when the store ends or promotes it. An experiment's arms
+is loaded the same way and served as an experiment of one arm
+(:func:`rl.experiment.canary_experiment`); it is dropped when the store ends or promotes it. An experiment's arms
 (:class:`rl.experiment.Experiment`) are loaded the same way too; an arm whose version cannot be
 served here (refused, or ranking over other item features than the live version) is left out, and
 its users see the live version (``last_error`` says why).
@@ -29,14 +30,14 @@ from typing import Protocol
 
 import numpy as np
 
-from rl.experiment import Experiment
+from rl.experiment import CANARY_ARM, Experiment, canary_experiment
 from rl.features import Featurizer, table_rows
 from rl.manifest import PolicyManifest
 from rl.policies import Policy, expected_shapes, policy_from_state
 from rl.spec import Observation, PolicySpec
 from rl.weights import WeightsError, unpack
 
-__all__ = ["PolicyFollower", "Served", "Canary", "ServedExperiment", "StoreReader", "CatalogBehind"]
+__all__ = ["PolicyFollower", "Served", "ServedExperiment", "StoreReader", "CatalogBehind"]
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +63,6 @@ class Served:
 
 
 @dataclass(frozen=True, eq=False)
-class Canary:
-    """A candidate version served on ``share`` of requests beside the live one (same featurizer)."""
-
-    policy: Policy
-    version: int
-    share: float
-
-
-@dataclass(frozen=True, eq=False)
 class ServedExperiment:
     """The running experiment and, per arm whose version loaded, (policy, version)."""
 
@@ -91,7 +83,7 @@ class PolicyFollower:
         self._take_catalog(item_ids, item_vectors, rows, num_rows)
         self.explore = explore
         self.current: Served | None = None
-        self.canary: Canary | None = None
+        self.canary: ServedExperiment | None = None
         self.experiment: ServedExperiment | None = None
         self.refused = 0
         self.swaps = 0
@@ -123,7 +115,8 @@ class PolicyFollower:
             self.current = Served(featurizer, cur.policy, cur.version, cur.spec, cur.manifest)
 
     def poll(self, state: dict | None = None) -> bool:
-        """Follow the store: swap to a newer valid latest version, start or stop serving its canary.
+        """Follow the store: swap to a newer valid latest version, start or stop serving its canary
+        and the operator's experiment.
         ``state``: the store's ``serving()`` answer when the caller already has it (a long poll's),
         else it is asked. True when what is served changed."""
         state = self.store.serving() if state is None else state
@@ -146,12 +139,18 @@ class PolicyFollower:
         if want is None:
             changed |= self.canary is not None
             self.canary = None
-        elif self.canary is None or self.canary.version != want:
+        elif self.canary_version != want:
             policy = self._beside_live(want)
-            new = None if policy is None else Canary(policy, want, float(canary["share"]))
+            new = None if policy is None else ServedExperiment(canary_experiment(want, float(canary["share"])),
+                                                                {CANARY_ARM: (policy, want)})
             changed |= new is not None or self.canary is not None
             self.canary = new
         return self._follow_experiment(state.get("experiment")) or changed
+
+    @property
+    def canary_version(self) -> int | None:
+        """The version on canary this follower serves (None: none, or it could not be loaded)."""
+        return None if self.canary is None else self.canary.policies[CANARY_ARM][1]
 
     def _follow_experiment(self, raw: dict | None) -> bool:
         """Load the arms of the store's experiment (or drop the one served). True when it changed."""

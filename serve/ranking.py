@@ -13,14 +13,9 @@ users (sticky: :mod:`rl.experiment`); a request of a served arm ranks with that 
 logs its own propensities, one of a shadow arm ranks with the live version and logs the shadow
 version's slate beside it.
 
-Canary: ``swap(..., canary=Canary(policy, version, share))`` serves a candidate version on
-``share`` of requests. Every impression then logs the *mixture's* exact per-position
-probabilities (:func:`rl.slate.mixture_position_probs`: its own policy's, and the other policy's
-probability of the same slate), so importance weights against either version stay bounded (a
-candidate's by 1 / share) and the promotion gate's estimate of the candidate is supported by the
-logs. ``Ranked.version`` says which version chose the slate; ``features["mixture"]`` keeps both
-versions' own probabilities of it (the gate reads them back instead of recomputing, which for
-Thompson sampling would be a second, noisier Monte Carlo estimate).
+Canary: ``swap(..., canary=ServedExperiment(...))`` is the trainer's canary, an experiment of one
+arm (:func:`rl.experiment.canary_experiment`): its users are drawn first (after the control arm),
+under its own salt, and served by the candidate like any served arm.
 
 Candidates: half retrieved from the item index by the user's query vector (profile + context
 text), the rest drawn uniformly from the catalog (exploration; a new item can be shown before
@@ -38,10 +33,9 @@ import numpy as np
 
 from rl.experiment import bucket
 from rl.features import Featurizer, context_features
-from rl.logged import CanaryMixture, ImpressionFeatures, ShadowSlate
+from rl.logged import ImpressionFeatures, ShadowSlate
 from rl.policies import Policy
 from rl.bandits import uniform_position_probs
-from rl.slate import mixture_position_probs
 from rl.spec import Observation
 
 __all__ = ["Ranking", "Ranked", "in_control"]
@@ -84,10 +78,10 @@ class Ranking:
              experiment=None) -> None:
         """Atomically replace what ranks: one attribute holds the (featurizer, policy, version,
         canary, candidate pool, experiment) tuple, so a request reads old or new, never half
-        (separate attribute stores could interleave with a request's reads). ``canary``: a
-        :class:`serve.follower.Canary` or None; ``index``: the item index of the featurizer's
-        catalog when the catalog changed (else the current one stays); ``experiment``: a
-        :class:`serve.follower.ServedExperiment` or None."""
+        (separate attribute stores could interleave with a request's reads). ``canary`` and
+        ``experiment``: a :class:`serve.follower.ServedExperiment` each (the trainer's canary, the
+        operator's experiment) or None; ``index``: the item index of the featurizer's catalog when
+        the catalog changed (else the current one stays)."""
         pool = self._live[4] if index is None else _Pool(index, featurizer)
         self._live = (featurizer, policy, int(version), canary, pool, experiment)
 
@@ -152,11 +146,11 @@ class Ranking:
              exclude: Sequence[str] = (), control: bool = False, user_id: str | None = None) -> Ranked:
         """``control``: the request belongs to the control arm (:func:`in_control`): a uniformly
         random slate of the same candidates, logged with its exact propensities, the live version
-        and ``arm: control``. ``user_id``: whose request it is, for the experiment's assignment
-        (:meth:`rl.experiment.Experiment.arm_of`): a served arm ranks with its own version (logged
-        with its version and name), a shadow arm's slate is logged beside the live one's."""
+        and ``arm: control``. ``user_id``: whose request it is, for the canary's and then the
+        experiment's assignment (:meth:`rl.experiment.Experiment.arm_of`): a served arm ranks with
+        its own version (logged with its version and name), a shadow arm's slate is logged beside
+        the live one's."""
         featurizer, policy, version, canary, pool, experiment = self._live  # one consistent snapshot
-        live_version = version
         if candidates is None:
             query = None
             if profile is not None or context_vec is not None:
@@ -176,40 +170,28 @@ class Ranking:
             slate, probs = rng.permutation(n)[:k], uniform_position_probs(n, k)
             scores = np.zeros(n)
             return Ranked([candidates[i] for i in slate], scores[slate], probs,
-                          ImpressionFeatures(tuple(candidates), user, scores, "random", None, "control"), version)
-        arm = None
-        if experiment is not None and user_id is not None:
-            arm = experiment.experiment.arm_of(user_id)
-            if arm is not None and arm.name not in experiment.policies:
-                arm = None  # its version could not be loaded here: the live version serves
+                          ImpressionFeatures(tuple(candidates), user, scores, "random", "control"), version)
+        arm = served = None
+        if user_id is not None:
+            for exp in (canary, experiment):  # the canary's users first, under its own salt
+                a = None if exp is None else exp.experiment.arm_of(user_id)
+                if a is not None and a.name in exp.policies:  # else not loaded here: the live version serves
+                    arm, served = a, exp
+                    break
         if arm is not None and not arm.shadow:
-            arm_policy, arm_version = experiment.policies[arm.name]
+            arm_policy, arm_version = served.policies[arm.name]
             slate, probs, scores = arm_policy.select(obs, k, rng)
             return Ranked([candidates[i] for i in slate], np.asarray(scores)[slate], np.asarray(probs),
                           ImpressionFeatures(tuple(candidates), user, np.asarray(scores), arm_policy.algorithm,
-                                             None, arm.name), arm_version)
-        other = None
-        if canary is not None:
-            share = canary.share
-            if rng.random() < share:
-                policy, other, version = canary.policy, policy, canary.version
-            else:
-                other, share = canary.policy, 1.0 - share
+                                             arm.name), arm_version)
         slate, probs, scores = policy.select(obs, k, rng)
-        mixture = None
-        if other is not None:
-            theirs = other.position_probabilities(obs, slate)
-            live, cand = (theirs, probs) if version == canary.version else (probs, theirs)
-            mixture = CanaryMixture(live_version, canary.version, canary.share, tuple(map(float, live)),
-                                    tuple(map(float, cand)))
-            probs = mixture_position_probs(probs, theirs, share)
         shadow = None
         if arm is not None:  # a shadow arm: its version's own slate of the same request, never shown
-            shadow_policy, shadow_version = experiment.policies[arm.name]
+            shadow_policy, shadow_version = served.policies[arm.name]
             s_slate, s_probs, _ = shadow_policy.select(obs, k, rng)
             shadow = ShadowSlate(arm.name, shadow_version, tuple(candidates[i] for i in s_slate),
                                  tuple(map(float, s_probs)))
         items = [candidates[i] for i in slate]
         return Ranked(items, np.asarray(scores)[slate], np.asarray(probs),
-                      ImpressionFeatures(tuple(candidates), user, np.asarray(scores), policy.algorithm, mixture,
+                      ImpressionFeatures(tuple(candidates), user, np.asarray(scores), policy.algorithm,
                                          shadow=shadow), version)

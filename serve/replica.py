@@ -190,7 +190,7 @@ class Replica:
                     "profiles": None if self.profiles is None else len(self.profiles)}
         exp = None if f.experiment is None else {"name": f.experiment.experiment.name,
                                                  "arms": sorted(f.experiment.policies)}
-        return {"replica": self.replica, "version": f.version, "canary": f.canary.version if f.canary else None,
+        return {"replica": self.replica, "version": f.version, "canary": f.canary_version,
                 "experiment": exp,
                 "catalog": self.catalog_version, "catalog_items": len(f.item_ids), "catalog_swaps": self.catalog_swaps,
                 "swaps": f.swaps, "refused": f.refused, "rollbacks": f.rollbacks, "last_rollback": f.last_rollback,

@@ -341,17 +341,18 @@ class TrainerSettings(_Section):
     the gate sooner is deferred (counted), not published. Longer-lived versions give replicas fewer
     swaps and each version's on-policy CTR more impressions to be measured on. 0: every passing round."""
     canary_share: float = Field(0.0, ge=0, lt=1)
-    """Share of requests that serve each candidate before it is judged (0: judge on the held-out logs
-    alone and publish at once). Impressions then log the mixture's exact probabilities, so the
-    candidate's importance weights stay below 1 / canary_share and the gate's estimate is
-    supported by the logs (README, "Learning": without it, deterministic bandits' new picks have
-    probability epsilon / N or 0 in the logs)."""
+    """Share of users each candidate serves before it is judged (0: judge on the held-out logs alone
+    and publish at once). The canary is an experiment of one arm (``rl.experiment.canary_experiment``:
+    sticky users under a salt of its own per candidate), so the gate values the candidate on its own
+    users' impressions, on-policy, against the live version's users over the same time (README,
+    "Learning": off-policy, deterministic bandits' new picks have probability epsilon / N or 0 in
+    the logs)."""
     force_new_lineage: str | None = None
     """Who replaces a live version of another lineage (another algorithm or catalog size) and why,
     e.g. ``"alice: switch to thompson"``. Such a first version cannot be gated against the live one,
     so without this the trainer refuses to start; with it the reason goes into the history."""
     canary_samples: int = Field(2_000, ge=1)
-    """Samples logged while a canary runs (all versions) before the gate judges it on them."""
+    """Samples logged while a canary runs (all arms) before the gate judges it on them."""
     keep_versions: int = Field(10, ge=1, le=10_000)
     store_dir: str = ".streamrec/policies"
     checkpoint_dir: str = ".streamrec/trainer"

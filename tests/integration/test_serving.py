@@ -487,11 +487,14 @@ def test_an_operators_experiment_reaches_every_replica_and_is_measured_per_arm(s
                for h in history)
 
 
-def test_a_canary_is_served_on_its_share_beside_the_live_version(stack):
-    """Real replicas follow the store's canary slot: a canary at share 0.5 chooses about half the
-    slates (the response names the version that chose it), /metrics shows both versions, and once
-    the store ends it every slate is the live version's again. Last in the module: it stops the
-    trainer, so no direct publish supersedes the canary meanwhile."""
+def test_a_canary_is_served_to_its_share_of_users_beside_the_live_version(stack):
+    """Real replicas follow the store's canary slot: a canary at share 0.5 serves about half the
+    users, each of them on every request (the response names the version that chose the slate),
+    /metrics shows both versions, and once the store ends it every slate is the live version's
+    again. Last in the module: it stops the trainer, so no direct publish supersedes the canary
+    meanwhile."""
+    from rl.experiment import canary_experiment
+
     ray.get(stack["trainer"].stop.remote())
     time.sleep(1.0)  # a version the trainer published just before stopping reaches both replicas
     store = stack["store"]
@@ -503,23 +506,26 @@ def test_a_canary_is_served_on_its_share_beside_the_live_version(stack):
     new_blob, sha = pack(tensors)
     canary = ray.get(store.publish_canary.remote(new_blob, {"sha256": sha, "spec": manifest["spec"], "algorithm": "ppo"},
                                                  0.5))["version"]
+    users = [f"user{i}" for i in range(60) if not in_control(f"user{i}", 0.05, "streamrec-control")]
+    arm = canary_experiment(canary, 0.5)
+    expected = {u: canary if arm.arm_of(u) is not None else live for u in users}
+    assert 10 <= sum(v == canary for v in expected.values()) <= len(users) - 10
     with httpx.Client(base_url=stack["url"], headers=stack["headers"], timeout=30) as c:
+        first = next(u for u in users if expected[u] == canary)
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and int(_recommend(c).json()["policy_version"]) != canary:
+        while time.monotonic() < deadline and int(_recommend(c, user=first).json()["policy_version"]) != canary:
             time.sleep(0.05)
-        time.sleep(1.0)  # both replicas poll every 0.25 s
-        answers = [_recommend(c, user=f"user{i % 60}") for i in range(80)]
-        assert all(r.status_code == 200 for r in answers)
-        versions = [int(r.json()["policy_version"]) for r in answers]
-        assert set(versions) == {live, canary} and 20 <= versions.count(canary) <= 60, versions
-        for r in answers:
-            p = [i["propensity"] for i in r.json()["items"]]
-            assert all(0 < x <= 1 for x in p)
+        time.sleep(1.0)  # both replicas follow the store's long poll
+        for _ in range(2):  # sticky: the same version on every request of a user, on either replica
+            answers = {u: _recommend(c, user=u) for u in users}
+            assert all(r.status_code == 200 for r in answers.values())
+            assert {u: int(r.json()["policy_version"]) for u, r in answers.items()} == expected
+            assert all(0 < i["propensity"] <= 1 for r in answers.values() for i in r.json()["items"])
         m = c.get("/metrics").text
         assert f"streamrec_policy_version {float(live)}" in m and f"streamrec_policy_canary_version {float(canary)}" in m
         ray.get(store.end_canary.remote(canary, "the test is over"))
         time.sleep(1.0)
-        after = [int(_recommend(c).json()["policy_version"]) for _ in range(30)]
+        after = [int(_recommend(c, user=u).json()["policy_version"]) for u in users[:30]]
         assert set(after) == {live}
         assert "streamrec_policy_canary_version 0.0" in c.get("/metrics").text
 

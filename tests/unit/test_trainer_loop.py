@@ -17,7 +17,8 @@ from rl.gate import evaluate
 from rl.logged import samples_to_logged
 from rl.policies import policy_from_state
 from rl.trainer_loop import CHECKPOINT, LineageError, TrainerLoop
-from serve.follower import Canary, PolicyFollower
+from rl.experiment import Experiment, canary_experiment
+from serve.follower import PolicyFollower, ServedExperiment
 from serve.ranking import Ranking
 from streamrec.events import TrainingSample
 from streamrec.index import ItemIndex
@@ -175,55 +176,62 @@ def test_a_checkpoint_of_another_brokers_log_keeps_its_weights_and_reads_the_new
     assert np.allclose(fresh.policy.state()["b"], loop.policy.state()["b"], rtol=1e-6)  # the weights carry on
 
 
-def test_a_canary_logs_the_mixtures_exact_probabilities(tmp_path):
-    """Live version: LinUCB before any data (one deterministic slate); canary: uniform random on 30%
-    of requests. Each slate's logged probability is the mixture's, as sampling frequencies show."""
+def test_a_canary_serves_a_sticky_share_of_users_with_its_own_exact_propensities(tmp_path):
+    """Live version: LinUCB before any data (one deterministic slate); canary: uniform random for 30%
+    of users, an experiment of one arm under a salt of its own. A user's requests all go to one
+    version, and a canary user's impressions log the candidate's own probabilities and its arm."""
     ids, vecs, _, _ = world()
     s = trainer_settings(tmp_path, algorithm="linucb")
     loop = TrainerLoop(s, ids, vecs, _ListBuffer(), PolicyDirectory(tmp_path / "store", 10))
     live = loop.policy
     uniform = policy_from_state(dataclasses.replace(loop.spec, algorithm="random"), live.state())
     core = Ranking(loop.featurizer, ItemIndex.build(ids, vecs), live, 1, 20)
-    core.swap(loop.featurizer, live, 1, Canary(uniform, 2, 0.3))
+    core.swap(loop.featurizer, live, 1, ServedExperiment(canary_experiment(2, 0.3), {"canary": (uniform, 2)}))
     rng = np.random.default_rng(0)
     cands, profile = ids[:20], vecs[0]
-    runs = [core.rank(profile, None, {"hour": 9}, 3, rng, ts=0.0, candidates=cands) for _ in range(4000)]
-    live_slates = {tuple(r.items) for r in runs if r.version == 1}
-    assert len(live_slates) == 1  # deterministic given its state
-    greedy = live_slates.pop()
-    p_greedy = 0.7 + 0.3 / (20 * 19 * 18)
-    canary_share = np.mean([r.version == 2 for r in runs])
-    assert abs(canary_share - 0.3) < 4 * np.sqrt(0.3 * 0.7 / 4000)
-    shown_greedy = np.mean([tuple(r.items) == greedy for r in runs])
-    assert abs(shown_greedy - p_greedy) < 4 * np.sqrt(p_greedy * (1 - p_greedy) / 4000)
-    for r in runs:
-        if tuple(r.items) == greedy:  # served by either version: one probability
-            assert np.prod(r.propensities) == pytest.approx(p_greedy)
-            assert r.propensities[0] == pytest.approx(0.7 + 0.3 / 20)
-        else:  # only the canary shows it; the top matches the live slate's 70% share of the time
-            assert r.version == 2 and np.prod(r.propensities) == pytest.approx(0.3 / (20 * 19 * 18))
-            top = 0.7 + 0.3 / 20 if r.items[0] == greedy[0] else 0.3 / 20
-            assert r.propensities[0] == pytest.approx(top)
-    # each impression also records both versions' own probabilities of its slate; the gate reads
-    # them back (here: equal to what it would compute) instead of recomputing
-    samples = [TrainingSample(str(i), 0.0, "u", tuple(r.items), tuple(r.propensities), r.version, (0.0,) * 3,
-                              {}, r.features.to_dict()) for i, r in enumerate(runs[:200])]
+
+    def rank(user):
+        return core.rank(profile, None, {"hour": 9}, 3, rng, ts=0.0, candidates=cands, user_id=user)
+
+    users = [f"user{i}" for i in range(3000)]
+    first = {u: rank(u) for u in users}
+    on_canary = {u for u, r in first.items() if r.version == 2}
+    assert abs(len(on_canary) / len(users) - 0.3) < 4 * np.sqrt(0.3 * 0.7 / len(users))
+    assert all((rank(u).version == 2) == (u in on_canary) for u in users[:300])  # sticky
+    greedy = {tuple(r.items) for u, r in first.items() if u not in on_canary}
+    assert len(greedy) == 1  # the live version: deterministic given its state
+    for u, r in first.items():
+        if u in on_canary:  # the candidate's own probabilities, not a mixture's
+            assert r.features.arm == "canary" and np.allclose(r.propensities, 1.0 / (20 - np.arange(3)))
+        else:
+            assert r.features.arm == "policy" and np.allclose(r.propensities, 1.0)
+    assert core.rank(profile, None, {}, 3, rng, candidates=cands).version == 1  # no user: nobody to keep sticky
+    operator = ServedExperiment(Experiment.from_dict({"name": "e", "arms": [{"name": "b", "version": 7, "share": 0.5}]}),
+                                {"b": (live, 7)})
+    core.swap(loop.featurizer, live, 1, core.canary, experiment=operator)  # side by side: the canary's users first
+    for u in users[:600]:
+        want = 2 if u in on_canary else 7 if operator.experiment.arm_of(u) is not None else 1
+        assert rank(u).version == want
+    next_canary = {u for u in users if canary_experiment(3, 0.3).arm_of(u) is not None}
+    assert len(next_canary & on_canary) < 0.5 * len(on_canary)  # each candidate is tried on other users
+    samples = [TrainingSample(str(i), 0.0, u, tuple(r.items), tuple(r.propensities), r.version, (0.0,) * 3,
+                              {}, r.features.to_dict()) for i, (u, r) in enumerate(first.items())]
     logged = samples_to_logged(samples, loop.featurizer, loop.spec, 0.0)
-    assert (logged.mixture_versions == (1, 2)).all()
-    pairs = list(zip(logged.observations, logged.slates))
-    assert np.allclose(logged.mixture[:, 0], [live.position_probabilities(o, sl) for o, sl in pairs])
-    assert np.allclose(logged.mixture[:, 1], 1.0 / (20 - np.arange(3)))
+    assert set(logged.arms[logged.versions == 2]) == {"canary"} and set(logged.arms[logged.versions == 1]) == {"policy"}
+    # the gate values the candidate on its own users' impressions with the probabilities they logged: on-policy
+    mine = logged.subset(np.flatnonzero(logged.versions == 2))
     args = dict(estimator="snips", rng=np.random.default_rng(0), dr_weights="cascade")
-    assert (evaluate(uniform, logged, target_probs=logged.mixture[:, 1], **args).estimate
-            == evaluate(uniform, logged, **args).estimate)
-    with pytest.raises(ValueError, match=r"target_probs must be \(200, 3\) like the logged slates"):
-        evaluate(uniform, logged, target_probs=logged.mixture[:5, 1], **args)
+    report = evaluate(uniform, mine, target_probs=mine.propensities, **args)
+    assert report.support == pytest.approx(1.0) and report.estimator == "snips"
+    with pytest.raises(ValueError, match=r"target_probs must be \(\d+, 3\) like the logged slates"):
+        evaluate(uniform, mine, target_probs=mine.propensities[:5], **args)
 
 
 def test_canary_gathers_evidence_then_is_promoted_or_refused(tmp_path):
     """With trainer.canary_share the trainer publishes a frozen candidate to the store's canary slot;
-    the follower serves it on that share; once canary_samples samples logged since it went live are
-    in, the gate judges it on them (weights bounded by 1 / share) and the store promotes or ends it."""
+    the follower serves it to that share of users; once canary_samples samples logged since it went
+    live are in, the gate values it on its users' impressions against the live version on the
+    others' (both on-policy) and the store promotes or ends it."""
     ids, vecs, user_vecs, sim = world()
     buffer, store = _ListBuffer(), PolicyDirectory(tmp_path / "store", 10)
     s = trainer_settings(tmp_path, algorithm="linucb", canary_share=0.3, canary_samples=400, min_samples=100)
@@ -244,17 +252,19 @@ def test_canary_gathers_evidence_then_is_promoted_or_refused(tmp_path):
     assert out["canary"] == 2 and not out["ok"] and loop.stats["canaries"] == 1
     assert store.latest()["version"] == 1 and store.canary()["version"] == 2 and store.canary()["share"] == 0.3
     out = serve(300, 300)  # ~300 logged since the canary went live (its first slate): not enough yet
-    assert follower.canary.version == 2 and follower.canary.share == 0.3
+    assert follower.canary_version == 2 and follower.canary.experiment.arms[0].share == 0.3
     assert 280 < out["holdout"] <= 300 and "ope" not in out and store.latest()["version"] == 1
     out = serve(300, 600)
     assert out["ok"] and out["version"] == 2 and out["canary"] == 3  # judged, promoted, the next one out
     live = store.latest()
-    assert live["version"] == 2 and live["stage"] == "live" and 580 < live["ope_samples"] <= 600
+    assert live["version"] == 2 and live["stage"] == "live"
+    assert 580 < live["ope_samples"] + live["ope_canary_samples"] <= 600  # every sample since it went live
     assert 0.15 * 600 < live["ope_canary_samples"] < 0.45 * 600
-    # the candidate's weights are bounded by 1 / share: SNIPS keeps its estimate (no DR fallback)
-    assert live["ope"]["estimator"] == "snips" and live["ope"]["support"] > 0.7
+    # each side valued on what it served itself: importance weights 1, SNIPS keeps its estimate
+    assert live["ope"]["estimator"] == "snips" and live["ope"]["support"] > 0.99
+    assert live["current_ope"]["support"] > 0.99
     assert loop.serving_version == 2 and loop.click_model.n == 900  # the evidence joins the click model after the judgement
-    assert follower.poll() and follower.version == 2 and follower.canary.version == 3
+    assert follower.poll() and follower.version == 2 and follower.canary_version == 3
 
     strict = loop.settings.trainer.model_copy(update={"gate_tolerance": -1.0})  # nothing passes now
     loop.settings = loop.settings.model_copy(update={"trainer": strict})
@@ -266,7 +276,7 @@ def test_canary_gathers_evidence_then_is_promoted_or_refused(tmp_path):
     assert store.latest()["version"] == 2
     with pytest.raises(ValueError, match="version 3 was never served"):
         store.rollback(3)
-    assert follower.poll() and follower.version == 2 and follower.canary.version == 4
+    assert follower.poll() and follower.version == 2 and follower.canary_version == 4
 
     again = TrainerLoop(s, ids, vecs, buffer, store)  # a restart loses the evidence: the canary ends
     assert store.canary() is None and store.manifest(4)["stage"] == "refused" and again.serving_version == 2
