@@ -22,8 +22,8 @@ and come out as plain dicts (they cross Ray as JSON-like data) and are checked a
 
 Canaries (``trainer.canary_share``): ``publish_canary`` stores a validated candidate without moving
 LATEST; replicas serve it to a sticky share of users, an experiment of one arm
-(:func:`rl.experiment.canary_experiment`), so the gate values the candidate on its own users'
-impressions. Then ``promote`` makes it LATEST, or ``end_canary`` refuses it. A
+(:func:`rl.experiment.canary_experiment`), and the gate values it on the impressions both arms
+served meanwhile. Then ``promote`` makes it LATEST, or ``end_canary`` refuses it. A
 manifest's ``stage`` says which: ``live`` (served as LATEST at some point), ``canary`` or
 ``refused``; a refused version is never a rollback target.
 

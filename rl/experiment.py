@@ -23,8 +23,8 @@ every arm's lift is measured against the same control users. Users in no arm see
 
 The trainer's canary (``trainer.canary_share``) is an experiment of one arm, ``canary``
 (:func:`canary_experiment`): the candidate serves a sticky share of users drawn under a salt of
-its own (before the operator's experiment, after the control arm), and is judged on its own
-users' impressions against the live version's over the same time.
+its own (before the operator's experiment, after the control arm), and is judged with the live
+version on both arms' impressions of the same time.
 
 A shadow arm's users see the live version; its version ranks the same candidates on the same
 request and its slate is logged beside the served one with its exact propensities

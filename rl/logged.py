@@ -10,6 +10,7 @@ JSON, exact where it matters.
 from __future__ import annotations
 
 import base64
+import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -138,6 +139,18 @@ class Logged:
                             None if b.dist_inputs is None else b.dist_inputs[idx])
         extra = {f: None if getattr(self, f) is None else getattr(self, f)[idx] for f in self._PER_SAMPLE}
         return Logged(batch, [self.observations[i] for i in idx], self.slates[idx], self.clicks[idx], 0, **extra)
+
+    def logged_by(self, propensities: np.ndarray) -> "Logged":
+        """The same samples as if logged with ``propensities`` ((B, K) per position): the behaviour
+        an estimator divides by, e.g. two loggers pooled by the balance heuristic."""
+        p = np.asarray(propensities, np.float64)
+        if p.shape != self.slates.shape:
+            raise ValueError(f"propensities must be {self.slates.shape} like the slates, got {p.shape}")
+        with np.errstate(divide="ignore"):
+            logp = np.log(p).sum(1)
+        b = self.batch
+        batch = LoggedBatch(b.obs, b.actions, logp, b.rewards, b.dist_inputs)
+        return dataclasses.replace(self, batch=batch, propensities=p)
 
     @staticmethod
     def concat(parts: Sequence["Logged"]) -> "Logged":

@@ -47,7 +47,9 @@ class PolicyManifest:
     current_ope: dict | None = None
     """The gate's report on the live version, on the same samples (canary judgements)."""
     ope_samples: int | None = None
+    """Canary judgements: the impressions both versions were valued on (both arms')."""
     ope_canary_samples: int | None = None
+    """Canary judgements: how many of them the canary's users were served."""
     version: int = 0
     """Assigned by the store on publish (0 before)."""
     parent: int | None = None

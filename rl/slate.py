@@ -158,21 +158,23 @@ def prefix_frequencies(slates: np.ndarray, slate: np.ndarray, include_target: bo
 
 
 def mixture_position_probs(served: np.ndarray, other: np.ndarray, served_share: float) -> np.ndarray:
-    """(K,) per-position probabilities of one slate under a mixture of two slate policies.
+    """(K,) per-position probabilities of one slate under a mixture of two slate policies ((B, K) for
+    B slates at once).
 
     A request is served by policy A with probability ``served_share`` and by B otherwise (epsilon-greedy:
-    the greedy slate and a uniform one). ``served`` and ``other``: (K,) each policy's probability of the
-    slate's item at each position given the items above it. The mixture's probability of the
-    slate's first k items is a * prod_{j<=k} served_j + (1 - a) * prod_{j<=k} other_j; the result is
-    the ratio of consecutive prefixes, so its product is the slate's mixture probability and the
-    cascade weights of :func:`rl.ope.cascade_dr` stay exact. Positive wherever ``served`` is.
+    the greedy slate and a uniform one; two loggers pooled by the balance heuristic). ``served`` and
+    ``other``: (K,) each policy's probability of the slate's item at each position given the items
+    above it. The mixture's probability of the slate's first k items is
+    a * prod_{j<=k} served_j + (1 - a) * prod_{j<=k} other_j; the result is the ratio of consecutive
+    prefixes, so its product is the slate's mixture probability and the cascade weights of
+    :func:`rl.ope.cascade_dr` stay exact. Positive wherever ``served`` is.
     """
     a = float(served_share)
     if not 0.0 <= a <= 1.0:
         raise ValueError(f"served_share must be in [0, 1], got {served_share}")
     p, q = np.asarray(served, dtype=np.float64), np.asarray(other, dtype=np.float64)
-    if p.shape != q.shape or p.ndim != 1:
-        raise ValueError(f"served and other must be (K,) alike, got {p.shape} and {q.shape}")
-    prefix = a * np.cumprod(p) + (1.0 - a) * np.cumprod(q)
-    above = np.concatenate([[1.0], prefix[:-1]])
+    if p.shape != q.shape or p.ndim not in (1, 2):
+        raise ValueError(f"served and other must be (K,) or (B, K) alike, got {p.shape} and {q.shape}")
+    prefix = a * np.cumprod(p, axis=-1) + (1.0 - a) * np.cumprod(q, axis=-1)
+    above = np.concatenate([np.ones_like(prefix[..., :1]), prefix[..., :-1]], axis=-1)
     return np.divide(prefix, above, out=np.zeros_like(prefix), where=above > 0)

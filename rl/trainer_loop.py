@@ -15,9 +15,9 @@ With ``trainer.canary_share`` > 0 a candidate is judged on evidence gathered for
 
     train on every sample; no canary running: freeze a copy, store.publish_canary(copy, share)
     replicas serve it to ``share`` of users (an experiment of one arm, rl.experiment.canary_experiment)
-    once ``canary_samples`` samples logged since it went live are in: rl.gate.evaluate(copy, its
-    arm's impressions) vs the serving version on the policy arm's of the same time (both on-policy)
-    -> store.promote or store.end_canary
+    once ``canary_samples`` samples logged since it went live are in: rl.gate.evaluate(copy, both
+    arms' impressions, the two loggers pooled) vs the serving version on the same -> store.promote
+    or store.end_canary
 
 A restarted trainer resumes from its checkpoint: the weights it had trained and the position in
 the log after the samples that trained them, so every sample is trained once whenever it stops
@@ -51,6 +51,7 @@ from rl.manifest import PolicyManifest
 from rl.metrics import ArmImpression, arm_figures, lift_over_control
 from rl.policies import Policy, grow_rows, make_policy, policy_from_state
 from rl.sequential import LiveWatch
+from rl.slate import mixture_position_probs
 from rl.spec import PolicySpec
 from rl.weights import WeightsError, pack, unpack
 from streamrec.config import StreamrecSettings
@@ -599,19 +600,32 @@ class TrainerLoop:
         return out
 
     def _judge(self, c: _Canary, evidence: Logged, out: dict) -> None:
-        """The canary's arm against the live version's users over the same time: each set was served
-        by its own version with its exact propensities, so both estimates are on-policy (importance
-        weights 1, read back from the logs) and the gate's rule compares them (:func:`rl.gate.promote`)."""
+        """Both versions valued on every impression the canary's users and the live version's users
+        were served since the canary went live. Each impression was logged by one of them with its
+        exact propensities; the other's probabilities of the slate are computed here, and the two
+        loggers are pooled by the balance heuristic (Agarwal et al., WSDM 2017): an impression's
+        behaviour probability is the two versions' mixed by their shares of the evidence. The
+        candidate's weights stay below 1 / its share, and neither estimate rests on its own arm's
+        few samples alone (:func:`rl.gate.promote` then compares them)."""
         gate = self._gate_options()
-        mine = evidence.subset(np.flatnonzero((evidence.arms == CANARY_ARM) & (evidence.versions == c.version)))
-        live = evidence.subset(np.flatnonzero((evidence.arms == "policy") & (evidence.versions == self.serving_version)))
-        if not len(mine) or not len(live):
+        mine = (evidence.arms == CANARY_ARM) & (evidence.versions == c.version)
+        theirs = (evidence.arms == "policy") & (evidence.versions == self.serving_version)
+        if not mine.any() or not theirs.any():
             return  # one side served nothing yet: wait for more
-        report = evaluate(c.policy, mine, target_probs=mine.propensities, **gate)  # what it served, as it logged it
-        current = evaluate(self.serving, live, target_probs=live.propensities, **gate)
+        both = evidence.subset(np.flatnonzero(mine | theirs))
+        by_canary = both.arms == CANARY_ARM
+        cand_k, live_k = both.propensities.copy(), both.propensities.copy()  # what each logged, as logged
+        for i, (o, slate) in enumerate(zip(both.observations, both.slates)):
+            if by_canary[i]:
+                live_k[i] = self.serving.position_probabilities(o, slate)
+            else:
+                cand_k[i] = c.policy.position_probabilities(o, slate)
+        pooled = both.logged_by(mixture_position_probs(cand_k, live_k, float(by_canary.mean())))
+        report = evaluate(c.policy, pooled, target_probs=cand_k, **gate)
+        current = evaluate(self.serving, pooled, target_probs=live_k, **gate)
         ok, why = promote(report, current, self.settings.trainer.gate_tolerance)
         figures = {"ope": report.to_dict(), "current_ope": current.to_dict(), "gate": why,
-                   "ope_samples": len(live), "ope_canary_samples": len(mine)}
+                   "ope_samples": len(both), "ope_canary_samples": int(by_canary.sum())}
         out.update({"ok": ok, "why": why, "ope": report.to_dict(), "current_ope": current.to_dict(),
                     "holdout": len(evidence.observations)})
         if ok:

@@ -343,10 +343,10 @@ class TrainerSettings(_Section):
     canary_share: float = Field(0.0, ge=0, lt=1)
     """Share of users each candidate serves before it is judged (0: judge on the held-out logs alone
     and publish at once). The canary is an experiment of one arm (``rl.experiment.canary_experiment``:
-    sticky users under a salt of its own per candidate), so the gate values the candidate on its own
-    users' impressions, on-policy, against the live version's users over the same time (README,
-    "Learning": off-policy, deterministic bandits' new picks have probability epsilon / N or 0 in
-    the logs)."""
+    sticky users under a salt of its own per candidate); the gate values both versions on both
+    arms' impressions, the two loggers pooled, so the candidate's importance weights stay below
+    1 / canary_share and its estimate is supported by the logs (README, "Learning": without it,
+    deterministic bandits' new picks have probability epsilon / N or 0 in the logs)."""
     force_new_lineage: str | None = None
     """Who replaces a live version of another lineage (another algorithm or catalog size) and why,
     e.g. ``"alice: switch to thompson"``. Such a first version cannot be gated against the live one,

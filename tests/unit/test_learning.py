@@ -379,11 +379,14 @@ def test_mixture_position_probs_by_hand():
     # the greedy policy agrees at the top only: it still adds there
     p = mixture_position_probs(other, np.array([1.0, 0.0, 0.0]), 0.2)
     assert p[0] == pytest.approx(0.85) and np.prod(p) == pytest.approx(0.2 / 24)
+    # B slates at once: each row as on its own
+    rows = mixture_position_probs(np.stack([served, other]), np.stack([other, np.array([1.0, 0.0, 0.0])]), 0.2)
+    assert rows == pytest.approx(np.stack([mixture_position_probs(served, other, 0.2), p]))
 
 
 @pytest.mark.parametrize("served, other, share, message", [
-    (np.ones(3), np.ones(2), 0.5, r"served and other must be \(K,\) alike"),
-    (np.ones((2, 2)), np.ones((2, 2)), 0.5, r"served and other must be \(K,\) alike"),
+    (np.ones(3), np.ones(2), 0.5, r"served and other must be \(K,\) or \(B, K\) alike"),
+    (np.ones((2, 2, 2)), np.ones((2, 2, 2)), 0.5, r"served and other must be \(K,\) or \(B, K\) alike"),
     (np.ones(3), np.ones(3), 1.5, r"served_share must be in \[0, 1\], got 1.5"),
 ])
 def test_mixture_position_probs_refuses(served, other, share, message):
