@@ -38,7 +38,7 @@ from actors import registry
 from actors.remote import Blocking
 from serve.api import FeedbackRequest, GuardState, RecommendRequest, require_keys_off_loopback
 from serve.context_encoder import LRU, ContextEncoder
-from serve.dashboard import ReplicaSeries, ingest_figures, json_safe
+from serve.dashboard import ReplicaSeries, history_rows, ingest_figures, json_safe
 from serve.http import error, make_api
 from serve.listeners import bind_replica_grpc_to_node_ip
 from serve.profile_mirror import ProfileMirror
@@ -151,7 +151,7 @@ class Ranker:
         except Exception as e:  # the trainer restarting: the page shows what it has and says why
             out["errors"].append(f"trainer: {type(e).__name__}: {e}")
         try:
-            out["history"] = self.replica.store.history(50)
+            out["history"] = history_rows(self.replica.store.history(500))[-50:]
         except Exception as e:
             out["errors"].append(f"policy store: {type(e).__name__}: {e}")
         return json_safe(out)

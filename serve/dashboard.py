@@ -11,7 +11,8 @@ The series, each from the part of the loop that knows it:
 - per round, from the trainer (:attr:`rl.trainer_loop.TrainerLoop.timeline`): CTR per arm with
   its interval, the lift over control, ILD and coverage per arm, the served version, the gate's
   decision with both estimates;
-- the policy store's history: every version that went live, was refused or rolled back, and why;
+- the policy store's history: every version that went live, was refused or rolled back, and why
+  (an algorithm arm's versions, one a round, as one line per run of them: :func:`history_rows`);
 - per replica, every ``serve.dashboard_sample_s`` (:class:`ReplicaSeries`): this replica's request
   latency p50/p99 and rate, and the ingest actors' total lag and events/s.
 """
@@ -26,7 +27,7 @@ from typing import Iterable
 
 import numpy as np
 
-__all__ = ["ReplicaSeries", "ingest_figures", "latency_figures", "asset", "json_safe", "ASSETS"]
+__all__ = ["ReplicaSeries", "ingest_figures", "latency_figures", "history_rows", "asset", "json_safe", "ASSETS"]
 
 #: Files under ``/dashboard/`` and their content types.
 ASSETS = {"uplot.iife.min.js": "application/javascript", "uplot.min.css": "text/css",
@@ -38,6 +39,33 @@ def asset(name: str) -> bytes:
     if name not in ASSETS:
         raise KeyError(name)
     return resources.files("serve").joinpath("static", name).read_bytes()
+
+
+def history_rows(entries: Iterable[dict]) -> list[dict]:
+    """The store's history (oldest first) with each run of consecutive ``arm_version`` entries of
+    one arm as a single row: its newest version, and the reason saying how many and from which."""
+    out: list[dict] = []
+    run: list[dict] = []
+
+    def close() -> None:
+        if len(run) > 1:
+            out.append({**run[-1], "reason": f"{run[-1]['reason']}: {len(run)} versions, "
+                                             f"v{run[0]['version']}-v{run[-1]['version']}"})
+        elif run:
+            out.append(run[0])
+        run.clear()
+
+    for e in entries:
+        if e.get("action") == "arm_version" and run and run[-1].get("reason") == e.get("reason"):
+            run.append(e)
+            continue
+        close()
+        if e.get("action") == "arm_version":
+            run.append(e)
+        else:
+            out.append(e)
+    close()
+    return out
 
 
 def json_safe(x):

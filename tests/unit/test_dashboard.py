@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rl.metrics import ArmImpression, arm_figures
-from serve.dashboard import ASSETS, ReplicaSeries, asset, ingest_figures, json_safe, latency_figures
+from serve.dashboard import ASSETS, ReplicaSeries, asset, history_rows, ingest_figures, json_safe, latency_figures
 
 
 def test_arm_figures_exact():
@@ -64,3 +64,14 @@ def test_the_page_and_the_vendored_chart_library_ship_with_the_package():
     assert set(ASSETS) == {"uplot.iife.min.js", "uplot.min.css", "dashboard.html"}
     with pytest.raises(KeyError):
         asset("../app.py")
+
+
+def test_the_history_shows_a_run_of_an_arms_versions_as_one_row():
+    arm = [{"ts": float(v), "action": "arm_version", "version": v, "reason": "e/ucb (linucb)"} for v in (4, 5, 7)]
+    other = {"ts": 6.0, "action": "arm_version", "version": 6, "reason": "e/ts (thompson)"}
+    rows = history_rows([{"ts": 1.0, "action": "publish", "version": 2, "reason": "first version"},
+                         *arm[:2], {"ts": 5.5, "action": "publish", "version": 3, "reason": "gate"}, other, arm[2]])
+    assert [(r["action"], r["version"]) for r in rows] == [
+        ("publish", 2), ("arm_version", 5), ("publish", 3), ("arm_version", 6), ("arm_version", 7)]
+    assert rows[1]["reason"] == "e/ucb (linucb): 2 versions, v4-v5" and rows[4]["reason"] == "e/ucb (linucb)"
+    assert history_rows([]) == []
