@@ -115,7 +115,7 @@ class StreamIngest:
         self._first_batch_at: float | None = None  # wall clock when the first records came, and when the last were joined
         self._last_batch_at: float | None = None
         self.telemetry, self._exported = Telemetry(), {}
-        # the samples and the dead letters: one librdkafka producer (C threads), flushed before each commit
+        # the samples and the dead letters: one librdkafka producer (C threads), acknowledged before each commit
         self.out = RdKafkaEventSink(bootstrap, client_id=f"{name}-out", buffer_events=100_000, linger_ms=5,
                                     security=security)
         self.source = KafkaEventSource(
@@ -278,11 +278,10 @@ class StreamIngest:
     def _commit_when_durable(self) -> None:
         """Commit the pending snapshot once the broker acknowledged every record queued before it;
         until then, return at once (the producer's callbacks arrive while the loop goes on)."""
-        self._check_delivery()
         offsets, queued_before = self._to_commit
         if not self._delivered.confirmed_before(queued_before):
             return
-        self._check_delivery()  # again: the sink counts a failure before its callback confirms the record
+        self._check_delivery()  # after: the sink counts a failure before its callback confirms the record
         self._to_commit = None
         self.source.commit(offsets)
         self.counts["commits"] += 1
