@@ -291,25 +291,14 @@ class RewardJoiner:
     def add_feedbacks(self, topic: str, partition: int, offsets: Sequence[int], fbs: Sequence[Feedback]) -> None:
         """Feedback read from one partition, ``offsets`` increasing."""
         pending, emitted, early = self._pending, self._emitted, self._early
-        joined, reward = self._joined, self.rewards.reward
         held: list[int] = []  # offsets that stay in flight: joined, or waiting for their impression
-        late = hits = 0
+        late = 0
         for offset, fb in zip(offsets, fbs):
             eid = fb.event_id
             p = pending.get(eid)
-            if p is not None:  # :meth:`_attach`, inlined (the hot path)
+            if p is not None:
                 held.append(offset)
-                items = p[0].items
-                j = joined.get(eid)
-                if j is None:
-                    j = joined[eid] = _new_joined(_Joined, ([0.0] * len(items), [], []))
-                j.sources.append((topic, partition, offset))
-                if fb.item_id in items:
-                    j.rewards[items.index(fb.item_id)] += reward(fb.type, fb.value)
-                    j.types.append(fb.type)
-                    hits += 1
-                else:
-                    self.stats.off_slate += 1
+                self._attach(p[0], fb, (topic, partition, offset))
             elif eid in emitted:
                 late += 1
             else:
@@ -318,7 +307,6 @@ class RewardJoiner:
                 early.setdefault(eid, []).append((fb, source))
                 self._early_closing.push((fb.ts + self.window_s, next(self._seq), eid, source))
         self.stats.feedback += len(offsets)
-        self.stats.joined += hits
         self.stats.late += late
         flight = self._inflight[(topic, partition)]
         flight.add_all(held)
@@ -349,33 +337,29 @@ class RewardJoiner:
         """Samples whose window closed at ``watermark`` (all with ``flush``), and a token for :meth:`ack`."""
         out: list[TrainingSample] = []
         sources: list[Source] = []
-        closed = self._closing.pop_closed(watermark, flush)
-        if closed:  # the hot path: one pass, every lookup bound to a local
-            pending_pop, joined, zeros = self._pending.pop, self._joined, _ZEROS
-            retention, emitted = self.retention_s, self._emitted
-            forget_at, forget_id = self._forget_at.append, self._forget_ids.append
-            add_source, add_sample = sources.append, out.append
-            for close_at, eid in closed:
-                p = pending_pop(eid, None)
-                if p is None:
-                    continue  # dropped with its partition
-                imp, source = p
-                add_source(source)
-                j = joined.pop(eid, None) if joined else None
-                if j is None:
-                    items = imp.items
-                    rewards = zeros.get(len(items)) or zeros.setdefault(len(items), (0.0,) * len(items))
-                    types = ()
-                else:
-                    items, rewards, types = imp.items, tuple(j.rewards), tuple(j.types)
-                    sources.extend(j.sources)
-                add_sample(_new_sample(TrainingSample, (  # the NamedTuple's fields in order, built in C
-                    eid, imp.ts, imp.user_id, items, imp.propensities, imp.policy_version, rewards,
-                    imp.context, imp.features, types, source, SAMPLE_SCHEMA,
-                )))
-                emitted[eid] = until = close_at + retention
-                forget_at(until)
-                forget_id(eid)
+        pending, joined, zeros = self._pending, self._joined, _ZEROS
+        for close_at, eid in self._closing.pop_closed(watermark, flush):
+            p = pending.pop(eid, None)
+            if p is None:
+                continue  # dropped with its partition
+            imp, source = p
+            sources.append(source)
+            j = joined.pop(eid, None)
+            if j is None:
+                k = len(imp.items)
+                rewards = zeros.get(k) or zeros.setdefault(k, (0.0,) * k)
+                types = ()
+            else:
+                rewards, types = tuple(j.rewards), tuple(j.types)
+                sources.extend(j.sources)
+            out.append(_new_sample(TrainingSample, (  # the NamedTuple's fields in order, built in C
+                eid, imp.ts, imp.user_id, imp.items, imp.propensities, imp.policy_version, rewards,
+                imp.context, imp.features, types, source, SAMPLE_SCHEMA,
+            )))
+            forget_at = close_at + self.retention_s
+            self._emitted[eid] = forget_at
+            self._forget_at.append(forget_at)
+            self._forget_ids.append(eid)
         self._expire(watermark, flush)
         if not out:
             return None, out
