@@ -6,7 +6,8 @@
       LATEST                  {"version": 12}           (replaced atomically)
       CANARY                  {"version": 13, "share": 0.2}   (only while a canary runs)
       EXPERIMENT              an rl.experiment.Experiment: an operator's arms (only while one runs)
-      history.jsonl           what went live, was refused or rolled back, experiments started and stopped
+      history/000000000.jsonl what went live, was refused or rolled back, experiments started and
+                              stopped: one JSON line each, in segments of 1,000 lines (streamrec.storage.LineLog)
       v000012/manifest.json   an rl.manifest.PolicyManifest: version, parent, sha256, created, spec, stage, ...
       v000012/weights.safetensors
 
@@ -52,7 +53,7 @@ from rl.experiment import Experiment
 from rl.manifest import PolicyManifest, serving_key
 from rl.policies import expected_shapes
 from rl.weights import WeightsError, sha256_hex, unpack
-from streamrec.storage import Location
+from streamrec.storage import LineLog, Location
 
 __all__ = ["PolicyDirectory", "PolicyStore", "ExperimentConflict", "NoExperiment"]
 
@@ -72,6 +73,7 @@ class PolicyDirectory:
         self.loc = Location(path)
         self.keep = keep
         self.refused = 0
+        self._history = LineLog(self.loc, "history")
 
     # -- reading -------------------------------------------------------------------------------
     @staticmethod
@@ -252,18 +254,13 @@ class PolicyDirectory:
 
     # -- the record of what went live and why --------------------------------------------------
     def _record(self, action: str, version: int, reason: str) -> None:
-        """One line of ``history.jsonl`` (append-only; never pruned): what changed, when and why."""
-        line = json.dumps({"ts": time.time(), "action": action, "version": int(version), "reason": reason})
-        self.loc.append_line("history.jsonl", line)
+        """One line of the history (append-only; never pruned): what changed, when and why."""
+        self._history.append(json.dumps({"ts": time.time(), "action": action, "version": int(version), "reason": reason}))
 
     def history(self, limit: int = 100) -> list[dict]:
         """The newest ``limit`` entries of the record: publish, canary, promote, refuse, rollback,
         experiment_start, experiment_stop."""
-        try:
-            lines = self.loc.read_bytes("history.jsonl").decode().splitlines()
-        except FileNotFoundError:
-            return []
-        return [json.loads(x) for x in lines[-limit:] if x.strip()]
+        return [json.loads(x) for x in self._history.tail(limit)]
 
     @staticmethod
     def _checked(manifest: dict) -> dict:

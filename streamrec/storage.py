@@ -29,7 +29,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-__all__ = ["Location", "absolute", "is_uri"]
+__all__ = ["Location", "LineLog", "absolute", "is_uri"]
 
 
 def is_uri(where: str | os.PathLike) -> bool:
@@ -152,3 +152,52 @@ class Location:
             self.fs.delete_dir(self.path(name))
         elif info.type == pafs.FileType.File:
             self.fs.delete_file(self.path(name))
+
+
+class LineLog:
+    """An append-only log of text lines kept as numbered segments (``<folder>/000000000.jsonl``,
+    ``segment_lines`` lines each), so that an append rewrites at most one small segment (object
+    storage has no append: :meth:`Location.append_line` rewrites the object) and reading the
+    newest lines reads only the segments that hold them. A single writer owns it; any process
+    may read it.
+    """
+
+    def __init__(self, loc: Location, folder: str, segment_lines: int = 1000):
+        if segment_lines < 1:
+            raise ValueError(f"segment_lines must be >= 1, got {segment_lines}")
+        self.loc, self.folder, self.segment_lines = loc, folder.strip("/"), segment_lines
+        self._tail: tuple[int, int] | None = None  # the writer's (newest segment, its lines)
+
+    def segments(self) -> list[int]:
+        """The segments' numbers, oldest first."""
+        return sorted(int(n[:-6]) for n in self.loc.listdir(self.folder) if n.endswith(".jsonl") and n[:-6].isdigit())
+
+    def _name(self, segment: int) -> str:
+        return f"{self.folder}/{segment:09d}.jsonl"
+
+    def _lines(self, segment: int) -> list[str]:
+        try:
+            return [x for x in self.loc.read_bytes(self._name(segment)).decode().splitlines() if x.strip()]
+        except FileNotFoundError:
+            return []
+
+    def append(self, line: str) -> None:
+        if "\n" in line.rstrip("\n"):
+            raise ValueError("a log line must not contain a newline")
+        if self._tail is None:
+            segs = self.segments()
+            self._tail = (segs[-1], len(self._lines(segs[-1]))) if segs else (0, 0)
+        segment, count = self._tail
+        if count >= self.segment_lines:
+            segment, count = segment + 1, 0
+        self.loc.append_line(self._name(segment), line)
+        self._tail = (segment, count + 1)
+
+    def tail(self, limit: int) -> list[str]:
+        """The newest ``limit`` lines, oldest first."""
+        out: list[str] = []
+        for segment in reversed(self.segments()):
+            if len(out) >= limit:
+                break
+            out = self._lines(segment) + out
+        return out[-limit:] if limit > 0 else []
