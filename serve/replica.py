@@ -79,16 +79,17 @@ class Replica:
             user_prior = {}
         index = ItemIndex.build(catalog.ids, catalog.vectors)
         with self._swap:
-            self.user_prior, self.index, self.catalog_version = user_prior, index, catalog.version
             if self.follower is None:
                 self.follower = PolicyFollower(self.store, catalog.ids, catalog.vectors, rows=catalog.rows,
-                                               num_rows=catalog.num_rows, explore=self.settings.serve.explore)
-            else:
-                self.follower.set_catalog(catalog.ids, catalog.vectors, catalog.rows, catalog.num_rows)
-                cur = self.follower.current
-                if cur is not None and self.ranking is not None:
-                    self.ranking.swap(cur.featurizer, cur.policy, cur.version, self.follower.canary, index=index,
-                                      experiment=self.follower.experiment)
+                                               num_rows=catalog.num_rows, numbering=catalog.numbering,
+                                               explore=self.settings.serve.explore)
+            else:  # raises for rows numbered otherwise than the served version's: nothing is swapped
+                self.follower.set_catalog(catalog.ids, catalog.vectors, catalog.rows, catalog.num_rows, catalog.numbering)
+            self.user_prior, self.index, self.catalog_version = user_prior, index, catalog.version
+            cur = self.follower.current
+            if cur is not None and self.ranking is not None:  # the served version over the new catalog
+                self.ranking.swap(cur.featurizer, cur.policy, cur.version, self.follower.canary, index=index,
+                                  experiment=self.follower.experiment)
         return True
 
     def sync_catalog(self) -> bool:

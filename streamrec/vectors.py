@@ -15,7 +15,10 @@ replicas and the trainer follow the manifest and switch to a new run while they 
 
 Rows are stable across runs (:func:`assign_rows`): an item keeps its row for good, a new item
 gets the next free one, so a policy trained on an older catalog still finds its learned rows,
-and its tables grow at the end (:func:`rl.policies.grow_rows`).
+and its tables grow at the end (:func:`rl.policies.grow_rows`). The rows of every run of one
+output directory belong to one *numbering* (:func:`rows_numbering`, the first run's id): a
+policy version records the numbering it learned under, and replicas and the trainer refuse a
+version of another one (an output directory started afresh numbers its items anew).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import numpy as np
 from streamrec.storage import Location
 
 __all__ = ["read_manifest", "write_manifest", "load_vectors", "write_vectors", "MANIFEST", "Catalog", "load_catalog",
-           "assign_rows", "read_rows", "write_rows"]
+           "assign_rows", "read_rows", "write_rows", "rows_numbering", "write_item_rows"]
 
 MANIFEST = "manifest.json"
 
@@ -97,6 +100,24 @@ def read_rows(output_dir: str | os.PathLike | Location, manifest: Mapping[str, A
     return assign_rows({}, t.column(0).to_pylist())
 
 
+def rows_numbering(live: Mapping[str, Any] | None, run_id: str) -> str:
+    """The numbering a run's rows belong to: the live run's (whose rows it keeps), or this run's
+    id when the output directory has no items yet (a fresh numbering)."""
+    items = (live or {}).get("outputs", {}).get("items")
+    if not items:
+        return run_id
+    return str(items.get("numbering") or live.get("run_id"))
+
+
+def write_item_rows(output_dir: str | os.PathLike | Location, run_id: str, ids: Iterable[str]) -> dict[str, str]:
+    """Give a run's items their rows (the live run's kept, new ids the next ones) and write them;
+    returns the entries the run's manifest records for its items (``rows``, ``numbering``)."""
+    loc = _loc(output_dir)
+    live = read_manifest(loc)
+    write_rows(loc, f"rows-{run_id}.parquet", assign_rows(read_rows(loc, live) if live else {}, map(str, ids)))
+    return {"rows": f"rows-{run_id}.parquet", "numbering": rows_numbering(live, run_id)}
+
+
 def write_rows(output_dir: str | os.PathLike | Location, name: str, rows: Mapping[str, int]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -121,6 +142,8 @@ class Catalog:
     """Size of those tables: every row ever given out + the unknown row 0."""
     version: str
     """The embedding run that wrote it."""
+    numbering: str | None = None
+    """The numbering its rows belong to (:func:`rows_numbering`; None for an output that does not say)."""
 
 
 def load_catalog(output_dir: str | os.PathLike | Location) -> Catalog:
@@ -131,7 +154,8 @@ def load_catalog(output_dir: str | os.PathLike | Location) -> Catalog:
     if missing:
         raise ValueError(f"{_loc(output_dir).uri}: the rows file lacks {len(missing)} items, e.g. {missing[:3]}")
     rows = np.asarray([every[str(i)] for i in ids], np.int64)
-    return Catalog(ids, vectors, rows, max(every.values(), default=0) + 1, str(m.get("run_id")))
+    return Catalog(ids, vectors, rows, max(every.values(), default=0) + 1, str(m.get("run_id")),
+                   m.get("outputs", {}).get("items", {}).get("numbering"))
 
 
 def write_vectors(output_dir: str | os.PathLike | Location, outputs: dict[str, tuple[np.ndarray, np.ndarray, str]],
@@ -144,7 +168,6 @@ def write_vectors(output_dir: str | os.PathLike | Location, outputs: dict[str, t
     import pyarrow.parquet as pq
 
     loc = _loc(output_dir)
-    previous_rows = read_rows(loc)
     run_id = time.strftime("%Y%m%d%H%M%S-") + uuid.uuid4().hex[:6]
     manifest: dict[str, Any] = {"model_id": model_id, "run_id": run_id, "outputs": {}}
     for kind, (ids, vectors, id_col) in outputs.items():
@@ -158,7 +181,6 @@ def write_vectors(output_dir: str | os.PathLike | Location, outputs: dict[str, t
         manifest["outputs"][kind] = {"dir": target, "id_column": id_col, "count": len(ids),
                                      "embedded": len(ids), "kept": 0}
         if kind == "items":
-            manifest["outputs"][kind]["rows"] = f"rows-{run_id}.parquet"
-            write_rows(loc, f"rows-{run_id}.parquet", assign_rows(previous_rows, map(str, ids)))
+            manifest["outputs"][kind].update(write_item_rows(loc, run_id, ids))
     write_manifest(loc, manifest)
     return manifest

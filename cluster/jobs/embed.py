@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from streamrec.data.catalog import content_hash
 from streamrec.storage import Location
-from streamrec.vectors import assign_rows, read_manifest, read_rows, write_manifest, write_rows
+from streamrec.vectors import read_manifest, write_item_rows, write_manifest
 
 __all__ = ["run_embedding_job", "main", "EncodeBatch", "tokenize_batch"]
 
@@ -285,8 +285,7 @@ def run_embedding_job(settings, *, output_dir: str | None = None, full: bool = F
                                      "embedded": total - len(kept_ids), "kept": len(kept_ids)}
         if kind == "items":  # stable rows: earlier runs' items keep theirs, new ones take the next
             ids = pq.read_table(out.path(target), columns=[id_col], filesystem=out.fs).column(0).to_pylist()
-            manifest["outputs"][kind]["rows"] = f"rows-{run_id}.parquet"
-            write_rows(out, f"rows-{run_id}.parquet", assign_rows(read_rows(out), ids))
+            manifest["outputs"][kind].update(write_item_rows(out, run_id, ids))
         if stats(kind):
             manifest["outputs"][kind]["steady_per_s"] = steady_rate(stats(kind))
     manifest["seconds"] = time.perf_counter() - t0

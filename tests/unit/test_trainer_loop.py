@@ -499,3 +499,52 @@ def test_a_grown_catalog_keeps_the_learned_rows_and_serves_new_items_before_and_
         assert np.allclose(trained(again)[name], t)
     loop.close()
     again.close()
+
+
+def test_versions_record_the_item_row_numbering_and_nothing_serves_or_trains_them_under_another(tmp_path):
+    """Every run of one embedding output shares its first run's numbering; an output started afresh
+    numbers its rows anew. The trainer writes its catalog's numbering into each version; a replica
+    refuses a version of another numbering and a catalog numbered otherwise than what it serves;
+    a trainer does not continue such a lineage unless an operator forces a new one."""
+    from streamrec.vectors import load_catalog, write_vectors
+
+    ids, vecs, _, _ = world()
+    out, fresh = tmp_path / "emb", tmp_path / "emb-afresh"
+    write_vectors(out, {"items": (ids[:280], vecs[:280], "item_id")}, model_id="test@1")
+    first = load_catalog(out)
+    write_vectors(out, {"items": (ids, vecs, "item_id")}, model_id="test@1")  # 20 items more: same numbering
+    grown = load_catalog(out)
+    write_vectors(fresh, {"items": (ids, vecs, "item_id")}, model_id="test@1")
+    other = load_catalog(fresh)
+    assert first.numbering == grown.numbering == first.version != grown.version
+    assert other.numbering == other.version != first.numbering
+
+    s = trainer_settings(tmp_path, algorithm="linucb")
+    store = PolicyDirectory(tmp_path / "store", 10)
+    loop = TrainerLoop(s, first.ids, first.vectors, _ListBuffer(), store, rows=first.rows, num_rows=first.num_rows,
+                       numbering=first.numbering)
+    assert loop.publish_initial()["numbering"] == first.numbering
+    assert loop.set_catalog(grown.ids, grown.vectors, grown.rows, grown.num_rows, grown.numbering)
+    with pytest.raises(ValueError, match=f"numbered {other.numbering}, the lineage's {first.numbering}"):
+        loop.set_catalog(other.ids, other.vectors, other.rows, other.num_rows, other.numbering)
+
+    follower = PolicyFollower(store, other.ids, other.vectors, rows=other.rows, num_rows=other.num_rows,
+                              numbering=other.numbering)
+    assert not follower.poll() and follower.refused == 1 and follower.version is None
+    assert f"learned under item rows numbered {first.numbering}" in follower.last_error
+    serving = PolicyFollower(store, grown.ids, grown.vectors, rows=grown.rows, num_rows=grown.num_rows,
+                             numbering=grown.numbering)
+    assert serving.poll() and serving.version == 1
+    with pytest.raises(ValueError, match="Restore the embedding output's rows files"):
+        serving.set_catalog(other.ids, other.vectors, other.rows, other.num_rows, other.numbering)
+    assert serving.numbering == first.numbering and serving.num_rows == grown.num_rows  # still what it served
+
+    with pytest.raises(LineageError, match=f"280 item rows numbered {first.numbering}\\); this trainer is linucb for "
+                                           f"a catalog of 300 item rows numbered {other.numbering}"):
+        TrainerLoop(s, other.ids, other.vectors, _ListBuffer(), store, rows=other.rows, num_rows=other.num_rows,
+                    numbering=other.numbering)
+    forced = trainer_settings(tmp_path, algorithm="linucb", force_new_lineage="bob: embeddings rebuilt from scratch")
+    m = TrainerLoop(forced, other.ids, other.vectors, _ListBuffer(), store, rows=other.rows, num_rows=other.num_rows,
+                    numbering=other.numbering).publish_initial()
+    assert m["numbering"] == other.numbering and m["gate"].endswith("bob: embeddings rebuilt from scratch")
+    assert follower.poll() and follower.version == m["version"]
