@@ -18,15 +18,22 @@ def job_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
     return ap
 
 
-def job_settings(config: str | None):
-    """The validated settings, or None after printing ``config error: <key path>: <reason>``."""
+def job_settings(config: str | None, *, kafka: bool = False):
+    """The validated settings, or None after printing ``config error: <key path>: <reason>``.
+    ``kafka``: the job talks to the broker, so ``kafka.bootstrap_servers`` must name one (a job on
+    a cluster never starts the embedded broker)."""
     from streamrec.config import ConfigError, default_config_path, load_settings
 
     try:
-        return load_settings(config or default_config_path())
+        settings = load_settings(config or default_config_path())
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return None
+    if kafka and not settings.kafka.bootstrap_servers:
+        print("config error: kafka.bootstrap_servers (or STREAMREC_KAFKA_BOOTSTRAP) is required on a cluster",
+              file=sys.stderr)
+        return None
+    return settings
 
 
 def wait_for(what: str, probe, timeout_s: float, every_s: float = 5.0):

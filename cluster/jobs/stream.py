@@ -31,11 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = job_parser("cluster.jobs.stream", __doc__)
     ap.add_argument("--duration-s", type=float, default=0.0, help="stop after this long (0: until stopped)")
     args = ap.parse_args(argv)
-    settings = job_settings(args.config)
+    settings = job_settings(args.config, kafka=True)
     if settings is None:
-        return 2
-    if not settings.kafka.bootstrap_servers:
-        print("kafka.bootstrap_servers (or STREAMREC_KAFKA_BOOTSTRAP) is required on a cluster", file=sys.stderr)
         return 2
     k = settings.kafka
     try:

@@ -34,11 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rollback", action="store_true", help="roll the store back one version and exit")
     ap.add_argument("--reason", default="operator rollback", help="why (recorded in the store's history)")
     args = ap.parse_args(argv)
-    settings = job_settings(args.config)
+    settings = job_settings(args.config, kafka=True)
     if settings is None:
-        return 2
-    if not settings.kafka.bootstrap_servers:
-        print("kafka.bootstrap_servers (or STREAMREC_KAFKA_BOOTSTRAP) is required on a cluster", file=sys.stderr)
         return 2
     ray.init(address=settings.ray.address or "auto", namespace=registry.NAMESPACE, log_to_driver=False)
     found = wait_for(f"embeddings at {settings.embedding.output_dir} (the embedding job writes them)",

@@ -112,3 +112,14 @@ def test_build_app_validates_the_args_serve_passes():
     assert isinstance(build_app(args), Application)
     with pytest.raises(ConfigError, match=r"args\.policy\.slate_size: Input should be less than or equal to 100"):
         build_app({"policy": {"slate_size": 1000}})
+
+
+def test_a_job_that_talks_to_kafka_needs_a_broker_named(monkeypatch, capsys):
+    from cluster.jobs import job_settings
+
+    monkeypatch.delenv("STREAMREC_KAFKA_BOOTSTRAP", raising=False)
+    assert job_settings(str(CONFIG)) is not None  # the embedding job needs no broker
+    assert job_settings(str(CONFIG), kafka=True) is None
+    assert "config error: kafka.bootstrap_servers (or STREAMREC_KAFKA_BOOTSTRAP) is required" in capsys.readouterr().err
+    monkeypatch.setenv("STREAMREC_KAFKA_BOOTSTRAP", "kafka-0.kafka:9092")
+    assert job_settings(str(CONFIG), kafka=True).kafka.bootstrap_servers == "kafka-0.kafka:9092"
