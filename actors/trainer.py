@@ -65,10 +65,10 @@ class Trainer:
     def _new_loop(self) -> TrainerLoop:
         bootstrap, store, seed = self._args
         c = self.catalog
-        ids, vectors, rows, num_rows, numbering = ((*self._items, None, None, None) if c is None
-                                                   else (c.ids, c.vectors, c.rows, c.num_rows, c.numbering))
+        ids, vectors, rows, num_rows, row_ids = ((*self._items, None, None, None) if c is None
+                                                 else (c.ids, c.vectors, c.rows, c.num_rows, c.row_ids))
         return TrainerLoop(self.settings, ids, vectors, SampleLog.open(bootstrap, self.settings), store,
-                           rows=rows, num_rows=num_rows, numbering=numbering, seed=seed)
+                           rows=rows, num_rows=num_rows, row_ids=row_ids, seed=seed)
 
     def _follow_catalog(self) -> None:
         """Between rounds: when the embedding output has a new live run, train on that catalog
@@ -81,7 +81,7 @@ class Trainer:
         if manifest is None or str(manifest.get("run_id")) == self.catalog.version:
             return
         c = load_catalog(self.settings.embedding.output_dir)
-        grew = self.loop.set_catalog(c.ids, c.vectors, c.rows, c.num_rows, c.numbering)
+        grew = self.loop.set_catalog(c.ids, c.vectors, c.rows, c.num_rows, c.row_ids)
         self.catalog = c
         log.info("trainer follows catalog %s (%d items%s)", c.version, len(c.ids),
                  f", tables grown to {c.num_rows} rows" if grew else "")

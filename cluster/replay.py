@@ -189,7 +189,7 @@ def rebuild(settings, entries: list[dict], records: dict[tuple[int, int], list[T
 
     def new_loop() -> TrainerLoop:
         return TrainerLoop(replay_settings, catalog.ids, catalog.vectors, source, store, rows=catalog.rows,
-                           num_rows=catalog.num_rows, numbering=catalog.numbering, seed=seed)
+                           num_rows=catalog.num_rows, row_ids=catalog.row_ids, seed=seed)
 
     loop = new_loop()
     loop.publish_initial()

@@ -13,15 +13,9 @@ from typing import Any, Mapping
 
 from rl.spec import PolicySpec
 
-__all__ = ["PolicyManifest", "STAGES", "serving_key", "same_numbering"]
+__all__ = ["PolicyManifest", "STAGES", "serving_key"]
 
 STAGES = ("live", "canary", "refused", "arm")
-
-
-def same_numbering(a: str | None, b: str | None) -> bool:
-    """Whether item rows of numberings ``a`` and ``b`` (:attr:`PolicyManifest.numbering`) may stand
-    for the same items: equal, or one not recorded."""
-    return a is None or b is None or a == b
 
 
 def serving_key(state: Mapping[str, Any]) -> list:
@@ -56,10 +50,10 @@ class PolicyManifest:
     """Canary judgements: the impressions both versions were valued on (both arms')."""
     ope_canary_samples: int | None = None
     """Canary judgements: how many of them the canary's users were served."""
-    numbering: str | None = None
-    """The numbering of the catalog's item rows its tables were learned under
-    (:func:`streamrec.vectors.rows_numbering`); replicas and the trainer refuse a version of
-    another numbering (its rows would stand for other items). None: not recorded."""
+    rows_digest: str | None = None
+    """Which item each row of its item-id tables stands for (:func:`streamrec.vectors.rows_digest`
+    over ``spec.num_rows``): replicas serve it, and the trainer continues it, only over a catalog
+    whose rows give the same digest. None: not recorded."""
     version: int = 0
     """Assigned by the store on publish (0 before)."""
     parent: int | None = None

@@ -47,7 +47,7 @@ from rl.features import Featurizer, fit_projection, table_rows
 from rl.experiment import CANARY_ARM
 from rl.gate import GateReport, evaluate, promote
 from rl.logged import Logged, samples_to_logged
-from rl.manifest import PolicyManifest, same_numbering
+from rl.manifest import PolicyManifest
 from rl.metrics import ArmImpression, arm_figures, lift_over_control
 from rl.policies import Policy, grow_rows, make_policy, policy_from_state
 from rl.sequential import LiveWatch
@@ -56,6 +56,7 @@ from rl.spec import PolicySpec
 from rl.weights import WeightsError, pack, unpack
 from streamrec.config import StreamrecSettings
 from streamrec.storage import Location
+from streamrec.vectors import rows_digest, rows_match
 
 __all__ = ["TrainerLoop", "SampleSource", "PolicyStoreAPI", "policy_spec", "LineageError", "CHECKPOINT", "ids_digest"]
 
@@ -180,18 +181,16 @@ class _Canary:
 
 class TrainerLoop:
     def __init__(self, settings: StreamrecSettings, item_ids, item_vectors: np.ndarray, source: SampleSource,
-                 store: PolicyStoreAPI, *, rows=None, num_rows: int | None = None, numbering: str | None = None,
-                 seed: int = 0):
-        """``rows``/``num_rows``/``numbering``: the catalog's stable item rows, table size and the
-        numbering the rows belong to (:class:`streamrec.vectors.Catalog`; default 1..n, n + 1, not
-        recorded)."""
+                 store: PolicyStoreAPI, *, rows=None, num_rows: int | None = None, row_ids=None, seed: int = 0):
+        """``rows``/``num_rows``/``row_ids``: the catalog's stable item rows, table size and the item
+        of every row (:class:`streamrec.vectors.Catalog`; default 1..n, n + 1, not known)."""
         self.settings, self.source, self.store = settings, source, store
         self.rng = np.random.default_rng(seed)
         t = settings.trainer
         self.checkpoint = Location(t.checkpoint_dir)
         item_vectors = np.asarray(item_vectors, np.float32)
         table = table_rows(len(item_ids), rows, num_rows)  # the catalog's item-id table size
-        self.numbering = numbering
+        self.row_ids = row_ids
         latest = store.latest()
         projection = lineage = None
         if latest is not None:  # continue the published lineage: same projection, same weights
@@ -202,16 +201,15 @@ class TrainerLoop:
             ours = lineage.algorithm == settings.policy.algorithm
             # a bandit's exploring version 1 (see publish_initial): same lineage, nothing learned yet
             first = lineage.algorithm == "random" and manifest.ope is None and settings.policy.algorithm != "ppo"
-            same_rows = same_numbering(manifest.numbering, numbering)
-            if (ours or first) and lineage.num_rows <= table and same_rows:  # the same catalog, or one that grew
+            same_rows = lineage.num_rows <= table and rows_match(manifest.rows_digest, row_ids, lineage.num_rows)
+            if (ours or first) and same_rows:  # the same catalog, or one that grew
                 projection = tensors["projection"]
-                self.numbering = numbering or manifest.numbering
             elif not t.force_new_lineage:
-                rows_of = "" if same_rows else f" numbered {manifest.numbering}"
+                other = "" if lineage.num_rows > table or same_rows else " whose rows stand for other items"
                 raise LineageError(
-                    f"the store serves version {latest['version']} ({lineage.algorithm}, {lineage.num_rows - 1} item rows"
-                    f"{rows_of}); this trainer is {settings.policy.algorithm} for a catalog of {table - 1} item rows"
-                    f"{'' if same_rows else f' numbered {numbering}'} and cannot continue it. "
+                    f"the store serves version {latest['version']} ({lineage.algorithm}, {lineage.num_rows - 1} item rows); "
+                    f"this trainer is {settings.policy.algorithm} for a catalog of {table - 1} item rows{other} and cannot "
+                    "continue it. "
                     "A new lineage goes live only by an operator's decision, which no gate can check: set "
                     "trainer.force_new_lineage to who decided and why (recorded in the store's history)")
             else:
@@ -287,15 +285,12 @@ class TrainerLoop:
 
     # -- the catalog -------------------------------------------------------------------------------
     def set_catalog(self, item_ids, item_vectors: np.ndarray, rows=None, num_rows: int | None = None,
-                    numbering: str | None = None) -> bool:
+                    row_ids=None) -> bool:
         """Train on another catalog version (same projection): samples are rebuilt with its items
         from the next round on. When it gave out new rows, the tables grow (learned rows kept,
         :func:`rl.policies.grow_rows`), so the next published version ranks the new items by their
-        own rows. True when they grew; raises ValueError for a catalog whose rows are numbered
-        otherwise or fewer than the lineage's (its rows would not mean the same items)."""
-        if not same_numbering(self.numbering, numbering):
-            raise ValueError(f"the catalog's item rows are numbered {numbering}, the lineage's {self.numbering}: its "
-                             "rows stand for other items (an embedding output started afresh?)")
+        own rows. True when they grew; raises ValueError for a catalog with fewer rows than the
+        lineage, or whose rows stand for other items (an embedding output started afresh)."""
         featurizer = self.featurizer.with_catalog(item_ids, np.asarray(item_vectors, np.float32), rows, num_rows)
         if featurizer.projection.shape[0] != featurizer.item_vectors.shape[1]:
             raise ValueError(f"the catalog's vectors have dimension {featurizer.item_vectors.shape[1]}, "
@@ -303,8 +298,11 @@ class TrainerLoop:
         if featurizer.num_rows < self.spec.num_rows:
             raise ValueError(f"the catalog has {featurizer.num_rows - 1} item rows, fewer than the lineage's "
                              f"{self.spec.num_rows - 1}: its rows were renumbered (embedding output without its rows file?)")
+        if not rows_match(rows_digest(self.row_ids, self.spec.num_rows), row_ids, self.spec.num_rows):
+            raise ValueError(f"the catalog's item rows 1-{self.spec.num_rows - 1} stand for other items than the "
+                             "lineage's: they were renumbered (embedding output started afresh?)")
         self.featurizer = featurizer
-        self.numbering = numbering or self.numbering
+        self.row_ids = row_ids if row_ids is not None else self.row_ids
         if featurizer.num_rows == self.spec.num_rows:
             return False
         self._grow(featurizer.num_rows)
@@ -672,7 +670,8 @@ class TrainerLoop:
         manifest = PolicyManifest(sha256=sha, spec=policy.spec,
                                   trained_through=dict(self.trained_through) if trained else {},
                                   samples_trained=self.stats["samples"] if trained else 0,
-                                  ope=report.to_dict() if report else None, gate=why, numbering=self.numbering)
+                                  ope=report.to_dict() if report else None, gate=why,
+                                  rows_digest=rows_digest(self.row_ids, policy.spec.num_rows))
         return blob, manifest.to_dict()
 
     def _publish(self, policy: Policy, report: GateReport | None, canary_share: float | None = None,

@@ -32,10 +32,11 @@ import numpy as np
 
 from rl.experiment import CANARY_ARM, Experiment, canary_experiment
 from rl.features import Featurizer, table_rows
-from rl.manifest import PolicyManifest, same_numbering
+from rl.manifest import PolicyManifest
 from rl.policies import Policy, expected_shapes, policy_from_state
 from rl.spec import Observation, PolicySpec
 from rl.weights import WeightsError, unpack
+from streamrec.vectors import rows_match
 
 __all__ = ["PolicyFollower", "Served", "ServedExperiment", "StoreReader", "CatalogBehind"]
 
@@ -77,11 +78,11 @@ class CatalogBehind(WeightsError):
 
 class PolicyFollower:
     def __init__(self, store: StoreReader, item_ids, item_vectors: np.ndarray, *, rows=None, num_rows: int | None = None,
-                 numbering: str | None = None, explore: bool = True):
-        """``rows``/``num_rows``/``numbering``: the catalog's stable item rows, table size and the
-        numbering its rows belong to (default 1..n, n + 1, not recorded)."""
+                 row_ids=None, explore: bool = True):
+        """``rows``/``num_rows``/``row_ids``: the catalog's stable item rows, table size and the item
+        of every row (:class:`streamrec.vectors.Catalog`; default 1..n, n + 1, not known)."""
         self.store = store
-        self._take_catalog(item_ids, item_vectors, rows, num_rows, numbering)
+        self._take_catalog(item_ids, item_vectors, rows, num_rows, row_ids)
         self.explore = explore
         self.current: Served | None = None
         self.canary: ServedExperiment | None = None
@@ -98,27 +99,27 @@ class PolicyFollower:
     def version(self) -> int | None:
         return self.current.version if self.current else None
 
-    def _take_catalog(self, item_ids, item_vectors, rows, num_rows, numbering) -> None:
+    def _take_catalog(self, item_ids, item_vectors, rows, num_rows, row_ids) -> None:
         self.item_ids = np.asarray(item_ids)
         self.item_vectors = np.asarray(item_vectors, np.float32)
         self.rows = None if rows is None else np.asarray(rows, np.int64)
         self.num_rows = table_rows(len(self.item_ids), self.rows, num_rows)
-        self.numbering = numbering
+        self.row_ids = row_ids
 
     def set_catalog(self, item_ids, item_vectors: np.ndarray, rows=None, num_rows: int | None = None,
-                    numbering: str | None = None) -> None:
+                    row_ids=None) -> None:
         """Serve another catalog version: the live version keeps its weights and projection, its
         featurizer takes the new items (one beyond the version's tables ranks by its text vector
         until a version with its row is published). The caller polls again: a version that waited
-        for this catalog (:class:`CatalogBehind`) is fetched then. A catalog whose rows are
-        numbered otherwise than the served version's is refused (ValueError; the follower keeps
-        what it serves): those rows stand for other items."""
-        served = self.current.manifest.numbering if self.current is not None else None
-        if not same_numbering(served, numbering):
-            raise ValueError(f"the catalog's item rows are numbered {numbering}; version {self.current.version} was "
-                             f"learned under {served}. Restore the embedding output's rows files, or start a new "
-                             "lineage (trainer.force_new_lineage) and redeploy")
-        self._take_catalog(item_ids, item_vectors, rows, num_rows, numbering)
+        for this catalog (:class:`CatalogBehind`) is fetched then. A catalog whose rows stand for
+        other items than the served version learned them for is refused (ValueError; the follower
+        keeps what it serves)."""
+        cur = self.current
+        if cur is not None and not rows_match(cur.manifest.rows_digest, row_ids, cur.spec.num_rows):
+            raise ValueError(f"the catalog's item rows 1-{cur.spec.num_rows - 1} stand for other items than version "
+                             f"{cur.version} learned them for: restore the embedding output's rows files, or start "
+                             "a new lineage (trainer.force_new_lineage)")
+        self._take_catalog(item_ids, item_vectors, rows, num_rows, row_ids)
         cur = self.current
         if cur is not None:
             featurizer = cur.featurizer.with_catalog(self.item_ids, self.item_vectors, self.rows, self.num_rows)
@@ -217,12 +218,12 @@ class PolicyFollower:
         if spec.text_dim != self.item_vectors.shape[1]:
             raise WeightsError(f"version {manifest.version} was built for text vectors of dimension {spec.text_dim}; "
                                f"this replica's catalog has dimension {self.item_vectors.shape[1]}")
-        if not same_numbering(manifest.numbering, self.numbering):
-            raise WeightsError(f"version {manifest.version} was learned under item rows numbered {manifest.numbering}; "
-                               f"this replica's catalog numbers them {self.numbering}")
         if spec.num_rows > self.num_rows:
             raise CatalogBehind(f"version {manifest.version} was built for {spec.num_rows - 1} item rows; this "
                                 f"replica's catalog has {self.num_rows - 1} (a newer catalog is on its way)")
+        if not rows_match(manifest.rows_digest, self.row_ids, spec.num_rows):
+            raise WeightsError(f"version {manifest.version} learned its item rows for other items than this "
+                               "replica's catalog gives them (the embedding output was renumbered)")
         tensors = unpack(blob, sha256=manifest.sha256, expect=expected_shapes(spec))
         featurizer = Featurizer(self.item_ids, self.item_vectors, tensors["projection"], self.rows, self.num_rows)
         policy = policy_from_state(spec, tensors, explore=self.explore)

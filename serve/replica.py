@@ -14,6 +14,7 @@ as soon as a version is published, :meth:`Replica.sync_profiles` pulls changed p
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -29,6 +30,8 @@ from streamrec.config import StreamrecSettings
 from streamrec.profile import blend_profile
 
 __all__ = ["NotReady", "Replica"]
+
+log = logging.getLogger(__name__)
 
 
 class NotReady(RuntimeError):
@@ -57,6 +60,9 @@ class Replica:
         self._seen: list | None = None  # the store's serving_key this replica last took
         self.last_error: str | None = None
         self.catalog_version: str | None = None  # the embedding run served
+        self.refused_catalog: tuple | None = None
+        """(embedding run, the store's serving key then): a catalog whose rows neither the served
+        version nor the store's could use, tried again once the store serves something else."""
         self.catalog_swaps = 0
         self._swap = threading.RLock()  # a version swap and a catalog swap never interleave
         self.poll()
@@ -81,10 +87,22 @@ class Replica:
         with self._swap:
             if self.follower is None:
                 self.follower = PolicyFollower(self.store, catalog.ids, catalog.vectors, rows=catalog.rows,
-                                               num_rows=catalog.num_rows, numbering=catalog.numbering,
+                                               num_rows=catalog.num_rows, row_ids=catalog.row_ids,
                                                explore=self.settings.serve.explore)
-            else:  # raises for rows numbered otherwise than the served version's: nothing is swapped
-                self.follower.set_catalog(catalog.ids, catalog.vectors, catalog.rows, catalog.num_rows, catalog.numbering)
+            else:
+                try:
+                    self.follower.set_catalog(catalog.ids, catalog.vectors, catalog.rows, catalog.num_rows,
+                                              catalog.row_ids)
+                except ValueError as e:  # its rows stand for other items than the served version's
+                    fresh = PolicyFollower(self.store, catalog.ids, catalog.vectors, rows=catalog.rows,
+                                           num_rows=catalog.num_rows, row_ids=catalog.row_ids,
+                                           explore=self.settings.serve.explore)
+                    if not fresh.poll():  # nor the store's: keep serving what is loaded
+                        self.refused_catalog = (catalog.version, self._seen)
+                        self.last_error = f"catalog {catalog.version} refused: {e}"
+                        log.error("%s", self.last_error)
+                        return False
+                    self.follower = fresh  # a new lineage for the renumbered catalog: both swap in at once
             self.user_prior, self.index, self.catalog_version = user_prior, index, catalog.version
             cur = self.follower.current
             if cur is not None and self.ranking is not None:  # the served version over the new catalog
@@ -105,6 +123,8 @@ class Replica:
             self.last_error = f"catalog: {type(e).__name__}: {e}"
             return False
         if manifest is None or str(manifest.get("run_id")) == self.catalog_version:
+            return False
+        if self.refused_catalog == (str(manifest.get("run_id")), self._seen):
             return False
         if self._load_catalog():
             self.catalog_swaps += 1

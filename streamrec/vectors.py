@@ -15,26 +15,27 @@ replicas and the trainer follow the manifest and switch to a new run while they 
 
 Rows are stable across runs (:func:`assign_rows`): an item keeps its row for good, a new item
 gets the next free one, so a policy trained on an older catalog still finds its learned rows,
-and its tables grow at the end (:func:`rl.policies.grow_rows`). The rows of every run of one
-output directory belong to one *numbering* (:func:`rows_numbering`, the first run's id): a
-policy version records the numbering it learned under, and replicas and the trainer refuse a
-version of another one (an output directory started afresh numbers its items anew).
+and its tables grow at the end (:func:`rl.policies.grow_rows`). A policy version records which
+item each of its rows stands for (:func:`rows_digest`); replicas and the trainer use it only
+over a catalog whose rows give the same digest (an output directory started afresh, or one that
+lost its rows files, may number the same items otherwise).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from streamrec.storage import Location
 
 __all__ = ["read_manifest", "write_manifest", "load_vectors", "write_vectors", "MANIFEST", "Catalog", "load_catalog",
-           "assign_rows", "read_rows", "write_rows", "rows_numbering", "write_item_rows"]
+           "assign_rows", "read_rows", "write_rows", "write_item_rows", "rows_digest", "rows_match"]
 
 MANIFEST = "manifest.json"
 
@@ -100,22 +101,27 @@ def read_rows(output_dir: str | os.PathLike | Location, manifest: Mapping[str, A
     return assign_rows({}, t.column(0).to_pylist())
 
 
-def rows_numbering(live: Mapping[str, Any] | None, run_id: str) -> str:
-    """The numbering a run's rows belong to: the live run's (whose rows it keeps), or this run's
-    id when the output directory has no items yet (a fresh numbering)."""
-    items = (live or {}).get("outputs", {}).get("items")
-    if not items:
-        return run_id
-    return str(items.get("numbering") or live.get("run_id"))
-
-
 def write_item_rows(output_dir: str | os.PathLike | Location, run_id: str, ids: Iterable[str]) -> dict[str, str]:
     """Give a run's items their rows (the live run's kept, new ids the next ones) and write them;
-    returns the entries the run's manifest records for its items (``rows``, ``numbering``)."""
+    returns the entry the run's manifest records for its items' rows."""
     loc = _loc(output_dir)
-    live = read_manifest(loc)
-    write_rows(loc, f"rows-{run_id}.parquet", assign_rows(read_rows(loc, live) if live else {}, map(str, ids)))
-    return {"rows": f"rows-{run_id}.parquet", "numbering": rows_numbering(live, run_id)}
+    write_rows(loc, f"rows-{run_id}.parquet", assign_rows(read_rows(loc), map(str, ids)))
+    return {"rows": f"rows-{run_id}.parquet"}
+
+
+def rows_digest(row_ids: Sequence[str] | None, num_rows: int) -> str | None:
+    """sha256 of the item ids of rows 1 .. ``num_rows`` - 1 in row order (``row_ids[r]``: the item
+    of row r, :attr:`Catalog.row_ids`): which item each row of tables that size stands for. None
+    when ``row_ids`` is None or has fewer rows."""
+    if row_ids is None or len(row_ids) < num_rows:
+        return None
+    return hashlib.sha256("\n".join(row_ids[1:num_rows]).encode()).hexdigest()
+
+
+def rows_match(recorded: str | None, row_ids: Sequence[str] | None, num_rows: int) -> bool:
+    """Whether a catalog's rows (``row_ids``) stand for the items a version's ``num_rows`` rows
+    were learned for (``recorded``: its :func:`rows_digest`). True when either is not known."""
+    return recorded is None or row_ids is None or rows_digest(row_ids, num_rows) == recorded
 
 
 def write_rows(output_dir: str | os.PathLike | Location, name: str, rows: Mapping[str, int]) -> None:
@@ -142,8 +148,9 @@ class Catalog:
     """Size of those tables: every row ever given out + the unknown row 0."""
     version: str
     """The embedding run that wrote it."""
-    numbering: str | None = None
-    """The numbering its rows belong to (:func:`rows_numbering`; None for an output that does not say)."""
+    row_ids: tuple[str, ...] | None = None
+    """Every id that ever had a row, by row (``row_ids[r]``; row 0, the unknown item, is ""):
+    withdrawn items keep theirs. :func:`rows_digest` of it identifies the numbering."""
 
 
 def load_catalog(output_dir: str | os.PathLike | Location) -> Catalog:
@@ -154,8 +161,11 @@ def load_catalog(output_dir: str | os.PathLike | Location) -> Catalog:
     if missing:
         raise ValueError(f"{_loc(output_dir).uri}: the rows file lacks {len(missing)} items, e.g. {missing[:3]}")
     rows = np.asarray([every[str(i)] for i in ids], np.int64)
-    return Catalog(ids, vectors, rows, max(every.values(), default=0) + 1, str(m.get("run_id")),
-                   m.get("outputs", {}).get("items", {}).get("numbering"))
+    num_rows = max(every.values(), default=0) + 1
+    row_ids = [""] * num_rows
+    for i, r in every.items():
+        row_ids[r] = str(i)
+    return Catalog(ids, vectors, rows, num_rows, str(m.get("run_id")), tuple(row_ids))
 
 
 def write_vectors(output_dir: str | os.PathLike | Location, outputs: dict[str, tuple[np.ndarray, np.ndarray, str]],

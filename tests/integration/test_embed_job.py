@@ -55,7 +55,7 @@ def test_job_writes_every_id_once_and_an_incremental_run_reembeds_only_the_chang
     assert not (tmp_path / "out" / m1["outputs"]["items"]["rows"]).exists()
     again = load_catalog(tmp_path / "out")  # rows stay as the first run numbered them (sorted ids)
     assert dict(zip(again.ids, again.rows.tolist())) == dict(zip(ids, range(1, 121))) and again.num_rows == 121
-    assert again.numbering == m1["outputs"]["items"]["numbering"] == m1["run_id"] != again.version  # one numbering
+    assert again.row_ids == ("", *ids)  # every row's item: what a version's rows digest is taken over
     t = pq.read_table(tmp_path / "out" / m2["outputs"]["items"]["dir"])
     assert set(t.column_names) == {"item_id", "vector", "content_hash", "model_id"}
 

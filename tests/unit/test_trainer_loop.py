@@ -501,50 +501,90 @@ def test_a_grown_catalog_keeps_the_learned_rows_and_serves_new_items_before_and_
     again.close()
 
 
-def test_versions_record_the_item_row_numbering_and_nothing_serves_or_trains_them_under_another(tmp_path):
-    """Every run of one embedding output shares its first run's numbering; an output started afresh
-    numbers its rows anew. The trainer writes its catalog's numbering into each version; a replica
-    refuses a version of another numbering and a catalog numbered otherwise than what it serves;
-    a trainer does not continue such a lineage unless an operator forces a new one."""
+def _catalog(where, ids, vecs):
     from streamrec.vectors import load_catalog, write_vectors
 
+    write_vectors(where, {"items": (list(ids), np.asarray(vecs), "item_id")}, model_id="test@1")
+    return load_catalog(where)
+
+
+def _loop(s, store, c):
+    return TrainerLoop(s, c.ids, c.vectors, _ListBuffer(), store, rows=c.rows, num_rows=c.num_rows, row_ids=c.row_ids)
+
+
+def _follower(store, c):
+    return PolicyFollower(store, c.ids, c.vectors, rows=c.rows, num_rows=c.num_rows, row_ids=c.row_ids)
+
+
+def test_versions_record_which_item_each_row_stands_for_and_nothing_uses_them_over_other_rows(tmp_path):
+    """A catalog that grew keeps its rows; an embedding output started afresh numbers the same
+    items otherwise. Each version records the digest of its rows' items: a replica refuses a
+    version, or a catalog, whose rows stand for other items, and the trainer does not continue
+    such a lineage unless an operator forces a new one. The same numbering made afresh is fine."""
+    from streamrec.vectors import rows_digest
+
     ids, vecs, _, _ = world()
-    out, fresh = tmp_path / "emb", tmp_path / "emb-afresh"
-    write_vectors(out, {"items": (ids[:280], vecs[:280], "item_id")}, model_id="test@1")
-    first = load_catalog(out)
-    write_vectors(out, {"items": (ids, vecs, "item_id")}, model_id="test@1")  # 20 items more: same numbering
-    grown = load_catalog(out)
-    write_vectors(fresh, {"items": (ids, vecs, "item_id")}, model_id="test@1")
-    other = load_catalog(fresh)
-    assert first.numbering == grown.numbering == first.version != grown.version
-    assert other.numbering == other.version != first.numbering
+    first = _catalog(tmp_path / "emb", ids[20:], vecs[20:])
+    grown = _catalog(tmp_path / "emb", ids, vecs)  # 20 items more: they take rows 281-300
+    other = _catalog(tmp_path / "afresh", ids, vecs)  # the same 300 items, numbered in one go
+    same = _catalog(tmp_path / "afresh-same", ids[20:], vecs[20:])  # afresh, but numbered as the first run was
+    assert grown.row_ids[:281] == first.row_ids and set(grown.row_ids[281:]) == set(ids[:20])
+    assert other.row_ids != grown.row_ids and same.row_ids == first.row_ids
 
     s = trainer_settings(tmp_path, algorithm="linucb")
     store = PolicyDirectory(tmp_path / "store", 10)
-    loop = TrainerLoop(s, first.ids, first.vectors, _ListBuffer(), store, rows=first.rows, num_rows=first.num_rows,
-                       numbering=first.numbering)
-    assert loop.publish_initial()["numbering"] == first.numbering
-    assert loop.set_catalog(grown.ids, grown.vectors, grown.rows, grown.num_rows, grown.numbering)
-    with pytest.raises(ValueError, match=f"numbered {other.numbering}, the lineage's {first.numbering}"):
-        loop.set_catalog(other.ids, other.vectors, other.rows, other.num_rows, other.numbering)
+    loop = _loop(s, store, first)
+    assert loop.publish_initial()["rows_digest"] == rows_digest(first.row_ids, 281)
+    assert loop.set_catalog(grown.ids, grown.vectors, grown.rows, grown.num_rows, grown.row_ids)
+    with pytest.raises(ValueError, match="item rows 1-300 stand for other items than the lineage's"):
+        loop.set_catalog(other.ids, other.vectors, other.rows, other.num_rows, other.row_ids)
 
-    follower = PolicyFollower(store, other.ids, other.vectors, rows=other.rows, num_rows=other.num_rows,
-                              numbering=other.numbering)
-    assert not follower.poll() and follower.refused == 1 and follower.version is None
-    assert f"learned under item rows numbered {first.numbering}" in follower.last_error
-    serving = PolicyFollower(store, grown.ids, grown.vectors, rows=grown.rows, num_rows=grown.num_rows,
-                             numbering=grown.numbering)
+    refusing = _follower(store, other)
+    assert not refusing.poll() and refusing.refused == 1 and refusing.version is None
+    assert "version 1 learned its item rows for other items" in refusing.last_error
+    assert _follower(store, same).poll()
+    serving = _follower(store, grown)
     assert serving.poll() and serving.version == 1
-    with pytest.raises(ValueError, match="Restore the embedding output's rows files"):
-        serving.set_catalog(other.ids, other.vectors, other.rows, other.num_rows, other.numbering)
-    assert serving.numbering == first.numbering and serving.num_rows == grown.num_rows  # still what it served
+    with pytest.raises(ValueError, match="item rows 1-280 stand for other items than version 1 learned them for"):
+        serving.set_catalog(other.ids, other.vectors, other.rows, other.num_rows, other.row_ids)
+    assert serving.row_ids == grown.row_ids  # still serving what it served
 
-    with pytest.raises(LineageError, match=f"280 item rows numbered {first.numbering}\\); this trainer is linucb for "
-                                           f"a catalog of 300 item rows numbered {other.numbering}"):
-        TrainerLoop(s, other.ids, other.vectors, _ListBuffer(), store, rows=other.rows, num_rows=other.num_rows,
-                    numbering=other.numbering)
+    with pytest.raises(LineageError, match=r"version 1 \(random, 280 item rows\); this trainer is linucb for a "
+                                           r"catalog of 300 item rows whose rows stand for other items"):
+        _loop(s, store, other)
+    assert _loop(s, store, same).serving_version == 1  # the same numbering continues
     forced = trainer_settings(tmp_path, algorithm="linucb", force_new_lineage="bob: embeddings rebuilt from scratch")
-    m = TrainerLoop(forced, other.ids, other.vectors, _ListBuffer(), store, rows=other.rows, num_rows=other.num_rows,
-                    numbering=other.numbering).publish_initial()
-    assert m["numbering"] == other.numbering and m["gate"].endswith("bob: embeddings rebuilt from scratch")
-    assert follower.poll() and follower.version == m["version"]
+    m = _loop(forced, store, other).publish_initial()
+    assert m["rows_digest"] == rows_digest(other.row_ids, 301) and m["gate"].endswith("bob: embeddings rebuilt from scratch")
+    assert refusing.poll() and refusing.version == m["version"]
+
+
+def test_a_replica_keeps_serving_over_a_renumbered_catalog_until_a_new_lineage_for_it(tmp_path):
+    import shutil
+
+    from serve.replica import Replica
+
+    ids, vecs, _, _ = world()
+    s = trainer_settings(tmp_path, algorithm="linucb")
+    out = s.embedding.output_dir
+    c = _catalog(out, ids[20:], vecs[20:])
+    store = PolicyDirectory(s.trainer.store_dir, 10)
+    _loop(s, store, c).publish_initial()
+    replica = Replica(s, store, seed=0)
+    assert replica.status()["version"] == 1  # it took the catalog and the version as it started
+    shutil.rmtree(out)  # the output directory started afresh: its rows stand for other items
+    afresh = _catalog(out, ids, vecs)
+    assert replica.sync_catalog() is False
+    assert replica.catalog_version == c.version and replica.refused_catalog[0] == afresh.version
+    assert replica.last_error.startswith(f"catalog {afresh.version} refused: the catalog's item rows 1-280 stand for "
+                                         "other items than version 1 learned them for")
+    replica.last_error = None
+    assert replica.sync_catalog() is False and replica.last_error is None  # not loaded again while nothing changed
+    assert len(replica.rank({"user_id": "u1", "k": 3}, None)["items"]) == 3  # still serving version 1
+
+    forced = trainer_settings(tmp_path, algorithm="linucb", force_new_lineage="bob: embeddings rebuilt")
+    assert _loop(forced, store, afresh).publish_initial()["version"] == 2
+    assert replica.follow(0) is False and replica.status()["version"] == 1  # not over the catalog it has
+    assert replica.sync_catalog() is True  # the new lineage and its catalog swap in together
+    assert replica.status()["version"] == 2 and replica.catalog_version == afresh.version
+    assert len(replica.rank({"user_id": "u1", "k": 3}, None)["items"]) == 3
