@@ -348,9 +348,14 @@ def stop_running_stack(run_dir: RunDir, timeout_s: float = 60.0) -> dict[str, An
         stop_broker(BrokerHandle.from_dict(broker))
     ray_pids = (state.get("ray") or {}).get("pids") or []
     if (state.get("ray") or {}).get("started_here"):
+        from cluster.local_ray import descendants
+
+        # with the tree still whole: Ray's workers and what they started (Serve's HAProxy), which
+        # outlive a killed raylet and would keep the stack's ports
+        tree = sorted(set(ray_pids) | descendants(ray_pids))
         left = _wait_gone(ray_pids, 10)
         _kill(left, signal.SIGTERM)
-        _kill(_wait_gone(left, 5))
+        _kill(_wait_gone(tree, 5))
     run_dir.clear()
     return {"stopped": True, "pid": pid}
 
