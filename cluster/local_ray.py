@@ -14,7 +14,7 @@ import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["RayHandle", "start_or_connect", "shutdown", "prepare_local_head", "write_token", "descendants"]
+__all__ = ["RayHandle", "start_or_connect", "shutdown", "prepare_local_head", "write_token"]
 
 #: Ray reads this when it is imported: off, a node's address is the loopback one, so the GCS, the
 #: raylet, the agents and the workers bind and advertise 127.0.0.1 (Ray's single-machine mode)
@@ -73,7 +73,7 @@ def start_or_connect(ray_settings, *, dashboard_port: int | None = None) -> RayH
 
     from actors.registry import NAMESPACE
 
-    before = descendants({os.getpid()}, depth=1)
+    before = _descendants({os.getpid()}, depth=1)
     address = ray_settings.address or os.environ.get("RAY_ADDRESS") or None
     if address:
         ctx = ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
@@ -104,12 +104,12 @@ def start_or_connect(ray_settings, *, dashboard_port: int | None = None) -> RayH
         dash = f"http://{dash}"
     gcs = ray.get_runtime_context().gcs_address
     # a head started here: its node processes (GCS, raylet, dashboard, ...) are this process's new children
-    pids = tuple(sorted(descendants({os.getpid()}, depth=1) - before)) if started else ()
+    pids = tuple(sorted(_descendants({os.getpid()}, depth=1) - before)) if started else ()
     token = os.environ.get("RAY_AUTH_TOKEN_PATH") if started and os.environ.get("RAY_AUTH_MODE") == "token" else None
     return RayHandle(gcs_address=gcs, dashboard_url=dash, started_here=started, pids=pids, auth_token_path=token)
 
 
-def descendants(pids, depth: int | None = None) -> set[int]:
+def _descendants(pids, depth: int | None = None) -> set[int]:
     """The processes below ``pids``, ``depth`` levels down (all by default; Linux /proc, empty elsewhere)."""
     children: dict[int, list[int]] = {}
     try:
@@ -148,7 +148,7 @@ def shutdown(pids: tuple[int, ...] = (), timeout_s: float = 20.0) -> None:
 
     if not ray.is_initialized():
         return
-    ours = set(pids) | descendants(pids)
+    ours = set(pids) | _descendants(pids)
     ray.shutdown()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

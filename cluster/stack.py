@@ -11,6 +11,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from cluster.broker import BrokerError, BrokerHandle, connect_or_start, list_topics, stop_broker
@@ -19,6 +20,9 @@ from streamrec.runstate import RunDir, pid_alive
 from streamrec.storage import absolute
 
 __all__ = ["LocalStack", "StackError", "BrokerError", "merge_args", "stack_status", "stop_running_stack", "wait_http"]
+
+#: In the run directory: the pid of every HAProxy Serve started (serve.haproxy_ingress.PIDS_ENV).
+HAPROXY_PIDS = "haproxy.pids"
 
 
 class StackError(RuntimeError):
@@ -56,10 +60,13 @@ class LocalStack:
 
             progress("ray")
             from cluster import local_ray
-            from serve.haproxy_ingress import ingress_env
+            from serve.haproxy_ingress import PIDS_ENV, ingress_env
 
             for k, v in ingress_env(self.settings.serve.mode).items():  # read by Serve's processes at start
                 os.environ.setdefault(k, v)
+            (self.run_dir.path / HAPROXY_PIDS).unlink(missing_ok=True)  # pids of an earlier stack mean nothing now
+            os.environ[PIDS_ENV] = str(self.run_dir.path / HAPROXY_PIDS)
+            self._stops.append(("haproxy", lambda: stop_recorded_haproxies(self.run_dir.path)))  # after Ray's
             self.ray = local_ray.start_or_connect(self.settings.ray, dashboard_port=self.dashboard_port)
             self._stops.append(("ray", lambda: local_ray.shutdown(self.ray.pids)))
             self.run_dir.update(ray=self.ray.to_dict())
@@ -331,6 +338,20 @@ def _kill(pids, sig=signal.SIGKILL) -> None:
             pass
 
 
+def stop_recorded_haproxies(run_dir: Path) -> list[int]:
+    """Stop every HAProxy that Serve started for the stack of ``run_dir`` (:data:`HAPROXY_PIDS`)
+    and is still running: one can outlive the proxy actor that started it (when ``up`` was killed,
+    Ray goes down with it; HAProxy may not) and keep the stack's ports. Returns their pids."""
+    from serve.haproxy_ingress import recorded_haproxies
+
+    record = Path(run_dir) / HAPROXY_PIDS
+    haproxies = recorded_haproxies(record)
+    _kill(haproxies, signal.SIGTERM)
+    _kill(_wait_gone(haproxies, 5))
+    record.unlink(missing_ok=True)
+    return haproxies
+
+
 def stop_running_stack(run_dir: RunDir, timeout_s: float = 60.0) -> dict[str, Any]:
     """``streamrec down``: ask the ``up`` process to stop, then make sure what it started is gone."""
     state = run_dir.read()
@@ -348,14 +369,10 @@ def stop_running_stack(run_dir: RunDir, timeout_s: float = 60.0) -> dict[str, An
         stop_broker(BrokerHandle.from_dict(broker))
     ray_pids = (state.get("ray") or {}).get("pids") or []
     if (state.get("ray") or {}).get("started_here"):
-        from cluster.local_ray import descendants
-
-        # with the tree still whole: Ray's workers and what they started (Serve's HAProxy), which
-        # outlive a killed raylet and would keep the stack's ports
-        tree = sorted(set(ray_pids) | descendants(ray_pids))
         left = _wait_gone(ray_pids, 10)
         _kill(left, signal.SIGTERM)
-        _kill(_wait_gone(tree, 5))
+        _kill(_wait_gone(left, 5))
+    stop_recorded_haproxies(run_dir.path)
     run_dir.clear()
     return {"stopped": True, "pid": pid}
 

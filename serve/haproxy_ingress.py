@@ -35,6 +35,9 @@ import sys
 BINARY_ENV = "RAY_SERVE_HAPROXY_BINARY_PATH"
 #: Where HAProxy's stats page and Prometheus exporter listen (loopback unless set).
 ADMIN_HOST_ENV = "STREAMREC_HAPROXY_ADMIN_HOST"
+#: A file each HAProxy this wrapper starts appends its pid to (``streamrec up`` sets it in its run
+#: directory): a HAProxy outlives the Serve proxy that started it, so ``streamrec down`` finds it there.
+PIDS_ENV = "STREAMREC_HAPROXY_PIDS"
 
 #: The sections that serve clients: they keep the host Serve's ``http_options`` gave them.
 CLIENT_SECTIONS = ("frontend http_frontend", "frontend grpc_frontend")
@@ -147,7 +150,30 @@ def main(argv: list[str] | None = None) -> None:
         i = args.index("-f") + 1
         args[i] = confine_file(args[i], os.environ.get(ADMIN_HOST_ENV) or "127.0.0.1")
     binary = real_haproxy()
+    record = os.environ.get(PIDS_ENV)
+    if record:
+        with open(record, "a") as f:  # the pid HAProxy runs under: exec keeps it
+            f.write(f"{os.getpid()}\n")
     os.execv(binary, [binary, *args])
+
+
+def recorded_haproxies(record: str | os.PathLike) -> list[int]:
+    """The pids in ``record`` (see :data:`PIDS_ENV`) that still run HAProxy (a pid taken since by
+    another program is left alone)."""
+    try:
+        pids = {int(x) for x in open(record).read().split() if x.isdigit()}
+    except OSError:
+        return []
+    out = []
+    for pid in sorted(pids):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv0 = f.read().split(b"\0", 1)[0]
+        except OSError:
+            continue
+        if os.path.basename(argv0.decode(errors="replace")) == "haproxy":
+            out.append(pid)
+    return out
 
 
 def wrapper_path() -> str:

@@ -320,27 +320,6 @@ def _kill_a_ranker_under_load(url: str, up_pid: int, clients: int = 4, seconds: 
     return {"first": dict(first), "odd": odd, "failed": failed, "replicas_before": len(victims)}
 
 
-def test_down_after_up_was_killed_stops_everything_it_started_haproxy_included(tmp_path):
-    """`streamrec up` SIGKILLed (no chance to clean up): `streamrec down` stops what it recorded
-    and what Ray's processes started, so nothing keeps the stack's ports for the next one."""
-    before = set(_haproxies())
-    up, env, run_dir = _start_up(tmp_path, start_new_session=True)
-    try:
-        state = json.loads((run_dir / "state.json").read_text())
-        haproxy = [p for p in _haproxies() if p not in before]
-        assert haproxy, "serve.mode throughput started no HAProxy"
-        up.kill()
-        up.wait(timeout=30)
-        assert all(pid_alive(p) for p in [state["broker"]["pid"], *state["ray"]["pids"], *haproxy])  # left running
-        down = _cli("down", env=env)
-        assert down.returncode == 0, down.stderr
-        _assert_gone([state["broker"]["pid"], *state["ray"]["pids"], *haproxy])
-        assert not (run_dir / "state.json").exists()
-    finally:
-        if up.poll() is None:
-            os.killpg(up.pid, signal.SIGKILL)
-
-
 def test_throughput_mode_answers_a_lost_replica_as_503_and_ctrl_c_stops_everything(tmp_path):
     """serve.mode throughput (the default): requests reach the Ranker replicas through HAProxy. A
     replica SIGKILLed under load costs no client a 500, and no request fails a client that retries

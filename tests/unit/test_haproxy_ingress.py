@@ -119,3 +119,36 @@ def test_haproxy_answers_a_path_nobody_serves_with_a_json_404(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_every_haproxy_the_wrapper_started_is_recorded_and_down_stops_it_and_nothing_else(tmp_path):
+    """The wrapper appends the pid HAProxy runs under to PIDS_ENV's file; `streamrec down`
+    (cluster.stack.stop_recorded_haproxies) stops those still running HAProxy, not a process that
+    took a recorded pid since."""
+    import os
+    import time
+
+    from cluster.broker import free_port
+    from cluster.stack import HAPROXY_PIDS, stop_recorded_haproxies
+
+    port, stats, metrics = free_port(), free_port(), free_port()
+    config = _ray_config(tmp_path, "127.0.0.1", port, stats_port=stats, metrics_port=metrics)
+    record = tmp_path / HAPROXY_PIDS
+    proc = subprocess.Popen([hi.wrapper_path(), "-db", "-f", config], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, hi.PIDS_ENV: str(record)})
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        deadline = time.monotonic() + 20
+        while not (record.exists() and record.read_text().split()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert record.read_text().split() == [str(proc.pid)]  # exec keeps the wrapper's pid
+        with open(record, "a") as f:
+            f.write(f"{other.pid}\n")
+        assert hi.recorded_haproxies(record) == [proc.pid]
+        assert stop_recorded_haproxies(tmp_path) == [proc.pid]
+        assert proc.wait(timeout=10) is not None and other.poll() is None
+        assert not record.exists()
+    finally:
+        for p in (proc, other):
+            p.kill()
+            p.wait()
